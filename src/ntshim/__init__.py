@@ -1,0 +1,22 @@
+"""ntshim: Windows NT memory and synchronization primitives for Python on Linux.
+
+Write watches (``GetWriteWatch``: which pages were written since I last looked) on the
+fastest mechanism the running kernel offers, with honest fallbacks::
+
+    import ntshim
+    region = ntshim.alloc(1 << 20, watch=True)
+    memoryview(region)[8192] = 1
+    region.dirty(reset=True).offsets     # array('Q', [8192])
+
+See ``ntshim info`` for what this machine supports.
+"""
+
+from __future__ import annotations
+
+from .errors import BackendUnavailable
+from .memory import Region, alloc, watch
+from .writewatch import DirtyPages, WriteWatch, backends
+
+__version__ = "0.1.0"
+
+__all__ = ["alloc", "watch", "Region", "WriteWatch", "DirtyPages", "BackendUnavailable", "backends", "__version__"]

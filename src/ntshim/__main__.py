@@ -1,0 +1,7 @@
+"""``python -m ntshim`` is the ``ntshim`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,133 @@
+/* ntshim._core: the only C in ntshim.  Mechanism, not policy: every entry point
+ * does one kernel-facing job and reports failure as OSError(errno, ...); the
+ * Python layer decides what to call and when. */
+#ifndef NTSHIM_CORE_H
+#define NTSHIM_CORE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <pthread.h>
+#include <signal.h>
+
+/* ---- Kernel interfaces newer than the installed uapi headers (Linux 6.7+) ---- */
+#include <linux/userfaultfd.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12)
+#endif
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+
+/* The pagemap scan interface (include/uapi/linux/fs.h, Linux 6.7). */
+struct nts_pm_scan_arg {
+    uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+    uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+struct nts_page_region {
+    uint64_t start, end, categories;
+};
+#define NTS_PAGEMAP_SCAN _IOWR('f', 16, struct nts_pm_scan_arg)
+#define NTS_PM_SCAN_WP_MATCHING (1ULL << 0)
+#define NTS_PM_SCAN_CHECK_WPASYNC (1ULL << 1)
+#define NTS_PAGE_IS_WRITTEN (1ULL << 1)
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* ---- Shared helpers (module.c) ---- */
+extern size_t nts_page_size;
+
+/* Raise OSError(err, "<what>: <strerror>"); the OSError constructor maps errno
+ * to the matching subclass (PermissionError, FileNotFoundError, ...). */
+PyObject *nts_raise_errno(int err, const char *fmt, ...);
+
+/* A growing list of [start, end) byte ranges that merges touching ranges, the
+ * compact form every dirty-page query returns (as bytes of uint64 pairs). */
+typedef struct {
+    uint64_t *v;
+    size_t n, cap; /* n counts uint64 values, two per range */
+} nts_runs;
+int nts_runs_add(nts_runs *r, uint64_t start, uint64_t end); /* 0, or -1 on ENOMEM */
+PyObject *nts_runs_finish(nts_runs *r);                       /* bytes; frees r */
+
+/* A futex lock that may be taken inside a SIGSEGV handler (only syscalls and
+ * atomics): 0 free, 1 held, 2 held with waiters. */
+void nts_lock(int *word);
+void nts_unlock(int *word);
+
+/* ---- Page trackers (tracker.c + one mechanism file each) ---- */
+enum nts_tracker_kind { NTS_MPROTECT, NTS_UFFD_SYNC, NTS_SHADOW };
+
+/* Per-page state byte: the owner's protection (PROT_READ|PROT_WRITE|PROT_EXEC in
+ * the low three bits) and whether the page was written since its last reset. */
+#define NTS_PROT_MASK 0x07
+#define NTS_DIRTY 0x08
+
+typedef struct nts_tracker {
+    PyObject_HEAD
+    int kind;
+    int closed;
+    pid_t pid;          /* the process whose address space this tracks */
+    uintptr_t base;
+    size_t npages;
+    uint8_t *state;     /* npages bytes, see NTS_DIRTY */
+    uint16_t *pins;     /* open kernel-write windows per page; allocated on first use */
+    int *lock;          /* &own_lock, or the process-wide lock of the mprotect kind */
+    int own_lock;
+    /* uffd-sync */
+    int uffd, stop_fd, thread_started, handles_kernel_faults, populate;
+    pthread_t thread;
+    /* shadow */
+    uint8_t *shadow;
+} nts_tracker;
+
+extern PyTypeObject nts_tracker_type;
+nts_tracker *nts_tracker_alloc(int kind, uintptr_t base, size_t size, PyObject *prots);
+
+/* Bring the kernel's protection of [first, first+n) in line with the pages'
+ * state (tracker.c); the lock is held.  0 or an errno. */
+int nts_tracker_sync_kernel(nts_tracker *t, size_t first, size_t n);
+
+/* Mechanism hooks, lock held, 0 or an errno.  mprotect: give the pages `prot`;
+ * uffd-sync: write-protect them (wp=1) or release them (wp=0). */
+int nts_mprotect_apply(nts_tracker *t, size_t first, size_t n, int prot);
+int nts_uffd_sync_apply(nts_tracker *t, size_t first, size_t n, int wp);
+/* uffd-sync without UFFD_FEATURE_WP_UNPOPULATED: map pages that are gaining
+ * access so that the kernel can write-protect them. */
+int nts_uffd_sync_populate(nts_tracker *t, size_t first, size_t n, int prot);
+
+void nts_mprotect_lock(nts_tracker *t, sigset_t *saved);
+void nts_mprotect_unlock(nts_tracker *t, const sigset_t *saved);
+/* Stop tracking (marks the tracker closed) and restore the owner's protections. */
+void nts_mprotect_unregister(nts_tracker *t);
+/* Stop the fault thread and drop the registration (tracker already closed). */
+void nts_uffd_sync_stop(nts_tracker *t);
+int nts_shadow_page_differs(nts_tracker *t, size_t page);
+void nts_shadow_capture(nts_tracker *t, size_t first, size_t n);
+
+PyObject *nts_mprotect_tracker_new(PyObject *mod, PyObject *args);
+PyObject *nts_uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *kw);
+PyObject *nts_shadow_tracker_new(PyObject *mod, PyObject *args);
+int nts_mprotect_module_init(PyObject *mod);
+
+/* ---- userfaultfd and pagemap (uffd.c) ---- */
+extern PyMethodDef nts_uffd_methods[];
+int nts_uffd_module_init(PyObject *mod);
+
+/* ---- native writer threads (writers.c) ---- */
+extern PyTypeObject nts_writers_type;
+
+#endif

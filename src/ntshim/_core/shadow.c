@@ -1,0 +1,48 @@
+/* The shadow backend's mechanism: a private copy of the memory, compared page
+ * by page.  Nothing is protected, so it works on memory that cannot be
+ * write-protected and costs nothing on the write path; it reports a page whose
+ * bytes differ from the copy, so a write of the value already there is missed. */
+#include "core.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+static uint8_t *page_at(uintptr_t base, size_t i) { return (uint8_t *)(base + i * nts_page_size); }
+
+int nts_shadow_page_differs(nts_tracker *t, size_t i)
+{
+    return memcmp(page_at(t->base, i), t->shadow + i * nts_page_size, nts_page_size) != 0;
+}
+
+void nts_shadow_capture(nts_tracker *t, size_t first, size_t n)
+{
+    for (size_t i = first; i < first + n; i++)
+        if (t->state[i] & PROT_READ) /* unreadable pages cannot change under the owner's hand */
+            memcpy(t->shadow + i * nts_page_size, page_at(t->base, i), nts_page_size);
+}
+
+PyObject *nts_shadow_tracker_new(PyObject *mod, PyObject *args)
+{
+    unsigned long long base, size;
+    PyObject *prots;
+    if (!PyArg_ParseTuple(args, "KKO", &base, &size, &prots))
+        return NULL;
+    nts_tracker *t = nts_tracker_alloc(NTS_SHADOW, (uintptr_t)base, (size_t)size, prots);
+    if (!t)
+        return NULL;
+    void *copy = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (copy == MAP_FAILED) {
+        int err = errno;
+        Py_DECREF(t);
+        if (err == ENOMEM)
+            return PyErr_Format(PyExc_MemoryError, "shadow backend: no memory for a %llu-byte copy", size);
+        return nts_raise_errno(err, "shadow backend: mmap(%llu)", size);
+    }
+    t->shadow = copy;
+    Py_BEGIN_ALLOW_THREADS
+    nts_shadow_capture(t, 0, t->npages);
+    Py_END_ALLOW_THREADS
+    t->closed = 0;
+    return (PyObject *)t;
+}

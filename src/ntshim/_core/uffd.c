@@ -1,0 +1,168 @@
+/* userfaultfd and PAGEMAP_SCAN, as thin calls.  The uffd-async backend is
+ * built from these in Python: the kernel resolves write faults itself
+ * (UFFD_FEATURE_WP_ASYNC) and PAGEMAP_SCAN reads and re-protects the written
+ * pages in one atomic walk, so nothing of ours runs on the write path. */
+#include "core.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+static PyObject *uffd_open(PyObject *mod, PyObject *arg)
+{
+    int user_mode_only = PyObject_IsTrue(arg);
+    if (user_mode_only < 0)
+        return NULL;
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | (user_mode_only ? UFFD_USER_MODE_ONLY : 0));
+    if (fd < 0)
+        return nts_raise_errno(errno, "userfaultfd(%s)", user_mode_only ? "UFFD_USER_MODE_ONLY" : "0");
+    return PyLong_FromLong(fd);
+}
+
+static PyObject *uffd_api(PyObject *mod, PyObject *args)
+{
+    int fd;
+    unsigned long long features;
+    if (!PyArg_ParseTuple(args, "iK", &fd, &features))
+        return NULL;
+    struct uffdio_api api = {UFFD_API, features, 0};
+    if (ioctl(fd, UFFDIO_API, &api))
+        return nts_raise_errno(errno, "UFFDIO_API(features=0x%llx)", features);
+    return Py_BuildValue("(KK)", (unsigned long long)api.features, (unsigned long long)api.ioctls);
+}
+
+static PyObject *uffd_register(PyObject *mod, PyObject *args)
+{
+    int fd;
+    unsigned long long addr, len, mode;
+    if (!PyArg_ParseTuple(args, "iKKK", &fd, &addr, &len, &mode))
+        return NULL;
+    struct uffdio_register r = {{addr, len}, mode, 0};
+    if (ioctl(fd, UFFDIO_REGISTER, &r))
+        return nts_raise_errno(errno, "UFFDIO_REGISTER(0x%llx+%llu)", addr, len);
+    return PyLong_FromUnsignedLongLong(r.ioctls);
+}
+
+static PyObject *uffd_unregister(PyObject *mod, PyObject *args)
+{
+    int fd;
+    unsigned long long addr, len;
+    if (!PyArg_ParseTuple(args, "iKK", &fd, &addr, &len))
+        return NULL;
+    struct uffdio_range r = {addr, len};
+    if (ioctl(fd, UFFDIO_UNREGISTER, &r))
+        return nts_raise_errno(errno, "UFFDIO_UNREGISTER(0x%llx+%llu)", addr, len);
+    Py_RETURN_NONE;
+}
+
+static PyObject *uffd_writeprotect(PyObject *mod, PyObject *args)
+{
+    int fd, wp;
+    unsigned long long addr, len;
+    if (!PyArg_ParseTuple(args, "iKKp", &fd, &addr, &len, &wp))
+        return NULL;
+    struct uffdio_writeprotect w = {{addr, len}, wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0};
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ioctl(fd, UFFDIO_WRITEPROTECT, &w);
+    Py_END_ALLOW_THREADS
+    if (rc)
+        return nts_raise_errno(errno, "UFFDIO_WRITEPROTECT(0x%llx+%llu)", addr, len);
+    Py_RETURN_NONE;
+}
+
+/* Written pages of [start, end) as byte runs relative to `base`, at most
+ * max_pages of them (0: all), write-protecting exactly those when `reset`.
+ * The kernel stops when the output vector is full or max_pages is reached and
+ * tells where in walk_end; we resume from there until the range is done, so a
+ * full vector never drops pages. */
+static PyObject *pagemap_scan(PyObject *mod, PyObject *args, PyObject *kw)
+{
+    int fd, reset;
+    unsigned long long base, start, end, max_pages = 0;
+    Py_ssize_t vec_len = 512;
+    static char *kwlist[] = {"fd", "base", "start", "end", "reset", "max_pages", "vec_len", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iKKKp|Kn", kwlist, &fd, &base, &start, &end, &reset, &max_pages,
+                                     &vec_len))
+        return NULL;
+    const uint64_t ps = nts_page_size;
+    if (start % ps || end % ps || start > end || base > start || vec_len < 1 || vec_len > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "pagemap_scan: need base <= start <= end, page aligned, 1 <= vec_len <= 2**20");
+        return NULL;
+    }
+    struct nts_page_region *vec = PyMem_RawMalloc((size_t)vec_len * sizeof *vec);
+    if (!vec)
+        return PyErr_NoMemory();
+    nts_runs out = {0};
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t pos = start, left = max_pages;
+    while (pos < end) {
+        struct nts_pm_scan_arg a = {
+            .size = sizeof a,
+            .flags = NTS_PM_SCAN_CHECK_WPASYNC | (reset ? NTS_PM_SCAN_WP_MATCHING : 0),
+            .start = pos,
+            .end = end,
+            .vec = (uint64_t)(uintptr_t)vec,
+            .vec_len = (uint64_t)vec_len,
+            .max_pages = left,
+            .category_mask = NTS_PAGE_IS_WRITTEN,
+            .return_mask = NTS_PAGE_IS_WRITTEN,
+        };
+        long n = ioctl(fd, NTS_PAGEMAP_SCAN, &a);
+        if (n < 0) {
+            err = errno;
+            break;
+        }
+        for (long i = 0; i < n && !err; i++) {
+            if (nts_runs_add(&out, vec[i].start - base, vec[i].end - base))
+                err = ENOMEM;
+            if (max_pages)
+                left -= (vec[i].end - vec[i].start) / ps;
+        }
+        if (err || (max_pages && left == 0) || a.walk_end <= pos)
+            break;
+        pos = a.walk_end;
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(vec);
+    if (err) {
+        free(out.v);
+        if (err == ENOMEM)
+            return PyErr_NoMemory();
+        return nts_raise_errno(err, "PAGEMAP_SCAN(0x%llx..0x%llx)", start, end);
+    }
+    return nts_runs_finish(&out);
+}
+
+PyMethodDef nts_uffd_methods[] = {
+    {"uffd_open", uffd_open, METH_O, "uffd_open(user_mode_only) -> fd (O_CLOEXEC|O_NONBLOCK)"},
+    {"uffd_api", uffd_api, METH_VARARGS, "uffd_api(fd, features) -> (features, ioctls) granted by the kernel"},
+    {"uffd_register", uffd_register, METH_VARARGS, "uffd_register(fd, address, size, mode) -> ioctls"},
+    {"uffd_unregister", uffd_unregister, METH_VARARGS, "uffd_unregister(fd, address, size)"},
+    {"uffd_writeprotect", uffd_writeprotect, METH_VARARGS, "uffd_writeprotect(fd, address, size, protect)"},
+    {"pagemap_scan", (PyCFunction)(void (*)(void))pagemap_scan, METH_VARARGS | METH_KEYWORDS,
+     "pagemap_scan(fd, base, start, end, reset, max_pages=0, vec_len=512) -> bytes of uint64 [start, end) runs"},
+    {NULL},
+};
+
+int nts_uffd_module_init(PyObject *mod)
+{
+    static const struct {
+        const char *name;
+        unsigned long long value;
+    } constants[] = {
+        {"UFFD_USER_MODE_ONLY", UFFD_USER_MODE_ONLY},
+        {"UFFD_FEATURE_PAGEFAULT_FLAG_WP", UFFD_FEATURE_PAGEFAULT_FLAG_WP},
+        {"UFFD_FEATURE_WP_HUGETLBFS_SHMEM", UFFD_FEATURE_WP_HUGETLBFS_SHMEM},
+        {"UFFD_FEATURE_WP_UNPOPULATED", UFFD_FEATURE_WP_UNPOPULATED},
+        {"UFFD_FEATURE_WP_ASYNC", UFFD_FEATURE_WP_ASYNC},
+        {"UFFDIO_REGISTER_MODE_WP", UFFDIO_REGISTER_MODE_WP},
+    };
+    for (size_t i = 0; i < sizeof constants / sizeof *constants; i++)
+        if (PyModule_AddObject(mod, constants[i].name, PyLong_FromUnsignedLongLong(constants[i].value)) < 0)
+            return -1;
+    return 0;
+}

@@ -1,0 +1,171 @@
+/* The uffd-sync backend's mechanism: classic userfaultfd write-protection
+ * (Linux 5.7+).  A write to a protected page stops the writing thread and
+ * queues a message; a thread of ours marks the page dirty and releases it,
+ * which wakes the writer.  Writes the kernel makes (read(2) into the page) are
+ * resolved the same way unless the fd is limited to user-mode faults. */
+#include "core.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+
+static int writeprotect(int uffd, uintptr_t addr, size_t len, int wp)
+{
+    struct uffdio_writeprotect w = {{addr, len}, wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0};
+    return ioctl(uffd, UFFDIO_WRITEPROTECT, &w) ? errno : 0;
+}
+
+int nts_uffd_sync_apply(nts_tracker *t, size_t first, size_t n, int wp)
+{
+    return writeprotect(t->uffd, t->base + first * nts_page_size, n * nts_page_size, wp);
+}
+
+int nts_uffd_sync_populate(nts_tracker *t, size_t first, size_t n, int prot)
+{
+    const size_t ps = nts_page_size;
+    /* Readable but not yet writable, so no write can slip in before the
+     * protection; a read maps the page (the shared zero page if anonymous). */
+    if (mprotect((void *)(t->base + first * ps), n * ps, PROT_READ))
+        return errno;
+    for (size_t i = first; i < first + n; i++)
+        (void)*(volatile const char *)(t->base + i * ps);
+    return nts_tracker_sync_kernel(t, first, n);
+}
+
+static void *fault_thread(void *arg)
+{
+    nts_tracker *t = arg;
+    const size_t ps = nts_page_size;
+    struct pollfd fds[2] = {{t->uffd, POLLIN, 0}, {t->stop_fd, POLLIN, 0}};
+    struct uffd_msg msgs[32];
+    for (;;) {
+        if (poll(fds, 2, -1) < 0 && errno != EINTR)
+            break;
+        if (fds[1].revents)
+            break;
+        ssize_t got = read(t->uffd, msgs, sizeof msgs);
+        if (got < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                continue;
+            break;
+        }
+        for (size_t k = 0; k < (size_t)got / sizeof *msgs; k++) {
+            if (msgs[k].event != UFFD_EVENT_PAGEFAULT)
+                continue;
+            uintptr_t page = (uintptr_t)msgs[k].arg.pagefault.address & ~(uintptr_t)(ps - 1);
+            nts_lock(t->lock);
+            /* state lives until dealloc, which comes after this thread is joined */
+            if (page >= t->base && page < t->base + t->npages * ps)
+                t->state[(page - t->base) / ps] |= NTS_DIRTY;
+            if (writeprotect(t->uffd, page, ps, 0)) { /* range gone: still never leave the writer asleep */
+                struct uffdio_range r = {page, ps};
+                ioctl(t->uffd, UFFDIO_WAKE, &r);
+            }
+            nts_unlock(t->lock);
+        }
+    }
+    return NULL;
+}
+
+void nts_uffd_sync_stop(nts_tracker *t)
+{
+    if (t->pid == getpid()) { /* in a forked child the registration and thread belong to the parent */
+        struct uffdio_range r = {t->base, t->npages * nts_page_size};
+        ioctl(t->uffd, UFFDIO_UNREGISTER, &r); /* clears the protection, wakes blocked writers */
+        if (t->thread_started) {
+            uint64_t one = 1;
+            if (write(t->stop_fd, &one, sizeof one) == sizeof one)
+                pthread_join(t->thread, NULL);
+        }
+    }
+    t->thread_started = 0;
+    if (t->uffd >= 0)
+        close(t->uffd);
+    if (t->stop_fd >= 0)
+        close(t->stop_fd);
+    t->uffd = t->stop_fd = -1;
+}
+
+PyObject *nts_uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
+{
+    unsigned long long base, size, features;
+    PyObject *prots;
+    int user_mode_only, populate;
+    static char *kwlist[] = {"address", "size", "prots", "user_mode_only", "features", "populate", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKO$pKp", kwlist, &base, &size, &prots, &user_mode_only, &features,
+                                     &populate))
+        return NULL;
+    nts_tracker *t = nts_tracker_alloc(NTS_UFFD_SYNC, (uintptr_t)base, (size_t)size, prots);
+    if (!t)
+        return NULL;
+    const char *step = "userfaultfd";
+    int err = 0, registered = 0;
+    t->handles_kernel_faults = !user_mode_only;
+    t->populate = populate;
+    t->uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | (user_mode_only ? UFFD_USER_MODE_ONLY : 0));
+    if (t->uffd < 0)
+        err = errno;
+    if (!err) {
+        struct uffdio_api api = {UFFD_API, features, 0};
+        step = "UFFDIO_API";
+        if (ioctl(t->uffd, UFFDIO_API, &api))
+            err = errno;
+        else if (!(api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP))
+            err = EOPNOTSUPP;
+    }
+    if (!err) {
+        struct uffdio_register r = {{t->base, (uint64_t)size}, UFFDIO_REGISTER_MODE_WP, 0};
+        step = "UFFDIO_REGISTER(MODE_WP)";
+        if (ioctl(t->uffd, UFFDIO_REGISTER, &r))
+            err = errno;
+        registered = !err;
+    }
+    if (!err) {
+        step = "write-protecting the range";
+        nts_lock(t->lock);
+        for (size_t i = 0; !err && populate && i < t->npages; i++)
+            if (t->state[i] & (PROT_READ | PROT_WRITE)) /* touch only what may be read */
+                (void)*(volatile const char *)(t->base + i * nts_page_size);
+        if (!err)
+            err = nts_tracker_sync_kernel(t, 0, t->npages);
+        nts_unlock(t->lock);
+    }
+    if (!err) {
+        step = "starting the fault thread";
+        t->stop_fd = eventfd(0, EFD_CLOEXEC);
+        if (t->stop_fd < 0) {
+            err = errno;
+        } else {
+            /* The thread takes no signals: they belong to the application's threads. */
+            sigset_t all, saved;
+            pthread_attr_t attr;
+            sigfillset(&all);
+            pthread_attr_init(&attr);
+            pthread_attr_setstacksize(&attr, 1 << 16);
+            pthread_sigmask(SIG_BLOCK, &all, &saved);
+            err = pthread_create(&t->thread, &attr, fault_thread, t);
+            pthread_sigmask(SIG_SETMASK, &saved, NULL);
+            pthread_attr_destroy(&attr);
+            t->thread_started = !err;
+        }
+    }
+    if (err) { /* nothing started: undo by hand (the tracker is still marked closed) */
+        if (registered) {
+            struct uffdio_range r = {t->base, (uint64_t)size};
+            ioctl(t->uffd, UFFDIO_UNREGISTER, &r);
+        }
+        if (t->uffd >= 0)
+            close(t->uffd);
+        if (t->stop_fd >= 0)
+            close(t->stop_fd);
+        Py_DECREF(t);
+        return nts_raise_errno(err, "uffd-sync: %s", step);
+    }
+    t->closed = 0;
+    return (PyObject *)t;
+}

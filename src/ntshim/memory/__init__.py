@@ -1,0 +1,80 @@
+"""Memory: regions you allocate, and write watches over them or over memory you already have."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _core, _kernel
+from .._arguments import as_int
+from ..writewatch import WriteWatch
+from ..writewatch.registry import check_backend
+from . import maps, protection
+from .region import Region
+
+__all__ = ["alloc", "watch", "Region", "WriteWatch", "PAGE_SIZE"]
+
+PAGE_SIZE: int = _kernel.PAGE_SIZE
+
+
+def alloc(size: int, *, watch: bool = False, protect: str = "rw", backend: str | None = None) -> Region:
+    """Allocate ``size`` bytes of zeroed anonymous memory, rounded up to whole pages.
+
+    ``protect``: ``"rw"`` (default), ``"r"``, ``"rx"``, ``"rwx"`` or ``"none"``.
+    ``watch=True`` tracks writes from the start (the region then answers ``dirty()``,
+    ``reset()``, ...); ``backend`` forces a write-watch backend by name (default: the
+    ``NTSHIM_WRITEWATCH_BACKEND`` environment variable, else the best available).
+    """
+    size = as_int(size, "size")
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    prot = protection.parse(protect)
+    if not isinstance(watch, bool):
+        raise TypeError(f"watch must be a bool, not {type(watch).__name__}")
+    if backend is not None and not watch:
+        raise ValueError("backend= chooses a write-watch backend: it needs watch=True")
+    check_backend(backend)
+    rounded = -(-size // PAGE_SIZE) * PAGE_SIZE
+    region = Region(rounded, prot)
+    if watch:
+        try:
+            region._start_watch(backend)
+        except BaseException:
+            region.free()
+            raise
+    return region
+
+
+def watch(obj: Any, *, backend: str | None = None) -> WriteWatch:
+    """Track writes to memory you already have: any writable, contiguous buffer (numpy
+    array, ``mmap.mmap`` of a file or of shared memory, ``bytearray``, ctypes array) or a
+    :class:`Region`.
+
+    The watch covers every page the buffer touches: when the buffer does not start or end
+    on a page boundary, the rest of its first and last page is watched too (a write there
+    counts for that page), and offsets count from the start of the first page
+    (``WriteWatch.address``).  The watch holds a buffer export, so the memory can neither
+    move nor be freed while it lives (``mmap.close()`` raises BufferError); ``close()``
+    stops tracking and leaves the memory as it was.
+    """
+    check_backend(backend)
+    if isinstance(obj, Region):
+        return obj._start_watch(backend)
+    try:
+        view = memoryview(obj)
+    except TypeError:
+        raise TypeError(
+            "watch() needs memory with the buffer protocol (numpy array, mmap.mmap, bytearray, "
+            f"ctypes array), not {type(obj).__name__}"
+        ) from None
+    with view:
+        if view.readonly:
+            raise TypeError(f"watch() needs writable memory; this {type(obj).__name__} buffer is read-only")
+        if not view.contiguous:
+            raise ValueError("watch() needs contiguous memory; this buffer is strided (copy it or watch its base)")
+        if view.nbytes == 0:
+            raise ValueError("watch() needs at least one byte of memory; this buffer is empty")
+    pin = _core.Pin(obj)
+    start = pin.address - pin.address % PAGE_SIZE
+    end = -(-(pin.address + pin.nbytes) // PAGE_SIZE) * PAGE_SIZE
+    prots = maps.protections(start, end, PAGE_SIZE)
+    return WriteWatch(start, end - start, prots, backend, lambda: pin, pin.address - start)

@@ -1,0 +1,32 @@
+"""Facts about this process's mappings, read from ``/proc/self/maps``."""
+
+from __future__ import annotations
+
+from .protection import EXEC, READ, WRITE
+
+
+def protections(start: int, end: int, page: int) -> bytes:
+    """The protection of every page of ``[start, end)``, one PROT_* byte per page.
+
+    Raises ValueError when part of the range is not mapped.
+    """
+    out = bytearray()
+    cursor = start
+    with open("/proc/self/maps") as f:
+        for line in f:
+            span, perms = line.split(None, 2)[:2]
+            lo_text, hi_text = span.split("-")
+            lo, hi = int(lo_text, 16), int(hi_text, 16)
+            if hi <= cursor:
+                continue
+            if lo > cursor or lo >= end:
+                break
+            prot = (READ if perms[0] == "r" else 0) | (WRITE if perms[1] == "w" else 0) | (EXEC if perms[2] == "x" else 0)
+            stop = min(hi, end)
+            out += bytes([prot]) * ((stop - cursor) // page)
+            cursor = stop
+            if cursor >= end:
+                break
+    if cursor < end:
+        raise ValueError(f"memory at {cursor:#x} (inside {start:#x}-{end:#x}) is not mapped")
+    return bytes(out)

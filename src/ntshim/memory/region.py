@@ -1,0 +1,162 @@
+"""Region: page-aligned anonymous memory with the buffer protocol, optionally write-watched."""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+
+from .. import _core, _kernel
+from .._arguments import page_range
+from ..writewatch import DirtyPages, WriteWatch
+from . import protection
+
+# Buffer exports a page protection allows: 2 read-write, 1 read-only, 0 none.
+_EXPORT_MODE = bytes(
+    2 if p & protection.READ and p & protection.WRITE else 1 if p & protection.READ else 0 for p in range(256)
+)
+
+
+class Region(_core.Mapping):
+    """Anonymous private memory, ``size`` bytes (whole pages) at ``address``.
+
+    Supports the buffer protocol (``memoryview``, ``numpy.frombuffer``,
+    ``ctypes.c_char.from_buffer``) while every page is readable; buffers are read-only
+    unless every page is writable.  ``free()`` (or leaving a ``with`` block) unmaps it;
+    it raises BufferError while a buffer export is alive, and every use of a freed region
+    raises ValueError.  Made by :func:`ntshim.memory.alloc`.
+
+    A region allocated with ``watch=True`` (or passed to :func:`ntshim.memory.watch`) also
+    answers the :class:`~ntshim.writewatch.WriteWatch` calls: ``dirty``, ``reset``,
+    ``writing``, ``granularity``, ``backend``.
+    """
+
+    def __init__(self, size: int, prot: int) -> None:
+        self._prots = bytearray([prot]) * (size // _kernel.PAGE_SIZE)
+        self._write_watch: WriteWatch | None = None
+
+    # ---- protection --------------------------------------------------------------------
+
+    def protect(self, offset: int, size: int, protect: str) -> str:
+        """Set the protection (``"rw"``, ``"r"``, ``"rx"``, ``"none"``, ...) of whole pages;
+        return the previous protection of the first one.
+
+        Raises BufferError when a live buffer export would lose access it was granted
+        (a writable memoryview over pages becoming read-only, say).
+        """
+        prot = protection.parse(protect)
+        first, count = self._pages(offset, size)
+        new = bytearray(self._prots)
+        new[first : first + count] = bytes([prot]) * count
+        mode = min(new.translate(_EXPORT_MODE))
+        if self.exports and mode < self.export_mode:
+            raise BufferError(
+                f"cannot make pages {protection.format(prot)!r}: {self.exports} buffer export(s) of this "
+                "region would lose access; release them first"
+            )
+        previous = protection.format(self._prots[first])
+        if self._write_watch is not None:
+            self._write_watch._protect(first, count, prot)
+        else:
+            self._mprotect(first, count, prot)
+        self._prots = new
+        self.export_mode = mode
+        return previous
+
+    def protection(self, offset: int = 0) -> str:
+        """Protection of the page at ``offset``."""
+        first, _ = self._pages(offset, None)
+        return protection.format(self._prots[first])
+
+    def _mprotect(self, first: int, count: int, prot: int) -> None:
+        ps = _kernel.PAGE_SIZE
+        try:
+            _core.mprotect(self.address + first * ps, count * ps, prot)
+        except OSError:
+            # The kernel may have changed part of the range: put every page back.
+            for page in range(first, first + count):
+                _core.mprotect(self.address + page * ps, ps, self._prots[page])
+            raise
+
+    def _pages(self, offset: object, size: object) -> tuple[int, int]:
+        if self.closed:
+            raise ValueError("region is freed")
+        return page_range(offset, size, self.size, _kernel.PAGE_SIZE)
+
+    # ---- lifetime ----------------------------------------------------------------------
+
+    def free(self) -> None:
+        """Stop any write watch and unmap the memory.  BufferError while buffer exports live."""
+        if self.closed:
+            return
+        if self.exports:
+            self.unmap()  # raises the BufferError that names the problem
+        if self._write_watch is not None:
+            self._write_watch.close()
+        self.unmap()
+
+    def __enter__(self) -> Region:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.free()
+
+    def __del__(self) -> None:
+        if not self.closed and not self.exports:
+            self.free()
+
+    # ---- write watch -------------------------------------------------------------------
+
+    def _start_watch(self, backend: str | None) -> WriteWatch:
+        if self.closed:
+            raise ValueError("region is freed")
+        if self._write_watch is not None:
+            raise ValueError("this region is already watched")
+        region = weakref.ref(self)
+        self._write_watch = WriteWatch(
+            self.address, self.size, bytes(self._prots), backend, region, 0, on_close=self._watch_closed
+        )
+        return self._write_watch
+
+    def _watch_closed(self) -> None:
+        self._write_watch = None
+
+    @property
+    def write_watch(self) -> WriteWatch | None:
+        """The WriteWatch tracking this region, or None."""
+        return self._write_watch
+
+    def _watch(self) -> WriteWatch:
+        if self.closed:
+            raise ValueError("region is freed")
+        if self._write_watch is None:
+            raise ValueError("region is not watched: allocate it with watch=True or call ntshim.memory.watch(region)")
+        return self._write_watch
+
+    def dirty(self, offset: int = 0, size: int | None = None, *, reset: bool = False, limit: int | None = None) -> DirtyPages:
+        """See :meth:`WriteWatch.dirty`."""
+        return self._watch().dirty(offset, size, reset=reset, limit=limit)
+
+    def reset(self, offset: int = 0, size: int | None = None) -> None:
+        """See :meth:`WriteWatch.reset`."""
+        self._watch().reset(offset, size)
+
+    def writing(self, offset: int = 0, size: int | None = None) -> contextlib.AbstractContextManager[memoryview]:
+        """See :meth:`WriteWatch.writing`."""
+        return self._watch().writing(offset, size)
+
+    @property
+    def granularity(self) -> int:
+        """Bytes per tracked page."""
+        return self._watch().granularity
+
+    @property
+    def backend(self) -> str:
+        """Name of the write-watch backend."""
+        return self._watch().backend
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<Region freed>"
+        watch = f" watched by {self._write_watch.backend}" if self._write_watch else ""
+        return f"<Region {self.address:#x}+{self.size:#x}{watch}>"
+

@@ -1,0 +1,76 @@
+"""The contract every write-watch backend implements, and how it reports availability."""
+
+from __future__ import annotations
+
+import abc
+import os
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend works in this process; if not, ``reason`` says why and what to do."""
+
+    backend: str
+    available: bool
+    reason: str = ""
+    notes: tuple[str, ...] = ()
+
+
+class Tracker(Protocol):
+    """The per-memory object a backend hands out.  Pages are counted from the start of the
+    tracked memory; runs are returned as bytes of native uint64 ``[start, end)`` byte-offset
+    pairs (see :class:`~ntshim.writewatch.DirtyPages`)."""
+
+    kernel_writes_tracked: bool
+
+    def dirty(self, first: int, count: int, reset: bool, limit: int) -> bytes:
+        """Written pages of the range, ascending, at most ``limit`` (0: all); with ``reset``
+        exactly those are reset in the same atomic step."""
+
+    def protect(self, first: int, count: int, prot: int) -> None:
+        """Change the owner's protection of the pages without losing or inventing dirty state."""
+
+    def kernel_write(self, first: int, count: int, open: bool) -> None:
+        """Open or close a window in which the kernel may write into the pages."""
+
+    def close(self) -> None:
+        """Stop tracking and leave the memory as it was before."""
+
+
+_probes: dict[tuple[type, int], Availability] = {}
+
+
+class Backend(abc.ABC):
+    """One write-watch mechanism.  Subclasses live one per module in this package."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    #: Whether a forked child keeps a working, independent watch.  The userfaultfd
+    #: backends do not: the kernel drops their registration in the child.
+    survives_fork: ClassVar[bool]
+
+    @classmethod
+    def availability(cls) -> Availability:
+        """Probe once per process (a forked child probes again)."""
+        key = (cls, os.getpid())
+        if key not in _probes:
+            _probes[key] = cls._probe()
+        return _probes[key]
+
+    @classmethod
+    @abc.abstractmethod
+    def _probe(cls) -> Availability:
+        ...
+
+    @classmethod
+    @abc.abstractmethod
+    def track(cls, address: int, size: int, prots: bytes) -> Tracker:
+        """Start tracking ``size`` bytes at ``address`` (whole pages) whose pages have the
+        given PROT_* protections.  Raises BackendUnavailable when this mechanism cannot
+        track this kind of memory."""
+
+
+def forget_probes() -> None:
+    _probes.clear()

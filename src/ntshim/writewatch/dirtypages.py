@@ -1,0 +1,74 @@
+"""DirtyPages: the answer to "which pages were written", compact however large it is."""
+
+from __future__ import annotations
+
+from array import array
+from typing import Iterator
+
+from .. import _core
+
+
+class DirtyPages:
+    """Written pages, ascending, stored as coalesced runs.
+
+    ``len()`` counts pages; ``offsets`` and ``addresses`` are ``array('Q')`` of page starts
+    (byte offsets from the watched memory's start, and absolute addresses); ``ranges()``
+    gives the runs as half-open ``(start, end)`` byte offsets.  Iterating yields offsets.
+    """
+
+    __slots__ = ("_runs", "_address", "_granularity", "_count", "_offsets")
+
+    def __init__(self, runs: bytes, address: int, granularity: int) -> None:
+        self._runs = array("Q", runs)
+        self._address = address
+        self._granularity = granularity
+        self._count = (sum(self._runs[1::2]) - sum(self._runs[0::2])) // granularity
+        self._offsets: array[int] | None = None
+
+    @property
+    def address(self) -> int:
+        """Address that offsets count from (the watched memory's first page)."""
+        return self._address
+
+    @property
+    def granularity(self) -> int:
+        """Bytes per page."""
+        return self._granularity
+
+    @property
+    def offsets(self) -> array[int]:
+        """Byte offset of every written page, ascending (``array('Q')``)."""
+        if self._offsets is None:
+            self._offsets = array("Q", _core.expand_runs(self._runs, 0, self._granularity))
+        return self._offsets
+
+    @property
+    def addresses(self) -> array[int]:
+        """Address of every written page, ascending (``array('Q')``)."""
+        return array("Q", _core.expand_runs(self._runs, self._address, self._granularity))
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """Runs of consecutive written pages as half-open ``(start, end)`` byte offsets."""
+        runs = self._runs
+        return list(zip(runs[0::2], runs[1::2]))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.offsets)
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DirtyPages):
+            return NotImplemented
+        return (self._runs, self._address, self._granularity) == (other._runs, other._address, other._granularity)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{s:#x}-{e:#x}" for s, e in self.ranges()[:4])
+        more = ", ..." if len(self._runs) > 8 else ""
+        return f"<DirtyPages {self._count} page(s) in {len(self._runs) // 2} run(s): [{shown}{more}]>"

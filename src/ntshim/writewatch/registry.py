@@ -1,0 +1,98 @@
+"""Which backends exist, which one serves a request, and which memory is already watched."""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+
+from .. import _kernel
+from ..errors import BackendUnavailable
+from .backend import Availability, Backend, Tracker, forget_probes
+from .mprotect import Mprotect
+from .shadow import Shadow
+from .uffd_async import UffdAsync
+from .uffd_sync import UffdSync
+
+#: Best first: automatic selection takes the first that is available and accepts the memory.
+ORDER: tuple[type[Backend], ...] = (UffdAsync, UffdSync, Mprotect, Shadow)
+BY_NAME: dict[str, type[Backend]] = {b.name: b for b in ORDER}
+ENV_VAR = "NTSHIM_WRITEWATCH_BACKEND"
+
+
+def backends() -> list[Availability]:
+    """Every write-watch backend, best first, with whether it works here and why not."""
+    return [b.availability() for b in ORDER]
+
+
+def refresh() -> None:
+    """Probe the kernel and the backends again on next use."""
+    _kernel.refresh()
+    forget_probes()
+
+
+def _requested(backend: str | None) -> str | None:
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"backend must be a str or None, not {type(backend).__name__}")
+    name = backend or os.environ.get(ENV_VAR) or None
+    if name is not None and name not in BY_NAME:
+        source = "backend" if backend else ENV_VAR
+        raise ValueError(f"{source}: unknown write-watch backend {name!r}; choose from {', '.join(BY_NAME)}")
+    return name
+
+
+def check_backend(backend: str | None) -> None:
+    """Validate a backend argument before any work is done (bad names fail early)."""
+    _requested(backend)
+
+
+def open_tracker(address: int, size: int, prots: bytes, backend: str | None) -> tuple[Tracker, type[Backend]]:
+    """Start tracking with the requested backend, or the best one that accepts this memory."""
+    name = _requested(backend)
+    if name is not None:
+        chosen = BY_NAME[name]
+        availability = chosen.availability()
+        if not availability.available:
+            raise BackendUnavailable(name, availability.reason)
+        return chosen.track(address, size, prots), chosen
+    refusals = []
+    for candidate in ORDER:
+        if not candidate.availability().available:
+            continue
+        try:
+            return candidate.track(address, size, prots), candidate
+        except BackendUnavailable as e:
+            refusals.append(str(e))
+    raise BackendUnavailable(None, "no write-watch backend can watch this memory: " + "; ".join(refusals))
+
+
+class _WatchedRanges:
+    """Address ranges under watch in this process.  Two watches over the same page would
+    reset each other's state (and the userfaultfd backends cannot register a page twice),
+    so overlaps are refused."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def claim(self, start: int, end: int) -> None:
+        with self._lock:
+            i = bisect.bisect_right(self._starts, start)
+            if (i > 0 and self._ends[i - 1] > start) or (i < len(self._starts) and self._starts[i] < end):
+                raise ValueError(f"memory {start:#x}-{end:#x} overlaps memory that is already watched")
+            self._starts.insert(i, start)
+            self._ends.insert(i, end)
+
+    def release(self, start: int) -> None:
+        with self._lock:
+            i = bisect.bisect_left(self._starts, start)
+            if i < len(self._starts) and self._starts[i] == start:
+                del self._starts[i], self._ends[i]
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
+
+watched = _WatchedRanges()
+os.register_at_fork(after_in_child=watched._after_fork_in_child)

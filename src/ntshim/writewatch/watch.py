@@ -1,0 +1,209 @@
+"""WriteWatch: the one contract every backend is used through."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import weakref
+from typing import Any, Callable, Iterator
+
+from .. import _kernel
+from .._arguments import as_int, page_range
+from .backend import Backend, Tracker
+from .dirtypages import DirtyPages
+from .registry import open_tracker, watched
+
+_live: weakref.WeakSet[WriteWatch] = weakref.WeakSet()
+
+
+class WriteWatch:
+    """Tracks which pages of a piece of memory are written.
+
+    The watch covers whole pages, ``size`` bytes from ``address``; offsets in arguments and
+    results count from ``address``.  Obtain one from :func:`ntshim.memory.watch` or
+    :func:`ntshim.memory.alloc` (``watch=True``); do not construct it directly.
+    Methods are safe to call from several threads.
+    """
+
+    def __init__(
+        self,
+        address: int,
+        size: int,
+        prots: bytes,
+        backend: str | None,
+        buffer: Callable[[], Any],
+        buffer_offset: int,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        watched.claim(address, address + size)
+        try:
+            self._tracker: Tracker | None
+            self._tracker, self._backend = open_tracker(address, size, prots, backend)
+        except BaseException:
+            watched.release(address)
+            raise
+        self._address = address
+        self._size = size
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._buffer = buffer  # () -> an exporter of the watched bytes, for writing()
+        self._buffer_offset = buffer_offset  # where that exporter's byte 0 lies, from address
+        self._on_close = on_close
+        _live.add(self)
+
+    # ---- what it watches -------------------------------------------------------------
+
+    @property
+    def address(self) -> int:
+        """Address of the first watched page."""
+        return self._address
+
+    @property
+    def size(self) -> int:
+        """Bytes watched: whole pages."""
+        return self._size
+
+    @property
+    def granularity(self) -> int:
+        """Bytes per tracked page."""
+        return _kernel.PAGE_SIZE
+
+    @property
+    def backend(self) -> str:
+        """Name of the backend doing the tracking."""
+        return self._backend.name
+
+    @property
+    def closed(self) -> bool:
+        return self._tracker is None
+
+    @property
+    def kernel_writes_tracked(self) -> bool:
+        """True when writes the kernel makes into the memory (``os.readv``, ``readinto``,
+        ``recv_into``) simply work and are tracked; False when they fail with EFAULT unless
+        done inside :meth:`writing`."""
+        return self._live_tracker().kernel_writes_tracked
+
+    # ---- the contract ----------------------------------------------------------------
+
+    def dirty(self, offset: int = 0, size: int | None = None, *, reset: bool = False, limit: int | None = None) -> DirtyPages:
+        """Pages written since they were last reset, ascending.
+
+        ``offset`` (page aligned) and ``size`` (bytes, rounded up to pages; ``None``: to the
+        end) select part of the memory.  With ``reset=True`` exactly the returned pages are
+        reset in the same atomic step: a write racing with the call is either in this
+        answer or in a later one, never lost.  ``limit=N`` returns (and resets) only the
+        first N written pages.
+        """
+        if not isinstance(reset, bool):
+            raise TypeError(f"reset must be a bool, not {type(reset).__name__}")
+        if limit is not None:
+            limit = as_int(limit, "limit")
+            if limit < 1:
+                raise ValueError(f"limit must be >= 1 (or None for no limit), got {limit}")
+        first, count = page_range(offset, size, self._size, _kernel.PAGE_SIZE)
+        with self._lock:
+            runs = self._live_tracker().dirty(first, count, reset, limit or 0)
+        return DirtyPages(runs, self._address, _kernel.PAGE_SIZE)
+
+    def reset(self, offset: int = 0, size: int | None = None) -> None:
+        """Forget that the pages of the range were written."""
+        first, count = page_range(offset, size, self._size, _kernel.PAGE_SIZE)
+        with self._lock:
+            self._live_tracker().dirty(first, count, True, 0)
+
+    @contextlib.contextmanager
+    def writing(self, offset: int = 0, size: int | None = None) -> Iterator[memoryview]:
+        """Open the range for writes made by the kernel and yield a memoryview of it.
+
+        Under ``mprotect`` (and ``uffd-sync`` without privilege) the kernel cannot write into
+        protected pages: ``os.readv``, ``file.readinto`` and ``socket.recv_into`` fail with
+        EFAULT.  Inside this block the pages are writable for everyone and they count as
+        written, both during the block and once more after it, so nothing written in it is
+        lost even if another thread resets meanwhile.  On the other backends the block only
+        yields the view.  The view covers the watched bytes of the range (not the parts of
+        the first and last page outside a watched buffer) and is released when the block ends.
+        """
+        first, count = page_range(offset, size, self._size, _kernel.PAGE_SIZE)
+        exporter = self._buffer()
+        if exporter is None or self.closed:
+            raise ValueError("WriteWatch is closed")
+        view = memoryview(exporter)
+        ps = _kernel.PAGE_SIZE
+        lo = max(first * ps - self._buffer_offset, 0)
+        hi = min((first + count) * ps - self._buffer_offset, view.nbytes)
+        window = view[lo:hi]
+        with self._lock:
+            self._live_tracker().kernel_write(first, count, True)
+        try:
+            yield window
+        finally:
+            with self._lock:
+                if self._tracker is not None:
+                    self._tracker.kernel_write(first, count, False)
+            with contextlib.suppress(BufferError):  # objects made from the view keep it alive
+                window.release()
+                view.release()
+
+    def close(self) -> None:
+        """Stop tracking and give the memory back as it was.  Idempotent."""
+        with self._lock:
+            tracker, self._tracker = self._tracker, None
+            if tracker is None:
+                return
+            tracker.close()
+            self._buffer = _gone
+            watched.release(self._address)
+            if self._on_close is not None:
+                self._on_close()
+
+    # ---- plumbing ----------------------------------------------------------------------
+
+    def _live_tracker(self) -> Tracker:
+        tracker = self._tracker
+        if tracker is None:
+            raise ValueError("WriteWatch is closed")
+        if self._pid != os.getpid() and not self._backend.survives_fork:
+            raise RuntimeError(
+                f"this WriteWatch was made in process {self._pid}; the {self.backend} backend does not "
+                "track a forked child (the kernel drops userfaultfd registrations on fork)"
+            )
+        return tracker
+
+    def _protect(self, first: int, count: int, prot: int) -> None:
+        """Change page protections (for Region.protect), keeping the dirty state exact."""
+        with self._lock:
+            self._live_tracker().protect(first, count, prot)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> WriteWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_tracker", None) is not None:
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"backend={self.backend}"
+        return f"<WriteWatch {self._address:#x}+{self._size:#x} {state}>"
+
+
+def _gone() -> None:
+    return None
+
+
+def _reset_locks_in_child() -> None:
+    # A lock held by another thread at fork() would stay held forever in the child.
+    for w in list(_live):
+        w._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reset_locks_in_child)
+
+__all__ = ["WriteWatch", "DirtyPages", "Backend"]
