@@ -9,6 +9,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 
 /* One lock guards the registry and the state of every mprotect tracker: the
  * signal handler must find the tracker and update it atomically. */
@@ -67,19 +68,41 @@ static nts_tracker *lookup(uintptr_t addr)
     return addr < t->base + t->npages * nts_page_size ? t : NULL;
 }
 
+static uintptr_t g_last_foreign_fault; /* 1 + address of the last fault we passed on; 0: none */
+static pid_t g_chaining_tid;            /* thread inside a handler we chained to, 0: none */
+
+static void default_action(int sig, siginfo_t *si)
+{
+    /* A hardware fault repeats when the instruction re-executes; a sent signal has
+     * to be raised again. */
+    signal(sig, SIG_DFL);
+    if (si->si_code <= 0)
+        raise(sig);
+}
+
 static void chain(const struct sigaction *prev, int sig, siginfo_t *si, void *ctx)
 {
+    /* The handler we chain to may hand the signal back to us.  faulthandler, enabled
+     * after our first watch, restores its predecessor (us) and raises the signal
+     * again: with SA_NODEFER that arrives while we are still calling it.  A handler
+     * that just returns lets the instruction fault again at the same address.
+     * Either way nobody else will deal with it: take the default action. */
+    pid_t me = (pid_t)syscall(SYS_gettid);
+    uintptr_t key = (uintptr_t)si->si_addr + 1;
+    if (__atomic_load_n(&g_chaining_tid, __ATOMIC_RELAXED) == me ||
+        (si->si_code > 0 && __atomic_exchange_n(&g_last_foreign_fault, key, __ATOMIC_RELAXED) == key)) {
+        default_action(sig, si);
+        return;
+    }
+    __atomic_store_n(&g_chaining_tid, me, __ATOMIC_RELAXED);
     if (prev->sa_flags & SA_SIGINFO) {
         prev->sa_sigaction(sig, si, ctx);
     } else if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN) {
         prev->sa_handler(sig);
     } else {
-        /* Default action: restore it; a hardware fault repeats when the
-         * instruction re-executes, a sent signal has to be raised again. */
-        signal(sig, SIG_DFL);
-        if (si->si_code <= 0)
-            raise(sig);
+        default_action(sig, si);
     }
+    __atomic_store_n(&g_chaining_tid, 0, __ATOMIC_RELAXED);
 }
 
 static void on_sigsegv(int sig, siginfo_t *si, void *ctx)
@@ -126,7 +149,7 @@ static int install_handler(void)
         return 0;
     memset(&ours, 0, sizeof ours);
     ours.sa_sigaction = on_sigsegv;
-    ours.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+    ours.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_NODEFER; /* see chain() */
     sigemptyset(&ours.sa_mask);
     if (sigaction(SIGSEGV, &ours, NULL))
         return errno;

@@ -3,8 +3,8 @@
  * backend needs none of this: the kernel keeps its state in the page tables.
  *
  * Invariant for the write-protecting kinds (mprotect, uffd-sync), under the lock:
- * a page is write-protected exactly when it is clean, writable by its owner and
- * not inside a kernel-write window.  Fault handlers take the same lock, mark the
+ * a page is write-protected exactly when it is clean and not inside a
+ * kernel-write window (for mprotect: and its owner lets it be written at all).  Fault handlers take the same lock, mark the
  * page dirty and release it, so "protect, then clear DIRTY" cannot lose a write:
  * a write that lands after the protection faults and waits for the lock. */
 #include "core.h"
@@ -86,11 +86,10 @@ static int pinned(nts_tracker *t, size_t i) { return t->pins && t->pins[i]; }
 static int desired(nts_tracker *t, size_t i)
 {
     uint8_t s = t->state[i];
-    int prot = s & NTS_PROT_MASK;
-    int watch = (prot & PROT_WRITE) && !(s & NTS_DIRTY) && !pinned(t, i);
-    if (t->kind == NTS_MPROTECT)
-        return watch ? (prot & ~PROT_WRITE) : prot;
-    return watch;
+    int prot = s & NTS_PROT_MASK, clean = !(s & NTS_DIRTY) && !pinned(t, i);
+    if (t->kind == NTS_MPROTECT) /* only a write the owner allows needs taking away */
+        return clean && (prot & PROT_WRITE) ? (prot & ~PROT_WRITE) : prot;
+    return clean; /* uffd write-protection is independent of the page's protection */
 }
 
 int nts_tracker_sync_kernel(nts_tracker *t, size_t first, size_t n)
@@ -296,9 +295,10 @@ static PyObject *tracker_protect(nts_tracker *t, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* Kernel-write windows: the pages are released for the kernel to write into
- * (os.readv, readinto, recv_into fail with EFAULT on protected pages) and count
- * as dirty until the window closes and once more after. */
+/* Kernel-write windows: the pages count as written while the window is open
+ * and once more when it closes, and the write-protecting kinds release them for
+ * the kernel to write into (os.readv, readinto, recv_into fail with EFAULT on
+ * protected pages). */
 static PyObject *tracker_kernel_write(nts_tracker *t, PyObject *args)
 {
     size_t first, count;
@@ -310,7 +310,9 @@ static PyObject *tracker_kernel_write(nts_tracker *t, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     tracker_lock(t, &c);
     closed = t->closed;
-    if (!closed && t->kind != NTS_SHADOW) { /* shadow compares contents: nothing to release */
+    if (!closed && t->kind == NTS_SHADOW) { /* nothing is protected: only the marking */
+        mark_dirty(t, first, count);
+    } else if (!closed) {
         if (!t->pins && !(t->pins = calloc(t->npages, sizeof *t->pins)))
             err = ENOMEM;
         for (size_t i = first; !err && i < first + count; i++)

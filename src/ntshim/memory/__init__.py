@@ -32,7 +32,8 @@ def alloc(size: int, *, watch: bool = False, protect: str = "rw", backend: str |
         raise TypeError(f"watch must be a bool, not {type(watch).__name__}")
     if backend is not None and not watch:
         raise ValueError("backend= chooses a write-watch backend: it needs watch=True")
-    check_backend(backend)
+    if watch:
+        check_backend(backend)
     rounded = -(-size // PAGE_SIZE) * PAGE_SIZE
     region = Region(rounded, prot)
     if watch:

@@ -39,6 +39,9 @@ class Tracker(Protocol):
         """Stop tracking and leave the memory as it was before."""
 
 
+#: Why the userfaultfd backends refuse memory another userfaultfd has registered (EBUSY).
+ALREADY_REGISTERED = "this memory is already registered with another userfaultfd (another library watches it)"
+
 _probes: dict[tuple[type, int], Availability] = {}
 
 

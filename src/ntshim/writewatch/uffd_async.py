@@ -15,7 +15,7 @@ from array import array
 
 from .. import _core, _kernel
 from ..errors import BackendUnavailable
-from .backend import Availability, Backend
+from .backend import ALREADY_REGISTERED, Availability, Backend
 
 _REQUIRED = _core.UFFD_FEATURE_WP_ASYNC | _core.UFFD_FEATURE_WP_UNPOPULATED
 _WANTED = _REQUIRED | _core.UFFD_FEATURE_PAGEFAULT_FLAG_WP | _core.UFFD_FEATURE_WP_HUGETLBFS_SHMEM
@@ -58,7 +58,10 @@ class UffdAsyncTracker:
         _core.mprotect(self._address + first * ps, count * ps, prot)
 
     def kernel_write(self, first: int, count: int, open: bool) -> None:
-        """Nothing to do: the kernel's own writes are tracked like any other."""
+        # The kernel's own writes are tracked like any other; lifting the protection only
+        # makes the pages count as written, as the window promises.
+        ps = _kernel.PAGE_SIZE
+        _core.uffd_writeprotect(self._fd, self._address + first * ps, count * ps, False)
 
     def close(self) -> None:
         if self._fd < 0:
@@ -76,7 +79,7 @@ class UffdAsyncTracker:
 
 def _register_failure(e: OSError) -> str:
     if e.errno == errno.EBUSY:
-        return "this memory is already registered with another userfaultfd (another library watches it)"
+        return ALREADY_REGISTERED
     return (
         f"userfaultfd cannot write-protect this mapping ({errno.errorcode.get(e.errno or 0, e.errno)}); "
         "driver mappings (VM_PFNMAP/VM_IO) cannot be watched by it; the shadow backend can"

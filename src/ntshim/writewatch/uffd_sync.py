@@ -12,7 +12,7 @@ import errno
 
 from .. import _core, _kernel
 from ..errors import BackendUnavailable
-from .backend import Availability, Backend, Tracker
+from .backend import ALREADY_REGISTERED, Availability, Backend, Tracker
 
 _WANTED = (
     _core.UFFD_FEATURE_PAGEFAULT_FLAG_WP | _core.UFFD_FEATURE_WP_UNPOPULATED | _core.UFFD_FEATURE_WP_HUGETLBFS_SHMEM
@@ -63,11 +63,14 @@ class UffdSync(Backend):
                 populate=not uffd.offers(_core.UFFD_FEATURE_WP_UNPOPULATED),
             )
         except OSError as e:
-            if e.errno == errno.EINVAL and "UFFDIO_REGISTER" in str(e):
-                raise BackendUnavailable(
-                    cls.name,
-                    "userfaultfd write-protection covers anonymous, shmem (memfd, /dev/shm, shared anonymous) "
-                    "and hugetlbfs mappings only; this mapping is file-backed or special. "
-                    "uffd-async, mprotect and shadow can watch it",
-                ) from e
+            if "UFFDIO_REGISTER" in str(e) and e.errno in _REFUSALS:
+                raise BackendUnavailable(cls.name, _REFUSALS[e.errno]) from e
             raise
+
+
+_REFUSALS = {
+    errno.EINVAL: "userfaultfd write-protection covers anonymous, shmem (memfd, /dev/shm, shared anonymous) "
+    "and hugetlbfs mappings only; this mapping is file-backed or special. "
+    "uffd-async, mprotect and shadow can watch it",
+    errno.EBUSY: ALREADY_REGISTERED,
+}

@@ -103,8 +103,9 @@ class WriteWatch:
             if limit < 1:
                 raise ValueError(f"limit must be >= 1 (or None for no limit), got {limit}")
         first, count = page_range(offset, size, self._size, _kernel.PAGE_SIZE)
+        limit = min(limit, count) if limit else 0  # a limit beyond the range is no limit
         with self._lock:
-            runs = self._live_tracker().dirty(first, count, reset, limit or 0)
+            runs = self._live_tracker().dirty(first, count, reset, limit)
         return DirtyPages(runs, self._address, _kernel.PAGE_SIZE)
 
     def reset(self, offset: int = 0, size: int | None = None) -> None:
@@ -119,10 +120,9 @@ class WriteWatch:
 
         Under ``mprotect`` (and ``uffd-sync`` without privilege) the kernel cannot write into
         protected pages: ``os.readv``, ``file.readinto`` and ``socket.recv_into`` fail with
-        EFAULT.  Inside this block the pages are writable for everyone and they count as
-        written, both during the block and once more after it, so nothing written in it is
-        lost even if another thread resets meanwhile.  On the other backends the block only
-        yields the view.  The view covers the watched bytes of the range (not the parts of
+        EFAULT.  Inside this block the pages are writable for everyone.  On every backend
+        the pages of the range count as written during the block and once more after it,
+        so nothing written in it is lost even if another thread resets meanwhile.  The view covers the watched bytes of the range (not the parts of
         the first and last page outside a watched buffer) and is released when the block ends.
         """
         first, count = page_range(offset, size, self._size, _kernel.PAGE_SIZE)
