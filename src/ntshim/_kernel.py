@@ -45,6 +45,16 @@ class Userfaultfd:
     def feature_names(self) -> list[str]:
         return [name for bit, name in FEATURE_NAMES.items() if self.features & bit]
 
+    def lacking(self, features: int, kernel: str) -> str:
+        """Why this process cannot use userfaultfd with ``features`` (which ``kernel``
+        versions offer); "" when it can."""
+        if not self.usable:
+            return self.reason
+        missing = [f"UFFD_FEATURE_{name}" for bit, name in FEATURE_NAMES.items() if features & bit & ~self.features]
+        if missing:
+            return f"userfaultfd: this kernel does not offer {' and '.join(missing)} ({kernel})"
+        return ""
+
 
 def release() -> str:
     """The kernel release string, e.g. ``6.18.44``."""

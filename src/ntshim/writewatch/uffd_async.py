@@ -93,13 +93,9 @@ class UffdAsync(Backend):
 
     @classmethod
     def _probe(cls) -> Availability:
-        uffd = _kernel.userfaultfd()
-        if not uffd.usable:
-            return Availability(cls.name, False, uffd.reason)
-        missing = [_kernel.FEATURE_NAMES[f] for f in _kernel.FEATURE_NAMES if f & _REQUIRED and not uffd.offers(f)]
-        if missing:
-            names = " and ".join(f"UFFD_FEATURE_{m}" for m in missing)
-            return Availability(cls.name, False, f"userfaultfd: this kernel does not offer {names} (Linux 6.7+)")
+        reason = _kernel.userfaultfd().lacking(_REQUIRED, "Linux 6.7+")
+        if reason:
+            return Availability(cls.name, False, reason)
         return _self_test(cls.name)
 
     @classmethod

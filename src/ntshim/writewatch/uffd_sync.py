@@ -32,12 +32,9 @@ class UffdSync(Backend):
     @classmethod
     def _probe(cls) -> Availability:
         uffd = _kernel.userfaultfd()
-        if not uffd.usable:
-            return Availability(cls.name, False, uffd.reason)
-        if not uffd.offers(_core.UFFD_FEATURE_PAGEFAULT_FLAG_WP):
-            return Availability(
-                cls.name, False, "userfaultfd: this kernel does not offer UFFD_FEATURE_PAGEFAULT_FLAG_WP (Linux 5.7+)"
-            )
+        reason = uffd.lacking(_core.UFFD_FEATURE_PAGEFAULT_FLAG_WP, "Linux 5.7+")
+        if reason:
+            return Availability(cls.name, False, reason)
         notes = []
         if not uffd.kernel_faults:
             notes.append(
