@@ -115,7 +115,8 @@ class DemoCommand:
         if args.pages < 32:
             raise SystemExit("ntshim demo: --pages must be at least 32")
         ps = _kernel.PAGE_SIZE
-        table = Table(title=f"writes into a {args.pages}-page region, then dirty(reset=True) twice", title_justify="left")
+        title = f"writes into a {args.pages}-page region, then dirty(reset=True) twice"
+        table = Table(title=title, title_justify="left")
         for column in ("backend", "written pages", "1st dirty(reset=True)", "2nd", "as expected"):
             table.add_column(column)
         written = [3, 4, 10, 20, args.pages - 1]

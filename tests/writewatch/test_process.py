@@ -16,7 +16,7 @@ import ntshim
 from ntshim.memory import PAGE_SIZE as PS
 from ntshim.writewatch import registry
 
-from conftest import REQUIRED, require_backend
+from conftest import require_backend
 
 
 def run_in_child(body) -> dict:

@@ -40,7 +40,7 @@ def test_without_mapping_up_front_a_first_write_would_be_lost() -> None:
         view[3 * PS] = 1  # a never-touched page: not protected, so not seen
     assert tracker.dirty(0, 8, False, 0) == b""
     tracker.close()
-    memory.unmap()
+    memory._unmap()
 
 
 def test_never_touched_pages_are_tracked(old_kernel: None) -> None:

@@ -169,7 +169,7 @@ static int mapping_set_export_mode(Mapping *self, PyObject *value, void *c)
     if (mode == -1 && PyErr_Occurred())
         return -1;
     if (mode < 0 || mode > 2) {
-        PyErr_SetString(PyExc_ValueError, "export_mode must be 0, 1 or 2");
+        PyErr_SetString(PyExc_ValueError, "_export_mode must be 0, 1 or 2");
         return -1;
     }
     self->export_mode = (int)mode;
@@ -204,8 +204,8 @@ static PyBufferProcs mapping_as_buffer = {
 };
 
 static PyMethodDef mapping_methods[] = {
-    {"unmap", (PyCFunction)mapping_unmap, METH_NOARGS,
-     "Unmap the memory; BufferError while buffer exports are alive. Idempotent."},
+    {"_unmap", (PyCFunction)mapping_unmap, METH_NOARGS,
+     "Unmap the memory; BufferError while buffer exports are alive. Idempotent. (Region.free is the public way.)"},
     {NULL},
 };
 
@@ -214,7 +214,7 @@ static PyGetSetDef mapping_getset[] = {
     {"size", (getter)mapping_size, NULL, "Size in bytes.", NULL},
     {"closed", (getter)mapping_closed, NULL, "True once the memory is unmapped.", NULL},
     {"exports", (getter)mapping_exports, NULL, "Number of live buffer exports.", NULL},
-    {"export_mode", (getter)mapping_get_export_mode, (setter)mapping_set_export_mode,
+    {"_export_mode", (getter)mapping_get_export_mode, (setter)mapping_set_export_mode,
      "Buffers offered: 0 none, 1 read-only, 2 read-write.", NULL},
     {NULL},
 };

@@ -21,7 +21,7 @@ def protections(start: int, end: int, page: int) -> bytes:
                 continue
             if lo > cursor or lo >= end:
                 break
-            prot = (READ if perms[0] == "r" else 0) | (WRITE if perms[1] == "w" else 0) | (EXEC if perms[2] == "x" else 0)
+            prot = sum(bit for bit, letter, flag in zip((READ, WRITE, EXEC), "rwx", perms) if flag == letter)
             stop = min(hi, end)
             out += bytes([prot]) * ((stop - cursor) // page)
             cursor = stop

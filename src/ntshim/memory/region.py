@@ -48,7 +48,7 @@ class Region(_core.Mapping):
         new = bytearray(self._prots)
         new[first : first + count] = bytes([prot]) * count
         mode = min(new.translate(_EXPORT_MODE))
-        if self.exports and mode < self.export_mode:
+        if self.exports and mode < self._export_mode:
             raise BufferError(
                 f"cannot make pages {protection.format(prot)!r}: {self.exports} buffer export(s) of this "
                 "region would lose access; release them first"
@@ -59,7 +59,7 @@ class Region(_core.Mapping):
         else:
             self._mprotect(first, count, prot)
         self._prots = new
-        self.export_mode = mode
+        self._export_mode = mode
         return previous
 
     def protection(self, offset: int = 0) -> str:
@@ -89,10 +89,10 @@ class Region(_core.Mapping):
         if self.closed:
             return
         if self.exports:
-            self.unmap()  # raises the BufferError that names the problem
+            self._unmap()  # raises the BufferError that names the problem
         if self._write_watch is not None:
             self._write_watch.close()
-        self.unmap()
+        self._unmap()
 
     def __enter__(self) -> Region:
         return self
@@ -132,7 +132,9 @@ class Region(_core.Mapping):
             raise ValueError("region is not watched: allocate it with watch=True or call ntshim.memory.watch(region)")
         return self._write_watch
 
-    def dirty(self, offset: int = 0, size: int | None = None, *, reset: bool = False, limit: int | None = None) -> DirtyPages:
+    def dirty(
+        self, offset: int = 0, size: int | None = None, *, reset: bool = False, limit: int | None = None
+    ) -> DirtyPages:
         """See :meth:`WriteWatch.dirty`."""
         return self._watch().dirty(offset, size, reset=reset, limit=limit)
 

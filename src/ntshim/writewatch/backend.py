@@ -23,7 +23,9 @@ class Tracker(Protocol):
     tracked memory; runs are returned as bytes of native uint64 ``[start, end)`` byte-offset
     pairs (see :class:`~ntshim.writewatch.DirtyPages`)."""
 
-    kernel_writes_tracked: bool
+    @property
+    def kernel_writes_tracked(self) -> bool:
+        """Whether writes the kernel makes into the memory work and are tracked without a window."""
 
     def dirty(self, first: int, count: int, reset: bool, limit: int) -> bytes:
         """Written pages of the range, ascending, at most ``limit`` (0: all); with ``reset``

@@ -50,7 +50,7 @@ class DirtyPages:
     def ranges(self) -> list[tuple[int, int]]:
         """Runs of consecutive written pages as half-open ``(start, end)`` byte offsets."""
         runs = self._runs
-        return list(zip(runs[0::2], runs[1::2]))
+        return list(zip(runs[0::2], runs[1::2], strict=True))
 
     def __len__(self) -> int:
         return self._count

@@ -125,7 +125,7 @@ def _self_test(name: str) -> Availability:
             return Availability(name, False, "PAGEMAP_SCAN ioctl on /proc/self/pagemap is missing (Linux 6.7+)")
         return Availability(name, False, f"self-test failed: {e}")
     finally:
-        memory.unmap()
+        memory._unmap()
     if (before, after, again) != (b"", array("Q", [0, ps]).tobytes(), b""):
         return Availability(name, False, "self-test failed: a write to a watched page was not reported exactly once")
     return Availability(name, True)

@@ -87,7 +87,9 @@ class WriteWatch:
 
     # ---- the contract ----------------------------------------------------------------
 
-    def dirty(self, offset: int = 0, size: int | None = None, *, reset: bool = False, limit: int | None = None) -> DirtyPages:
+    def dirty(
+        self, offset: int = 0, size: int | None = None, *, reset: bool = False, limit: int | None = None
+    ) -> DirtyPages:
         """Pages written since they were last reset, ascending.
 
         ``offset`` (page aligned) and ``size`` (bytes, rounded up to pages; ``None``: to the
@@ -122,8 +124,9 @@ class WriteWatch:
         protected pages: ``os.readv``, ``file.readinto`` and ``socket.recv_into`` fail with
         EFAULT.  Inside this block the pages are writable for everyone.  On every backend
         the pages of the range count as written during the block and once more after it,
-        so nothing written in it is lost even if another thread resets meanwhile.  The view covers the watched bytes of the range (not the parts of
-        the first and last page outside a watched buffer) and is released when the block ends.
+        so nothing written in it is lost even if another thread resets meanwhile.  The view
+        covers the watched bytes of the range (not the parts of the first and last page
+        outside a watched buffer) and is released when the block ends.
         """
         first, count = page_range(offset, size, self._size, _kernel.PAGE_SIZE)
         exporter = self._buffer()
