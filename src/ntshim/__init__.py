@@ -19,4 +19,4 @@ from .writewatch import DirtyPages, WriteWatch, backends
 
 __version__ = "0.1.0"
 
-__all__ = ["alloc", "watch", "Region", "WriteWatch", "DirtyPages", "BackendUnavailable", "backends", "__version__"]
+__all__ = ["BackendUnavailable", "DirtyPages", "Region", "WriteWatch", "__version__", "alloc", "backends", "watch"]

@@ -73,7 +73,7 @@ def _errno_name(e: OSError) -> str:
     return errno.errorcode.get(e.errno or 0, str(e.errno))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _userfaultfd(pid: int) -> Userfaultfd:
     failures: dict[bool, OSError] = {}
     for user_mode_only in (False, True):  # full mode first: it also handles kernel-mode faults
@@ -113,7 +113,7 @@ def userfaultfd() -> Userfaultfd:
     return _userfaultfd(os.getpid())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pagemap_fd(pid: int) -> int:
     # The file is bound to the address space that opened it: a forked child needs its own.
     return os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)

@@ -10,7 +10,8 @@ import json
 import os
 import platform
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from . import __version__, _kernel
 from .writewatch import registry

@@ -4,7 +4,7 @@ in /proc/self/maps) and attaching write watches."""
 from __future__ import annotations
 
 import ctypes
-from typing import Callable
+from collections.abc import Callable
 
 import numpy
 import pytest
@@ -76,10 +76,9 @@ def test_alloc_rounds_size_up_to_whole_pages(requested: int, expected: int) -> N
 
 
 def test_alloc_memory_is_zeroed() -> None:
-    with alloc(4 * P) as region:
-        with memoryview(region) as mv:
-            assert mv.nbytes == 4 * P
-            assert bytes(mv) == bytes(4 * P)
+    with alloc(4 * P) as region, memoryview(region) as mv:
+        assert mv.nbytes == 4 * P
+        assert bytes(mv) == bytes(4 * P)
 
 
 def test_distinct_regions_do_not_overlap() -> None:
@@ -220,16 +219,14 @@ def test_context_manager_frees_on_exit() -> None:
 
 
 def test_context_manager_frees_when_the_block_raises() -> None:
-    with pytest.raises(RuntimeError, match="boom"):
-        with alloc(P) as region:
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), alloc(P) as region:
+        raise RuntimeError("boom")
     assert region.closed
 
 
 def test_context_manager_exit_with_live_export_raises_buffer_error() -> None:
-    with pytest.raises(BufferError):
-        with alloc(P) as region:
-            mv = memoryview(region)
+    with pytest.raises(BufferError), alloc(P) as region:
+        mv = memoryview(region)
     assert not region.closed
     mv.release()
     region.free()
@@ -508,9 +505,8 @@ def test_unwatched_region_refuses_the_watch_calls() -> None:
             region.granularity
         with pytest.raises(ValueError, match="not watched"):
             region.backend
-        with pytest.raises(ValueError, match="not watched"):
-            with region.writing():
-                pass
+        with pytest.raises(ValueError, match="not watched"), region.writing():
+            pass
         # The region itself still works.
         bump(region, 1)
         assert "watched" not in repr(region)

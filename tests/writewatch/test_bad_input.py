@@ -5,7 +5,8 @@ tracking state as it was: each check writes a known set of pages first and verif
 from __future__ import annotations
 
 import mmap
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy
 import pytest
@@ -351,9 +352,8 @@ def test_closed_write_watch(watched: Region, backend: str, anon_mmap: mmap.mmap)
         ww.dirty(0, P, reset=True, limit=1)
     with pytest.raises(ValueError, match="closed"):
         ww.reset()
-    with pytest.raises(ValueError, match="closed"):
-        with ww.writing():
-            pytest.fail("writing() entered its block on a closed watch")
+    with pytest.raises(ValueError, match="closed"), ww.writing():
+        pytest.fail("writing() entered its block on a closed watch")
     with pytest.raises(ValueError, match="closed"):
         ww.kernel_writes_tracked
     ww.close()  # twice is fine
@@ -374,9 +374,8 @@ def test_closed_write_watch_of_a_region(watched: Region, backend: str) -> None:
         ww.dirty()
     with pytest.raises(ValueError, match="closed"):
         ww.reset()
-    with pytest.raises(ValueError, match="closed"):
-        with ww.writing():
-            pytest.fail("writing() entered its block on a closed watch")
+    with pytest.raises(ValueError, match="closed"), ww.writing():
+        pytest.fail("writing() entered its block on a closed watch")
     with pytest.raises(ValueError, match="not watched"):
         region.dirty()
     bump(region, 1)  # the region is plain memory again

@@ -11,12 +11,11 @@ import sys
 import textwrap
 
 import pytest
+from conftest import require_backend
 
 import ntshim
 from ntshim.memory import PAGE_SIZE as PS
 from ntshim.writewatch import registry
-
-from conftest import require_backend
 
 
 def run_in_child(body) -> dict:

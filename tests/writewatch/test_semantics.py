@@ -9,9 +9,9 @@ import tempfile
 from array import array
 
 import pytest
+from conftest import require_backend
 
 import ntshim
-from conftest import require_backend
 from ntshim import _core, _kernel
 from ntshim.memory import PAGE_SIZE as PS
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from conftest import require_backend
 
 import ntshim
 from ntshim import _core, _kernel
 from ntshim.memory import PAGE_SIZE as PS
-
-from conftest import require_backend
 
 RW = _core.PROT_READ | _core.PROT_WRITE
 WITHOUT_UNPOPULATED = _core.UFFD_FEATURE_PAGEFAULT_FLAG_WP | _core.UFFD_FEATURE_WP_HUGETLBFS_SHMEM

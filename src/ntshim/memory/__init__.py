@@ -11,7 +11,7 @@ from ..writewatch.registry import check_backend
 from . import maps, protection
 from .region import Region
 
-__all__ = ["alloc", "watch", "Region", "WriteWatch", "PAGE_SIZE"]
+__all__ = ["PAGE_SIZE", "Region", "WriteWatch", "alloc", "watch"]
 
 PAGE_SIZE: int = _kernel.PAGE_SIZE
 

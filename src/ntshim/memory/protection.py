@@ -30,7 +30,7 @@ def parse(protect: object) -> int:
     return bits
 
 
-def format(bits: int) -> str:  # noqa: A001 - reads naturally as protection.format(...)
+def format(bits: int) -> str:
     """PROT_READ|PROT_WRITE → ``"rw"``; 0 → ``"none"``."""
     text = "".join(c for c, bit in _LETTERS.items() if bits & bit)
     return text or "none"

@@ -18,4 +18,4 @@ from .dirtypages import DirtyPages
 from .registry import ENV_VAR, backends, refresh
 from .watch import WriteWatch
 
-__all__ = ["WriteWatch", "DirtyPages", "Availability", "BackendUnavailable", "backends", "refresh", "ENV_VAR"]
+__all__ = ["ENV_VAR", "Availability", "BackendUnavailable", "DirtyPages", "WriteWatch", "backends", "refresh"]

@@ -35,7 +35,8 @@ class Tracker(Protocol):
         """Change the owner's protection of the pages without losing or inventing dirty state."""
 
     def kernel_write(self, first: int, count: int, open: bool) -> None:
-        """Open or close a window in which the kernel may write into the pages."""
+        """Open or close a window in which the kernel may write into the pages; the pages
+        count as written while it is open and once more when it closes."""
 
     def close(self) -> None:
         """Stop tracking and leave the memory as it was before."""

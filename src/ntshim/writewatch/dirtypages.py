@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from array import array
-from typing import Iterator
+from collections.abc import Iterator
 
 from .. import _core
 
@@ -16,7 +16,7 @@ class DirtyPages:
     gives the runs as half-open ``(start, end)`` byte offsets.  Iterating yields offsets.
     """
 
-    __slots__ = ("_runs", "_address", "_granularity", "_count", "_offsets")
+    __slots__ = ("_address", "_count", "_granularity", "_offsets", "_runs")
 
     def __init__(self, runs: bytes, address: int, granularity: int) -> None:
         self._runs = array("Q", runs)

@@ -6,11 +6,12 @@ import contextlib
 import os
 import threading
 import weakref
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .. import _kernel
 from .._arguments import as_int, page_range
-from .backend import Backend, Tracker
+from .backend import Tracker
 from .dirtypages import DirtyPages
 from .registry import open_tracker, watched
 
@@ -208,5 +209,3 @@ def _reset_locks_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_locks_in_child)
-
-__all__ = ["WriteWatch", "DirtyPages", "Backend"]
