@@ -14,9 +14,9 @@ See ``ntshim info`` for what this machine supports.
 from __future__ import annotations
 
 from .errors import BackendUnavailable
-from .memory import Region, alloc, watch
+from .memory import Region, alloc, reserve, watch
 from .writewatch import DirtyPages, WriteWatch, backends
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailable", "DirtyPages", "Region", "WriteWatch", "__version__", "alloc", "backends", "watch"]
+__all__ = ["BackendUnavailable", "DirtyPages", "Region", "WriteWatch", "__version__", "alloc", "backends", "reserve", "watch"]

@@ -68,6 +68,9 @@ PyObject *nts_runs_finish(nts_runs *r);                       /* bytes; frees r 
 void nts_lock(int *word);
 void nts_unlock(int *word);
 
+/* ---- Memory objects (mapping.c) ---- */
+extern PyTypeObject nts_mapping_type, nts_view_type, nts_pin_type;
+
 /* ---- Page trackers (tracker.c + one mechanism file each) ---- */
 enum nts_tracker_kind { NTS_MPROTECT, NTS_UFFD_SYNC, NTS_SHADOW };
 

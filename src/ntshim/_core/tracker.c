@@ -338,6 +338,47 @@ static PyObject *tracker_kernel_write(nts_tracker *t, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* Drop the pages' contents (MADV_DONTNEED: they read as zero afterwards) and
+ * their write state, as decommitting does on Windows.  Re-arms the protection
+ * the kernel loses with the contents. */
+static PyObject *tracker_discard(nts_tracker *t, PyObject *args)
+{
+    size_t first, count;
+    int unused1 = 0, unused2 = 0;
+    if (parse_range(t, args, "nn|ii", &first, &count, &unused1, &unused2))
+        return NULL;
+    const size_t ps = nts_page_size;
+    int err = 0, closed;
+    lock_ctx c;
+    Py_BEGIN_ALLOW_THREADS
+    tracker_lock(t, &c);
+    closed = t->closed;
+    if (!closed && count) {
+        if (madvise((void *)(t->base + first * ps), count * ps, MADV_DONTNEED)) {
+            err = errno;
+        } else {
+            for (size_t i = first; i < first + count; i++)
+                t->state[i] &= ~NTS_DIRTY;
+            if (t->kind == NTS_SHADOW) {
+                memset(t->shadow + first * ps, 0, count * ps);
+            } else {
+                if (t->populate) /* an unmapped page cannot be write-protected without WP_UNPOPULATED */
+                    for (size_t i = first; i < first + count; i++)
+                        if (t->state[i] & (PROT_READ | PROT_WRITE))
+                            (void)*(volatile const char *)(t->base + i * ps);
+                err = nts_tracker_sync_kernel(t, first, count);
+            }
+        }
+    }
+    tracker_unlock(t, &c);
+    Py_END_ALLOW_THREADS
+    if (closed)
+        return check_open(t), NULL;
+    if (err)
+        return nts_raise_errno(err, "discarding pages");
+    Py_RETURN_NONE;
+}
+
 static void tracker_teardown(nts_tracker *t)
 {
     if (t->kind == NTS_MPROTECT) {
@@ -393,6 +434,8 @@ static PyMethodDef tracker_methods[] = {
     {"protect", (PyCFunction)tracker_protect, METH_VARARGS, "protect(first, count, prot): change owner protection"},
     {"kernel_write", (PyCFunction)tracker_kernel_write, METH_VARARGS,
      "kernel_write(first, count, open): open or close a kernel-write window"},
+    {"discard", (PyCFunction)tracker_discard, METH_VARARGS,
+     "discard(first, count): drop the pages' contents (they read as zero) and their write state"},
     {"close", (PyCFunction)tracker_close, METH_NOARGS, "Stop tracking and restore the owner's protections."},
     {NULL},
 };

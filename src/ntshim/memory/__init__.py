@@ -11,7 +11,7 @@ from ..writewatch.registry import check_backend
 from . import maps, protection
 from .region import Region
 
-__all__ = ["PAGE_SIZE", "Region", "WriteWatch", "alloc", "watch"]
+__all__ = ["PAGE_SIZE", "Region", "WriteWatch", "alloc", "reserve", "watch"]
 
 PAGE_SIZE: int = _kernel.PAGE_SIZE
 
@@ -24,10 +24,28 @@ def alloc(size: int, *, watch: bool = False, protect: str = "rw", backend: str |
     ``reset()``, ...); ``backend`` forces a write-watch backend by name (default: the
     ``NTSHIM_WRITEWATCH_BACKEND`` environment variable, else the best available).
     """
+    return _map(size, protection.parse(protect), True, watch, backend, 0)
+
+
+def reserve(size: int, *, watch: bool = False, backend: str | None = None, align: int = 0) -> Region:
+    """Reserve ``size`` bytes of address space (rounded up to whole pages) without
+    committing memory: the pages are inaccessible and cost nothing until
+    :meth:`Region.commit` commits them, in whatever parts the program needs.
+
+    ``align`` (bytes, a power of two; default a page) aligns the start address, as
+    Windows aligns reservations to 64 KiB.  ``watch`` and ``backend`` as for :func:`alloc`;
+    committed pages start clean.
+    """
+    align = as_int(align, "align")
+    if align < 0 or align & (align - 1):
+        raise ValueError(f"align must be a power of two (or 0 for a page), got {align}")
+    return _map(size, 0, False, watch, backend, align)
+
+
+def _map(size: object, prot: int, commit: bool, watch: object, backend: str | None, align: int) -> Region:
     size = as_int(size, "size")
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
-    prot = protection.parse(protect)
     if not isinstance(watch, bool):
         raise TypeError(f"watch must be a bool, not {type(watch).__name__}")
     if backend is not None and not watch:
@@ -35,7 +53,9 @@ def alloc(size: int, *, watch: bool = False, protect: str = "rw", backend: str |
     if watch:
         check_backend(backend)
     rounded = -(-size // PAGE_SIZE) * PAGE_SIZE
-    region = Region(rounded, prot)
+    region = Region(rounded, prot, align=align)
+    if not commit:
+        region._committed = bytearray(len(region._committed))
     if watch:
         try:
             region._start_watch(backend)

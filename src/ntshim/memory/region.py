@@ -30,42 +30,98 @@ class Region(_core.Mapping):
     ``writing``, ``granularity``, ``backend``.
     """
 
-    def __init__(self, size: int, prot: int) -> None:
-        self._prots = bytearray([prot]) * (size // _kernel.PAGE_SIZE)
+    def __init__(self, size: int, prot: int, *, address: int = 0, align: int = 0) -> None:
+        npages = size // _kernel.PAGE_SIZE
+        self._prots = bytearray([prot]) * npages
+        self._committed = bytearray(b"\x01") * npages  # reserve() clears it
         self._write_watch: WriteWatch | None = None
 
-    # ---- protection --------------------------------------------------------------------
+    # ---- protection and commitment -----------------------------------------------------
 
     def protect(self, offset: int, size: int, protect: str) -> str:
-        """Set the protection (``"rw"``, ``"r"``, ``"rx"``, ``"none"``, ...) of whole pages;
-        return the previous protection of the first one.
+        """Set the protection (``"rw"``, ``"r"``, ``"rx"``, ``"none"``, ...) of whole committed
+        pages; return the previous protection of the first one.
 
-        Raises BufferError when a live buffer export would lose access it was granted
-        (a writable memoryview over pages becoming read-only, say).
+        Raises ValueError when a page of the range is not committed, and BufferError when a
+        live buffer export would lose access it was granted (a writable memoryview over
+        pages becoming read-only, say).
         """
         prot = protection.parse(protect)
         first, count = self._pages(offset, size)
+        self._require_committed(first, count)
+        previous = protection.format(self._prots[first])
+        self._set_protection(first, count, prot)
+        return previous
+
+    def protection(self, offset: int = 0) -> str:
+        """Protection of the page at ``offset`` (``"none"`` while it is only reserved)."""
+        first, _ = self._pages(offset, None)
+        return protection.format(self._prots[first])
+
+    def view(self, offset: int = 0, size: int | None = None) -> memoryview:
+        """A memoryview of whole pages (read-only unless every page is writable), for regions
+        whose other pages are not all accessible (a reservation committed in parts).  Like
+        any buffer export it keeps the region from being freed, and the protection of its
+        pages from losing the access it grants, while it lives."""
+        first, count = self._pages(offset, size)
+        mode = min(self._prots[first : first + count].translate(_EXPORT_MODE))
+        if mode == 0:
+            raise BufferError("these pages include pages without read access; a buffer over them would crash")
+        ps = _kernel.PAGE_SIZE
+        return memoryview(self._view(first * ps, count * ps, mode == 2))
+
+    def committed(self, offset: int = 0) -> bool:
+        """Whether the page at ``offset`` is committed (usable) rather than only reserved."""
+        first, _ = self._pages(offset, None)
+        return bool(self._committed[first])
+
+    def commit(self, offset: int, size: int, protect: str = "rw") -> None:
+        """Commit whole pages with the given protection.  Pages committed for the first time,
+        or again after :meth:`decommit`, read as zero; pages already committed keep their
+        contents and take the new protection."""
+        prot = protection.parse(protect)
+        first, count = self._pages(offset, size)
+        self._set_protection(first, count, prot)
+        self._committed[first : first + count] = b"\x01" * count
+
+    def decommit(self, offset: int, size: int) -> None:
+        """Give whole pages' memory back, keeping the address range reserved.  Their contents
+        are dropped (they read as zero once committed again) and, as on Windows, so is their
+        write-watch state."""
+        first, count = self._pages(offset, size)
+        self._set_protection(first, count, 0)
+        self._drop_contents(first, count)
+        self._committed[first : first + count] = bytes(count)
+
+    def _require_committed(self, first: int, count: int) -> None:
+        gap = self._committed.find(0, first, first + count)
+        if gap >= 0:
+            raise ValueError(f"page at offset {gap * _kernel.PAGE_SIZE:#x} is not committed")
+
+    def _set_protection(self, first: int, count: int, prot: int) -> None:
+        ps = _kernel.PAGE_SIZE
+        exported, exported_writable = self._exports_over(first * ps, count * ps)
+        if (exported and not prot & protection.READ) or (exported_writable and not prot & protection.WRITE):
+            raise BufferError(
+                f"cannot make pages {protection.format(prot)!r}: a live buffer export (memoryview, numpy "
+                "array, ctypes object) over them would lose access; release it first"
+            )
         new = bytearray(self._prots)
         new[first : first + count] = bytes([prot]) * count
         mode = min(new.translate(_EXPORT_MODE))
-        if self.exports and mode < self._export_mode:
-            raise BufferError(
-                f"cannot make pages {protection.format(prot)!r}: {self.exports} buffer export(s) of this "
-                "region would lose access; release them first"
-            )
-        previous = protection.format(self._prots[first])
         if self._write_watch is not None:
             self._write_watch._protect(first, count, prot)
         else:
             self._mprotect(first, count, prot)
         self._prots = new
         self._export_mode = mode
-        return previous
 
-    def protection(self, offset: int = 0) -> str:
-        """Protection of the page at ``offset``."""
-        first, _ = self._pages(offset, None)
-        return protection.format(self._prots[first])
+    def _drop_contents(self, first: int, count: int) -> None:
+        if self._write_watch is not None:
+            self._write_watch._discard(first, count)
+        else:
+            ps = _kernel.PAGE_SIZE
+            _core.madvise(self.address + first * ps, count * ps, _core.MADV_DONTNEED)
 
     def _mprotect(self, first: int, count: int, prot: int) -> None:
         ps = _kernel.PAGE_SIZE

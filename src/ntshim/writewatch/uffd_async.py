@@ -63,6 +63,13 @@ class UffdAsyncTracker:
         ps = _kernel.PAGE_SIZE
         _core.uffd_writeprotect(self._fd, self._address + first * ps, count * ps, False)
 
+    def discard(self, first: int, count: int) -> None:
+        # Dropped pages lose their uffd-wp markers and would read as written: protect again.
+        ps = _kernel.PAGE_SIZE
+        start, size = self._address + first * ps, count * ps
+        _core.madvise(start, size, _core.MADV_DONTNEED)
+        _core.uffd_writeprotect(self._fd, start, size, True)
+
     def close(self) -> None:
         if self._fd < 0:
             return

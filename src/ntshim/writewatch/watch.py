@@ -180,6 +180,11 @@ class WriteWatch:
         with self._lock:
             self._live_tracker().protect(first, count, prot)
 
+    def _discard(self, first: int, count: int) -> None:
+        """Drop the pages' contents and their write state (for Region.decommit)."""
+        with self._lock:
+            self._live_tracker().discard(first, count)
+
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
 
