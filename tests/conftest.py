@@ -1,32 +1,17 @@
-"""Shared fixtures.  ``NTSHIM_REQUIRE=uffd-async,mprotect,...`` turns the skip of a listed
-backend into a failure: on machines that support a backend, CI must not go green by skipping it."""
+"""Shared fixtures.  See required.py for NTSHIM_REQUIRE."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
+from required import BACKENDS, REQUIRED, require_backend
 
 from ntshim.writewatch import registry
-
-BACKENDS = [b.name for b in registry.ORDER]
-REQUIRED = {name.strip() for name in os.environ.get("NTSHIM_REQUIRE", "").split(",") if name.strip()}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     unknown = REQUIRED - set(BACKENDS)
     if unknown:
         raise pytest.UsageError(f"NTSHIM_REQUIRE names unknown backends {sorted(unknown)}; known: {BACKENDS}")
-
-
-def require_backend(name: str) -> None:
-    """Skip when ``name`` is unavailable here, with the reason, unless NTSHIM_REQUIRE lists it."""
-    availability = registry.BY_NAME[name].availability()
-    if availability.available:
-        return
-    if name in REQUIRED:
-        pytest.fail(f"backend {name} is required here (NTSHIM_REQUIRE) but unavailable: {availability.reason}")
-    pytest.skip(f"backend {name} unavailable: {availability.reason}")
 
 
 @pytest.fixture(params=BACKENDS)

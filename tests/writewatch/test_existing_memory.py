@@ -77,7 +77,7 @@ def test_file_backed_mapping(backend: str, file_mapping: mmap.mmap) -> None:
 def test_automatic_choice_skips_a_backend_that_cannot_watch_the_memory(
     file_mapping: mmap.mmap, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conftest import require_backend
+    from required import require_backend
 
     from ntshim.writewatch import registry
     from ntshim.writewatch.uffd_async import UffdAsync

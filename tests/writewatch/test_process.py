@@ -11,7 +11,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import require_backend
+from required import require_backend
 
 import ntshim
 from ntshim.memory import PAGE_SIZE as PS

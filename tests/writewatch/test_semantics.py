@@ -9,7 +9,7 @@ import tempfile
 from array import array
 
 import pytest
-from conftest import require_backend
+from required import require_backend
 
 import ntshim
 from ntshim import _core, _kernel

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import require_backend
+from required import require_backend
 
 import ntshim
 from ntshim import _core, _kernel

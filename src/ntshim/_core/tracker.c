@@ -338,6 +338,32 @@ static PyObject *tracker_kernel_write(nts_tracker *t, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* Count the pages as written, as if something had just written them. */
+static PyObject *tracker_mark(nts_tracker *t, PyObject *args)
+{
+    size_t first, count;
+    int unused1 = 0, unused2 = 0;
+    if (parse_range(t, args, "nn|ii", &first, &count, &unused1, &unused2))
+        return NULL;
+    int err = 0, closed;
+    lock_ctx c;
+    Py_BEGIN_ALLOW_THREADS
+    tracker_lock(t, &c);
+    closed = t->closed;
+    if (!closed) {
+        mark_dirty(t, first, count);
+        if (t->kind != NTS_SHADOW) /* a dirty page is not write-protected */
+            err = nts_tracker_sync_kernel(t, first, count);
+    }
+    tracker_unlock(t, &c);
+    Py_END_ALLOW_THREADS
+    if (closed)
+        return check_open(t), NULL;
+    if (err)
+        return nts_raise_errno(err, "releasing marked pages");
+    Py_RETURN_NONE;
+}
+
 /* Drop the pages' contents (MADV_DONTNEED: they read as zero afterwards) and
  * their write state, as decommitting does on Windows.  Re-arms the protection
  * the kernel loses with the contents. */
@@ -434,6 +460,7 @@ static PyMethodDef tracker_methods[] = {
     {"protect", (PyCFunction)tracker_protect, METH_VARARGS, "protect(first, count, prot): change owner protection"},
     {"kernel_write", (PyCFunction)tracker_kernel_write, METH_VARARGS,
      "kernel_write(first, count, open): open or close a kernel-write window"},
+    {"mark", (PyCFunction)tracker_mark, METH_VARARGS, "mark(first, count): count the pages as written"},
     {"discard", (PyCFunction)tracker_discard, METH_VARARGS,
      "discard(first, count): drop the pages' contents (they read as zero) and their write state"},
     {"close", (PyCFunction)tracker_close, METH_NOARGS, "Stop tracking and restore the owner's protections."},

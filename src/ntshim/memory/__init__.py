@@ -27,22 +27,31 @@ def alloc(size: int, *, watch: bool = False, protect: str = "rw", backend: str |
     return _map(size, protection.parse(protect), True, watch, backend, 0)
 
 
-def reserve(size: int, *, watch: bool = False, backend: str | None = None, align: int = 0) -> Region:
+def reserve(
+    size: int, *, address: int | None = None, align: int = 0, watch: bool = False, backend: str | None = None
+) -> Region:
     """Reserve ``size`` bytes of address space (rounded up to whole pages) without
     committing memory: the pages are inaccessible and cost nothing until
     :meth:`Region.commit` commits them, in whatever parts the program needs.
 
-    ``align`` (bytes, a power of two; default a page) aligns the start address, as
-    Windows aligns reservations to 64 KiB.  ``watch`` and ``backend`` as for :func:`alloc`;
-    committed pages start clean.
+    ``address`` places the reservation exactly there (page aligned); FileExistsError when
+    anything is mapped in the way (nothing is ever replaced).  ``align`` (bytes, a power of
+    two; default a page) aligns the start address, as Windows aligns reservations to
+    64 KiB.  ``watch`` and ``backend`` as for :func:`alloc`; committed pages start clean.
     """
     align = as_int(align, "align")
     if align < 0 or align & (align - 1):
         raise ValueError(f"align must be a power of two (or 0 for a page), got {align}")
-    return _map(size, 0, False, watch, backend, align)
+    if address is not None:
+        address = as_int(address, "address")
+        if address <= 0 or address % max(align, PAGE_SIZE):
+            raise ValueError(f"address must be a positive multiple of {max(align, PAGE_SIZE):#x}, got {address:#x}")
+    return _map(size, 0, False, watch, backend, align, address or 0)
 
 
-def _map(size: object, prot: int, commit: bool, watch: object, backend: str | None, align: int) -> Region:
+def _map(
+    size: object, prot: int, commit: bool, watch: object, backend: str | None, align: int, address: int = 0
+) -> Region:
     size = as_int(size, "size")
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
@@ -53,7 +62,7 @@ def _map(size: object, prot: int, commit: bool, watch: object, backend: str | No
     if watch:
         check_backend(backend)
     rounded = -(-size // PAGE_SIZE) * PAGE_SIZE
-    region = Region(rounded, prot, align=align)
+    region = Region(rounded, prot, address=address, align=align)
     if not commit:
         region._committed = bytearray(len(region._committed))
     if watch:

@@ -30,3 +30,22 @@ def protections(start: int, end: int, page: int) -> bytes:
     if cursor < end:
         raise ValueError(f"memory at {cursor:#x} (inside {start:#x}-{end:#x}) is not mapped")
     return bytes(out)
+
+
+def mapping_at(address: int) -> tuple[int, int, int, str] | int:
+    """The mapping containing ``address`` as ``(start, end, prot, path)`` (``path`` empty for
+    anonymous memory), or, when nothing is mapped there, the start of the next mapping
+    above it (0 if there is none)."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split(None, 5)
+            lo_text, hi_text = fields[0].split("-")
+            lo, hi = int(lo_text, 16), int(hi_text, 16)
+            if address < lo:
+                return lo
+            if address < hi:
+                perms = fields[1]
+                prot = sum(bit for bit, letter, flag in zip((READ, WRITE, EXEC), "rwx", perms) if flag == letter)
+                path = fields[5].strip() if len(fields) > 5 else ""
+                return lo, hi, prot, path
+    return 0

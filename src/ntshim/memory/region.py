@@ -93,6 +93,25 @@ class Region(_core.Mapping):
         self._drop_contents(first, count)
         self._committed[first : first + count] = bytes(count)
 
+    def discard(self, offset: int, size: int) -> None:
+        """Tell the kernel the contents of these pages are no longer needed (Windows'
+        ``MEM_RESET``): until written again, a page may read as before or as zero.  Pages
+        only reserved are left alone.  A write-watched region is left alone too: freeing
+        its pages would change them behind the watch's back."""
+        first, count = self._pages(offset, size)
+        if self._write_watch is not None:
+            return
+        ps = _kernel.PAGE_SIZE
+        page = first
+        while page < first + count:  # each run of committed pages
+            start = self._committed.find(1, page, first + count)
+            if start < 0:
+                break
+            end = self._committed.find(0, start, first + count)
+            end = first + count if end < 0 else end
+            _core.madvise(self.address + start * ps, (end - start) * ps, _core.MADV_FREE)
+            page = end
+
     def _require_committed(self, first: int, count: int) -> None:
         gap = self._committed.find(0, first, first + count)
         if gap >= 0:

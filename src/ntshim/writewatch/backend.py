@@ -38,6 +38,9 @@ class Tracker(Protocol):
         """Open or close a window in which the kernel may write into the pages; the pages
         count as written while it is open and once more when it closes."""
 
+    def mark(self, first: int, count: int) -> None:
+        """Count the pages as written."""
+
     def discard(self, first: int, count: int) -> None:
         """Drop the pages' contents (they read as zero afterwards) and their write state."""
 

@@ -57,11 +57,15 @@ class UffdAsyncTracker:
         ps = _kernel.PAGE_SIZE
         _core.mprotect(self._address + first * ps, count * ps, prot)
 
-    def kernel_write(self, first: int, count: int, open: bool) -> None:
-        # The kernel's own writes are tracked like any other; lifting the protection only
-        # makes the pages count as written, as the window promises.
+    def mark(self, first: int, count: int) -> None:
+        # A page without its uffd-wp bit reads as written.
         ps = _kernel.PAGE_SIZE
         _core.uffd_writeprotect(self._fd, self._address + first * ps, count * ps, False)
+
+    def kernel_write(self, first: int, count: int, open: bool) -> None:
+        # The kernel's own writes are tracked like any other: the window only has to make
+        # the pages count as written, as it promises.
+        self.mark(first, count)
 
     def discard(self, first: int, count: int) -> None:
         # Dropped pages lose their uffd-wp markers and would read as written: protect again.

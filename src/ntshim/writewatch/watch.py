@@ -180,6 +180,11 @@ class WriteWatch:
         with self._lock:
             self._live_tracker().protect(first, count, prot)
 
+    def _mark(self, first: int, count: int) -> None:
+        """Count the pages as written (for ntshim.win32's VirtualProtect bookkeeping)."""
+        with self._lock:
+            self._live_tracker().mark(first, count)
+
     def _discard(self, first: int, count: int) -> None:
         """Drop the pages' contents and their write state (for Region.decommit)."""
         with self._lock:
