@@ -132,3 +132,44 @@ def test_decommitting_pages_written_under_a_reset_cycle(backend: str) -> None:
             v[12 * PS] = 1
         assert pages(r.dirty(reset=True)) == [12]
         assert pages(r.dirty()) == []
+
+
+def test_discard_keeps_committed_pages_usable_and_watched_state_intact(backend: str) -> None:
+    with ntshim.reserve(8 * PS) as plain:
+        plain.commit(0, 4 * PS)  # pages 4..7 stay reserved: discard leaves them alone
+        with plain.view(0, 4 * PS) as v:
+            v[:] = b"\x5a" * (4 * PS)
+        plain.discard(0, 8 * PS)
+        with plain.view(0, 4 * PS) as v:
+            assert v[PS] in (0x5A, 0)  # kept until the kernel reclaims it
+            v[PS] = 1  # and still usable
+        assert not plain.committed(5 * PS)
+    with ntshim.alloc(8 * PS, watch=True, backend=backend) as watched:
+        with memoryview(watched) as v:
+            v[2 * PS] = 9
+        watched.discard(0, 8 * PS)
+        assert pages(watched.dirty()) == [2]
+        with memoryview(watched) as v:
+            assert v[2 * PS] == 9  # nothing is freed under a watch
+
+
+def test_bad_arguments_of_the_reservation_calls() -> None:
+    with pytest.raises(ValueError, match="size must be positive"):
+        ntshim.reserve(0)
+    with pytest.raises(ValueError, match="address must be a positive multiple"):
+        ntshim.reserve(PS, address=PS + 1)
+    with ntshim.reserve(4 * PS) as r:
+        with pytest.raises(FileExistsError, match="already in use"):
+            ntshim.reserve(PS, address=r.address)  # never mapped over
+        with pytest.raises(ValueError, match="multiple of the page size"):
+            r.commit(1, PS)
+        with pytest.raises(ValueError, match="runs past the end"):
+            r.commit(2 * PS, 3 * PS)
+        with pytest.raises(ValueError, match="protect must be letters"):
+            r.commit(0, PS, "bogus")
+        with pytest.raises(TypeError, match="size must be an int"):
+            r.decommit(0, 1.5)  # type: ignore[arg-type]
+        assert not r.committed(0)  # none of that changed anything
+    for call in (lambda: r.commit(0, PS), lambda: r.decommit(0, PS), lambda: r.view(), lambda: r.discard(0, PS)):
+        with pytest.raises(ValueError, match="freed"):
+            call()
