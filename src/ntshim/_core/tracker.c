@@ -179,12 +179,8 @@ static int scan(nts_tracker *t, size_t first, size_t count, int reset, size_t li
     return err;
 }
 
-static int parse_range(nts_tracker *t, PyObject *args, const char *fmt, size_t *first, size_t *count, void *extra1,
-                       void *extra2)
+static int check_range(nts_tracker *t, Py_ssize_t f, Py_ssize_t c, size_t *first, size_t *count)
 {
-    Py_ssize_t f, c;
-    if (!PyArg_ParseTuple(args, fmt, &f, &c, extra1, extra2))
-        return -1;
     if (f < 0 || c < 0 || (size_t)f > t->npages || (size_t)c > t->npages - (size_t)f) {
         PyErr_Format(PyExc_ValueError, "page range [%zd, %zd+%zd) is outside the %zu tracked pages", f, f, c,
                      t->npages);
@@ -203,206 +199,209 @@ static int check_open(nts_tracker *t)
     return -1;
 }
 
-static PyObject *tracker_dirty(nts_tracker *t, PyObject *args)
+/* An operation on [first, first+count) run with the lock held and the GIL
+ * released: 0, an errno, or NOT_OPEN. */
+typedef int (*locked_op)(nts_tracker *t, size_t first, size_t count, void *arg);
+#define NOT_OPEN (-1) /* closing a kernel-write window that is not open */
+
+static PyObject *run_locked(nts_tracker *t, size_t first, size_t count, locked_op op, void *arg, const char *what)
 {
-    size_t first, count;
-    int reset;
-    Py_ssize_t limit;
-    if (parse_range(t, args, "nnpn", &first, &count, &reset, &limit))
-        return NULL;
-    if (limit < 0) {
-        PyErr_SetString(PyExc_ValueError, "limit must be >= 0 (0: no limit)");
-        return NULL;
-    }
-    nts_runs out = {0};
     int err = 0, closed;
     lock_ctx c;
     Py_BEGIN_ALLOW_THREADS
     tracker_lock(t, &c);
     closed = t->closed;
     if (!closed)
-        err = scan(t, first, count, reset, (size_t)limit, &out);
+        err = op(t, first, count, arg);
     tracker_unlock(t, &c);
     Py_END_ALLOW_THREADS
-    if (closed || err) {
-        free(out.v);
-        if (closed)
-            return check_open(t), NULL;
-        return err == ENOMEM ? PyErr_NoMemory() : nts_raise_errno(err, "write-protecting reset pages");
-    }
-    return nts_runs_finish(&out);
+    if (closed)
+        return check_open(t), NULL;
+    if (err == NOT_OPEN)
+        return PyErr_Format(PyExc_ValueError, "no kernel-write window is open on these pages");
+    if (err == ENOMEM)
+        return PyErr_NoMemory();
+    if (err)
+        return nts_raise_errno(err, "%s", what);
+    Py_RETURN_NONE;
 }
 
-/* Change the owner's protection of a page range, keeping dirty state exact. */
-static PyObject *tracker_protect(nts_tracker *t, PyObject *args)
+/* ---- dirty: the query (and get-and-reset) ---- */
+
+typedef struct {
+    int reset;
+    size_t limit;
+    nts_runs out;
+} dirty_args;
+
+static int dirty_op(nts_tracker *t, size_t first, size_t count, void *arg)
 {
+    dirty_args *a = arg;
+    return scan(t, first, count, a->reset, a->limit, &a->out);
+}
+
+static PyObject *tracker_dirty(nts_tracker *t, PyObject *args)
+{
+    Py_ssize_t f, c, limit;
     size_t first, count;
-    int prot, unused = 0;
-    if (parse_range(t, args, "nni|i", &first, &count, &prot, &unused))
+    dirty_args a = {0};
+    if (!PyArg_ParseTuple(args, "nnpn", &f, &c, &a.reset, &limit) || check_range(t, f, c, &first, &count))
         return NULL;
-    if (prot & ~NTS_PROT_MASK) {
-        PyErr_Format(PyExc_ValueError, "prot must combine PROT_READ, PROT_WRITE, PROT_EXEC, got %d", prot);
+    if (limit < 0) {
+        PyErr_SetString(PyExc_ValueError, "limit must be >= 0 (0: no limit)");
         return NULL;
     }
+    a.limit = (size_t)limit;
+    PyObject *done = run_locked(t, first, count, dirty_op, &a, "write-protecting reset pages");
+    if (!done) {
+        free(a.out.v);
+        return NULL;
+    }
+    Py_DECREF(done);
+    return nts_runs_finish(&a.out);
+}
+
+/* ---- protect: change the owner's protection, keeping dirty state exact ---- */
+
+static int protect_op(nts_tracker *t, size_t first, size_t count, void *arg)
+{
+    const int prot = *(int *)arg;
+    const size_t ps = nts_page_size;
+    int err = 0;
     uint8_t *saved = malloc(count ? count : 1);
     if (!saved)
-        return PyErr_NoMemory();
-    const size_t ps = nts_page_size;
-    int err = 0, closed;
-    lock_ctx c;
-    Py_BEGIN_ALLOW_THREADS
-    tracker_lock(t, &c);
-    closed = t->closed;
-    if (!closed) {
-        memcpy(saved, t->state + first, count);
-        if (t->kind == NTS_SHADOW)
-            /* Pages about to lose read access cannot be compared later: settle
-             * them now, keeping a difference as pending dirty state. */
-            for (size_t i = first; i < first + count; i++)
-                if ((t->state[i] & PROT_READ) && !(prot & PROT_READ) && nts_shadow_page_differs(t, i)) {
-                    t->state[i] |= NTS_DIRTY;
-                    nts_shadow_capture(t, i, 1);
-                }
+        return ENOMEM;
+    memcpy(saved, t->state + first, count);
+    if (t->kind == NTS_SHADOW)
+        /* Pages about to lose read access cannot be compared later: settle them
+         * now, keeping a difference as pending dirty state. */
         for (size_t i = first; i < first + count; i++)
-            t->state[i] = (t->state[i] & ~NTS_PROT_MASK) | (uint8_t)prot;
-        if (t->kind == NTS_MPROTECT) {
-            err = nts_tracker_sync_kernel(t, first, count);
-        } else {
-            if (t->populate) /* pages gaining access from none must be mapped to be protectable */
-                for (size_t i = first; !err && i < first + count; i++)
-                    if (!(saved[i - first] & (PROT_READ | PROT_WRITE)) && (prot & (PROT_READ | PROT_WRITE)))
-                        err = nts_uffd_sync_populate(t, i, 1, prot);
-            if (!err && mprotect((void *)(t->base + first * ps), count * ps, prot))
-                err = errno;
-        }
-        if (err) { /* put the old protections back, keeping any dirty bit learnt meanwhile */
-            for (size_t i = 0; i < count; i++)
-                t->state[first + i] = (saved[i] & NTS_PROT_MASK) | (t->state[first + i] & NTS_DIRTY);
-            if (t->kind == NTS_MPROTECT)
-                nts_tracker_sync_kernel(t, first, count);
-            else
-                for (size_t i = first; i < first + count; i++)
-                    mprotect((void *)(t->base + i * ps), ps, t->state[i] & NTS_PROT_MASK);
-        }
+            if ((t->state[i] & PROT_READ) && !(prot & PROT_READ) && nts_shadow_page_differs(t, i)) {
+                t->state[i] |= NTS_DIRTY;
+                nts_shadow_capture(t, i, 1);
+            }
+    for (size_t i = first; i < first + count; i++)
+        t->state[i] = (t->state[i] & ~NTS_PROT_MASK) | (uint8_t)prot;
+    if (t->kind == NTS_MPROTECT) {
+        err = nts_tracker_sync_kernel(t, first, count);
+    } else {
+        if (t->populate) /* pages gaining access from none must be mapped to be protectable */
+            for (size_t i = first; !err && i < first + count; i++)
+                if (!(saved[i - first] & (PROT_READ | PROT_WRITE)) && (prot & (PROT_READ | PROT_WRITE)))
+                    err = nts_uffd_sync_populate(t, i, 1, prot);
+        if (!err && mprotect((void *)(t->base + first * ps), count * ps, prot))
+            err = errno;
     }
-    tracker_unlock(t, &c);
-    Py_END_ALLOW_THREADS
+    if (err) { /* put the old protections back, keeping any dirty bit learnt meanwhile */
+        for (size_t i = 0; i < count; i++)
+            t->state[first + i] = (saved[i] & NTS_PROT_MASK) | (t->state[first + i] & NTS_DIRTY);
+        if (t->kind == NTS_MPROTECT)
+            nts_tracker_sync_kernel(t, first, count);
+        else
+            for (size_t i = first; i < first + count; i++)
+                mprotect((void *)(t->base + i * ps), ps, t->state[i] & NTS_PROT_MASK);
+    }
     free(saved);
-    if (closed)
-        return check_open(t), NULL;
-    if (err)
-        return nts_raise_errno(err, "mprotect(prot=%d)", prot);
-    Py_RETURN_NONE;
+    return err;
 }
 
-/* Kernel-write windows: the pages count as written while the window is open
- * and once more when it closes, and the write-protecting kinds release them for
- * the kernel to write into (os.readv, readinto, recv_into fail with EFAULT on
- * protected pages). */
+static PyObject *tracker_protect(nts_tracker *t, PyObject *args)
+{
+    Py_ssize_t f, c;
+    size_t first, count;
+    int prot;
+    if (!PyArg_ParseTuple(args, "nni", &f, &c, &prot) || check_range(t, f, c, &first, &count))
+        return NULL;
+    if (prot & ~NTS_PROT_MASK)
+        return PyErr_Format(PyExc_ValueError, "prot must combine PROT_READ, PROT_WRITE, PROT_EXEC, got %d", prot);
+    return run_locked(t, first, count, protect_op, &prot, "mprotect");
+}
+
+/* ---- kernel_write: windows for writes the kernel makes ---- */
+
+/* The pages count as written while the window is open and once more when it
+ * closes, and the write-protecting kinds release them for the kernel to write
+ * into (os.readv, readinto, recv_into fail with EFAULT on protected pages). */
+static int kernel_write_op(nts_tracker *t, size_t first, size_t count, void *arg)
+{
+    const int open_window = *(int *)arg;
+    if (t->kind == NTS_SHADOW) { /* nothing is protected: only the marking */
+        mark_dirty(t, first, count);
+        return 0;
+    }
+    if (!t->pins && !(t->pins = calloc(t->npages, sizeof *t->pins)))
+        return ENOMEM;
+    for (size_t i = first; i < first + count; i++)
+        if (open_window ? t->pins[i] == UINT16_MAX : t->pins[i] == 0)
+            return open_window ? EOVERFLOW : NOT_OPEN;
+    for (size_t i = first; i < first + count; i++)
+        t->pins[i] += open_window ? 1 : -1;
+    mark_dirty(t, first, count);
+    int err = open_window ? nts_tracker_sync_kernel(t, first, count) : 0;
+    if (err)
+        for (size_t i = first; i < first + count; i++)
+            t->pins[i]--;
+    return err;
+}
+
 static PyObject *tracker_kernel_write(nts_tracker *t, PyObject *args)
 {
+    Py_ssize_t f, c;
     size_t first, count;
-    int open_window, unused = 0;
-    if (parse_range(t, args, "nnp|i", &first, &count, &open_window, &unused))
+    int open_window;
+    if (!PyArg_ParseTuple(args, "nnp", &f, &c, &open_window) || check_range(t, f, c, &first, &count))
         return NULL;
-    int err = 0, closed;
-    lock_ctx c;
-    Py_BEGIN_ALLOW_THREADS
-    tracker_lock(t, &c);
-    closed = t->closed;
-    if (!closed && t->kind == NTS_SHADOW) { /* nothing is protected: only the marking */
-        mark_dirty(t, first, count);
-    } else if (!closed) {
-        if (!t->pins && !(t->pins = calloc(t->npages, sizeof *t->pins)))
-            err = ENOMEM;
-        for (size_t i = first; !err && i < first + count; i++)
-            if (open_window ? t->pins[i] == UINT16_MAX : t->pins[i] == 0)
-                err = open_window ? EOVERFLOW : EINVAL;
-        if (!err) {
-            for (size_t i = first; i < first + count; i++)
-                t->pins[i] += open_window ? 1 : -1;
-            mark_dirty(t, first, count);
-            if (open_window && (err = nts_tracker_sync_kernel(t, first, count)))
-                for (size_t i = first; i < first + count; i++)
-                    t->pins[i]--;
-        }
-    }
-    tracker_unlock(t, &c);
-    Py_END_ALLOW_THREADS
-    if (closed)
-        return check_open(t), NULL;
-    if (err == EINVAL)
-        return PyErr_Format(PyExc_ValueError, "no kernel-write window is open on these pages");
-    if (err)
-        return nts_raise_errno(err, "opening a kernel-write window");
-    Py_RETURN_NONE;
+    return run_locked(t, first, count, kernel_write_op, &open_window, "opening a kernel-write window");
 }
 
-/* Count the pages as written, as if something had just written them. */
+/* ---- mark: count pages as written ---- */
+
+static int mark_op(nts_tracker *t, size_t first, size_t count, void *arg)
+{
+    mark_dirty(t, first, count);
+    return t->kind == NTS_SHADOW ? 0 : nts_tracker_sync_kernel(t, first, count); /* dirty: not protected */
+}
+
+/* ---- discard: drop contents and write state (decommit) ---- */
+
+/* MADV_DONTNEED: the pages read as zero afterwards, as decommitted pages do on
+ * Windows, and lose their write state with their contents.  Re-arms the
+ * protection the kernel drops with the contents. */
+static int discard_op(nts_tracker *t, size_t first, size_t count, void *arg)
+{
+    const size_t ps = nts_page_size;
+    if (count && madvise((void *)(t->base + first * ps), count * ps, MADV_DONTNEED))
+        return errno;
+    for (size_t i = first; i < first + count; i++)
+        t->state[i] &= ~NTS_DIRTY;
+    if (t->kind == NTS_SHADOW) {
+        memset(t->shadow + first * ps, 0, count * ps);
+        return 0;
+    }
+    if (t->populate) /* an unmapped page cannot be write-protected without WP_UNPOPULATED */
+        for (size_t i = first; i < first + count; i++)
+            if (t->state[i] & (PROT_READ | PROT_WRITE))
+                (void)*(volatile const char *)(t->base + i * ps);
+    return nts_tracker_sync_kernel(t, first, count);
+}
+
+static PyObject *range_method(nts_tracker *t, PyObject *args, locked_op op, const char *what)
+{
+    Py_ssize_t f, c;
+    size_t first, count;
+    if (!PyArg_ParseTuple(args, "nn", &f, &c) || check_range(t, f, c, &first, &count))
+        return NULL;
+    return run_locked(t, first, count, op, NULL, what);
+}
+
 static PyObject *tracker_mark(nts_tracker *t, PyObject *args)
 {
-    size_t first, count;
-    int unused1 = 0, unused2 = 0;
-    if (parse_range(t, args, "nn|ii", &first, &count, &unused1, &unused2))
-        return NULL;
-    int err = 0, closed;
-    lock_ctx c;
-    Py_BEGIN_ALLOW_THREADS
-    tracker_lock(t, &c);
-    closed = t->closed;
-    if (!closed) {
-        mark_dirty(t, first, count);
-        if (t->kind != NTS_SHADOW) /* a dirty page is not write-protected */
-            err = nts_tracker_sync_kernel(t, first, count);
-    }
-    tracker_unlock(t, &c);
-    Py_END_ALLOW_THREADS
-    if (closed)
-        return check_open(t), NULL;
-    if (err)
-        return nts_raise_errno(err, "releasing marked pages");
-    Py_RETURN_NONE;
+    return range_method(t, args, mark_op, "releasing marked pages");
 }
 
-/* Drop the pages' contents (MADV_DONTNEED: they read as zero afterwards) and
- * their write state, as decommitting does on Windows.  Re-arms the protection
- * the kernel loses with the contents. */
 static PyObject *tracker_discard(nts_tracker *t, PyObject *args)
 {
-    size_t first, count;
-    int unused1 = 0, unused2 = 0;
-    if (parse_range(t, args, "nn|ii", &first, &count, &unused1, &unused2))
-        return NULL;
-    const size_t ps = nts_page_size;
-    int err = 0, closed;
-    lock_ctx c;
-    Py_BEGIN_ALLOW_THREADS
-    tracker_lock(t, &c);
-    closed = t->closed;
-    if (!closed && count) {
-        if (madvise((void *)(t->base + first * ps), count * ps, MADV_DONTNEED)) {
-            err = errno;
-        } else {
-            for (size_t i = first; i < first + count; i++)
-                t->state[i] &= ~NTS_DIRTY;
-            if (t->kind == NTS_SHADOW) {
-                memset(t->shadow + first * ps, 0, count * ps);
-            } else {
-                if (t->populate) /* an unmapped page cannot be write-protected without WP_UNPOPULATED */
-                    for (size_t i = first; i < first + count; i++)
-                        if (t->state[i] & (PROT_READ | PROT_WRITE))
-                            (void)*(volatile const char *)(t->base + i * ps);
-                err = nts_tracker_sync_kernel(t, first, count);
-            }
-        }
-    }
-    tracker_unlock(t, &c);
-    Py_END_ALLOW_THREADS
-    if (closed)
-        return check_open(t), NULL;
-    if (err)
-        return nts_raise_errno(err, "discarding pages");
-    Py_RETURN_NONE;
+    return range_method(t, args, discard_op, "discarding pages");
 }
 
 static void tracker_teardown(nts_tracker *t)
