@@ -17,6 +17,17 @@ from . import _core
 
 PAGE_SIZE: int = _core.PAGE_SIZE
 
+#: This process's id, kept current across fork() without a system call per read.
+pid: int = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global pid
+    pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 FEATURE_NAMES = {
     _core.UFFD_FEATURE_PAGEFAULT_FLAG_WP: "PAGEFAULT_FLAG_WP",
     _core.UFFD_FEATURE_WP_HUGETLBFS_SHMEM: "WP_HUGETLBFS_SHMEM",
@@ -110,7 +121,7 @@ def _userfaultfd(pid: int) -> Userfaultfd:
 
 def userfaultfd() -> Userfaultfd:
     """userfaultfd support for this process (probed once per process)."""
-    return _userfaultfd(os.getpid())
+    return _userfaultfd(pid)
 
 
 @functools.cache
@@ -121,7 +132,7 @@ def _pagemap_fd(pid: int) -> int:
 
 def pagemap_fd() -> int:
     """A descriptor of this process's ``/proc/self/pagemap``, opened once per process."""
-    return _pagemap_fd(os.getpid())
+    return _pagemap_fd(pid)
 
 
 def refresh() -> None:

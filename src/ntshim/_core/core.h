@@ -72,7 +72,7 @@ void nts_unlock(int *word);
 extern PyTypeObject nts_mapping_type, nts_view_type, nts_pin_type;
 
 /* ---- Page trackers (tracker.c + one mechanism file each) ---- */
-enum nts_tracker_kind { NTS_MPROTECT, NTS_UFFD_SYNC, NTS_SHADOW };
+enum nts_tracker_kind { NTS_UFFD_ASYNC, NTS_UFFD_SYNC, NTS_MPROTECT, NTS_SHADOW };
 
 /* Per-page state byte: the owner's protection (PROT_READ|PROT_WRITE|PROT_EXEC in
  * the low three bits) and whether the page was written since its last reset. */
@@ -90,8 +90,8 @@ typedef struct nts_tracker {
     uint16_t *pins;     /* open kernel-write windows per page; allocated on first use */
     int *lock;          /* &own_lock, or the process-wide lock of the mprotect kind */
     int own_lock;
-    /* uffd-sync */
-    int uffd, stop_fd, thread_started, handles_kernel_faults, populate;
+    /* userfaultfd */
+    int uffd, pagemap, stop_fd, thread_started, handles_kernel_faults, populate;
     pthread_t thread;
     /* shadow */
     uint8_t *shadow;
@@ -129,8 +129,39 @@ int nts_mprotect_module_init(PyObject *mod);
 /* ---- userfaultfd and pagemap (uffd.c) ---- */
 extern PyMethodDef nts_uffd_methods[];
 int nts_uffd_module_init(PyObject *mod);
+/* UFFDIO_WRITEPROTECT: protect (wp=1) or release (wp=0); 0 or an errno. */
+int nts_uffd_writeprotect(int uffd, uintptr_t addr, size_t len, int wp);
+/* Written pages of [start, end) (uffd-async registered) as [start, end) runs
+ * relative to `base`, at most max_pages (0: all), write-protecting exactly
+ * those when `reset`.  Resumes where the kernel stopped when its output vector
+ * filled (vec_len 0: the largest that works, 512).  0 or an errno. */
+int nts_pagemap_scan(int fd, uint64_t base, uint64_t start, uint64_t end, int reset, uint64_t max_pages,
+                     size_t vec_len, nts_runs *out);
+PyObject *nts_uffd_async_tracker_new(PyObject *mod, PyObject *args, PyObject *kw);
 
 /* ---- native writer threads (writers.c) ---- */
+typedef struct nts_writer_pool nts_writer_pool;
+typedef struct {
+    nts_writer_pool *pool;
+    pthread_t thread;
+    unsigned index;
+    uint64_t writes, ns;
+} nts_writer;
+struct nts_writer_pool {
+    char *base;
+    size_t npages;
+    int random, stop;
+    unsigned nthreads;
+    nts_writer *w;
+};
 extern PyTypeObject nts_writers_type;
+uint64_t nts_now_ns(void);
+/* Start `nthreads` writers over `npages` pages at `base`; 0 or an errno. */
+int nts_writers_start(nts_writer_pool *pool, char *base, size_t npages, unsigned nthreads, int random);
+/* Stop and join them; total stores and summed per-thread running time. */
+void nts_writers_stop(nts_writer_pool *pool, uint64_t *writes, uint64_t *ns);
+
+/* ---- kernel floors for the benchmarks (bench.c) ---- */
+PyObject *nts_floor_writewatch(PyObject *mod, PyObject *args, PyObject *kw);
 
 #endif

@@ -144,6 +144,9 @@ static PyMethodDef core_methods[] = {
      "mprotect_tracker(address, size, prots) -> Tracker (write-protect + SIGSEGV)"},
     {"uffd_sync_tracker", (PyCFunction)(void (*)(void))nts_uffd_sync_tracker_new, METH_VARARGS | METH_KEYWORDS,
      "uffd_sync_tracker(address, size, prots, *, user_mode_only, features, populate) -> Tracker"},
+    {"floor_writewatch", (PyCFunction)(void (*)(void))nts_floor_writewatch, METH_VARARGS | METH_KEYWORDS,
+     "floor_writewatch(kind, pages, threads, random, delay_ns, duration_ns, reset) -> "
+     "(writes, write_ns, get_ns, reset_ns, reported): a write-watch mechanism driven by minimal C"},
     {"shadow_tracker", nts_shadow_tracker_new, METH_VARARGS,
      "shadow_tracker(address, size, prots) -> Tracker (content comparison against a copy)"},
     {NULL},

@@ -1,6 +1,8 @@
-/* The Tracker type: dirty-page bookkeeping shared by the three backends that
- * keep their own per-page state (mprotect, uffd-sync, shadow).  The uffd-async
- * backend needs none of this: the kernel keeps its state in the page tables.
+/* The Tracker type: one object per watched range, for every backend.  Three
+ * kinds keep per-page state here (mprotect, uffd-sync, shadow); uffd-async
+ * leaves it in the page tables and asks the kernel (PAGEMAP_SCAN).  All of
+ * them take the same lock around every operation, so closing can never race
+ * with a query.
  *
  * Invariant for the write-protecting kinds (mprotect, uffd-sync), under the lock:
  * a page is write-protected exactly when it is clean and not inside a
@@ -43,7 +45,7 @@ nts_tracker *nts_tracker_alloc(int kind, uintptr_t base, size_t size, PyObject *
     t->pins = NULL;
     t->own_lock = 0;
     t->lock = &t->own_lock;
-    t->uffd = t->stop_fd = -1;
+    t->uffd = t->pagemap = t->stop_fd = -1;
     t->thread_started = t->handles_kernel_faults = t->populate = 0;
     t->shadow = NULL;
     t->state = malloc(npages);
@@ -195,7 +197,7 @@ static int check_open(nts_tracker *t)
 {
     if (!t->closed)
         return 0;
-    PyErr_SetString(PyExc_ValueError, "tracker is closed");
+    PyErr_SetString(PyExc_ValueError, "WriteWatch is closed");
     return -1;
 }
 
@@ -237,6 +239,11 @@ typedef struct {
 static int dirty_op(nts_tracker *t, size_t first, size_t count, void *arg)
 {
     dirty_args *a = arg;
+    if (t->kind == NTS_UFFD_ASYNC) {
+        const uint64_t start = t->base + first * nts_page_size;
+        return nts_pagemap_scan(t->pagemap, t->base, start, start + count * nts_page_size, a->reset, a->limit, 0,
+                                &a->out);
+    }
     return scan(t, first, count, a->reset, a->limit, &a->out);
 }
 
@@ -322,13 +329,13 @@ static PyObject *tracker_protect(nts_tracker *t, PyObject *args)
 /* The pages count as written while the window is open and once more when it
  * closes, and the write-protecting kinds release them for the kernel to write
  * into (os.readv, readinto, recv_into fail with EFAULT on protected pages). */
+static int mark_op(nts_tracker *t, size_t first, size_t count, void *arg);
+
 static int kernel_write_op(nts_tracker *t, size_t first, size_t count, void *arg)
 {
     const int open_window = *(int *)arg;
-    if (t->kind == NTS_SHADOW) { /* nothing is protected: only the marking */
-        mark_dirty(t, first, count);
-        return 0;
-    }
+    if (t->kind == NTS_SHADOW || t->kind == NTS_UFFD_ASYNC) /* the kernel's writes are seen: only mark */
+        return mark_op(t, first, count, NULL);
     if (!t->pins && !(t->pins = calloc(t->npages, sizeof *t->pins)))
         return ENOMEM;
     for (size_t i = first; i < first + count; i++)
@@ -358,6 +365,9 @@ static PyObject *tracker_kernel_write(nts_tracker *t, PyObject *args)
 
 static int mark_op(nts_tracker *t, size_t first, size_t count, void *arg)
 {
+    const size_t ps = nts_page_size;
+    if (t->kind == NTS_UFFD_ASYNC) /* a page without its uffd-wp bit reads as written */
+        return nts_uffd_writeprotect(t->uffd, t->base + first * ps, count * ps, 0);
     mark_dirty(t, first, count);
     return t->kind == NTS_SHADOW ? 0 : nts_tracker_sync_kernel(t, first, count); /* dirty: not protected */
 }
@@ -372,6 +382,8 @@ static int discard_op(nts_tracker *t, size_t first, size_t count, void *arg)
     const size_t ps = nts_page_size;
     if (count && madvise((void *)(t->base + first * ps), count * ps, MADV_DONTNEED))
         return errno;
+    if (t->kind == NTS_UFFD_ASYNC) /* dropped pages lose their uffd-wp bits and would read as written */
+        return nts_uffd_writeprotect(t->uffd, t->base + first * ps, count * ps, 1);
     for (size_t i = first; i < first + count; i++)
         t->state[i] &= ~NTS_DIRTY;
     if (t->kind == NTS_SHADOW) {
@@ -420,10 +432,18 @@ static void tracker_teardown(nts_tracker *t)
         nts_unlock(t->lock);
     if (was_closed)
         return;
-    if (t->kind == NTS_UFFD_SYNC)
+    if (t->kind == NTS_UFFD_SYNC) {
         nts_uffd_sync_stop(t);
-    else if (t->shadow)
+    } else if (t->kind == NTS_UFFD_ASYNC) {
+        if (own_process) { /* in a forked child the registration is the parent's */
+            struct uffdio_range r = {t->base, t->npages * nts_page_size};
+            ioctl(t->uffd, UFFDIO_UNREGISTER, &r);
+        }
+        close(t->uffd);
+        t->uffd = -1;
+    } else if (t->shadow) {
         munmap(t->shadow, t->npages * nts_page_size);
+    }
     t->shadow = NULL;
 }
 
@@ -480,7 +500,7 @@ PyTypeObject nts_tracker_type = {
     .tp_basicsize = sizeof(nts_tracker),
     .tp_dealloc = (destructor)tracker_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Per-page dirty tracking by the mprotect, uffd-sync or shadow mechanism.",
+    .tp_doc = "One watched range, tracked by the uffd-async, uffd-sync, mprotect or shadow mechanism.",
     .tp_methods = tracker_methods,
     .tp_getset = tracker_getset,
 };

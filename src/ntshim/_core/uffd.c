@@ -1,5 +1,5 @@
-/* userfaultfd and PAGEMAP_SCAN, as thin calls.  The uffd-async backend is
- * built from these in Python: the kernel resolves write faults itself
+/* userfaultfd and PAGEMAP_SCAN: thin calls for probing, and the uffd-async
+ * backend's mechanism.  The kernel resolves write faults itself
  * (UFFD_FEATURE_WP_ASYNC) and PAGEMAP_SCAN reads and re-protects the written
  * pages in one atomic walk, so nothing of ours runs on the write path. */
 #include "core.h"
@@ -73,31 +73,27 @@ static PyObject *uffd_writeprotect(PyObject *mod, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* Written pages of [start, end) as byte runs relative to `base`, at most
- * max_pages of them (0: all), write-protecting exactly those when `reset`.
- * The kernel stops when the output vector is full or max_pages is reached and
- * tells where in walk_end; we resume from there until the range is done, so a
- * full vector never drops pages. */
-static PyObject *pagemap_scan(PyObject *mod, PyObject *args, PyObject *kw)
+int nts_uffd_writeprotect(int uffd, uintptr_t addr, size_t len, int wp)
 {
-    int fd, reset;
-    unsigned long long base, start, end, max_pages = 0;
-    Py_ssize_t vec_len = 512;
-    static char *kwlist[] = {"fd", "base", "start", "end", "reset", "max_pages", "vec_len", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iKKKp|Kn", kwlist, &fd, &base, &start, &end, &reset, &max_pages,
-                                     &vec_len))
-        return NULL;
+    struct uffdio_writeprotect w = {{addr, len}, wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0};
+    return ioctl(uffd, UFFDIO_WRITEPROTECT, &w) ? errno : 0;
+}
+
+int nts_pagemap_scan(int fd, uint64_t base, uint64_t start, uint64_t end, int reset, uint64_t max_pages,
+                     size_t vec_len, nts_runs *out)
+{
     const uint64_t ps = nts_page_size;
-    if (start % ps || end % ps || start > end || base > start || vec_len < 1 || vec_len > (1 << 20)) {
-        PyErr_SetString(PyExc_ValueError, "pagemap_scan: need base <= start <= end, page aligned, 1 <= vec_len <= 2**20");
-        return NULL;
-    }
-    struct nts_page_region *vec = PyMem_RawMalloc((size_t)vec_len * sizeof *vec);
+    /* No more than the kernel's own buffer of 512 regions: with a longer vector,
+     * Linux 6.18 reports regions past the walk_end it returns (walk_end stays
+     * where its internal buffer first filled), and resuming from there would
+     * report those pages twice, or reset them unseen.  (Found here; see
+     * tests/writewatch/test_semantics.py::test_many_runs_are_all_reported.) */
+    if (!vec_len || vec_len > 512)
+        vec_len = 512;
+    struct nts_page_region *vec = malloc(vec_len * sizeof *vec);
     if (!vec)
-        return PyErr_NoMemory();
-    nts_runs out = {0};
+        return ENOMEM;
     int err = 0;
-    Py_BEGIN_ALLOW_THREADS
     uint64_t pos = start, left = max_pages;
     while (pos < end) {
         struct nts_pm_scan_arg a = {
@@ -117,7 +113,7 @@ static PyObject *pagemap_scan(PyObject *mod, PyObject *args, PyObject *kw)
             break;
         }
         for (long i = 0; i < n && !err; i++) {
-            if (nts_runs_add(&out, vec[i].start - base, vec[i].end - base))
+            if (nts_runs_add(out, vec[i].start - base, vec[i].end - base))
                 err = ENOMEM;
             if (max_pages)
                 left -= (vec[i].end - vec[i].start) / ps;
@@ -126,8 +122,29 @@ static PyObject *pagemap_scan(PyObject *mod, PyObject *args, PyObject *kw)
             break;
         pos = a.walk_end;
     }
+    free(vec);
+    return err;
+}
+
+static PyObject *pagemap_scan(PyObject *mod, PyObject *args, PyObject *kw)
+{
+    int fd, reset;
+    unsigned long long base, start, end, max_pages = 0;
+    Py_ssize_t vec_len = 0;
+    static char *kwlist[] = {"fd", "base", "start", "end", "reset", "max_pages", "vec_len", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iKKKp|Kn", kwlist, &fd, &base, &start, &end, &reset, &max_pages,
+                                     &vec_len))
+        return NULL;
+    const uint64_t ps = nts_page_size;
+    if (start % ps || end % ps || start > end || base > start || vec_len < 0 || vec_len > 512) {
+        PyErr_SetString(PyExc_ValueError, "pagemap_scan: need base <= start <= end, page aligned, 0 <= vec_len <= 512");
+        return NULL;
+    }
+    nts_runs out = {0};
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    err = nts_pagemap_scan(fd, base, start, end, reset, max_pages, (size_t)vec_len, &out);
     Py_END_ALLOW_THREADS
-    PyMem_RawFree(vec);
     if (err) {
         free(out.v);
         if (err == ENOMEM)
@@ -137,6 +154,57 @@ static PyObject *pagemap_scan(PyObject *mod, PyObject *args, PyObject *kw)
     return nts_runs_finish(&out);
 }
 
+/* The uffd-async backend's tracker: registration and protection only; the
+ * kernel keeps the dirty state (tracker.c reads it with nts_pagemap_scan).
+ * User-mode-only is enough, and needs no privilege: in asynchronous mode the
+ * kernel resolves every fault itself, kernel-mode ones included. */
+PyObject *nts_uffd_async_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
+{
+    unsigned long long base, size, features;
+    PyObject *prots;
+    int pagemap;
+    static char *kwlist[] = {"address", "size", "prots", "features", "pagemap_fd", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KKO$Ki", kwlist, &base, &size, &prots, &features, &pagemap))
+        return NULL;
+    nts_tracker *t = nts_tracker_alloc(NTS_UFFD_ASYNC, (uintptr_t)base, (size_t)size, prots);
+    if (!t)
+        return NULL;
+    const char *step = "userfaultfd";
+    int err = 0;
+    t->pagemap = pagemap;
+    t->handles_kernel_faults = 1;
+    t->uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    if (t->uffd < 0)
+        err = errno;
+    if (!err) {
+        struct uffdio_api api = {UFFD_API, features, 0};
+        step = "UFFDIO_API";
+        if (ioctl(t->uffd, UFFDIO_API, &api))
+            err = errno;
+        else if (!(api.features & UFFD_FEATURE_WP_ASYNC)) /* some kernels accept the bit and drop it */
+            err = EOPNOTSUPP;
+    }
+    if (!err) {
+        struct uffdio_register r = {{t->base, (uint64_t)size}, UFFDIO_REGISTER_MODE_WP, 0};
+        step = "UFFDIO_REGISTER(MODE_WP)";
+        if (ioctl(t->uffd, UFFDIO_REGISTER, &r))
+            err = errno;
+    }
+    if (!err) {
+        step = "UFFDIO_WRITEPROTECT";
+        err = nts_uffd_writeprotect(t->uffd, t->base, (size_t)size, 1);
+    }
+    if (err) {
+        if (t->uffd >= 0)
+            close(t->uffd); /* closing drops any registration */
+        t->uffd = -1;
+        Py_DECREF(t);
+        return nts_raise_errno(err, "uffd-async: %s", step);
+    }
+    t->closed = 0;
+    return (PyObject *)t;
+}
+
 PyMethodDef nts_uffd_methods[] = {
     {"uffd_open", uffd_open, METH_O, "uffd_open(user_mode_only) -> fd (O_CLOEXEC|O_NONBLOCK)"},
     {"uffd_api", uffd_api, METH_VARARGS, "uffd_api(fd, features) -> (features, ioctls) granted by the kernel"},
@@ -144,7 +212,9 @@ PyMethodDef nts_uffd_methods[] = {
     {"uffd_unregister", uffd_unregister, METH_VARARGS, "uffd_unregister(fd, address, size)"},
     {"uffd_writeprotect", uffd_writeprotect, METH_VARARGS, "uffd_writeprotect(fd, address, size, protect)"},
     {"pagemap_scan", (PyCFunction)(void (*)(void))pagemap_scan, METH_VARARGS | METH_KEYWORDS,
-     "pagemap_scan(fd, base, start, end, reset, max_pages=0, vec_len=512) -> bytes of uint64 [start, end) runs"},
+     "pagemap_scan(fd, base, start, end, reset, max_pages=0, vec_len=0) -> bytes of uint64 [start, end) runs"},
+    {"uffd_async_tracker", (PyCFunction)(void (*)(void))nts_uffd_async_tracker_new, METH_VARARGS | METH_KEYWORDS,
+     "uffd_async_tracker(address, size, prots, *, features, pagemap_fd) -> Tracker"},
     {NULL},
 };
 

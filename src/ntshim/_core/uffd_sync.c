@@ -14,15 +14,9 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 
-static int writeprotect(int uffd, uintptr_t addr, size_t len, int wp)
-{
-    struct uffdio_writeprotect w = {{addr, len}, wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0};
-    return ioctl(uffd, UFFDIO_WRITEPROTECT, &w) ? errno : 0;
-}
-
 int nts_uffd_sync_apply(nts_tracker *t, size_t first, size_t n, int wp)
 {
-    return writeprotect(t->uffd, t->base + first * nts_page_size, n * nts_page_size, wp);
+    return nts_uffd_writeprotect(t->uffd, t->base + first * nts_page_size, n * nts_page_size, wp);
 }
 
 int nts_uffd_sync_populate(nts_tracker *t, size_t first, size_t n, int prot)
@@ -62,7 +56,7 @@ static void *fault_thread(void *arg)
             /* state lives until dealloc, which comes after this thread is joined */
             if (page >= t->base && page < t->base + t->npages * ps)
                 t->state[(page - t->base) / ps] |= NTS_DIRTY;
-            if (writeprotect(t->uffd, page, ps, 0)) { /* range gone: still never leave the writer asleep */
+            if (nts_uffd_writeprotect(t->uffd, page, ps, 0)) { /* range gone: still never leave the writer asleep */
                 struct uffdio_range r = {page, ps};
                 ioctl(t->uffd, UFFDIO_WAKE, &r);
             }

@@ -24,6 +24,10 @@ class Tracker(Protocol):
     pairs (see :class:`~ntshim.writewatch.DirtyPages`)."""
 
     @property
+    def closed(self) -> bool:
+        """Whether close() was called."""
+
+    @property
     def kernel_writes_tracked(self) -> bool:
         """Whether writes the kernel makes into the memory work and are tracked without a window."""
 

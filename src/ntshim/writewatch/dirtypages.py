@@ -16,13 +16,16 @@ class DirtyPages:
     gives the runs as half-open ``(start, end)`` byte offsets.  Iterating yields offsets.
     """
 
-    __slots__ = ("_address", "_count", "_granularity", "_offsets", "_runs")
+    __slots__ = ("_address", "_count", "_granularity", "_offsets", "_pairs", "_runs")
 
     def __init__(self, runs: bytes, address: int, granularity: int) -> None:
-        self._runs = array("Q", runs)
+        # Everything is derived on demand: a caller that only looks at the ranges, or
+        # only resets, pays for nothing else.
+        self._runs = runs
         self._address = address
         self._granularity = granularity
-        self._count = (sum(self._runs[1::2]) - sum(self._runs[0::2])) // granularity
+        self._pairs: array[int] | None = None
+        self._count = -1
         self._offsets: array[int] | None = None
 
     @property
@@ -49,17 +52,25 @@ class DirtyPages:
 
     def ranges(self) -> list[tuple[int, int]]:
         """Runs of consecutive written pages as half-open ``(start, end)`` byte offsets."""
-        runs = self._runs
+        runs = self._run_array()
         return list(zip(runs[0::2], runs[1::2], strict=True))
 
+    def _run_array(self) -> array[int]:
+        if self._pairs is None:
+            self._pairs = array("Q", self._runs)
+        return self._pairs
+
     def __len__(self) -> int:
+        if self._count < 0:
+            runs = self._run_array()
+            self._count = (sum(runs[1::2]) - sum(runs[0::2])) // self._granularity
         return self._count
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.offsets)
 
     def __bool__(self) -> bool:
-        return self._count > 0
+        return len(self._runs) > 0
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, DirtyPages):
@@ -70,5 +81,5 @@ class DirtyPages:
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{s:#x}-{e:#x}" for s, e in self.ranges()[:4])
-        more = ", ..." if len(self._runs) > 8 else ""
-        return f"<DirtyPages {self._count} page(s) in {len(self._runs) // 2} run(s): [{shown}{more}]>"
+        more = ", ..." if len(self._runs) > 64 else ""
+        return f"<DirtyPages {len(self)} page(s) in {len(self._runs) // 16} run(s): [{shown}{more}]>"

@@ -24,7 +24,8 @@ class WriteWatch:
     The watch covers whole pages, ``size`` bytes from ``address``; offsets in arguments and
     results count from ``address``.  Obtain one from :func:`ntshim.memory.watch` or
     :func:`ntshim.memory.alloc` (``watch=True``); do not construct it directly.
-    Methods are safe to call from several threads.
+    Methods are safe to call from several threads: the tracker behind the watch takes a
+    lock around each operation, so closing cannot race with a query.
     """
 
     def __init__(
@@ -46,7 +47,7 @@ class WriteWatch:
             raise
         self._address = address
         self._size = size
-        self._pid = os.getpid()
+        self._pid = _kernel.pid
         self._lock = threading.Lock()
         self._buffer = buffer  # () -> an exporter of the watched bytes, for writing()
         self._buffer_offset = buffer_offset  # where that exporter's byte 0 lies, from address
@@ -99,23 +100,24 @@ class WriteWatch:
         answer or in a later one, never lost.  ``limit=N`` returns (and resets) only the
         first N written pages.
         """
-        if not isinstance(reset, bool):
+        if reset is not True and reset is not False:
             raise TypeError(f"reset must be a bool, not {type(reset).__name__}")
+        if offset == 0 and size is None and offset.__class__ is int:  # the whole memory: the common case
+            first, count = 0, self._size // _kernel.PAGE_SIZE
+        else:
+            first, count = page_range(offset, size, self._size, _kernel.PAGE_SIZE)
         if limit is not None:
             limit = as_int(limit, "limit")
             if limit < 1:
                 raise ValueError(f"limit must be >= 1 (or None for no limit), got {limit}")
-        first, count = page_range(offset, size, self._size, _kernel.PAGE_SIZE)
-        limit = min(limit, count) if limit else 0  # a limit beyond the range is no limit
-        with self._lock:
-            runs = self._live_tracker().dirty(first, count, reset, limit)
+            limit = min(limit, count)  # a limit beyond the range is no limit
+        runs = self._live_tracker().dirty(first, count, reset, limit or 0)
         return DirtyPages(runs, self._address, _kernel.PAGE_SIZE)
 
     def reset(self, offset: int = 0, size: int | None = None) -> None:
         """Forget that the pages of the range were written."""
         first, count = page_range(offset, size, self._size, _kernel.PAGE_SIZE)
-        with self._lock:
-            self._live_tracker().dirty(first, count, True, 0)
+        self._live_tracker().dirty(first, count, True, 0)
 
     @contextlib.contextmanager
     def writing(self, offset: int = 0, size: int | None = None) -> Iterator[memoryview]:
@@ -138,14 +140,13 @@ class WriteWatch:
         lo = max(first * ps - self._buffer_offset, 0)
         hi = min((first + count) * ps - self._buffer_offset, view.nbytes)
         window = view[lo:hi]
-        with self._lock:
-            self._live_tracker().kernel_write(first, count, True)
+        tracker = self._live_tracker()
+        tracker.kernel_write(first, count, True)
         try:
             yield window
         finally:
-            with self._lock:
-                if self._tracker is not None:
-                    self._tracker.kernel_write(first, count, False)
+            if not tracker.closed:
+                tracker.kernel_write(first, count, False)
             with contextlib.suppress(BufferError):  # objects made from the view keep it alive
                 window.release()
                 view.release()
@@ -168,7 +169,7 @@ class WriteWatch:
         tracker = self._tracker
         if tracker is None:
             raise ValueError("WriteWatch is closed")
-        if self._pid != os.getpid() and not self._backend.survives_fork:
+        if self._pid != _kernel.pid and not self._backend.survives_fork:
             raise RuntimeError(
                 f"this WriteWatch was made in process {self._pid}; the {self.backend} backend does not "
                 "track a forked child (the kernel drops userfaultfd registrations on fork)"
@@ -177,18 +178,15 @@ class WriteWatch:
 
     def _protect(self, first: int, count: int, prot: int) -> None:
         """Change page protections (for Region.protect), keeping the dirty state exact."""
-        with self._lock:
-            self._live_tracker().protect(first, count, prot)
+        self._live_tracker().protect(first, count, prot)
 
     def _mark(self, first: int, count: int) -> None:
         """Count the pages as written (for ntshim.win32's VirtualProtect bookkeeping)."""
-        with self._lock:
-            self._live_tracker().mark(first, count)
+        self._live_tracker().mark(first, count)
 
     def _discard(self, first: int, count: int) -> None:
         """Drop the pages' contents and their write state (for Region.decommit)."""
-        with self._lock:
-            self._live_tracker().discard(first, count)
+        self._live_tracker().discard(first, count)
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
