@@ -138,3 +138,26 @@ def pagemap_fd() -> int:
 def refresh() -> None:
     """Forget the probe results; the next question probes again."""
     _userfaultfd.cache_clear()
+
+
+def machine() -> dict[str, object]:
+    """The facts about this machine and process every report starts with."""
+    from . import __version__
+
+    uffd = userfaultfd()
+    return {
+        "ntshim": __version__,
+        "python": platform.python_version(),
+        "kernel": {
+            "release": release(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "page_size": PAGE_SIZE,
+        },
+        "userfaultfd": {
+            "usable": uffd.usable,
+            "reason": uffd.reason,
+            "kernel_faults": uffd.kernel_faults,
+            "features": uffd.feature_names(),
+        },
+    }

@@ -8,6 +8,9 @@
  *   uffd-async  userfaultfd WP_ASYNC registration; a get is one PAGEMAP_SCAN
  *   mprotect    read-only pages, a SIGSEGV handler that marks a byte map and
  *               restores write access; a get scans the map and re-protects
+ *
+ * The native reader queries an ntshim tracker from C on the same schedule:
+ * what a native caller of ntshim's core gets, without Python in the path.
  */
 #include "core.h"
 
@@ -112,45 +115,31 @@ static size_t floor_get(floor_state *f, int reset)
         for (long i = 0; i < n; i++)
             pages += (f->vec[i].end - f->vec[i].start) / ps;
     } else if (f->kind == FLOOR_MPROTECT) {
+        /* Pages only ever turn written behind our back, so the map can be read
+         * unlocked; each run is re-protected and cleared under the lock the
+         * fault handler takes, one run at a time so that writers are not held
+         * up for the whole scan. */
         sigset_t all, saved;
         sigfillset(&all);
-        pthread_sigmask(SIG_BLOCK, &all, &saved);
-        nts_lock(&f->lock);
         for (size_t i = 0; i < f->npages; i++) {
-            if (!f->written[i])
+            if (!__atomic_load_n(&f->written[i], __ATOMIC_RELAXED))
                 continue;
             size_t j = i;
-            while (j < f->npages && f->written[j])
+            while (j < f->npages && __atomic_load_n(&f->written[j], __ATOMIC_RELAXED))
                 j++;
             pages += j - i;
             if (reset) {
+                pthread_sigmask(SIG_BLOCK, &all, &saved);
+                nts_lock(&f->lock);
                 mprotect(f->base + i * ps, (j - i) * ps, PROT_READ);
                 memset(f->written + i, 0, j - i);
+                nts_unlock(&f->lock);
+                pthread_sigmask(SIG_SETMASK, &saved, NULL);
             }
             i = j;
         }
-        nts_unlock(&f->lock);
-        pthread_sigmask(SIG_SETMASK, &saved, NULL);
     }
     return pages;
-}
-
-static void floor_reset(floor_state *f)
-{
-    const size_t size = f->npages * nts_page_size;
-    if (f->kind == FLOOR_UFFD_ASYNC) {
-        struct uffdio_writeprotect wp = {{(uintptr_t)f->base, size}, UFFDIO_WRITEPROTECT_MODE_WP};
-        ioctl(f->uffd, UFFDIO_WRITEPROTECT, &wp);
-    } else if (f->kind == FLOOR_MPROTECT) {
-        sigset_t all, saved;
-        sigfillset(&all);
-        pthread_sigmask(SIG_BLOCK, &all, &saved);
-        nts_lock(&f->lock);
-        mprotect(f->base, size, PROT_READ);
-        memset(f->written, 0, f->npages);
-        nts_unlock(&f->lock);
-        pthread_sigmask(SIG_SETMASK, &saved, NULL);
-    }
 }
 
 static void floor_teardown(floor_state *f)
@@ -168,11 +157,19 @@ static void floor_teardown(floor_state *f)
     munmap(f->base, f->npages * nts_page_size);
 }
 
-static void sleep_ns(uint64_t ns)
+static void sleep_until(uint64_t ns)
 {
     struct timespec ts = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
-    while (nanosleep(&ts, &ts) && errno == EINTR)
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
         ;
+}
+
+/* The readers' schedule: a get every delay, on fixed ticks, so that every
+ * subject resets as often whatever its get costs (unless it costs more). */
+static uint64_t next_tick(uint64_t tick, uint64_t delay)
+{
+    uint64_t now = nts_now_ns();
+    return tick + delay > now ? tick + delay : now + delay;
 }
 
 PyObject *nts_floor_writewatch(PyObject *mod, PyObject *args, PyObject *kw)
@@ -213,16 +210,16 @@ PyObject *nts_floor_writewatch(PyObject *mod, PyObject *args, PyObject *kw)
     if (!err)
         err = nts_writers_start(&pool, f.base, f.npages, threads, random);
     if (!err) {
-        uint64_t end = nts_now_ns() + duration_ns;
+        uint64_t end = nts_now_ns() + duration_ns, tick = nts_now_ns();
         if (f.kind == FLOOR_NONE)
-            sleep_ns(duration_ns);
+            sleep_until(end);
         while (f.kind != FLOOR_NONE && nts_now_ns() < end && ngets < cap) {
-            sleep_ns(delay_ns);
+            sleep_until(tick = next_tick(tick, delay_ns));
             uint64_t t0 = nts_now_ns();
             reported += floor_get(&f, reset);
             uint64_t t1 = nts_now_ns();
-            if (!reset)
-                floor_reset(&f);
+            if (!reset) /* the reset: re-protect what was written (the cheapest way, for both) */
+                floor_get(&f, 1);
             get_ns[ngets] = t1 - t0;
             reset_ns[ngets++] = reset ? 0 : nts_now_ns() - t1;
         }
@@ -236,6 +233,49 @@ PyObject *nts_floor_writewatch(PyObject *mod, PyObject *args, PyObject *kw)
     else
         out = Py_BuildValue("(KKy#y#K)", (unsigned long long)writes, (unsigned long long)write_ns, (char *)get_ns,
                             (Py_ssize_t)(ngets * sizeof *get_ns), (char *)reset_ns,
+                            (Py_ssize_t)(ngets * sizeof *reset_ns), (unsigned long long)reported);
+    free(get_ns);
+    free(reset_ns);
+    return out;
+}
+
+/* Query `tracker` every delay_ns for duration_ns, timing each get (and each
+ * separate reset when !reset): the Python benchmark loop without Python. */
+PyObject *nts_native_reader(PyObject *mod, PyObject *args)
+{
+    PyObject *obj;
+    unsigned long long delay_ns, duration_ns;
+    int reset;
+    if (!PyArg_ParseTuple(args, "O!KKp", &nts_tracker_type, &obj, &delay_ns, &duration_ns, &reset))
+        return NULL;
+    nts_tracker *t = (nts_tracker *)obj;
+    size_t cap = (size_t)(duration_ns / (delay_ns ? delay_ns : 1)) + 16, ngets = 0;
+    uint64_t *get_ns = calloc(cap, sizeof *get_ns), *reset_ns = calloc(cap, sizeof *reset_ns), reported = 0;
+    int err = (get_ns && reset_ns) ? 0 : ENOMEM;
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t end = nts_now_ns() + duration_ns, tick = nts_now_ns();
+    while (!err && nts_now_ns() < end && ngets < cap) {
+        sleep_until(tick = next_tick(tick, delay_ns));
+        nts_runs runs;
+        uint64_t t0 = nts_now_ns();
+        err = nts_tracker_query(t, 0, t->npages, reset, 0, &runs);
+        uint64_t t1 = nts_now_ns();
+        for (size_t i = 0; i + 1 < runs.n; i += 2)
+            reported += (runs.v[i + 1] - runs.v[i]) / nts_page_size;
+        free(runs.v);
+        if (!err && !reset) {
+            err = nts_tracker_query(t, 0, t->npages, 1, 0, &runs);
+            free(runs.v);
+        }
+        get_ns[ngets] = t1 - t0;
+        reset_ns[ngets++] = reset ? 0 : nts_now_ns() - t1;
+    }
+    Py_END_ALLOW_THREADS
+    PyObject *out = NULL;
+    if (err)
+        nts_raise_errno(err, "native reader");
+    else
+        out = Py_BuildValue("(y#y#K)", (char *)get_ns, (Py_ssize_t)(ngets * sizeof *get_ns), (char *)reset_ns,
                             (Py_ssize_t)(ngets * sizeof *reset_ns), (unsigned long long)reported);
     free(get_ns);
     free(reset_ns);

@@ -88,7 +88,7 @@ typedef struct nts_tracker {
     size_t npages;
     uint8_t *state;     /* npages bytes, see NTS_DIRTY */
     uint16_t *pins;     /* open kernel-write windows per page; allocated on first use */
-    int *lock;          /* &own_lock, or the process-wide lock of the mprotect kind */
+    int *lock;          /* &own_lock, or the process-wide lock of the mprotect kind (mprotect.c) */
     int own_lock;
     /* userfaultfd */
     int uffd, pagemap, stop_fd, thread_started, handles_kernel_faults, populate;
@@ -98,6 +98,10 @@ typedef struct nts_tracker {
 } nts_tracker;
 
 extern PyTypeObject nts_tracker_type;
+/* What Tracker.dirty does, for native callers (no GIL needed): the written
+ * pages of [first, first+count) into `out`, reset when `reset`; 0 or an errno
+ * (EBADF once closed). */
+int nts_tracker_query(nts_tracker *t, size_t first, size_t count, int reset, size_t limit, nts_runs *out);
 nts_tracker *nts_tracker_alloc(int kind, uintptr_t base, size_t size, PyObject *prots);
 
 /* Bring the kernel's protection of [first, first+n) in line with the pages'
@@ -112,8 +116,6 @@ int nts_uffd_sync_apply(nts_tracker *t, size_t first, size_t n, int wp);
  * access so that the kernel can write-protect them. */
 int nts_uffd_sync_populate(nts_tracker *t, size_t first, size_t n, int prot);
 
-void nts_mprotect_lock(nts_tracker *t, sigset_t *saved);
-void nts_mprotect_unlock(nts_tracker *t, const sigset_t *saved);
 /* Stop tracking (marks the tracker closed) and restore the owner's protections. */
 void nts_mprotect_unregister(nts_tracker *t);
 /* Stop the fault thread and drop the registration (tracker already closed). */
@@ -134,7 +136,7 @@ int nts_uffd_writeprotect(int uffd, uintptr_t addr, size_t len, int wp);
 /* Written pages of [start, end) (uffd-async registered) as [start, end) runs
  * relative to `base`, at most max_pages (0: all), write-protecting exactly
  * those when `reset`.  Resumes where the kernel stopped when its output vector
- * filled (vec_len 0: the largest that works, 512).  0 or an errno. */
+ * filled (vec_len 0: room for every run of the range, at most 512).  0 or an errno. */
 int nts_pagemap_scan(int fd, uint64_t base, uint64_t start, uint64_t end, int reset, uint64_t max_pages,
                      size_t vec_len, nts_runs *out);
 PyObject *nts_uffd_async_tracker_new(PyObject *mod, PyObject *args, PyObject *kw);
@@ -161,7 +163,8 @@ int nts_writers_start(nts_writer_pool *pool, char *base, size_t npages, unsigned
 /* Stop and join them; total stores and summed per-thread running time. */
 void nts_writers_stop(nts_writer_pool *pool, uint64_t *writes, uint64_t *ns);
 
-/* ---- kernel floors for the benchmarks (bench.c) ---- */
+/* ---- kernel floors and native readers for the benchmarks (bench.c) ---- */
 PyObject *nts_floor_writewatch(PyObject *mod, PyObject *args, PyObject *kw);
+PyObject *nts_native_reader(PyObject *mod, PyObject *args);
 
 #endif

@@ -147,6 +147,9 @@ static PyMethodDef core_methods[] = {
     {"floor_writewatch", (PyCFunction)(void (*)(void))nts_floor_writewatch, METH_VARARGS | METH_KEYWORDS,
      "floor_writewatch(kind, pages, threads, random, delay_ns, duration_ns, reset) -> "
      "(writes, write_ns, get_ns, reset_ns, reported): a write-watch mechanism driven by minimal C"},
+    {"native_reader", nts_native_reader, METH_VARARGS,
+     "native_reader(tracker, delay_ns, duration_ns, reset) -> (get_ns, reset_ns, reported): "
+     "the tracker queried from C every delay, as a native caller would"},
     {"shadow_tracker", nts_shadow_tracker_new, METH_VARARGS,
      "shadow_tracker(address, size, prots) -> Tracker (content comparison against a copy)"},
     {NULL},

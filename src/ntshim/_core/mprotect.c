@@ -12,7 +12,9 @@
 #include <sys/syscall.h>
 
 /* One lock guards the registry and the state of every mprotect tracker: the
- * signal handler must find the tracker and update it atomically. */
+ * signal handler must find the tracker and update it atomically.  A thread
+ * holding it runs only our code, which never touches watched memory, so the
+ * handler can never find its own thread holding it. */
 static int g_lock;
 static nts_tracker **g_reg; /* sorted by base; ranges never overlap */
 static size_t g_nreg, g_cap;
@@ -28,21 +30,6 @@ static int fault_is_write(const void *ctx)
     (void)ctx;
     return 0;
 #endif
-}
-
-void nts_mprotect_lock(nts_tracker *t, sigset_t *saved)
-{
-    /* No handler may run on this thread while it holds the lock it would take. */
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, saved);
-    nts_lock(&g_lock);
-}
-
-void nts_mprotect_unlock(nts_tracker *t, const sigset_t *saved)
-{
-    nts_unlock(&g_lock);
-    pthread_sigmask(SIG_SETMASK, saved, NULL);
 }
 
 int nts_mprotect_apply(nts_tracker *t, size_t first, size_t n, int prot)
@@ -192,8 +179,7 @@ static void registry_remove(nts_tracker *t)
 
 void nts_mprotect_unregister(nts_tracker *t)
 {
-    sigset_t saved;
-    nts_mprotect_lock(t, &saved);
+    nts_lock(&g_lock);
     if (!t->closed) {
         t->closed = 1;
         registry_remove(t);
@@ -201,7 +187,7 @@ void nts_mprotect_unregister(nts_tracker *t)
             t->state[i] |= NTS_DIRTY;
         nts_tracker_sync_kernel(t, 0, t->npages);
     }
-    nts_mprotect_unlock(t, &saved);
+    nts_unlock(&g_lock);
 }
 
 PyObject *nts_mprotect_tracker_new(PyObject *mod, PyObject *args)
@@ -218,8 +204,8 @@ PyObject *nts_mprotect_tracker_new(PyObject *mod, PyObject *args)
     if (!t)
         return NULL;
     int err;
-    sigset_t saved;
-    nts_mprotect_lock(t, &saved);
+    t->lock = &g_lock; /* the handler finds the tracker and updates it under one lock */
+    nts_lock(&g_lock);
     err = install_handler();
     if (!err)
         err = registry_insert(t);
@@ -233,7 +219,7 @@ PyObject *nts_mprotect_tracker_new(PyObject *mod, PyObject *args)
             nts_tracker_sync_kernel(t, 0, t->npages);
         }
     }
-    nts_mprotect_unlock(t, &saved);
+    nts_unlock(&g_lock);
     if (err) {
         Py_DECREF(t);
         if (err == EEXIST)

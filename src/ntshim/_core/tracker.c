@@ -61,26 +61,6 @@ nts_tracker *nts_tracker_alloc(int kind, uintptr_t base, size_t size, PyObject *
     return t;
 }
 
-typedef struct {
-    sigset_t mask;
-} lock_ctx;
-
-static void tracker_lock(nts_tracker *t, lock_ctx *c)
-{
-    if (t->kind == NTS_MPROTECT)
-        nts_mprotect_lock(t, &c->mask);
-    else
-        nts_lock(t->lock);
-}
-
-static void tracker_unlock(nts_tracker *t, lock_ctx *c)
-{
-    if (t->kind == NTS_MPROTECT)
-        nts_mprotect_unlock(t, &c->mask);
-    else
-        nts_unlock(t->lock);
-}
-
 static int pinned(nts_tracker *t, size_t i) { return t->pins && t->pins[i]; }
 
 /* What the kernel should enforce on page i, given its state: for mprotect the
@@ -174,6 +154,15 @@ static int scan(nts_tracker *t, size_t first, size_t count, int reset, size_t li
             break;
         }
         i = j;
+        if (reset && t->kind != NTS_SHADOW) {
+            /* Let waiting fault handlers in between runs: writers are not held up
+             * for the whole scan.  Each run was reset atomically; a page written
+             * meanwhile is reported by this scan if it lies ahead, else by the next. */
+            nts_unlock(t->lock);
+            nts_lock(t->lock);
+            if (t->closed)
+                break;
+        }
     }
     if (err && reset) /* the caller gets nothing: what this call reset must be reported again */
         for (size_t k = 0; k < out->n; k += 2)
@@ -206,17 +195,22 @@ static int check_open(nts_tracker *t)
 typedef int (*locked_op)(nts_tracker *t, size_t first, size_t count, void *arg);
 #define NOT_OPEN (-1) /* closing a kernel-write window that is not open */
 
+/* Operations on up to this many pages keep the GIL: they take microseconds,
+ * and giving the GIL up and back costs as much.  Keeping it cannot deadlock:
+ * nothing that holds a tracker lock ever waits for the GIL. */
+#define KEEP_GIL_PAGES 1024
+
 static PyObject *run_locked(nts_tracker *t, size_t first, size_t count, locked_op op, void *arg, const char *what)
 {
     int err = 0, closed;
-    lock_ctx c;
-    Py_BEGIN_ALLOW_THREADS
-    tracker_lock(t, &c);
+    PyThreadState *saved = count > KEEP_GIL_PAGES ? PyEval_SaveThread() : NULL;
+    nts_lock(t->lock);
     closed = t->closed;
     if (!closed)
         err = op(t, first, count, arg);
-    tracker_unlock(t, &c);
-    Py_END_ALLOW_THREADS
+    nts_unlock(t->lock);
+    if (saved)
+        PyEval_RestoreThread(saved);
     if (closed)
         return check_open(t), NULL;
     if (err == NOT_OPEN)
@@ -245,6 +239,18 @@ static int dirty_op(nts_tracker *t, size_t first, size_t count, void *arg)
                                 &a->out);
     }
     return scan(t, first, count, a->reset, a->limit, &a->out);
+}
+
+int nts_tracker_query(nts_tracker *t, size_t first, size_t count, int reset, size_t limit, nts_runs *out)
+{
+    dirty_args a = {reset, limit, {0}};
+    int err = EBADF;
+    nts_lock(t->lock);
+    if (!t->closed)
+        err = dirty_op(t, first, count, &a);
+    nts_unlock(t->lock);
+    *out = a.out;
+    return err;
 }
 
 static PyObject *tracker_dirty(nts_tracker *t, PyObject *args)

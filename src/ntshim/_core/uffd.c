@@ -88,7 +88,9 @@ int nts_pagemap_scan(int fd, uint64_t base, uint64_t start, uint64_t end, int re
      * where its internal buffer first filled), and resuming from there would
      * report those pages twice, or reset them unseen.  (Found here; see
      * tests/writewatch/test_semantics.py::test_many_runs_are_all_reported.) */
-    if (!vec_len || vec_len > 512)
+    if (!vec_len) /* room for every run the range can hold: the kernel's cost grows with the vector */
+        vec_len = (size_t)((end - start) / ps / 2 + 1);
+    if (vec_len > 512)
         vec_len = 512;
     struct nts_page_region *vec = malloc(vec_len * sizeof *vec);
     if (!vec)

@@ -2,8 +2,8 @@
  * another (sequentially or at random) until stopped, without the GIL.  The
  * stress tests use them to write while Python gets and resets; the benchmarks
  * time them (bench.c drives the same pool under its kernel floors).  Thread k
- * writes at byte 8*k of a page, so every store changes the page's contents
- * (which the shadow backend needs to see it). */
+ * writes at byte 64*k of a page (its own cache line), and every store changes
+ * the page's contents (which the shadow backend needs to see it). */
 #include "core.h"
 
 #include <errno.h>
@@ -22,7 +22,7 @@ static void *writer_main(void *arg)
     nts_writer_pool *pool = me->pool;
     char *base = pool->base;
     const size_t ps = nts_page_size, npages = pool->npages;
-    const size_t slot = (8 * me->index) % ps;
+    const size_t slot = (64 * me->index) % ps; /* a cache line each: no false sharing between writers */
     uint64_t rng = 0x9E3779B97F4A7C15ull * (me->index + 1), value = (uint64_t)me->index << 48, page = 0;
     uint64_t n = 0, t0 = nts_now_ns();
     while (!__atomic_load_n(&pool->stop, __ATOMIC_RELAXED)) {

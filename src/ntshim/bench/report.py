@@ -1,0 +1,137 @@
+"""Reporting benchmark results: a terminal table, JSON with every figure, and a plot."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .writewatch import FLOOR_OF, REFERENCES, Measurement, Reference, backend_of, ratios, targets
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}" if value < 1000 else f"{value:,.0f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def writewatch_table(results: Sequence[Measurement], show_references: bool = True) -> Any:
+    """A rich Table of the results, row by row, each subject beside its floor."""
+    from rich.table import Table
+
+    table = Table(
+        title="write watches: write ns per store, get us per call (median); ratios to the floor of the "
+        "same mechanism, measured in this run",
+        title_justify="left",
+        caption="row: threads, pages, delay between gets (ms), random order, get resets (1) or a reset follows (0)",
+        caption_justify="left",
+    )
+    for column, justify in [
+        ("row", "left"),
+        ("subject", "left"),
+        ("write ns", "right"),
+        ("x floor", "right"),
+        ("get us", "right"),
+        ("x floor", "right"),
+        ("reset us", "right"),
+        ("pages/get", "right"),
+    ]:
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    by_ratio = {(r.label, r.subject): r for r in ratios(list(results))}
+    labels = list(dict.fromkeys(m.row.label for m in results))
+    for n, label in enumerate(labels):
+        for m in (m for m in results if m.row.label == label):
+            r = by_ratio.get((label, m.subject))
+            style = "dim" if m.subject.startswith("floor:") else None
+            table.add_row(
+                label,
+                m.subject,
+                _number(m.write_ns),
+                _ratio(r.write if r else None),
+                _number(m.get_median_us),
+                _ratio(r.get if r else None),
+                _number(m.reset_median_us),
+                _number(m.pages_per_get, 0),
+                style=style,
+            )
+        if show_references:
+            for ref in (ref for ref in REFERENCES if ref.label == label):
+                table.add_row(
+                    label, f"[italic]{ref.source}[/italic]", _number(ref.write_ns), "", _number(ref.get_us), "", "", "",
+                    style="dim",
+                )
+        if n < len(labels) - 1:
+            table.add_section()
+    return table
+
+
+def targets_text(results: Sequence[Measurement]) -> list[str]:
+    return [
+        f"{'held' if t.held else 'MISSED'}: {t.description} ({t.detail})" for t in targets(list(results))
+    ]
+
+
+def writewatch_json(
+    results: Sequence[Measurement], machine: dict[str, Any], settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Every figure of the run, the machine it ran on, and the references, for machines."""
+    return {
+        "benchmark": "writewatch",
+        "machine": machine,
+        "settings": settings,
+        "floor_of": FLOOR_OF,
+        "results": [m.to_json() for m in results],
+        "ratios": [r.__dict__ for r in ratios(list(results))],
+        "targets": [t.__dict__ for t in targets(list(results))],
+        "references": [
+            {**ref.__dict__, "note": "measured elsewhere, on other hardware"} for ref in REFERENCES
+        ],
+    }
+
+
+def write_json(data: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def writewatch_plot(results: Sequence[Measurement], path: str | Path, references: Sequence[Reference] = ()) -> None:
+    """Write ns and get us per subject per row, log scale, to a PNG (needs matplotlib: the
+    ``[plot]`` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'ntshim[plot]'") from None
+    labels = list(dict.fromkeys(m.row.label for m in results))
+    subjects = list(dict.fromkeys(m.subject for m in results))
+    by_key = {(m.row.label, m.subject): m for m in results}
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.6 * len(labels)), 8), sharex=True)
+    width = 0.8 / len(subjects)
+    for ax, attribute, unit in ((axes[0], "write_ns", "write, ns per store"), (axes[1], "get_median_us", "get, us")):
+        for i, subject in enumerate(subjects):
+            xs, ys = [], []
+            for j, label in enumerate(labels):
+                m = by_key.get((label, subject))
+                value = getattr(m, attribute) if m else None
+                if value:
+                    xs.append(j + (i - len(subjects) / 2 + 0.5) * width)
+                    ys.append(value)
+            hatch = "//" if subject.startswith("floor:") else None
+            ax.bar(xs, ys, width, label=subject, hatch=hatch, alpha=0.6 if backend_of(subject) != subject else 1.0)
+        ax.set_yscale("log")
+        ax.set_ylabel(unit)
+        ax.grid(axis="y", alpha=0.3)
+    axes[1].set_xticks(range(len(labels)))
+    axes[1].set_xticklabels(labels)
+    axes[1].set_xlabel("threads pages delay(ms) random reset-flag")
+    axes[0].legend(ncol=4, fontsize="small")
+    axes[0].set_title("ntshim write watches: every backend beside its kernel floor (hatched), this machine")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

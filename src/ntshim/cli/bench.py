@@ -1,0 +1,131 @@
+"""``ntshim bench``: the benchmarks, every subject beside a floor measured in the same run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from .. import _kernel
+from ..bench import report
+from ..bench import writewatch as ww
+from ..writewatch import registry
+
+
+def _bit(text: str) -> bool:
+    if text not in ("0", "1"):
+        raise argparse.ArgumentTypeError("must be 0 or 1")
+    return text == "1"
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError("must be positive")
+        return value
+
+    return parse
+
+
+class BenchCommand:
+    name = "bench"
+    help = "benchmarks: `ntshim bench writewatch` (every backend beside the kernel floor)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        which = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+        p = which.add_parser(
+            "writewatch",
+            help="Wine's write-watch micro-benchmark for every backend and the kernel floors",
+            description="With no row options, runs the eight parameter rows of Wine's table for every "
+            "available backend.  Any of --threads/--pages/--delay/--random/--reset-flag runs one row "
+            "instead (the others default to 8 8192 3 1 1).",
+        )
+        p.add_argument("--threads", type=_positive(int), help="writer threads")
+        p.add_argument("--pages", type=_positive(int), help="pages written")
+        p.add_argument("--delay", type=_positive(float), help="ms between gets")
+        p.add_argument("--random", type=_bit, help="1: random page order, 0: sequential")
+        p.add_argument("--reset-flag", type=_bit, help="1: get resets; 0: a separate reset follows")
+        p.add_argument("--backend", default="all", help="a backend name, or all (default)")
+        p.add_argument("--seconds", type=_positive(float), help="seconds per measurement (default 1, quick 0.25)")
+        p.add_argument("--repeat", type=_positive(int), help="repeats, interleaved; medians (default 3, quick 1)")
+        p.add_argument("--no-native", action="store_true", help="skip the native:<backend> rows (C reader)")
+        p.add_argument("--quick", action="store_true", help="a short run (under 20 s): no native rows")
+        p.add_argument("--json", metavar="FILE", help="write every figure as JSON")
+        p.add_argument("--plot", metavar="FILE.png", help="plot write ns and get us (needs ntshim[plot])")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        console = Console(width=None if sys.stdout.isatty() else 150)  # files and pipes get the whole table
+        rows = self._rows(args)
+        backends = self._backends(args, console)
+        subjects = ww.subjects_for(backends, native=not (args.quick or args.no_native))
+        seconds = args.seconds or (0.25 if args.quick else 1.0)
+        repeat = args.repeat or (1 if args.quick else 3)
+        total = len(rows) * len(subjects) * repeat
+        console.print(
+            f"{len(rows)} row(s) x {len(subjects)} subjects x {repeat} repeat(s), {seconds:g} s each: "
+            f"about {total * seconds * 1.1:.0f} s"
+        )
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), console=console, transient=True
+        ) as progress:
+            task = progress.add_task("", total=total)
+
+            def step(row: ww.Row, subject: str) -> None:
+                progress.update(task, advance=1, description=f"{row.label:>14}  {subject:<20}")
+
+            results = ww.run(rows, subjects, seconds, repeat, step)
+        console.print(report.writewatch_table(results, show_references=not args.quick))
+        for line in report.targets_text(results):
+            console.print(line)
+        if args.json:
+            settings = {
+                "rows": [r.__dict__ for r in rows],
+                "subjects": subjects,
+                "seconds": seconds,
+                "repeat": repeat,
+                "command": " ".join(sys.argv),
+            }
+            report.write_json(report.writewatch_json(results, _kernel.machine(), settings), args.json)
+            console.print(f"JSON: {args.json}")
+        if args.plot:
+            report.writewatch_plot(results, args.plot)
+            console.print(f"plot: {args.plot}")
+        return 0
+
+    @staticmethod
+    def _rows(args: argparse.Namespace) -> list[ww.Row]:
+        given = [args.threads, args.pages, args.delay, args.random, args.reset_flag]
+        if all(value is None for value in given):
+            return list(ww.SEED_ROWS)
+        default = ww.Row(8, 8192, 3, True, True)
+        return [
+            ww.Row(
+                args.threads or default.threads,
+                args.pages or default.pages,
+                args.delay or default.delay_ms,
+                default.random if args.random is None else args.random,
+                default.reset_flag if args.reset_flag is None else args.reset_flag,
+            )
+        ]
+
+    @staticmethod
+    def _backends(args: argparse.Namespace, console: object) -> list[str]:
+        if args.backend == "all":
+            available = [b.backend for b in registry.backends() if b.available]
+            for b in registry.backends():
+                if not b.available:
+                    console.print(f"[yellow]{b.backend} skipped: {b.reason}[/yellow]")  # type: ignore[attr-defined]
+            return available
+        if args.backend not in registry.BY_NAME:
+            raise SystemExit(f"ntshim bench: unknown backend {args.backend!r}; choose from all, {', '.join(registry.BY_NAME)}")
+        availability = registry.BY_NAME[args.backend].availability()
+        if not availability.available:
+            raise SystemExit(f"ntshim bench: {args.backend} is unavailable here: {availability.reason}")
+        return [args.backend]
+
+
+__all__ = ["BenchCommand"]

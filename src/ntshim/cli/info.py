@@ -1,0 +1,74 @@
+"""``ntshim info``: what this kernel supports, every backend available or not and why."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from .. import _kernel
+from ..writewatch import registry
+
+
+class InfoCommand:
+    name = "info"
+    help = "what this kernel supports: every backend, available or not and why"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--json", action="store_true", help="print JSON for machines")
+
+    def run(self, args: argparse.Namespace) -> int:
+        report = _kernel.machine()
+        backends = registry.backends()
+        default = next((b.backend for b in backends if b.available), None)
+        forced = os.environ.get(registry.ENV_VAR) or None
+        report["writewatch"] = {
+            "default": forced or default,
+            "forced_by_environment": forced,
+            "backends": [
+                {
+                    "name": b.backend,
+                    "available": b.available,
+                    "reason": b.reason,
+                    "notes": list(b.notes),
+                    "summary": registry.BY_NAME[b.backend].summary,
+                }
+                for b in backends
+            ],
+        }
+        if args.json:
+            json.dump(report, sys.stdout, indent=2)
+            print()
+            return 0
+        self._print(report)
+        return 0
+
+    def _print(self, report: dict[str, Any]) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console()
+        k, u = report["kernel"], report["userfaultfd"]
+        console.print(
+            f"[bold]ntshim {report['ntshim']}[/bold]  Python {report['python']}  "
+            f"Linux {k['release']} {k['machine']}  {k['cpus']} CPUs  page {k['page_size']} bytes"
+        )
+        if u["usable"]:
+            mode = "kernel and user faults" if u["kernel_faults"] else "user-mode faults only (UFFD_USER_MODE_ONLY)"
+            console.print(f"userfaultfd: {mode}; features {', '.join(u['features']) or 'none'}")
+        else:
+            console.print(f"userfaultfd: [red]{u['reason']}[/red]")
+        ww = report["writewatch"]
+        table = Table(title="write-watch backends (best first)", title_justify="left")
+        table.add_column("backend")
+        table.add_column("available")
+        table.add_column("mechanism")
+        table.add_column("why not / notes")
+        for b in ww["backends"]:
+            ok = "[green]yes[/green]" if b["available"] else "[red]no[/red]"
+            table.add_row(b["name"], ok, b["summary"], b["reason"] or "\n".join(b["notes"]))
+        console.print(table)
+        source = f" (from {registry.ENV_VAR})" if ww["forced_by_environment"] else ""
+        console.print(f"default backend: [bold]{ww['default']}[/bold]{source}")
