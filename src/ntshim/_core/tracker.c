@@ -224,32 +224,25 @@ static PyObject *run_locked(nts_tracker *t, size_t first, size_t count, locked_o
 
 /* ---- dirty: the query (and get-and-reset) ---- */
 
-typedef struct {
-    int reset;
-    size_t limit;
-    nts_runs out;
-} dirty_args;
-
-static int dirty_op(nts_tracker *t, size_t first, size_t count, void *arg)
-{
-    dirty_args *a = arg;
-    if (t->kind == NTS_UFFD_ASYNC) {
-        const uint64_t start = t->base + first * nts_page_size;
-        return nts_pagemap_scan(t->pagemap, t->base, start, start + count * nts_page_size, a->reset, a->limit, 0,
-                                &a->out);
-    }
-    return scan(t, first, count, a->reset, a->limit, &a->out);
-}
-
 int nts_tracker_query(nts_tracker *t, size_t first, size_t count, int reset, size_t limit, nts_runs *out)
 {
-    dirty_args a = {reset, limit, {0}};
-    int err = EBADF;
+    int err;
+    *out = (nts_runs){0};
+    if (!reset && (t->kind == NTS_MPROTECT || t->kind == NTS_UFFD_SYNC)) {
+        /* Reading needs no lock: bits turn dirty behind our back only (they are
+         * cleared under the lock), and each bit read is the page's state at that
+         * moment.  Without it a reader does not queue behind every faulting writer. */
+        return t->closed ? EBADF : scan(t, first, count, 0, limit, out);
+    }
     nts_lock(t->lock);
-    if (!t->closed)
-        err = dirty_op(t, first, count, &a);
+    if (t->closed)
+        err = EBADF;
+    else if (t->kind == NTS_UFFD_ASYNC)
+        err = nts_pagemap_scan(t->pagemap, t->base, t->base + first * nts_page_size,
+                               t->base + (first + count) * nts_page_size, reset, limit, 0, out);
+    else
+        err = scan(t, first, count, reset, limit, out);
     nts_unlock(t->lock);
-    *out = a.out;
     return err;
 }
 
@@ -257,21 +250,25 @@ static PyObject *tracker_dirty(nts_tracker *t, PyObject *args)
 {
     Py_ssize_t f, c, limit;
     size_t first, count;
-    dirty_args a = {0};
-    if (!PyArg_ParseTuple(args, "nnpn", &f, &c, &a.reset, &limit) || check_range(t, f, c, &first, &count))
+    int reset, err;
+    nts_runs out;
+    if (!PyArg_ParseTuple(args, "nnpn", &f, &c, &reset, &limit) || check_range(t, f, c, &first, &count))
         return NULL;
     if (limit < 0) {
         PyErr_SetString(PyExc_ValueError, "limit must be >= 0 (0: no limit)");
         return NULL;
     }
-    a.limit = (size_t)limit;
-    PyObject *done = run_locked(t, first, count, dirty_op, &a, "write-protecting reset pages");
-    if (!done) {
-        free(a.out.v);
-        return NULL;
+    PyThreadState *saved = count > KEEP_GIL_PAGES ? PyEval_SaveThread() : NULL;
+    err = nts_tracker_query(t, first, count, reset, (size_t)limit, &out);
+    if (saved)
+        PyEval_RestoreThread(saved);
+    if (err) {
+        free(out.v);
+        if (err == EBADF)
+            return check_open(t), NULL;
+        return err == ENOMEM ? PyErr_NoMemory() : nts_raise_errno(err, "write-protecting reset pages");
     }
-    Py_DECREF(done);
-    return nts_runs_finish(&a.out);
+    return nts_runs_finish(&out);
 }
 
 /* ---- protect: change the owner's protection, keeping dirty state exact ---- */
