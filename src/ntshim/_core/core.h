@@ -131,6 +131,10 @@ int nts_mprotect_module_init(PyObject *mod);
 /* ---- userfaultfd and pagemap (uffd.c) ---- */
 extern PyMethodDef nts_uffd_methods[];
 int nts_uffd_module_init(PyObject *mod);
+/* Open t->uffd (limited to user-mode faults if asked), enable `features`
+ * (EOPNOTSUPP unless all of `required` come back) and register the tracker's
+ * range for write-protection.  0, or an errno with *step naming what failed. */
+int nts_uffd_setup(nts_tracker *t, int user_mode_only, uint64_t features, uint64_t required, const char **step);
 /* UFFDIO_WRITEPROTECT: protect (wp=1) or release (wp=0); 0 or an errno. */
 int nts_uffd_writeprotect(int uffd, uintptr_t addr, size_t len, int wp);
 /* Written pages of [start, end) (uffd-async registered) as [start, end) runs

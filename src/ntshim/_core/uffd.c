@@ -156,6 +156,23 @@ static PyObject *pagemap_scan(PyObject *mod, PyObject *args, PyObject *kw)
     return nts_runs_finish(&out);
 }
 
+int nts_uffd_setup(nts_tracker *t, int user_mode_only, uint64_t features, uint64_t required, const char **step)
+{
+    *step = "userfaultfd";
+    t->uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | (user_mode_only ? UFFD_USER_MODE_ONLY : 0));
+    if (t->uffd < 0)
+        return errno;
+    struct uffdio_api api = {UFFD_API, features, 0};
+    *step = "UFFDIO_API";
+    if (ioctl(t->uffd, UFFDIO_API, &api))
+        return errno;
+    if ((api.features & required) != required) /* some kernels accept a bit and drop it */
+        return EOPNOTSUPP;
+    struct uffdio_register r = {{t->base, t->npages * nts_page_size}, UFFDIO_REGISTER_MODE_WP, 0};
+    *step = "UFFDIO_REGISTER(MODE_WP)";
+    return ioctl(t->uffd, UFFDIO_REGISTER, &r) ? errno : 0;
+}
+
 /* The uffd-async backend's tracker: registration and protection only; the
  * kernel keeps the dirty state (tracker.c reads it with nts_pagemap_scan).
  * User-mode-only is enough, and needs no privilege: in asynchronous mode the
@@ -171,27 +188,10 @@ PyObject *nts_uffd_async_tracker_new(PyObject *mod, PyObject *args, PyObject *kw
     nts_tracker *t = nts_tracker_alloc(NTS_UFFD_ASYNC, (uintptr_t)base, (size_t)size, prots);
     if (!t)
         return NULL;
-    const char *step = "userfaultfd";
-    int err = 0;
+    const char *step;
     t->pagemap = pagemap;
     t->handles_kernel_faults = 1;
-    t->uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
-    if (t->uffd < 0)
-        err = errno;
-    if (!err) {
-        struct uffdio_api api = {UFFD_API, features, 0};
-        step = "UFFDIO_API";
-        if (ioctl(t->uffd, UFFDIO_API, &api))
-            err = errno;
-        else if (!(api.features & UFFD_FEATURE_WP_ASYNC)) /* some kernels accept the bit and drop it */
-            err = EOPNOTSUPP;
-    }
-    if (!err) {
-        struct uffdio_register r = {{t->base, (uint64_t)size}, UFFDIO_REGISTER_MODE_WP, 0};
-        step = "UFFDIO_REGISTER(MODE_WP)";
-        if (ioctl(t->uffd, UFFDIO_REGISTER, &r))
-            err = errno;
-    }
+    int err = nts_uffd_setup(t, 1, features, UFFD_FEATURE_WP_ASYNC, &step);
     if (!err) {
         step = "UFFDIO_WRITEPROTECT";
         err = nts_uffd_writeprotect(t->uffd, t->base, (size_t)size, 1);

@@ -97,28 +97,11 @@ PyObject *nts_uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
     nts_tracker *t = nts_tracker_alloc(NTS_UFFD_SYNC, (uintptr_t)base, (size_t)size, prots);
     if (!t)
         return NULL;
-    const char *step = "userfaultfd";
-    int err = 0, registered = 0;
+    const char *step;
     t->handles_kernel_faults = !user_mode_only;
     t->populate = populate;
-    t->uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | (user_mode_only ? UFFD_USER_MODE_ONLY : 0));
-    if (t->uffd < 0)
-        err = errno;
-    if (!err) {
-        struct uffdio_api api = {UFFD_API, features, 0};
-        step = "UFFDIO_API";
-        if (ioctl(t->uffd, UFFDIO_API, &api))
-            err = errno;
-        else if (!(api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP))
-            err = EOPNOTSUPP;
-    }
-    if (!err) {
-        struct uffdio_register r = {{t->base, (uint64_t)size}, UFFDIO_REGISTER_MODE_WP, 0};
-        step = "UFFDIO_REGISTER(MODE_WP)";
-        if (ioctl(t->uffd, UFFDIO_REGISTER, &r))
-            err = errno;
-        registered = !err;
-    }
+    int err = nts_uffd_setup(t, user_mode_only, features, UFFD_FEATURE_PAGEFAULT_FLAG_WP, &step);
+    int registered = !err; /* registering is setup's last step */
     if (!err) {
         step = "write-protecting the range";
         nts_lock(t->lock);

@@ -170,19 +170,29 @@ class Measurement:
         }
 
 
-def measure_floor(row: Row, floor: str, seconds: float) -> Measurement:
-    kind = floor.split(":", 1)[1]
-    writes, write_ns, gets, resets, reported = _core.floor_writewatch(
-        kind, row.pages, row.threads, row.random, int(row.delay_ms * 1e6), int(seconds * 1e9), row.reset_flag
-    )
+def _from_c(
+    row: Row, subject: str, writes: int, write_ns: int, gets: bytes, resets: bytes, reported: int
+) -> Measurement:
+    """A measurement from the C loops' figures: totals, and per-call ns as uint64 bytes."""
     return Measurement(
         row,
-        floor,
+        subject,
         writes,
         write_ns / max(writes, 1),
         [ns / 1000 for ns in array("Q", gets)],
         [ns / 1000 for ns in array("Q", resets)],
         reported,
+    )
+
+
+def measure_floor(row: Row, floor: str, seconds: float) -> Measurement:
+    kind = floor.split(":", 1)[1]
+    return _from_c(
+        row,
+        floor,
+        *_core.floor_writewatch(
+            kind, row.pages, row.threads, row.random, int(row.delay_ms * 1e6), int(seconds * 1e9), row.reset_flag
+        ),
     )
 
 
@@ -235,15 +245,7 @@ def measure_native(row: Row, subject: str, seconds: float) -> Measurement:
             writes, write_ns = writers.stop()
     finally:
         region.free()
-    return Measurement(
-        row,
-        subject,
-        writes,
-        write_ns / max(writes, 1),
-        [ns / 1000 for ns in array("Q", gets)],
-        [ns / 1000 for ns in array("Q", resets)],
-        reported,
-    )
+    return _from_c(row, subject, writes, write_ns, gets, resets, reported)
 
 
 def backend_of(subject: str) -> str:
