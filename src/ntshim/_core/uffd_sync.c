@@ -101,15 +101,13 @@ PyObject *nts_uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
     t->handles_kernel_faults = !user_mode_only;
     t->populate = populate;
     int err = nts_uffd_setup(t, user_mode_only, features, UFFD_FEATURE_PAGEFAULT_FLAG_WP, &step);
-    int registered = !err; /* registering is setup's last step */
     if (!err) {
         step = "write-protecting the range";
         nts_lock(t->lock);
-        for (size_t i = 0; !err && populate && i < t->npages; i++)
+        for (size_t i = 0; populate && i < t->npages; i++)
             if (t->state[i] & (PROT_READ | PROT_WRITE)) /* touch only what may be read */
                 (void)*(volatile const char *)(t->base + i * nts_page_size);
-        if (!err)
-            err = nts_tracker_sync_kernel(t, 0, t->npages);
+        err = nts_tracker_sync_kernel(t, 0, t->npages);
         nts_unlock(t->lock);
     }
     if (!err) {
@@ -131,13 +129,9 @@ PyObject *nts_uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
             t->thread_started = !err;
         }
     }
-    if (err) { /* nothing started: undo by hand (the tracker is still marked closed) */
-        if (registered) {
-            struct uffdio_range r = {t->base, (uint64_t)size};
-            ioctl(t->uffd, UFFDIO_UNREGISTER, &r);
-        }
+    if (err) { /* no thread runs yet: undo by hand (the tracker is still marked closed) */
         if (t->uffd >= 0)
-            close(t->uffd);
+            close(t->uffd); /* closing drops the registration */
         if (t->stop_fd >= 0)
             close(t->stop_fd);
         Py_DECREF(t);
