@@ -4,11 +4,12 @@
  * them take the same lock around every operation, so closing can never race
  * with a query.
  *
- * Invariant for the write-protecting kinds (mprotect, uffd-sync), under the lock:
- * a page is write-protected exactly when it is clean and not inside a
- * kernel-write window (for mprotect: and its owner lets it be written at all).  Fault handlers take the same lock, mark the
- * page dirty and release it, so "protect, then clear DIRTY" cannot lose a write:
- * a write that lands after the protection faults and waits for the lock. */
+ * Invariant for the write-protecting kinds (mprotect, uffd-sync), under the
+ * lock: a page is write-protected exactly when it is clean and not inside a
+ * kernel-write window (for mprotect: and its owner lets it be written at all).
+ * Fault handlers take the same lock, mark the page dirty and release it, so
+ * "protect, then clear DIRTY" cannot lose a write: a write that lands after
+ * the protection faults and waits for the lock. */
 #include "core.h"
 
 #include <errno.h>
@@ -121,7 +122,9 @@ static int reset_run(nts_tracker *t, size_t first, size_t n)
 }
 
 /* Collect dirty pages of [first, first+count) in ascending order, at most
- * `limit` (0: all), resetting exactly those when `reset`.  Lock held. */
+ * `limit` (0: all), resetting exactly those when `reset` (then with the lock
+ * held; a query that does not reset may run without it, see
+ * nts_tracker_query). */
 static int scan(nts_tracker *t, size_t first, size_t count, int reset, size_t limit, nts_runs *out)
 {
     const size_t ps = nts_page_size, end = first + count;
