@@ -84,7 +84,7 @@ def test_bad_options(tmp_path: Path, args: list[str], message: str) -> None:
 
 def _measurement(label: str, subject: str, write_ns: float, get_us: float | None) -> ww.Measurement:
     row = next(r for r in ww.SEED_ROWS if r.label == label)
-    return ww.Measurement(row, subject, 1000, write_ns, [get_us] if get_us else [], [], 0)
+    return ww.Measurement(row, subject, 1000, [write_ns], [get_us] if get_us else [], [], 0)
 
 
 def test_ratios_and_targets_follow_the_numbers() -> None:

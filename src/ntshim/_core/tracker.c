@@ -281,6 +281,8 @@ static int protect_op(nts_tracker *t, size_t first, size_t count, void *arg)
     const int prot = *(int *)arg;
     const size_t ps = nts_page_size;
     int err = 0;
+    if (prot & ~NTS_PROT_MASK) /* as mprotect(2) answers bits it does not know */
+        return EINVAL;
     uint8_t *saved = malloc(count ? count : 1);
     if (!saved)
         return ENOMEM;
@@ -318,16 +320,20 @@ static int protect_op(nts_tracker *t, size_t first, size_t count, void *arg)
     return err;
 }
 
-static PyObject *tracker_protect(nts_tracker *t, PyObject *args)
+/* The methods that take (first, count[, one int]) and run an operation locked. */
+static PyObject *range_method(nts_tracker *t, PyObject *args, const char *format, locked_op op, const char *what)
 {
     Py_ssize_t f, c;
     size_t first, count;
-    int prot;
-    if (!PyArg_ParseTuple(args, "nni", &f, &c, &prot) || check_range(t, f, c, &first, &count))
+    int value = 0;
+    if (!PyArg_ParseTuple(args, format, &f, &c, &value) || check_range(t, f, c, &first, &count))
         return NULL;
-    if (prot & ~NTS_PROT_MASK)
-        return PyErr_Format(PyExc_ValueError, "prot must combine PROT_READ, PROT_WRITE, PROT_EXEC, got %d", prot);
-    return run_locked(t, first, count, protect_op, &prot, "mprotect");
+    return run_locked(t, first, count, op, &value, what);
+}
+
+static PyObject *tracker_protect(nts_tracker *t, PyObject *args)
+{
+    return range_method(t, args, "nni", protect_op, "mprotect");
 }
 
 /* ---- kernel_write: windows for writes the kernel makes ---- */
@@ -359,12 +365,7 @@ static int kernel_write_op(nts_tracker *t, size_t first, size_t count, void *arg
 
 static PyObject *tracker_kernel_write(nts_tracker *t, PyObject *args)
 {
-    Py_ssize_t f, c;
-    size_t first, count;
-    int open_window;
-    if (!PyArg_ParseTuple(args, "nnp", &f, &c, &open_window) || check_range(t, f, c, &first, &count))
-        return NULL;
-    return run_locked(t, first, count, kernel_write_op, &open_window, "opening a kernel-write window");
+    return range_method(t, args, "nnp", kernel_write_op, "opening a kernel-write window");
 }
 
 /* ---- mark: count pages as written ---- */
@@ -403,23 +404,14 @@ static int discard_op(nts_tracker *t, size_t first, size_t count, void *arg)
     return nts_tracker_sync_kernel(t, first, count);
 }
 
-static PyObject *range_method(nts_tracker *t, PyObject *args, locked_op op, const char *what)
-{
-    Py_ssize_t f, c;
-    size_t first, count;
-    if (!PyArg_ParseTuple(args, "nn", &f, &c) || check_range(t, f, c, &first, &count))
-        return NULL;
-    return run_locked(t, first, count, op, NULL, what);
-}
-
 static PyObject *tracker_mark(nts_tracker *t, PyObject *args)
 {
-    return range_method(t, args, mark_op, "releasing marked pages");
+    return range_method(t, args, "nn", mark_op, "releasing marked pages");
 }
 
 static PyObject *tracker_discard(nts_tracker *t, PyObject *args)
 {
-    return range_method(t, args, discard_op, "discarding pages");
+    return range_method(t, args, "nn", discard_op, "discarding pages");
 }
 
 static void tracker_teardown(nts_tracker *t)

@@ -127,20 +127,23 @@ class Measurement:
     row: Row
     subject: str
     writes: int
-    write_ns: float  # the median over repeats of (thread time / stores)
+    write_ns_runs: list[float]  # thread time / stores, one per repeat
     get_us: list[float] = field(default_factory=list)  # every get, all repeats
     reset_us: list[float] = field(default_factory=list)
     pages_reported: int = 0
-    write_ns_runs: list[float] = field(default_factory=list)  # one per repeat
+
+    @property
+    def write_ns(self) -> float:
+        """The median over repeats of thread time / stores."""
+        return statistics.median(self.write_ns_runs)
 
     def merge(self, other: Measurement) -> None:
         """Fold in another repeat of the same row and subject."""
         self.writes += other.writes
+        self.write_ns_runs += other.write_ns_runs
         self.get_us += other.get_us
         self.reset_us += other.reset_us
         self.pages_reported += other.pages_reported
-        self.write_ns_runs += other.write_ns_runs or [other.write_ns]
-        self.write_ns = statistics.median(self.write_ns_runs)
 
     @property
     def get_median_us(self) -> float | None:
@@ -161,7 +164,7 @@ class Measurement:
             "subject": self.subject,
             "writes": self.writes,
             "write_ns": self.write_ns,
-            "write_ns_repeats": self.write_ns_runs or [self.write_ns],
+            "write_ns_repeats": self.write_ns_runs,
             "gets": len(self.get_us),
             "get_us": _summary(self.get_us),
             "reset_us": None if self.row.reset_flag else _summary(self.reset_us),
@@ -178,7 +181,7 @@ def _from_c(
         row,
         subject,
         writes,
-        write_ns / max(writes, 1),
+        [write_ns / max(writes, 1)],
         [ns / 1000 for ns in array("Q", gets)],
         [ns / 1000 for ns in array("Q", resets)],
         reported,
@@ -226,7 +229,7 @@ def measure_backend(row: Row, backend: str, seconds: float) -> Measurement:
             writes, write_ns = writers.stop()
     finally:
         region.free()
-    return Measurement(row, backend, writes, write_ns / max(writes, 1), gets, resets, reported)
+    return Measurement(row, backend, writes, [write_ns / max(writes, 1)], gets, resets, reported)
 
 
 def measure_native(row: Row, subject: str, seconds: float) -> Measurement:
@@ -286,7 +289,6 @@ def run(
                     if (row, subject) in merged:
                         merged[row, subject].merge(m)
                     else:
-                        m.write_ns_runs = [m.write_ns]
                         merged[row, subject] = m
     finally:
         if collecting:

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from .protection import EXEC, READ, WRITE
+
+
+def _mappings() -> Iterator[tuple[int, int, int, str]]:
+    """Every mapping, ascending, as ``(start, end, prot, path)`` (path empty if anonymous)."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split(None, 5)
+            lo_text, hi_text = fields[0].split("-")
+            prot = sum(bit for bit, letter, flag in zip((READ, WRITE, EXEC), "rwx", fields[1]) if flag == letter)
+            yield int(lo_text, 16), int(hi_text, 16), prot, fields[5].strip() if len(fields) > 5 else ""
 
 
 def protections(start: int, end: int, page: int) -> bytes:
@@ -12,21 +24,14 @@ def protections(start: int, end: int, page: int) -> bytes:
     """
     out = bytearray()
     cursor = start
-    with open("/proc/self/maps") as f:
-        for line in f:
-            span, perms = line.split(None, 2)[:2]
-            lo_text, hi_text = span.split("-")
-            lo, hi = int(lo_text, 16), int(hi_text, 16)
-            if hi <= cursor:
-                continue
-            if lo > cursor or lo >= end:
-                break
-            prot = sum(bit for bit, letter, flag in zip((READ, WRITE, EXEC), "rwx", perms) if flag == letter)
-            stop = min(hi, end)
-            out += bytes([prot]) * ((stop - cursor) // page)
-            cursor = stop
-            if cursor >= end:
-                break
+    for lo, hi, prot, _path in _mappings():
+        if hi <= cursor:
+            continue
+        if lo > cursor or cursor >= end:
+            break
+        stop = min(hi, end)
+        out += bytes([prot]) * ((stop - cursor) // page)
+        cursor = stop
     if cursor < end:
         raise ValueError(f"memory at {cursor:#x} (inside {start:#x}-{end:#x}) is not mapped")
     return bytes(out)
@@ -36,16 +41,9 @@ def mapping_at(address: int) -> tuple[int, int, int, str] | int:
     """The mapping containing ``address`` as ``(start, end, prot, path)`` (``path`` empty for
     anonymous memory), or, when nothing is mapped there, the start of the next mapping
     above it (0 if there is none)."""
-    with open("/proc/self/maps") as f:
-        for line in f:
-            fields = line.split(None, 5)
-            lo_text, hi_text = fields[0].split("-")
-            lo, hi = int(lo_text, 16), int(hi_text, 16)
-            if address < lo:
-                return lo
-            if address < hi:
-                perms = fields[1]
-                prot = sum(bit for bit, letter, flag in zip((READ, WRITE, EXEC), "rwx", perms) if flag == letter)
-                path = fields[5].strip() if len(fields) > 5 else ""
-                return lo, hi, prot, path
+    for mapping in _mappings():
+        if address < mapping[0]:
+            return mapping[0]
+        if address < mapping[1]:
+            return mapping
     return 0

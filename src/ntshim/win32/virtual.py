@@ -66,7 +66,7 @@ _BASE_PROTECTIONS = {
     PAGE_EXECUTE_READWRITE: "rwx",
 }
 _CACHE_BITS = PAGE_NOCACHE | PAGE_WRITECOMBINE
-_FROM_LINUX = {bits: win for win, text in _BASE_PROTECTIONS.items() for bits in [linux_protection.parse(text)]}
+_FROM_LINUX = {linux_protection.parse(text): win for win, text in _BASE_PROTECTIONS.items()}
 
 
 class MEMORY_BASIC_INFORMATION(ctypes.Structure):
