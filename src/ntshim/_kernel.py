@@ -135,9 +135,21 @@ def pagemap_fd() -> int:
     return _pagemap_fd(pid)
 
 
+@functools.lru_cache(maxsize=None)
+def futex_waitv() -> tuple[bool, str]:
+    """Whether futex_waitv(2) (Linux 5.16) exists: (usable, reason if not)."""
+    err = _core.futex_waitv_errno()
+    if err == errno.EINVAL:
+        return True, ""
+    if err == errno.ENOSYS:
+        return False, f"futex_waitv is missing (Linux 5.16+ has it; this is {release()})"
+    return False, f"futex_waitv probe failed: {os.strerror(err)}"
+
+
 def refresh() -> None:
     """Forget the probe results; the next question probes again."""
     _userfaultfd.cache_clear()
+    futex_waitv.cache_clear()
 
 
 def machine() -> dict[str, object]:
@@ -160,4 +172,5 @@ def machine() -> dict[str, object]:
             "kernel_faults": uffd.kernel_faults,
             "features": uffd.feature_names(),
         },
+        "futex_waitv": futex_waitv()[0],
     }

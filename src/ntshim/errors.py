@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BackendUnavailable"]
+__all__ = ["AbandonedError", "BackendUnavailable", "NameKindError"]
 
 
 class BackendUnavailable(RuntimeError):
@@ -16,3 +16,23 @@ class BackendUnavailable(RuntimeError):
         self.backend = backend
         self.reason = reason
         super().__init__(f"{backend}: {reason}" if backend else reason)
+
+
+class AbandonedError(Exception):
+    """A mutex was abandoned: its owner died, or ``Mutex.kill`` declared it dead, while holding it.
+
+    Raised by a wait that *did* acquire the abandoned mutex (the caller owns it now, as
+    ``WAIT_ABANDONED`` on Windows): ``index`` is the position of the mutex in the waited-on
+    objects (0 for a single object).  Raised by ``Mutex.read`` while the mutex stays abandoned,
+    with ``index`` None.
+    """
+
+    def __init__(self, index: int | None, message: str | None = None) -> None:
+        self.index = index
+        if message is None:
+            message = "the mutex was abandoned by its owner" + ("" if index is None else f" (object {index})")
+        super().__init__(message)
+
+
+class NameKindError(FileExistsError):
+    """The name is taken by an object of another kind (Windows: ERROR_INVALID_HANDLE)."""

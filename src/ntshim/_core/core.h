@@ -171,4 +171,39 @@ void nts_writers_stop(nts_writer_pool *pool, uint64_t *writes, uint64_t *ns);
 PyObject *nts_floor_writewatch(PyObject *mod, PyObject *args, PyObject *kw);
 PyObject *nts_native_reader(PyObject *mod, PyObject *args);
 
+/* ---- NT synchronization objects in shared memory (sync.c; bindings in sync_module.c) ---- */
+#include <time.h>
+#define NTS_SYNC_MAX_WAIT 64
+#define NTS_SYNC_MAX_NAME 255
+enum { NTS_SYNC_SEMAPHORE = 1, NTS_SYNC_MUTEX = 2, NTS_SYNC_EVENT = 3 };
+enum { NTS_SYNC_EVENT_SET, NTS_SYNC_EVENT_RESET, NTS_SYNC_EVENT_PULSE };
+typedef struct nts_arena nts_arena;
+/* Every call returns 0 or an errno and runs without the GIL.  Objects are named by
+ * slot (1-based) and must be referenced by this process (EBADF otherwise). */
+size_t nts_sync_arena_size(void);
+int nts_sync_format(int fd);                  /* size and initialize a new arena file */
+int nts_sync_attach(int fd, nts_arena **out); /* map it; EPROTO if not an arena of this layout */
+void nts_sync_detach(nts_arena *a);           /* drop this process's references */
+/* x, y: semaphore count, maximum; mutex owner, count; event manual, signaled.
+ * EEXIST: the name belongs to another kind; ENOSPC: the arena is full. */
+int nts_sync_create(nts_arena *a, int kind, uint32_t x, uint32_t y, const char *name, size_t len, uint32_t *slot,
+                    uint32_t *gen, int *created);
+int nts_sync_open(nts_arena *a, int kind, const char *name, size_t len, uint32_t *slot, uint32_t *gen);
+int nts_sync_ref(nts_arena *a, int kind, uint32_t slot, uint32_t gen); /* ENOENT if gone */
+int nts_sync_unref(nts_arena *a, uint32_t slot);
+int nts_sync_sem_release(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev);  /* EOVERFLOW */
+int nts_sync_sem_read(nts_arena *a, uint32_t slot, uint32_t *count, uint32_t *max);
+int nts_sync_mutex_unlock(nts_arena *a, uint32_t slot, uint32_t owner, uint32_t *prev); /* EPERM */
+int nts_sync_mutex_kill(nts_arena *a, uint32_t slot, uint32_t owner);                   /* EPERM */
+int nts_sync_mutex_read(nts_arena *a, uint32_t slot, uint32_t *owner, uint32_t *count, int *abandoned);
+int nts_sync_event_op(nts_arena *a, uint32_t slot, int op, int *prev);
+int nts_sync_event_read(nts_arena *a, uint32_t slot, int *manual, int *signaled);
+/* Wait for any/all of `slots` (or the `alert` event slot, 0 for none) until the
+ * CLOCK_MONOTONIC `deadline` (NULL: forever).  ETIMEDOUT, or EINTR when a signal
+ * arrived first: then nothing was acquired. */
+int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, const struct timespec *deadline,
+                  uint32_t owner, uint32_t alert, uint32_t *index, int *abandoned);
+extern PyMethodDef nts_sync_methods[];
+int nts_sync_module_init(PyObject *mod);
+
 #endif

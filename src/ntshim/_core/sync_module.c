@@ -1,0 +1,307 @@
+/* Python bindings of sync.c: one arena per process, objects named by slot.
+ * The GIL is released around every call (another process may hold the arena
+ * lock); errors become OSError subclasses by errno, except EOVERFLOW. */
+#include "core.h"
+
+#include <errno.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static nts_arena *g_py_arena;
+
+static nts_arena *arena(void) {
+    if (!g_py_arena)
+        PyErr_SetString(PyExc_RuntimeError, "the sync arena is not attached (ntshim.sync.futex attaches it)");
+    return g_py_arena;
+}
+
+static PyObject *fail(int err, const char *what) {
+    if (err == EOVERFLOW) {
+        PyErr_SetString(PyExc_OverflowError, "the count would exceed the semaphore's maximum");
+        return NULL;
+    }
+    return nts_raise_errno(err, "%s", what);
+}
+
+#define CALL(expr)                                                                                                    \
+    ({                                                                                                                \
+        int err_;                                                                                                     \
+        Py_BEGIN_ALLOW_THREADS err_ = (expr);                                                                         \
+        Py_END_ALLOW_THREADS err_;                                                                                    \
+    })
+
+static PyObject *py_format(PyObject *self, PyObject *args) {
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd))
+        return NULL;
+    int err = CALL(nts_sync_format(fd));
+    return err ? fail(err, "sync arena format") : Py_NewRef(Py_None);
+}
+
+static PyObject *py_attach(PyObject *self, PyObject *args) {
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd))
+        return NULL;
+    if (g_py_arena) {
+        PyErr_SetString(PyExc_RuntimeError, "a sync arena is already attached in this process");
+        return NULL;
+    }
+    nts_arena *a;
+    int err = CALL(nts_sync_attach(fd, &a));
+    if (err)
+        return fail(err, "sync arena attach");
+    g_py_arena = a;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_detach(PyObject *self, PyObject *unused) {
+    nts_arena *a = arena();
+    if (!a)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS nts_sync_detach(a);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+static PyObject *py_create(PyObject *self, PyObject *args) {
+    int kind;
+    unsigned int x, y;
+    const char *name = NULL;
+    Py_ssize_t len = 0;
+    if (!PyArg_ParseTuple(args, "iIIz#", &kind, &x, &y, &name, &len))
+        return NULL;
+    nts_arena *a = arena();
+    if (!a)
+        return NULL;
+    uint32_t slot, gen;
+    int created;
+    int err = CALL(nts_sync_create(a, kind, x, y, name, (size_t)len, &slot, &gen, &created));
+    if (err)
+        return fail(err, "sync create");
+    return Py_BuildValue("IIO", slot, gen, created ? Py_True : Py_False);
+}
+
+static PyObject *py_open(PyObject *self, PyObject *args) {
+    int kind;
+    const char *name;
+    Py_ssize_t len;
+    if (!PyArg_ParseTuple(args, "iy#", &kind, &name, &len))
+        return NULL;
+    nts_arena *a = arena();
+    if (!a)
+        return NULL;
+    uint32_t slot, gen;
+    int err = CALL(nts_sync_open(a, kind, name, (size_t)len, &slot, &gen));
+    return err ? fail(err, "sync open") : Py_BuildValue("II", slot, gen);
+}
+
+static PyObject *py_ref(PyObject *self, PyObject *args) {
+    int kind;
+    unsigned int slot, gen;
+    if (!PyArg_ParseTuple(args, "iII", &kind, &slot, &gen))
+        return NULL;
+    nts_arena *a = arena();
+    if (!a)
+        return NULL;
+    int err = CALL(nts_sync_ref(a, kind, slot, gen));
+    return err ? fail(err, "sync reopen") : Py_NewRef(Py_None);
+}
+
+static PyObject *py_unref(PyObject *self, PyObject *args) {
+    unsigned int slot;
+    if (!PyArg_ParseTuple(args, "I", &slot))
+        return NULL;
+    nts_arena *a = arena();
+    if (!a)
+        return NULL;
+    int err = CALL(nts_sync_unref(a, slot));
+    return err ? fail(err, "sync close") : Py_NewRef(Py_None);
+}
+
+static PyObject *py_sem_release(PyObject *self, PyObject *args) {
+    unsigned int slot, n;
+    if (!PyArg_ParseTuple(args, "II", &slot, &n))
+        return NULL;
+    nts_arena *a = arena();
+    if (!a)
+        return NULL;
+    uint32_t prev;
+    int err = CALL(nts_sync_sem_release(a, slot, n, &prev));
+    return err ? fail(err, "semaphore release") : PyLong_FromUnsignedLong(prev);
+}
+
+static PyObject *py_sem_read(PyObject *self, PyObject *args) {
+    unsigned int slot;
+    if (!PyArg_ParseTuple(args, "I", &slot))
+        return NULL;
+    nts_arena *a = arena();
+    if (!a)
+        return NULL;
+    uint32_t count, max;
+    int err = CALL(nts_sync_sem_read(a, slot, &count, &max));
+    return err ? fail(err, "semaphore read") : Py_BuildValue("II", count, max);
+}
+
+static PyObject *py_mutex_unlock(PyObject *self, PyObject *args) {
+    unsigned int slot, owner;
+    if (!PyArg_ParseTuple(args, "II", &slot, &owner))
+        return NULL;
+    nts_arena *a = arena();
+    if (!a)
+        return NULL;
+    uint32_t prev;
+    int err = CALL(nts_sync_mutex_unlock(a, slot, owner, &prev));
+    return err ? fail(err, "mutex unlock: not the owner") : PyLong_FromUnsignedLong(prev);
+}
+
+static PyObject *py_mutex_kill(PyObject *self, PyObject *args) {
+    unsigned int slot, owner;
+    if (!PyArg_ParseTuple(args, "II", &slot, &owner))
+        return NULL;
+    nts_arena *a = arena();
+    if (!a)
+        return NULL;
+    int err = CALL(nts_sync_mutex_kill(a, slot, owner));
+    return err ? fail(err, "mutex kill: not the owner") : Py_NewRef(Py_None);
+}
+
+static PyObject *py_mutex_read(PyObject *self, PyObject *args) {
+    unsigned int slot;
+    if (!PyArg_ParseTuple(args, "I", &slot))
+        return NULL;
+    nts_arena *a = arena();
+    if (!a)
+        return NULL;
+    uint32_t owner, count;
+    int abandoned;
+    int err = CALL(nts_sync_mutex_read(a, slot, &owner, &count, &abandoned));
+    return err ? fail(err, "mutex read") : Py_BuildValue("IIO", owner, count, abandoned ? Py_True : Py_False);
+}
+
+static PyObject *py_event(PyObject *self, PyObject *args) {
+    unsigned int slot;
+    int op;
+    if (!PyArg_ParseTuple(args, "Ii", &slot, &op))
+        return NULL;
+    if (op < NTS_SYNC_EVENT_SET || op > NTS_SYNC_EVENT_PULSE) {
+        PyErr_SetString(PyExc_ValueError, "unknown event operation");
+        return NULL;
+    }
+    nts_arena *a = arena();
+    if (!a)
+        return NULL;
+    int prev;
+    int err = CALL(nts_sync_event_op(a, slot, op, &prev));
+    return err ? fail(err, "event") : PyBool_FromLong(prev);
+}
+
+static PyObject *py_event_read(PyObject *self, PyObject *args) {
+    unsigned int slot;
+    if (!PyArg_ParseTuple(args, "I", &slot))
+        return NULL;
+    nts_arena *a = arena();
+    if (!a)
+        return NULL;
+    int manual, signaled;
+    int err = CALL(nts_sync_event_read(a, slot, &manual, &signaled));
+    return err ? fail(err, "event read") : Py_BuildValue("OO", manual ? Py_True : Py_False, signaled ? Py_True : Py_False);
+}
+
+static PyObject *py_wait(PyObject *self, PyObject *args) {
+    PyObject *seq, *deadline_obj;
+    int all;
+    unsigned int owner, alert;
+    if (!PyArg_ParseTuple(args, "OpOII", &seq, &all, &deadline_obj, &owner, &alert))
+        return NULL;
+    nts_arena *a = arena();
+    if (!a)
+        return NULL;
+    PyObject *fast = PySequence_Fast(seq, "slots must be a sequence");
+    if (!fast)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    uint32_t slots[NTS_SYNC_MAX_WAIT];
+    if (count > NTS_SYNC_MAX_WAIT) {
+        Py_DECREF(fast);
+        PyErr_Format(PyExc_ValueError, "at most %d objects", NTS_SYNC_MAX_WAIT);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        unsigned long v = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (v == (unsigned long)-1 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return NULL;
+        }
+        slots[i] = (uint32_t)v;
+    }
+    Py_DECREF(fast);
+    struct timespec deadline, *dp = NULL;
+    if (deadline_obj != Py_None) {
+        long long ns = PyLong_AsLongLong(deadline_obj);
+        if (ns == -1 && PyErr_Occurred())
+            return NULL;
+        if (ns < 0)
+            ns = 0;
+        deadline.tv_sec = (time_t)(ns / 1000000000);
+        deadline.tv_nsec = (long)(ns % 1000000000);
+        dp = &deadline;
+    }
+    for (;;) {
+        uint32_t index;
+        int abandoned;
+        int err = CALL(nts_sync_wait(a, slots, (uint32_t)count, all, dp, owner, alert, &index, &abandoned));
+        if (!err)
+            return Py_BuildValue("IO", index, abandoned ? Py_True : Py_False);
+        if (err == ETIMEDOUT) {
+            PyErr_SetString(PyExc_TimeoutError, "the wait timed out");
+            return NULL;
+        }
+        if (err != EINTR)
+            return fail(err, "wait");
+        /* A signal arrived and nothing was acquired: run its handler (which may
+         * raise, e.g. KeyboardInterrupt), then wait again. */
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+    }
+}
+
+/* futex_waitv(NULL, 0, ...) fails with EINVAL where the call exists (Linux 5.16+), ENOSYS where not. */
+static PyObject *py_futex_waitv_errno(PyObject *self, PyObject *unused) {
+    long r = syscall(449 /* SYS_futex_waitv */, NULL, 0, 0, NULL, 0);
+    return PyLong_FromLong(r < 0 ? errno : 0);
+}
+
+PyMethodDef nts_sync_methods[] = {
+    {"futex_waitv_errno", py_futex_waitv_errno, METH_NOARGS,
+     "futex_waitv_errno() -> errno of an empty futex_waitv call: EINVAL where the call exists, ENOSYS where not"},
+    {"sync_format", py_format, METH_VARARGS, "sync_format(fd): size and initialize a new sync arena file"},
+    {"sync_attach", py_attach, METH_VARARGS, "sync_attach(fd): map the sync arena (once per process)"},
+    {"sync_detach", py_detach, METH_NOARGS, "sync_detach(): drop every reference this process holds"},
+    {"sync_create", py_create, METH_VARARGS,
+     "sync_create(kind, x, y, name) -> (slot, gen, created); FileExistsError: the name is another kind"},
+    {"sync_open", py_open, METH_VARARGS, "sync_open(kind, name) -> (slot, gen)"},
+    {"sync_ref", py_ref, METH_VARARGS, "sync_ref(kind, slot, gen): one more reference (FileNotFoundError if gone)"},
+    {"sync_unref", py_unref, METH_VARARGS, "sync_unref(slot): one reference less"},
+    {"sync_sem_release", py_sem_release, METH_VARARGS, "sync_sem_release(slot, n) -> previous count"},
+    {"sync_sem_read", py_sem_read, METH_VARARGS, "sync_sem_read(slot) -> (count, maximum)"},
+    {"sync_mutex_unlock", py_mutex_unlock, METH_VARARGS, "sync_mutex_unlock(slot, owner) -> previous count"},
+    {"sync_mutex_kill", py_mutex_kill, METH_VARARGS, "sync_mutex_kill(slot, owner)"},
+    {"sync_mutex_read", py_mutex_read, METH_VARARGS, "sync_mutex_read(slot) -> (owner, count, abandoned)"},
+    {"sync_event", py_event, METH_VARARGS, "sync_event(slot, op) -> previous state (op: SYNC_SET/RESET/PULSE)"},
+    {"sync_event_read", py_event_read, METH_VARARGS, "sync_event_read(slot) -> (manual, signaled)"},
+    {"sync_wait", py_wait, METH_VARARGS,
+     "sync_wait(slots, all, deadline_ns|None, owner, alert_slot) -> (index, abandoned); TimeoutError"},
+    {NULL},
+};
+
+int nts_sync_module_init(PyObject *m) {
+    return PyModule_AddIntConstant(m, "SYNC_SEMAPHORE", NTS_SYNC_SEMAPHORE) < 0 ||
+                   PyModule_AddIntConstant(m, "SYNC_MUTEX", NTS_SYNC_MUTEX) < 0 ||
+                   PyModule_AddIntConstant(m, "SYNC_EVENT", NTS_SYNC_EVENT) < 0 ||
+                   PyModule_AddIntConstant(m, "SYNC_SET", NTS_SYNC_EVENT_SET) < 0 ||
+                   PyModule_AddIntConstant(m, "SYNC_RESET", NTS_SYNC_EVENT_RESET) < 0 ||
+                   PyModule_AddIntConstant(m, "SYNC_PULSE", NTS_SYNC_EVENT_PULSE) < 0 ||
+                   PyModule_AddIntConstant(m, "SYNC_MAX_NAME", NTS_SYNC_MAX_NAME) < 0 ||
+                   PyModule_AddIntConstant(m, "SYNC_ARENA_SIZE", (long)nts_sync_arena_size()) < 0
+               ? -1
+               : 0;
+}

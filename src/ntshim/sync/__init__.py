@@ -1,0 +1,38 @@
+"""NT synchronization objects across threads and processes: events, semaphores and
+mutexes with wait-any / wait-all, names, and abandoned-mutex detection, on the semantics of
+the Linux ntsync driver.
+
+    from ntshim.sync import Event, Mutex, Semaphore, wait_any, wait_all
+
+    ready = Event(manual=True, name="ready")       # create, or open if it exists
+    lock = Mutex()
+    index = wait_any([ready, lock], timeout=1.0)   # lowest signaled index
+
+Backends (``ntshim info``; force with ``backend=`` or ``NTSHIM_SYNC_BACKEND``): ``futex``
+(state in shared memory, futex_waitv), ``server`` (a server process owning all state) and
+``eventfd`` (the esync design, for comparison: see docs/sync.md for its gaps).
+"""
+
+from __future__ import annotations
+
+from ..errors import AbandonedError, BackendUnavailable, NameKindError
+from .backend import MAX_WAIT_OBJECTS, Availability
+from .objects import MAX_NAME_BYTES, Event, Mutex, Semaphore, SyncObject, wait_all, wait_any
+from .registry import ENV_VAR, backends
+
+__all__ = [
+    "ENV_VAR",
+    "MAX_NAME_BYTES",
+    "MAX_WAIT_OBJECTS",
+    "AbandonedError",
+    "Availability",
+    "BackendUnavailable",
+    "Event",
+    "Mutex",
+    "NameKindError",
+    "Semaphore",
+    "SyncObject",
+    "backends",
+    "wait_all",
+    "wait_any",
+]

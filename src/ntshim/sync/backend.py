@@ -1,0 +1,173 @@
+"""The contract every synchronization backend implements.
+
+The semantics are those of the Linux ntsync driver (``include/uapi/linux/ntsync.h``): the
+public layer (:mod:`ntshim.sync.objects`) validates every argument, turns timeouts into
+deadlines and raises the public exceptions; a backend only carries operations out, on
+arguments that are already known to be good.
+
+Rules every backend keeps (the tests check them on each):
+
+- A signal is handed over: when a release, unlock, set or pulse satisfies a waiter, the
+  waiter's acquisition is done *before* the signalling call returns (reading the object right
+  after a release shows the count already taken by the woken waiter).
+- Waiters are served wait-all first, then wait-any, each in the order they started waiting.
+- ``wait_any`` takes the lowest signaled index; an alert is checked after the objects and
+  answers ``len(handles)``; ``wait_all`` acquires every object in one atomic step, never a
+  partial set.
+- A mutex is signaled for a waiter when it is unowned or owned by the waiter's owner id
+  with a count below 0xFFFFFFFF.  Killing it (or its owner's death) leaves it unowned,
+  count 0, *abandoned*; the next acquisition clears that and reports it.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol
+
+Kind = Literal["semaphore", "mutex", "event"]
+KINDS: tuple[Kind, ...] = ("semaphore", "mutex", "event")
+
+#: Most objects one wait may name (Windows' MAXIMUM_WAIT_OBJECTS, ntsync's NTSYNC_MAX_WAIT_COUNT).
+MAX_WAIT_OBJECTS = 64
+#: Mutex and semaphore counts are unsigned 32-bit.
+U32_MAX = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend works in this process; if not, ``reason`` says why and what to do."""
+
+    backend: str
+    available: bool
+    reason: str = ""
+    notes: tuple[str, ...] = ()
+
+
+class Handle(Protocol):
+    """One open reference to a synchronization object.  Only the methods of the object's
+    kind are called.  Arguments are already validated: ints in range, owners nonzero."""
+
+    kind: Kind
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def key(self) -> Any:
+        """Hashable, equal for every handle of the same object in this process (two opens of
+        one name included): how ``wait_all`` finds duplicates."""
+
+    def close(self) -> None:
+        """Drop this reference; the object (and its name) go when the last one goes."""
+
+    def state(self) -> Any:
+        """A picklable value from which :meth:`Backend.from_state` reopens the object in
+        another process of the same user (for ``spawn`` children and ``multiprocessing``)."""
+
+    # semaphore
+    def sem_release(self, count: int) -> int:
+        """Add ``count``; return the previous count.  OverflowError, no change, if the
+        result would exceed the maximum."""
+
+    def sem_read(self) -> tuple[int, int]:
+        """(count, maximum)"""
+
+    # mutex
+    def mutex_unlock(self, owner: int) -> int:
+        """Decrement the recursion count; return the previous count.  PermissionError, no
+        change, if ``owner`` does not own the mutex (an unowned mutex included)."""
+
+    def mutex_kill(self, owner: int) -> None:
+        """Abandon the mutex as if ``owner`` died: unowned, count 0, abandoned.
+        PermissionError, no change, if ``owner`` does not own it."""
+
+    def mutex_read(self) -> tuple[int, int, bool]:
+        """(owner, count, abandoned); an abandoned mutex reads (0, 0, True)."""
+
+    # event
+    def event_set(self) -> bool:
+        """Signal; hand over to waiters (an auto-reset event to at most one, which resets
+        it).  Return the previous state."""
+
+    def event_reset(self) -> bool:
+        """Unsignal; return the previous state."""
+
+    def event_pulse(self) -> bool:
+        """Set, hand over to the current waiters (auto: at most one; manual: all), and reset,
+        in one atomic step.  Return the previous state."""
+
+    def event_read(self) -> tuple[bool, bool]:
+        """(manual, signaled)"""
+
+
+_probes: dict[tuple[type, int], Availability] = {}
+
+
+class Backend(abc.ABC):
+    """One synchronization mechanism.  Subclasses live one per module in this package."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+
+    @classmethod
+    def availability(cls) -> Availability:
+        """Probe once per process (a forked child probes again)."""
+        key = (cls, os.getpid())
+        if key not in _probes:
+            _probes[key] = cls._probe()
+        return _probes[key]
+
+    @classmethod
+    @abc.abstractmethod
+    def _probe(cls) -> Availability: ...
+
+    @classmethod
+    @abc.abstractmethod
+    def create(cls, kind: Kind, params: tuple[int, ...], name: bytes | None) -> tuple[Handle, bool]:
+        """Create an object, or with a name open the existing one of that name.
+
+        ``params``: semaphore ``(count, maximum)``; mutex ``(owner, count)`` (owner 0 and
+        count 0 for unowned); event ``(manual, signaled)`` as 0/1.  ``name`` is UTF-8, at
+        most :data:`~ntshim.sync.objects.MAX_NAME_BYTES` bytes.  Returns the handle and
+        whether it was created (False: the name existed, ``params`` ignored).  Raises
+        NameKindError if the name belongs to another kind of object.
+        """
+
+    @classmethod
+    @abc.abstractmethod
+    def open(cls, kind: Kind, name: bytes) -> Handle:
+        """Open the existing object of that name: FileNotFoundError if there is none,
+        NameKindError if it is another kind."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_state(cls, kind: Kind, state: Any) -> Handle:
+        """Reopen an object from :meth:`Handle.state` (FileNotFoundError if it is gone)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def wait(
+        cls,
+        handles: Sequence[Handle],
+        wait_all: bool,
+        deadline: int | None,
+        owner: int,
+        alert: Handle | None,
+    ) -> tuple[int, bool]:
+        """Wait for any (lowest index) or all of ``handles`` to be signaled for ``owner`` and
+        acquire it/them; or for ``alert`` (an event) to be signaled, acquiring it.
+
+        ``deadline``: CLOCK_MONOTONIC nanoseconds (``time.monotonic_ns()``), ``None`` for no
+        limit; a deadline in the past still tries once.  Returns ``(index, abandoned)``:
+        ``index`` is the acquired object (wait-any), 0 (wait-all) or ``len(handles)`` (alert);
+        ``abandoned`` tells that an acquired mutex was abandoned.  Raises TimeoutError.
+        ``wait_all`` handles are distinct (the alert included); all handles belong to this
+        backend.  Must release the GIL while blocked.
+        """
+
+
+def forget_probes() -> None:
+    _probes.clear()

@@ -1,0 +1,303 @@
+"""The public objects and waits: argument checks, timeouts and exceptions; the backends do
+the rest (see :mod:`ntshim.sync.backend` for the contract)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from .._arguments import as_int
+from ..errors import AbandonedError
+from . import registry
+from .backend import MAX_WAIT_OBJECTS, U32_MAX, Backend, Handle, Kind
+
+#: Longest name, in bytes of UTF-8.
+MAX_NAME_BYTES = 255
+
+
+def _u32(value: object, what: str, *, nonzero: bool = False) -> int:
+    number = as_int(value, what)
+    low = 1 if nonzero else 0
+    if not low <= number <= U32_MAX:
+        raise ValueError(f"{what} must be in {low}..{U32_MAX:#x}, got {number}")
+    return number
+
+
+def _owner(owner: object) -> int:
+    """An owner id: by default the calling thread's native id (never 0 on Linux)."""
+    if owner is None:
+        return threading.get_native_id()
+    return _u32(owner, "owner", nonzero=True)
+
+
+def _name(name: object) -> bytes | None:
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+    encoded = name.encode("utf-8", "strict")
+    if not encoded:
+        raise ValueError("name must not be empty (use None for an unnamed object)")
+    if b"\0" in encoded:
+        raise ValueError("name must not contain NUL characters")
+    if len(encoded) > MAX_NAME_BYTES:
+        raise ValueError(f"name is {len(encoded)} bytes of UTF-8; at most {MAX_NAME_BYTES} are allowed")
+    return encoded
+
+
+def _deadline(timeout: object) -> int | None:
+    """A timeout in seconds as an absolute CLOCK_MONOTONIC deadline in ns (None: never)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if math.isnan(timeout):
+        raise ValueError("timeout must not be NaN")
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds (None waits forever), got {timeout}")
+    if math.isinf(timeout):
+        return None
+    return time.monotonic_ns() + math.ceil(timeout * 1e9)
+
+
+class SyncObject:
+    """What the three kinds share: a backend handle, an optional name, close and pickling.
+
+    Objects are usable from every thread.  They pass to child processes: ``fork`` children
+    inherit them, and they pickle for ``spawn`` children and ``multiprocessing`` (the
+    pickled form reopens the same object; keep it open until the child has it).
+    """
+
+    kind: ClassVar[Kind]
+    _handle: Handle
+    _backend: type[Backend]
+
+    def _start(self, backend: object, params: tuple[int, ...], name: object) -> None:
+        encoded = _name(name)
+        chosen = registry.choose(backend)
+        self._handle, self.created = chosen.create(self.kind, params, encoded)
+        self._backend = chosen
+        self._name = name if encoded is not None else None
+
+    @classmethod
+    def _wrap(cls, chosen: type[Backend], handle: Handle, name: str | None, created: bool) -> Any:
+        self = cls.__new__(cls)
+        self._handle, self._backend, self._name, self.created = handle, chosen, name, created
+        return self
+
+    @classmethod
+    def open(cls, name: str, *, backend: str | None = None) -> Any:
+        """Open the existing object called ``name``: FileNotFoundError if there is none,
+        :class:`~ntshim.errors.NameKindError` if the name belongs to another kind."""
+        encoded = _name(name)
+        if encoded is None:
+            raise TypeError("name must be a str")
+        chosen = registry.choose(backend)
+        return cls._wrap(chosen, chosen.open(cls.kind, encoded), name, False)
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
+
+    def close(self) -> None:
+        """Drop this reference (idempotent).  The object, and its name, live on while any
+        process holds a reference."""
+        self._handle.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _live(self) -> Handle:
+        if self._handle.closed:
+            raise ValueError(f"operation on a closed {self.kind}")
+        return self._handle
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reopen, (type(self), self._backend.name, self._name, self._live().state()))
+
+    def __repr__(self) -> str:
+        if self._handle.closed:
+            return f"<ntshim.sync.{type(self).__name__} closed>"
+        named = f" name={self._name!r}" if self._name is not None else ""
+        return f"<ntshim.sync.{type(self).__name__}{named} backend={self.backend} {self._describe()}>"
+
+    def _describe(self) -> str:
+        raise NotImplementedError
+
+
+def _reopen(cls: type[SyncObject], backend: str, name: str | None, state: Any) -> SyncObject:
+    chosen = registry.backend_class(backend)
+    return cls._wrap(chosen, chosen.from_state(cls.kind, state), name, False)
+
+
+class Semaphore(SyncObject):
+    """A counting semaphore: a wait takes one from ``count``; ``release`` gives back."""
+
+    kind = "semaphore"
+
+    def __init__(self, count: int, maximum: int, *, name: str | None = None, backend: str | None = None) -> None:
+        count = _u32(count, "count")
+        maximum = _u32(maximum, "maximum", nonzero=True)
+        if count > maximum:
+            raise ValueError(f"count ({count}) must not exceed maximum ({maximum})")
+        self._start(backend, (count, maximum), name)
+
+    def release(self, n: int = 1) -> int:
+        """Add ``n`` to the count, waking waiters; return the previous count.  OverflowError,
+        and no change, if the count would pass the maximum."""
+        n = _u32(n, "n")
+        return self._live().sem_release(n)
+
+    def read(self) -> tuple[int, int]:
+        """``(count, maximum)``"""
+        return self._live().sem_read()
+
+    def _describe(self) -> str:
+        count, maximum = self.read()
+        return f"count={count} maximum={maximum}"
+
+
+class Mutex(SyncObject):
+    """A recursive mutex owned by an owner id (default: the calling thread's native id).
+
+    ``Mutex()`` is unowned; ``Mutex(count=1)`` is owned once by the calling thread.  When the
+    thread that acquired it exits, or its process dies, the mutex is abandoned: the next
+    wait acquires it and raises :class:`~ntshim.errors.AbandonedError`.
+    """
+
+    kind = "mutex"
+
+    def __init__(
+        self, *, owner: int | None = None, count: int = 0, name: str | None = None, backend: str | None = None
+    ) -> None:
+        count = _u32(count, "count")
+        if count == 0:
+            if owner is not None:
+                raise ValueError("an owner was given for an unowned mutex (count 0); pass count=1 to own it")
+            params = (0, 0)
+        else:
+            params = (_owner(owner), count)
+        self._start(backend, params, name)
+
+    def unlock(self, owner: int | None = None) -> int:
+        """Release one level of ownership; return the previous count.  PermissionError, and
+        no change, if ``owner`` (default: this thread) does not own it."""
+        return self._live().mutex_unlock(_owner(owner))
+
+    def kill(self, owner: int) -> None:
+        """Abandon the mutex as if ``owner``, which must own it, had died (PermissionError
+        otherwise)."""
+        self._live().mutex_kill(_u32(owner, "owner", nonzero=True))
+
+    def read(self) -> tuple[int, int]:
+        """``(owner, count)``; ``(0, 0)`` when unowned.  Raises AbandonedError while abandoned."""
+        owner, count, abandoned = self._live().mutex_read()
+        if abandoned:
+            raise AbandonedError(None, "the mutex is abandoned: its owner died holding it")
+        return owner, count
+
+    def _describe(self) -> str:
+        owner, count, abandoned = self._live().mutex_read()
+        return "abandoned" if abandoned else f"owner={owner} count={count}"
+
+
+class Event(SyncObject):
+    """A manual-reset (stays signaled until reset) or auto-reset (a wait resets it) event."""
+
+    kind = "event"
+
+    def __init__(
+        self, *, manual: bool, signaled: bool = False, name: str | None = None, backend: str | None = None
+    ) -> None:
+        for what, value in (("manual", manual), ("signaled", signaled)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{what} must be a bool, not {type(value).__name__}")
+        self._start(backend, (int(manual), int(signaled)), name)
+
+    def set(self) -> bool:
+        """Signal the event; return the previous state."""
+        return self._live().event_set()
+
+    def reset(self) -> bool:
+        """Unsignal the event; return the previous state."""
+        return self._live().event_reset()
+
+    def pulse(self) -> bool:
+        """Wake the current waiters (all for manual, one for auto) and leave the event
+        unsignaled, atomically; return the previous state."""
+        return self._live().event_pulse()
+
+    def read(self) -> tuple[bool, bool]:
+        """``(manual, signaled)``"""
+        return self._live().event_read()
+
+    def _describe(self) -> str:
+        manual, signaled = self.read()
+        return f"{'manual' if manual else 'auto'} {'signaled' if signaled else 'unsignaled'}"
+
+
+def _wait(
+    objects: Sequence[SyncObject], timeout: object, owner: object, alert: object, wait_all: bool
+) -> int:
+    if isinstance(objects, (str, bytes)) or not isinstance(objects, Sequence):
+        raise TypeError(f"objects must be a sequence of sync objects, not {type(objects).__name__}")
+    if not objects:
+        raise ValueError("objects must name at least one object")
+    if len(objects) > MAX_WAIT_OBJECTS:
+        raise ValueError(f"at most {MAX_WAIT_OBJECTS} objects can be waited on at once, got {len(objects)}")
+    for i, obj in enumerate(objects):
+        if not isinstance(obj, SyncObject):
+            raise TypeError(f"objects[{i}] is a {type(obj).__name__}, not a Semaphore, Mutex or Event")
+    if alert is not None and not isinstance(alert, Event):
+        raise TypeError(f"alert must be an Event or None, not {type(alert).__name__}")
+    everything = [*objects, alert] if alert is not None else list(objects)
+    backend = everything[0]._backend
+    for obj in everything:
+        if obj._backend is not backend:
+            raise ValueError(f"cannot wait on objects of different backends ({backend.name} and {obj.backend})")
+    handles = [obj._live() for obj in objects]
+    alert_handle = alert._live() if alert is not None else None
+    if wait_all and len({h.key for h in handles + ([alert_handle] if alert_handle else [])}) < len(everything):
+        raise ValueError("wait_all: an object appears twice (the alert included)")
+    owner_id = _owner(owner)
+    deadline = _deadline(timeout)
+    index, abandoned = backend.wait(handles, wait_all, deadline, owner_id, alert_handle)
+    if abandoned:
+        raise AbandonedError(index)
+    return index
+
+
+def wait_any(
+    objects: Sequence[SyncObject], timeout: float | None = None, *, owner: int | None = None,
+    alert: Event | None = None,
+) -> int:
+    """Wait until one of ``objects`` is signaled, acquire it and return its index (the lowest
+    when several are); ``len(objects)`` if ``alert`` was signaled first.
+
+    ``timeout`` in seconds (0 polls, None waits forever) → TimeoutError.  Acquiring an
+    abandoned mutex raises AbandonedError with its index (the mutex is then owned).
+    """
+    return _wait(objects, timeout, owner, alert, False)
+
+
+def wait_all(
+    objects: Sequence[SyncObject], timeout: float | None = None, *, owner: int | None = None,
+    alert: Event | None = None,
+) -> int:
+    """Wait until every one of ``objects`` is signaled and acquire them all in one atomic
+    step (never a part); return 0, or ``len(objects)`` if ``alert`` was signaled first."""
+    return _wait(objects, timeout, owner, alert, True)

@@ -1,0 +1,62 @@
+"""Which synchronization backends exist and which one serves a request."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from ..errors import BackendUnavailable
+from .backend import Availability, Backend, forget_probes
+
+#: Best first: automatic selection takes the first that is available.  Modules are
+#: imported on first use so that ``import ntshim`` stays cheap.
+NAMES: tuple[str, ...] = ("futex", "server", "eventfd")
+ENV_VAR = "NTSHIM_SYNC_BACKEND"
+
+_classes: dict[str, type[Backend]] = {}
+
+
+def backend_class(name: str) -> type[Backend]:
+    if name not in _classes:
+        module = importlib.import_module(f"{__package__}.{name}")
+        _classes[name] = module.BACKEND
+    return _classes[name]
+
+
+def backends() -> list[Availability]:
+    """Every synchronization backend, best first, with whether it works here and why not."""
+    return [backend_class(name).availability() for name in NAMES]
+
+
+def refresh() -> None:
+    """Probe the backends again on next use."""
+    forget_probes()
+
+
+def check_name(backend: object) -> str | None:
+    """The backend requested by argument or environment, validated; None for automatic."""
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"backend must be a str or None, not {type(backend).__name__}")
+    name = backend or os.environ.get(ENV_VAR) or None
+    if name is not None and name not in NAMES:
+        source = "backend" if backend else ENV_VAR
+        raise ValueError(f"{source}: unknown sync backend {name!r}; choose from {', '.join(NAMES)}")
+    return name
+
+
+def choose(backend: object) -> type[Backend]:
+    """The requested backend if it is available, else the best available one."""
+    name = check_name(backend)
+    if name is not None:
+        chosen = backend_class(name)
+        availability = chosen.availability()
+        if not availability.available:
+            raise BackendUnavailable(name, availability.reason)
+        return chosen
+    reasons = []
+    for candidate in NAMES:
+        availability = backend_class(candidate).availability()
+        if availability.available:
+            return backend_class(candidate)
+        reasons.append(f"{candidate}: {availability.reason}")
+    raise BackendUnavailable(None, "no sync backend works here: " + "; ".join(reasons))
