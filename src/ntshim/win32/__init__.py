@@ -1,16 +1,33 @@
-"""Win32-exact virtual memory and write watches, through ctypes conventions.
+"""Win32-exact virtual memory, write watches and synchronization objects, through ctypes
+conventions.
 
 The functions take what the C API takes, in the same order, and return what it returns:
-addresses are ints (``None`` is NULL), pointer parameters are ``ctypes.byref(...)``, a
-ctypes pointer or ``None``; failures return the Win32 failure value and set the calling
-thread's ``GetLastError()``.  Everything runs on :mod:`ntshim.memory` and the write-watch
-backends (``NTSHIM_WRITEWATCH_BACKEND`` chooses one).  Wrong Python types raise TypeError,
-as ctypes does.
+addresses and handles are ints (``None`` is NULL), pointer parameters are
+``ctypes.byref(...)``, a ctypes pointer or ``None``; failures return the Win32 failure value
+and set the calling thread's ``GetLastError()``.  Everything runs on :mod:`ntshim.memory`,
+the write-watch backends (``NTSHIM_WRITEWATCH_BACKEND`` chooses one) and :mod:`ntshim.sync`
+(``NTSHIM_SYNC_BACKEND`` chooses one).  Wrong Python types raise TypeError, as ctypes does.
 """
 
 from . import constants
 from .constants import *
 from .lasterror import GetLastError, SetLastError
+from .sync import (
+    CloseHandle,
+    CreateEventW,
+    CreateMutexW,
+    CreateSemaphoreW,
+    OpenEventW,
+    OpenMutexW,
+    OpenSemaphoreW,
+    PulseEvent,
+    ReleaseMutex,
+    ReleaseSemaphore,
+    ResetEvent,
+    SetEvent,
+    WaitForMultipleObjects,
+    WaitForSingleObject,
+)
 from .virtual import MEMORY_BASIC_INFORMATION, VirtualAlloc, VirtualFree, VirtualProtect, VirtualQuery
 from .writewatch import GetWriteWatch, ResetWriteWatch
 
@@ -24,5 +41,19 @@ __all__ = [  # noqa: PLE0604 - the constants' names come from constants.__all__
     "GetWriteWatch",
     "ResetWriteWatch",
     "MEMORY_BASIC_INFORMATION",
+    "CreateEventW",
+    "CreateMutexW",
+    "CreateSemaphoreW",
+    "OpenEventW",
+    "OpenMutexW",
+    "OpenSemaphoreW",
+    "SetEvent",
+    "ResetEvent",
+    "PulseEvent",
+    "ReleaseMutex",
+    "ReleaseSemaphore",
+    "WaitForSingleObject",
+    "WaitForMultipleObjects",
+    "CloseHandle",
     *constants.__all__,
 ]
