@@ -1,0 +1,899 @@
+"""The sync server process: ``python3 -m ntshim.sync._server_main <directory>``.
+
+Started by the first client that finds none (see :mod:`ntshim.sync.server`, which also
+documents the protocol): it forks itself into the background, where it binds and listens on
+``<directory>/server.sock``; the launching process exits as soon as the socket listens (so
+the client can connect at once and keeps no zombie).  The server then serves
+every client of this user from one thread: an epoll loop over non-blocking sockets,
+a heap of wait deadlines, and the ntsync model (:mod:`ntshim.sync.model`).
+
+It also brokers the eventfd backend's descriptors (names and ids → eventfds passed with
+SCM_RIGHTS, as esync used wineserver) and abandons that backend's mutexes whose holder
+thread's connection closed.
+
+A client that sends something malformed, floods without reading, or vanishes only loses its
+own connection.  When the last client has been gone for the linger time, the server unlinks
+its socket (under the start lock, so no client can start a second server meanwhile) and
+exits.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import heapq
+import mmap
+import os
+import resource
+import secrets
+import select
+import socket
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import cast
+
+from .backend import MAX_WAIT_OBJECTS, Kind
+from .model import Model, SyncObject, Waiter
+from .server import (
+    ADDREF,
+    BB,
+    CANCEL,
+    CANCEL_CANCELLED,
+    CANCEL_GIVEN_BACK,
+    CANCEL_NOTHING,
+    CLOSE,
+    CREATE,
+    CREATE_HEAD,
+    E_CANCELLED,
+    E_INVALID,
+    E_KIND,
+    E_NOENT,
+    E_OVERFLOW,
+    E_PERM,
+    E_TIMEOUT,
+    E_UNKNOWN_PROCESS,
+    EFD_CREATE,
+    EFD_OPEN,
+    EFD_OPEN_ID,
+    EVENT_PULSE,
+    EVENT_READ,
+    EVENT_RESET,
+    EVENT_SET,
+    HEADER,
+    HELLO_PROC,
+    HELLO_PROC_ARGS,
+    HELLO_THREAD,
+    HELLO_THREAD_ARGS,
+    IB,
+    ID_CREATED,
+    ID_U32,
+    II,
+    IIB,
+    KIND_ID,
+    KINDS_BY_CODE,
+    LINGER_ENV_VAR,
+    LOCK_NAME,
+    MAX_BODY,
+    MAX_FDS,
+    MUTEX_KILL,
+    MUTEX_READ,
+    MUTEX_UNLOCK,
+    OK,
+    OPEN,
+    OPEN_ID,
+    PROTOCOL_VERSION,
+    QBII,
+    QII,
+    SEM_READ,
+    SEM_RELEASE,
+    SOCKET_NAME,
+    TWO_U64,
+    U32,
+    U64,
+    WAIT,
+    WAIT_ALERT,
+    WAIT_ALL,
+    WAIT_DEADLINE,
+    WAIT_HEAD,
+    reply_frame,
+)
+
+#: A client that lets this much output pile up unread is dropped.
+MAX_PENDING_OUTPUT = 1 << 20
+#: Shared block of an eventfd-backend mutex: owner, count, abandoned, holder pid, holder tid.
+EFD_MUTEX_BLOCK = struct.Struct("<IIIII")
+EFD_MUTEX_BLOCK_SIZE = 4096
+#: How many descriptors each kind of eventfd-backend object is made of.
+EFD_FDS: dict[Kind, int] = {"semaphore": 1, "mutex": 2, "event": 1}
+
+
+class BadRequest(Exception):
+    """The client broke the protocol: its connection is dropped."""
+
+
+class Process:
+    """One client process: its references, held while its anchor connection is open."""
+
+    def __init__(self, token: int, pid: int) -> None:
+        self.token = token
+        self.pid = pid
+        self.refs: dict[int, int] = {}
+        self.alive = True
+
+
+class Record:
+    """One object the server keeps: a model object (server backend) or a set of descriptors
+    (eventfd backend), with its name and reference count (process references plus waits)."""
+
+    __slots__ = ("block", "fds", "id", "kind", "name", "namespace", "obj", "params", "refs")
+
+    def __init__(self, oid: int, namespace: str, kind: Kind, name: bytes | None) -> None:
+        self.id = oid
+        self.namespace = namespace
+        self.kind: Kind = kind
+        self.name = name
+        self.refs = 0
+        self.obj: SyncObject | None = None
+        self.params: tuple[int, int] = (0, 0)
+        self.fds: list[int] = []
+        self.block: mmap.mmap | None = None
+
+
+class Connection:
+    """The server's side of one client connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.rbuf = bytearray()
+        self.out: collections.deque[tuple[memoryview, list[int]]] = collections.deque()
+        self.out_bytes = 0
+        self.fds_in: collections.deque[int] = collections.deque()
+        self.process: Process | None = None
+        self.anchor = False
+        self.pid = 0
+        self.tid = 0
+        self.closed = False
+        #: The wait in progress, and the last satisfied one until the client moves on
+        #: (CANCEL gives it back), with the records the wait references.
+        self.pending: Waiter | None = None
+        self.last_wait: Waiter | None = None
+        self.wait_records: list[Record] = []
+        self.writing = False
+
+
+class SyncServer:
+    def __init__(self, listener: socket.socket, path: str, directory: str, linger: float) -> None:
+        self.listener = listener
+        self.path = path
+        self.path_inode = os.stat(path).st_ino
+        self.directory = directory
+        self.linger = linger
+        self.instance = secrets.randbits(63) | 1
+        self.epoll = select.epoll()
+        self.epoll.register(listener.fileno(), select.EPOLLIN)
+        listener.setblocking(False)
+        self.connections: set[Connection] = set()
+        self.by_fd: dict[int, Connection] = {}
+        self.processes: dict[int, Process] = {}
+        self.records: dict[int, Record] = {}
+        self.names: dict[tuple[str, bytes], Record] = {}
+        self.next_id = 1
+        self.model = Model(self._on_satisfied)
+        self.timers: list[tuple[int, int, Waiter]] = []
+        self.timer_seq = 0
+        self.idle_since: float | None = time.monotonic()
+        self.accept_complaint = 0.0
+        self.handlers: dict[int, Callable[[Connection, int, memoryview], None]] = {
+            HELLO_PROC: self._hello_process,
+            HELLO_THREAD: self._hello_thread,
+            CREATE: self._create,
+            OPEN: self._open,
+            OPEN_ID: self._open_id,
+            ADDREF: self._addref,
+            CLOSE: self._close_refs,
+            SEM_RELEASE: self._object_op,
+            SEM_READ: self._object_op,
+            MUTEX_UNLOCK: self._object_op,
+            MUTEX_KILL: self._object_op,
+            MUTEX_READ: self._object_op,
+            EVENT_SET: self._object_op,
+            EVENT_RESET: self._object_op,
+            EVENT_PULSE: self._object_op,
+            EVENT_READ: self._object_op,
+            WAIT: self._wait,
+            CANCEL: self._cancel,
+            EFD_CREATE: self._efd_create,
+            EFD_OPEN: self._efd_open,
+            EFD_OPEN_ID: self._efd_open_id,
+        }
+
+    # ----- main loop ---------------------------------------------------------------
+
+    def run(self) -> None:
+        while True:
+            timeout = self._next_timeout()
+            listener = self.listener.fileno()
+            for fd, events in self.epoll.poll(-1 if timeout is None else timeout):
+                if fd == listener:
+                    self._accept()
+                    continue
+                connection = self.by_fd.get(fd)
+                if connection is None:
+                    continue  # dropped by an earlier event of this round
+                if events & select.EPOLLOUT:
+                    self._flush(connection)
+                if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and not connection.closed:
+                    self._read(connection)
+            self._expire_timers()
+            if not self.connections and self.idle_since is None:
+                self.idle_since = time.monotonic()
+            idle = self.idle_since is not None and time.monotonic() - self.idle_since >= self.linger
+            if idle and self._try_exit():
+                return
+
+    def _next_timeout(self) -> float | None:
+        timeout: float | None = None
+        if self.timers:
+            timeout = max(0.0, (self.timers[0][0] - time.monotonic_ns()) / 1e9)
+        if self.idle_since is not None:
+            idle = max(0.0, self.linger - (time.monotonic() - self.idle_since))
+            timeout = idle if timeout is None else min(timeout, idle)
+        return timeout
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE and the like: the listener stays readable, so pause a little rather
+                # than spin, and say so at most once a second.
+                now = time.monotonic()
+                if now - self.accept_complaint >= 1.0:
+                    self.accept_complaint = now
+                    print(f"accept: {exc}", file=sys.stderr)
+                time.sleep(0.01)
+                return
+            sock.setblocking(False)
+            connection = Connection(sock)
+            self.connections.add(connection)
+            self.idle_since = None
+            self.by_fd[sock.fileno()] = connection
+            self.epoll.register(sock.fileno(), select.EPOLLIN)
+
+    def _try_exit(self) -> bool:
+        """Exit if still idle, holding the start lock so no client starts a server while
+        this one is going.  Never blocks: a client holding the lock is talking to us."""
+        try:
+            lock_fd = os.open(os.path.join(self.directory, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            # Our directory is gone (removed by hand, a test's temporary root): no client
+            # can find us, so nobody can start a rival either.
+            self.listener.close()
+            return True
+        try:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.idle_since = time.monotonic() - self.linger + 0.05  # try again shortly
+                return False
+            self._accept()
+            if self.connections:
+                return False
+            with contextlib.suppress(OSError):
+                if os.stat(self.path).st_ino == self.path_inode:
+                    os.unlink(self.path)
+            self.listener.close()
+            return True
+        finally:
+            os.close(lock_fd)
+
+    # ----- input -------------------------------------------------------------------
+
+    def _read(self, connection: Connection) -> None:
+        try:
+            data, ancillary, flags, _ = connection.sock.recvmsg(MAX_BODY, socket.CMSG_SPACE(MAX_FDS * 4))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(connection)
+            return
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                count = len(payload) // 4
+                connection.fds_in.extend(struct.unpack(f"{count}i", payload[: count * 4]))
+        if not data:
+            self._drop(connection)
+            return
+        if flags & socket.MSG_CTRUNC or len(connection.fds_in) > 2 * MAX_FDS:
+            # Only EFD_CREATE takes descriptors, and consumes them: more is abuse.
+            self._drop(connection, "passed too many descriptors")
+            return
+        if connection.rbuf:
+            connection.rbuf += data
+            buffer: bytes | bytearray = connection.rbuf
+        else:
+            buffer = data  # the usual case: whole frames, no copy
+        offset = 0
+        try:
+            while len(buffer) - offset >= 4:
+                (length,) = HEADER.unpack_from(buffer, offset)
+                if not 1 <= length <= MAX_BODY:
+                    raise BadRequest(f"frame length {length}")
+                if len(buffer) - offset < 4 + length:
+                    break
+                body = memoryview(buffer)[offset + 4 : offset + 4 + length]
+                offset += 4 + length
+                try:
+                    self._dispatch(connection, body)
+                finally:
+                    body.release()
+                if connection.closed:
+                    return
+        except (BadRequest, struct.error, ValueError, KeyError, IndexError) as exc:
+            self._drop(connection, f"protocol error: {exc!r}")
+            return
+        except Exception:  # noqa: BLE001 - a bug of ours: lose this client, not every client
+            self._drop(connection, "internal error:\n" + traceback.format_exc())
+            return
+        if buffer is connection.rbuf:
+            del connection.rbuf[:offset]
+        elif offset < len(buffer):
+            connection.rbuf += buffer[offset:]
+
+    def _dispatch(self, connection: Connection, body: memoryview) -> None:
+        op = body[0]
+        handler = self.handlers.get(op)
+        if handler is None:
+            raise BadRequest(f"unknown op {op:#x}")
+        if connection.process is None and op not in (HELLO_PROC, HELLO_THREAD):
+            raise BadRequest("a request before hello")
+        if op not in (CANCEL, CLOSE) and connection.last_wait is not None:
+            # The client has read its wait's result and moved on: nothing to give back.
+            connection.last_wait = None
+            self._release_wait_records(connection)
+        handler(connection, op, body[1:])
+
+    # ----- output ------------------------------------------------------------------
+
+    def _reply(self, connection: Connection, op: int, status: int, payload: bytes = b"", fds: list[int] | None = None) -> None:
+        if connection.closed:
+            return
+        data = reply_frame(op, status, payload)
+        # Duplicates, owned by the queue: the record may close its own before they go out.
+        connection.out.append((memoryview(data), [os.dup(fd) for fd in fds or ()]))
+        connection.out_bytes += len(data)
+        if connection.out_bytes > MAX_PENDING_OUTPUT:
+            self._drop(connection, "does not read its replies")
+            return
+        self._flush(connection)
+
+    def _flush(self, connection: Connection) -> None:
+        while connection.out:
+            data, fds = connection.out[0]
+            try:
+                if fds:
+                    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
+                    sent = connection.sock.sendmsg([data], rights)
+                    _close_all(fds)  # the kernel passed copies with the first byte
+                else:
+                    sent = connection.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._drop(connection)
+                return
+            connection.out_bytes -= sent
+            if sent < len(data):
+                connection.out[0] = (data[sent:], fds)
+                break
+            connection.out.popleft()
+        want_write = bool(connection.out)
+        if want_write != connection.writing:
+            connection.writing = want_write
+            self.epoll.modify(connection.sock.fileno(), select.EPOLLIN | (select.EPOLLOUT if want_write else 0))
+
+    # ----- connection end ----------------------------------------------------------
+
+    def _drop(self, connection: Connection, why: str | None = None) -> None:
+        """Forget a connection: cancel its wait, abandon the mutexes its thread held, and
+        if it was a process's anchor, drop the process's references."""
+        if connection.closed:
+            return
+        if why:
+            print(f"dropping a client (pid {connection.pid}): {why}", file=sys.stderr)
+        connection.closed = True
+        self.connections.discard(connection)
+        fd = connection.sock.fileno()
+        self.by_fd.pop(fd, None)
+        with contextlib.suppress(OSError, ValueError):
+            self.epoll.unregister(fd)
+        connection.sock.close()
+        while connection.fds_in:
+            with contextlib.suppress(OSError):
+                os.close(connection.fds_in.popleft())
+        for _, fds in connection.out:
+            _close_all(fds)
+        connection.out.clear()
+        if connection.pending is not None:
+            self.model.cancel(connection.pending)
+            connection.pending = None
+        connection.last_wait = None
+        self._release_wait_records(connection)
+        self.model.abandon_holder(connection)
+        if connection.tid:
+            self._efd_abandon(connection.pid, connection.tid)
+        process = connection.process
+        if connection.anchor and process is not None and process.alive:
+            process.alive = False
+            self.processes.pop(process.token, None)
+            refs, process.refs = process.refs, {}
+            for oid, count in refs.items():
+                record = self.records.get(oid)
+                if record is not None:
+                    self._unref(record, count)
+        if not self.connections:
+            self.idle_since = time.monotonic()
+
+    # ----- references --------------------------------------------------------------
+
+    def _new_record(self, namespace: str, kind: Kind, name: bytes | None) -> Record:
+        record = Record(self.next_id, namespace, kind, name)
+        self.next_id += 1
+        self.records[record.id] = record
+        if name is not None:
+            self.names[(namespace, name)] = record
+        return record
+
+    def _ref(self, process: Process, record: Record) -> None:
+        record.refs += 1
+        process.refs[record.id] = process.refs.get(record.id, 0) + 1
+
+    def _unref(self, record: Record, count: int = 1) -> None:
+        record.refs -= count
+        if record.refs > 0:
+            return
+        del self.records[record.id]
+        if record.name is not None and self.names.get((record.namespace, record.name)) is record:
+            del self.names[(record.namespace, record.name)]
+        if record.obj is not None:
+            self.model.destroy(record.obj)
+        if record.block is not None:
+            record.block.close()
+        for fd in record.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        record.fds = []
+
+    def _release_wait_records(self, connection: Connection) -> None:
+        records, connection.wait_records = connection.wait_records, []
+        for record in records:
+            self._unref(record)
+
+    def _live_process(self, connection: Connection) -> Process:
+        process = connection.process
+        assert process is not None  # checked in _dispatch
+        return process
+
+    # ----- hello -------------------------------------------------------------------
+
+    def _hello_process(self, connection: Connection, op: int, payload: memoryview) -> None:
+        if connection.process is not None:
+            raise BadRequest("second hello")
+        version, pid, clone = HELLO_PROC_ARGS.unpack(payload)
+        if version != PROTOCOL_VERSION:
+            raise BadRequest(f"protocol version {version}, this server speaks {PROTOCOL_VERSION}")
+        token = secrets.randbits(63) | 1
+        process = Process(token, pid)
+        if clone:
+            parent = self.processes.get(clone)
+            if parent is None:
+                self._reply(connection, op, E_UNKNOWN_PROCESS)
+                return
+            # A fork child's anchor: the same references as the parent, taken now, before
+            # the parent can close anything the child inherits.
+            for oid, count in parent.refs.items():
+                record = self.records.get(oid)
+                if record is not None:
+                    record.refs += count
+                    process.refs[oid] = count
+        self.processes[token] = process
+        connection.process = process
+        connection.anchor = True
+        connection.pid = pid
+        self._reply(connection, op, OK, TWO_U64.pack(token, self.instance))
+
+    def _hello_thread(self, connection: Connection, op: int, payload: memoryview) -> None:
+        if connection.process is not None:
+            raise BadRequest("second hello")
+        version, pid, tid, token = HELLO_THREAD_ARGS.unpack(payload)
+        if version != PROTOCOL_VERSION:
+            raise BadRequest(f"protocol version {version}, this server speaks {PROTOCOL_VERSION}")
+        process = self.processes.get(token)
+        if process is None:
+            self._reply(connection, op, E_UNKNOWN_PROCESS)
+            return
+        connection.process = process
+        connection.pid = pid
+        connection.tid = tid
+        self._reply(connection, op, OK, U64.pack(self.instance))
+
+    # ----- names and references ----------------------------------------------------
+
+    @staticmethod
+    def _name(raw: memoryview) -> bytes | None:
+        if len(raw) > 255:
+            raise BadRequest("name too long")
+        name = bytes(raw)
+        if b"\0" in name:
+            raise BadRequest("NUL in name")
+        return name or None
+
+    @staticmethod
+    def _kind(code: int) -> Kind:
+        kind = KINDS_BY_CODE.get(code)
+        if kind is None:
+            raise BadRequest(f"kind {code}")
+        return kind
+
+    def _create(self, connection: Connection, op: int, payload: memoryview) -> None:
+        process = self._live_process(connection)
+        code, first, second = CREATE_HEAD.unpack_from(payload)
+        kind = self._kind(code)
+        name = self._name(payload[CREATE_HEAD.size :])
+        if not process.alive:
+            self._reply(connection, op, E_UNKNOWN_PROCESS)
+            return
+        if name is not None:
+            existing = self.names.get(("server", name))
+            if existing is not None:
+                if existing.kind != kind:
+                    self._reply(connection, op, E_KIND)
+                    return
+                self._ref(process, existing)
+                self._reply(connection, op, OK, ID_CREATED.pack(existing.id, 0))
+                return
+        if not self._valid_params(kind, first, second):
+            self._reply(connection, op, E_INVALID)
+            return
+        record = self._new_record("server", kind, name)
+        record.obj = self.model.create(kind, (first, second), holder=connection)
+        self._ref(process, record)
+        self._reply(connection, op, OK, ID_CREATED.pack(record.id, 1))
+
+    @staticmethod
+    def _valid_params(kind: Kind, first: int, second: int) -> bool:
+        if kind == "semaphore":
+            return 0 < second and first <= second
+        if kind == "mutex":
+            return (first == 0) == (second == 0)
+        return first in (0, 1) and second in (0, 1)
+
+    def _open(self, connection: Connection, op: int, payload: memoryview) -> None:
+        process = self._live_process(connection)
+        kind = self._kind(payload[0])
+        name = self._name(payload[1:])
+        record = self.names.get(("server", name)) if name is not None else None
+        status = self._check_record(record, kind, process)
+        if record is None or status != OK:
+            self._reply(connection, op, status)
+            return
+        self._ref(process, record)
+        self._reply(connection, op, OK, U64.pack(record.id))
+
+    def _check_record(self, record: Record | None, kind: Kind, process: Process) -> int:
+        if not process.alive:
+            return E_UNKNOWN_PROCESS
+        if record is None:
+            return E_NOENT
+        if record.kind != kind:
+            return E_KIND
+        return OK
+
+    def _open_id(self, connection: Connection, op: int, payload: memoryview) -> None:
+        process = self._live_process(connection)
+        code, oid = KIND_ID.unpack(payload)
+        record = self.records.get(oid)
+        if record is not None and record.namespace != "server":
+            record = None
+        status = self._check_record(record, self._kind(code), process)
+        if record is not None and status == OK:
+            self._ref(process, record)
+        self._reply(connection, op, status)
+
+    def _addref(self, connection: Connection, op: int, payload: memoryview) -> None:
+        process = self._live_process(connection)
+        if len(payload) % 8:
+            raise BadRequest("ADDREF payload")
+        present = bytearray()
+        for (oid,) in struct.iter_unpack("<Q", payload):
+            record = self.records.get(oid)
+            if record is not None and process.alive:
+                self._ref(process, record)
+            present.append(record is not None)
+        self._reply(connection, op, OK, bytes(present))
+
+    def _close_refs(self, connection: Connection, op: int, payload: memoryview) -> None:
+        process = self._live_process(connection)
+        if len(payload) % 8:
+            raise BadRequest("CLOSE payload")
+        for (oid,) in struct.iter_unpack("<Q", payload):
+            held = process.refs.get(oid, 0)
+            if not held:
+                continue  # not this process's reference: ignore, never underflow another's
+            if held == 1:
+                del process.refs[oid]
+            else:
+                process.refs[oid] = held - 1
+            record = self.records.get(oid)
+            if record is not None:
+                self._unref(record)
+
+    # ----- operations on one object ------------------------------------------------
+
+    def _object(self, oid: int, kind: Kind) -> SyncObject | None:
+        record = self.records.get(oid)
+        if record is None or record.obj is None or record.kind != kind:
+            return None
+        return record.obj
+
+    def _object_op(self, connection: Connection, op: int, payload: memoryview) -> None:
+        model = self.model
+        if op in (SEM_RELEASE, MUTEX_UNLOCK, MUTEX_KILL):
+            oid, arg = ID_U32.unpack(payload)
+        else:
+            (oid,) = U64.unpack(payload)
+            arg = 0
+        kind: Kind = "semaphore" if op in (SEM_RELEASE, SEM_READ) else "mutex" if op <= MUTEX_READ else "event"
+        obj = self._object(oid, kind)
+        if obj is None:
+            self._reply(connection, op, E_NOENT)
+            return
+        try:
+            if op == SEM_RELEASE:
+                result = U32.pack(model.sem_release(obj, arg))
+            elif op == SEM_READ:
+                result = II.pack(*model.sem_read(obj))
+            elif op == MUTEX_UNLOCK:
+                if not arg:
+                    raise BadRequest("owner 0")
+                result = U32.pack(model.mutex_unlock(obj, arg))
+            elif op == MUTEX_KILL:
+                if not arg:
+                    raise BadRequest("owner 0")
+                model.mutex_kill(obj, arg)
+                result = b""
+            elif op == MUTEX_READ:
+                result = IIB.pack(*model.mutex_read(obj))
+            elif op == EVENT_SET:
+                result = bytes((model.event_set(obj),))
+            elif op == EVENT_RESET:
+                result = bytes((model.event_reset(obj),))
+            elif op == EVENT_PULSE:
+                result = bytes((model.event_pulse(obj),))
+            else:
+                result = BB.pack(*model.event_read(obj))
+        except OverflowError:
+            self._reply(connection, op, E_OVERFLOW)
+            return
+        except PermissionError:
+            self._reply(connection, op, E_PERM)
+            return
+        self._reply(connection, op, OK, result)
+
+    # ----- waits -------------------------------------------------------------------
+
+    def _wait(self, connection: Connection, op: int, payload: memoryview) -> None:
+        if connection.pending is not None:
+            raise BadRequest("a second wait while one is pending")
+        flags, owner, deadline, count = WAIT_HEAD.unpack_from(payload)
+        has_alert = bool(flags & WAIT_ALERT)
+        ids = struct.unpack_from(f"<{count + has_alert}Q", payload, WAIT_HEAD.size)
+        if len(payload) != WAIT_HEAD.size + 8 * (count + has_alert):
+            raise BadRequest("WAIT payload length")
+        records = [self.records.get(oid) for oid in ids]
+        valid = (
+            1 <= count <= MAX_WAIT_OBJECTS
+            and owner != 0
+            and all(r is not None and r.obj is not None for r in records)
+            and (not has_alert or cast(Record, records[-1]).kind == "event")
+            and (not flags & WAIT_ALL or len(set(ids)) == len(ids))
+        )
+        if not valid:
+            self._reply(connection, op, E_INVALID if all(r is not None for r in records) else E_NOENT)
+            return
+        live = cast(list[Record], records)
+        for record in live:
+            record.refs += 1  # a wait keeps its objects alive, as ntsync's waits hold files
+        connection.wait_records = live
+        objects = [cast(SyncObject, r.obj) for r in live]
+        alert = objects.pop() if has_alert else None
+        waiter = self.model.wait(objects, bool(flags & WAIT_ALL), owner, alert, holder=connection, tag=connection)
+        if not waiter.pending:
+            return  # satisfied at once: _on_satisfied replied
+        if flags & WAIT_DEADLINE and deadline <= time.monotonic_ns():
+            self.model.cancel(waiter)
+            self._release_wait_records(connection)
+            self._reply(connection, op, E_TIMEOUT)
+            return
+        connection.pending = waiter
+        if flags & WAIT_DEADLINE:
+            self.timer_seq += 1
+            heapq.heappush(self.timers, (deadline, self.timer_seq, waiter))
+            if len(self.timers) > 1024 and len(self.timers) > 4 * len(self.connections):
+                # Satisfied waits leave their deadlines behind; drop them now and then.
+                self.timers = [t for t in self.timers if cast(Connection, t[2].tag).pending is t[2]]
+                heapq.heapify(self.timers)
+
+    def _on_satisfied(self, waiter: Waiter) -> None:
+        connection = cast(Connection, waiter.tag)
+        if connection.pending is waiter:
+            connection.pending = None
+        connection.last_wait = waiter
+        self._reply(connection, WAIT, OK, IB.pack(waiter.signaled, waiter.abandoned))
+
+    def _expire_timers(self) -> None:
+        now = time.monotonic_ns()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, waiter = heapq.heappop(self.timers)
+            connection = cast(Connection, waiter.tag)
+            if connection.pending is waiter and self.model.cancel(waiter):
+                connection.pending = None
+                self._release_wait_records(connection)
+                self._reply(connection, WAIT, E_TIMEOUT)
+
+    def _cancel(self, connection: Connection, op: int, payload: memoryview) -> None:
+        waiter = connection.pending
+        if waiter is not None:
+            self.model.cancel(waiter)
+            connection.pending = None
+            self._release_wait_records(connection)
+            self._reply(connection, WAIT, E_CANCELLED)
+            self._reply(connection, op, OK, bytes((CANCEL_CANCELLED,)) + II.pack(0, 0))
+            return
+        waiter = connection.last_wait
+        if waiter is not None:
+            connection.last_wait = None
+            given = self.model.rollback(waiter)
+            self._release_wait_records(connection)
+            self._reply(connection, op, OK, bytes((CANCEL_GIVEN_BACK,)) + II.pack(given.returned, given.kept))
+            return
+        self._reply(connection, op, OK, bytes((CANCEL_NOTHING,)) + II.pack(0, 0))
+
+    # ----- the eventfd backend's broker --------------------------------------------
+
+    def _efd_create(self, connection: Connection, op: int, payload: memoryview) -> None:
+        process = self._live_process(connection)
+        code, first, second = CREATE_HEAD.unpack_from(payload)
+        kind = self._kind(code)
+        name = self._name(payload[CREATE_HEAD.size :])
+        needed = EFD_FDS[kind]
+        if len(connection.fds_in) < needed:
+            raise BadRequest(f"EFD_CREATE of a {kind} without its {needed} descriptor(s)")
+        fds = [connection.fds_in.popleft() for _ in range(needed)]
+        existing = self.names.get(("eventfd", name)) if name is not None else None
+        if existing is not None or not process.alive or not self._valid_params(kind, first, second):
+            for fd in fds:
+                os.close(fd)
+            if not process.alive:
+                self._reply(connection, op, E_UNKNOWN_PROCESS)
+            elif existing is None:
+                self._reply(connection, op, E_INVALID)
+            elif existing.kind != kind:
+                self._reply(connection, op, E_KIND)
+            else:
+                self._ref(process, existing)
+                self._reply(connection, op, OK, QBII.pack(existing.id, 0, *existing.params), existing.fds)
+            return
+        block = None
+        if kind == "mutex":
+            try:
+                block = mmap.mmap(fds[1], EFD_MUTEX_BLOCK_SIZE)
+            except (OSError, ValueError):
+                for fd in fds:
+                    os.close(fd)
+                raise BadRequest("the mutex block cannot be mapped") from None
+        record = self._new_record("eventfd", kind, name)
+        record.fds, record.block, record.params = fds, block, (first, second)
+        self._ref(process, record)
+        self._reply(connection, op, OK, QBII.pack(record.id, 1, first, second))
+
+    def _efd_open(self, connection: Connection, op: int, payload: memoryview) -> None:
+        process = self._live_process(connection)
+        kind = self._kind(payload[0])
+        name = self._name(payload[1:])
+        record = self.names.get(("eventfd", name)) if name is not None else None
+        status = self._check_record(record, kind, process)
+        if record is None or status != OK:
+            self._reply(connection, op, status)
+            return
+        self._ref(process, record)
+        self._reply(connection, op, OK, QII.pack(record.id, *record.params), record.fds)
+
+    def _efd_open_id(self, connection: Connection, op: int, payload: memoryview) -> None:
+        process = self._live_process(connection)
+        code, oid = KIND_ID.unpack(payload)
+        record = self.records.get(oid)
+        if record is not None and record.namespace != "eventfd":
+            record = None
+        status = self._check_record(record, self._kind(code), process)
+        if record is None or status != OK:
+            self._reply(connection, op, status)
+            return
+        self._ref(process, record)
+        self._reply(connection, op, OK, II.pack(*record.params), record.fds)
+
+    def _efd_abandon(self, pid: int, tid: int) -> None:
+        """A thread's connection closed: abandon the eventfd-backend mutexes whose shared
+        block names that thread as holder, as wineserver did for esync mutexes.  Safe
+        against the holder (it is gone); racy against a concurrent ``kill`` by another
+        thread using the same owner id (see eventfd.py's Gaps)."""
+        for record in list(self.records.values()):
+            block = record.block
+            if block is None:
+                continue
+            _owner, count, _abandoned, holder_pid, holder_tid = EFD_MUTEX_BLOCK.unpack_from(block)
+            if count and holder_pid == pid and holder_tid == tid:
+                EFD_MUTEX_BLOCK.pack_into(block, 0, 0, 0, 1, 0, 0)
+                with contextlib.suppress(OSError):
+                    os.eventfd_write(record.fds[0], 1)
+
+
+def _close_all(fds: list[int]) -> None:
+    while fds:
+        with contextlib.suppress(OSError):
+            os.close(fds.pop())
+
+
+def _serve(directory: str) -> int:
+    path = os.path.join(directory, SOCKET_NAME)
+    linger = float(os.environ.get(LINGER_ENV_VAR) or 2.0)
+    ready_read, ready_write = os.pipe()
+    if os.fork():
+        # The launcher: return once the server listens (or has failed), so the client that
+        # started it can connect at once and has no zombie to reap.
+        os.close(ready_write)
+        ready = os.read(ready_read, 1)
+        os._exit(0 if ready == b"1" else 1)
+    os.close(ready_read)
+    # The server binds itself, so that SO_PEERCRED names its pid, not the launcher's.
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(path)
+        listener.listen(128)
+    except OSError as exc:
+        print(f"cannot listen on {path}: {exc}", file=sys.stderr)
+        return 1
+    os.write(ready_write, b"1")
+    os.close(ready_write)
+    os.chdir("/")
+    # Every eventfd-backend object keeps descriptors here: allow as many as we may.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    server = SyncServer(listener, path, directory, linger)
+    try:
+        server.run()
+    except BaseException:
+        traceback.print_exc()
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == server.path_inode:
+                os.unlink(path)
+        raise
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python3 -m ntshim.sync._server_main <directory>", file=sys.stderr)
+        return 2
+    return _serve(argv[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

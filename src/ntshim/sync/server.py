@@ -1,0 +1,943 @@
+"""The ``server`` backend: one server process per user owns every object and its waiters
+(the wineserver design); clients ask it over a Unix socket.  Slow next to shared memory (a
+round trip per operation), but every operation is one step of one single-threaded state
+machine (:mod:`ntshim.sync.model`), which makes it the reference for correctness.
+
+Processes and connections
+-------------------------
+The server listens on ``server.sock`` in the per-user directory
+(:func:`ntshim.sync.userdir.user_directory`, mode 0700: only this user can connect).  The
+first client that finds no server starts one, holding ``server.lock`` (flock) so that two
+clients never start two; the server exits by itself a few seconds (``NTSHIM_SYNC_SERVER_LINGER``,
+default 2) after its last client left.
+
+Each process opens one *anchor* connection, which holds the process's references to objects:
+when the process dies the kernel closes it and the server drops them (an object and its name
+go with the last reference).  Each thread opens its own connection for its requests, so that
+one thread's blocking wait does not hold up another's; a mutex remembers the thread
+connection that acquired it, and when that connection closes (the thread exited: its
+thread-local connection is closed as the thread ends; or the process died) while the mutex
+is still owned, the server abandons it and hands it on as ``kill`` would.  (A signal
+handler that uses sync objects while its thread is in a request gets a second connection
+of that thread: frames of two requests never interleave on one socket.)
+
+A wait's deadline is kept by the server (CLOCK_MONOTONIC is one clock for all processes).
+If the client is interrupted while it waits (KeyboardInterrupt, an exception raised by a
+signal handler), it sends CANCEL: a wait still pending is dropped, and a wait the server
+had satisfied before the client could read the answer is *given back* (each object it took
+released as its owner would), so an interrupted wait never leaves the caller holding
+something it does not know of; the exception carries a note saying which happened.
+
+A forked child must not use its parent's sockets.  Just before ``os.fork()``, a process that
+has live handles opens a new anchor that *copies* its references; the child adopts it (the
+parent closes its copy), so the objects a child inherits stay alive even if the parent
+closes them at once.  The child closes every other inherited connection and opens its own.
+
+Protocol
+--------
+Little-endian, length-prefixed frames on a stream socket::
+
+    request:  u32 length | u8 op | payload            (length counts op + payload)
+    reply:    u32 length | u8 op | u8 status | payload (op echoes the request's)
+
+Each connection sends one request and reads its reply before the next (one round trip per
+operation), except that CLOSE has no reply (handles dropped by the garbage collector are
+closed by CLOSE frames sent ahead of the next request) and CANCEL follows a request whose
+reply was not read (an interrupted wait; a request cut short by an exception).
+
+============ ==== ============================================== ==============================
+op           code request payload                                reply payload
+============ ==== ============================================== ==============================
+HELLO_PROC   0x01 u32 version, u32 pid, u64 clone (0, or the     u64 process token, u64 server
+                  token of the process whose references to copy) instance
+HELLO_THREAD 0x02 u32 version, u32 pid, u32 tid, u64 process     u64 server instance
+                  token
+CREATE       0x10 u8 kind, u32 p0, u32 p1, name (the rest;       u64 id, u8 created
+                  empty: unnamed)
+OPEN         0x11 u8 kind, name                                  u64 id
+OPEN_ID      0x12 u8 kind, u64 id                                (none)
+ADDREF       0x13 u64 id * n                                     u8 present * n
+CLOSE        0x14 u64 id * n                                     no reply
+SEM_RELEASE  0x20 u64 id, u32 count                              u32 previous
+SEM_READ     0x21 u64 id                                         u32 count, u32 maximum
+MUTEX_UNLOCK 0x22 u64 id, u32 owner                              u32 previous
+MUTEX_KILL   0x23 u64 id, u32 owner                              (none)
+MUTEX_READ   0x24 u64 id                                         u32 owner, u32 count, u8
+                                                                 abandoned
+EVENT_SET    0x25 u64 id                                         u8 previous
+EVENT_RESET  0x26 u64 id                                         u8 previous
+EVENT_PULSE  0x27 u64 id                                         u8 previous
+EVENT_READ   0x28 u64 id                                         u8 manual, u8 signaled
+WAIT         0x30 u8 flags (1 all, 2 alert, 4 deadline), u32     u32 index, u8 abandoned
+                  owner, u64 deadline (CLOCK_MONOTONIC ns), u8
+                  n, u64 id * n, [u64 alert id]
+CANCEL       0x31 (none).  Ends this connection's request in     u8 outcome (0 cancelled, 1
+                  flight: a pending wait's reply comes first     given back, 2 nothing), u32
+                  (status cancelled); a satisfied wait whose     returned, u32 kept
+                  reply is unread is given back
+EFD_CREATE   0x40 u8 kind, u32 p0, u32 p1, name; the descriptors u64 id, u8 created, u32 p0,
+                  with SCM_RIGHTS (eventfd backend)              u32 p1; the existing
+                                                                 descriptors if not created
+EFD_OPEN     0x41 u8 kind, name                                  u64 id, u32 p0, u32 p1;
+                                                                 descriptors
+EFD_OPEN_ID  0x42 u8 kind, u64 id                                u32 p0, u32 p1; descriptors
+============ ==== ============================================== ==============================
+
+Kinds: 0 semaphore, 1 mutex, 2 event.  Statuses: 0 ok, 1 no such object (FileNotFoundError),
+2 name of another kind (NameKindError), 3 not the owner (PermissionError), 4 overflow
+(OverflowError), 5 timed out (TimeoutError), 6 cancelled, 7 invalid request (the server
+keeps the connection), 8 unknown process (the server restarted since).  Frames that cannot
+be parsed make the server drop the connection, and nothing else.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..errors import NameKindError
+from . import userdir
+from .backend import Availability, Backend, Handle, Kind
+
+PROTOCOL_VERSION = 1
+SOCKET_NAME = "server.sock"
+LOCK_NAME = "server.lock"
+LOG_NAME = "server.log"
+LINGER_ENV_VAR = "NTSHIM_SYNC_SERVER_LINGER"
+DEFAULT_LINGER = 2.0
+#: Largest frame body either side accepts.
+MAX_BODY = 1 << 16
+#: Most descriptors one frame carries (a mutex of the eventfd backend has two).
+MAX_FDS = 4
+
+KIND_CODES: dict[Kind, int] = {"semaphore": 0, "mutex": 1, "event": 2}
+KINDS_BY_CODE: dict[int, Kind] = {code: kind for kind, code in KIND_CODES.items()}
+
+# Opcodes.
+HELLO_PROC = 0x01
+HELLO_THREAD = 0x02
+CREATE = 0x10
+OPEN = 0x11
+OPEN_ID = 0x12
+ADDREF = 0x13
+CLOSE = 0x14
+SEM_RELEASE = 0x20
+SEM_READ = 0x21
+MUTEX_UNLOCK = 0x22
+MUTEX_KILL = 0x23
+MUTEX_READ = 0x24
+EVENT_SET = 0x25
+EVENT_RESET = 0x26
+EVENT_PULSE = 0x27
+EVENT_READ = 0x28
+WAIT = 0x30
+CANCEL = 0x31
+EFD_CREATE = 0x40
+EFD_OPEN = 0x41
+EFD_OPEN_ID = 0x42
+
+# Wait flags.
+WAIT_ALL = 1
+WAIT_ALERT = 2
+WAIT_DEADLINE = 4
+
+# Statuses.
+OK = 0
+E_NOENT = 1
+E_KIND = 2
+E_PERM = 3
+E_OVERFLOW = 4
+E_TIMEOUT = 5
+E_CANCELLED = 6
+E_INVALID = 7
+E_UNKNOWN_PROCESS = 8
+
+# CANCEL outcomes.
+CANCEL_CANCELLED = 0
+CANCEL_GIVEN_BACK = 1
+CANCEL_NOTHING = 2
+
+HEADER = struct.Struct("<I")
+REPLY_HEAD = struct.Struct("<BB")
+U8 = struct.Struct("<B")
+U32 = struct.Struct("<I")
+U64 = struct.Struct("<Q")
+ID_U32 = struct.Struct("<QI")
+KIND_ID = struct.Struct("<BQ")
+CREATE_HEAD = struct.Struct("<BII")
+WAIT_HEAD = struct.Struct("<BIQB")
+HELLO_PROC_ARGS = struct.Struct("<IIQ")
+HELLO_THREAD_ARGS = struct.Struct("<IIIQ")
+TWO_U64 = struct.Struct("<QQ")
+ID_CREATED = struct.Struct("<QB")
+II = struct.Struct("<II")
+IIB = struct.Struct("<IIB")
+BB = struct.Struct("<BB")
+IB = struct.Struct("<IB")
+BII = struct.Struct("<BII")
+QBII = struct.Struct("<QBII")
+QII = struct.Struct("<QII")
+
+# Whole request frames for the frequent operations, packed in one call.
+_FRAME_ID = struct.Struct("<IBQ")
+_FRAME_ID_U32 = struct.Struct("<IBQI")
+
+
+def frame(op: int, payload: bytes = b"") -> bytes:
+    """One request frame."""
+    return HEADER.pack(len(payload) + 1) + bytes((op,)) + payload
+
+
+def reply_frame(op: int, status: int, payload: bytes = b"") -> bytes:
+    """One reply frame."""
+    return HEADER.pack(len(payload) + 2) + REPLY_HEAD.pack(op, status) + payload
+
+
+class ProtocolError(ConnectionError):
+    """The other side sent something that is not this protocol."""
+
+
+class ServerGone(ConnectionError):
+    """The server closed the connection: it was killed or crashed (a server that exits by
+    itself never leaves clients behind)."""
+
+
+def raise_status(status: int, what: str) -> None:
+    """Turn a reply status into the contract's exception."""
+    if status == OK:
+        return
+    if status == E_NOENT:
+        raise FileNotFoundError(f"{what}: no such object (it was closed by every process that had it)")
+    if status == E_KIND:
+        raise NameKindError(f"{what}: the name belongs to an object of another kind")
+    if status == E_PERM:
+        raise PermissionError(f"{what}: the owner does not own this mutex")
+    if status == E_OVERFLOW:
+        raise OverflowError(f"{what}: the count would pass the semaphore's maximum")
+    if status == E_TIMEOUT:
+        raise TimeoutError(f"{what}: timed out")
+    if status == E_UNKNOWN_PROCESS:
+        raise ServerGone(
+            f"{what}: the sync server restarted since this process connected (it was killed); "
+            "the objects this process had are gone"
+        )
+    raise ProtocolError(f"{what}: the server refused the request (status {status})")
+
+
+# ----- connections ---------------------------------------------------------------------
+
+
+class Connection:
+    """One socket to the server, used by one thread at a time: frames out, frames (and
+    passed descriptors) in."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = bytearray()
+        self._fds: collections.deque[int] = collections.deque()
+        self.closed = False
+        #: In a request now (a signal handler running on this thread must use another).
+        self.busy = False
+        #: An exception left a request without its reply: settle() before the next one.
+        self.unsettled = False
+
+    def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
+        if fds:
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
+            sent = self.sock.sendmsg([data], rights)
+            if sent < len(data):
+                self.sock.sendall(data[sent:])
+        else:
+            self.sock.sendall(data)
+
+    def receive(self, with_fds: bool = False) -> bytes:
+        """The next reply body (op, status, payload)."""
+        buffer = self._buffer
+        while True:
+            if len(buffer) >= 4:
+                (length,) = HEADER.unpack_from(buffer)
+                if not 2 <= length <= MAX_BODY:
+                    raise ProtocolError(f"bad reply length {length}")
+                if len(buffer) >= 4 + length:
+                    body = bytes(buffer[4 : 4 + length])
+                    del buffer[: 4 + length]
+                    return body
+            if with_fds:
+                data, ancillary, flags, _ = self.sock.recvmsg(MAX_BODY, socket.CMSG_SPACE(MAX_FDS * 4))
+                for level, kind, payload in ancillary:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        count = len(payload) // 4
+                        self._fds.extend(struct.unpack(f"{count}i", payload[: count * 4]))
+                if flags & socket.MSG_CTRUNC:
+                    raise ProtocolError("the server passed more descriptors than expected")
+            else:
+                data = self.sock.recv(MAX_BODY)
+            if not data:
+                raise ServerGone("the sync server closed the connection (it was killed or crashed)")
+            buffer += data
+
+    def take_fds(self) -> list[int]:
+        """The descriptors that came with the last reply."""
+        fds = list(self._fds)
+        self._fds.clear()
+        return fds
+
+    def call(self, data: bytes, op: int, what: str, fds: Sequence[int] = (), with_fds: bool = False) -> tuple[int, bytes]:
+        """Send a request (``data`` may carry CLOSE frames ahead of it) and read its reply:
+        ``(status, payload)``.  An interruption while the reply is on its way (the server
+        answers at once) is held until the reply is in, so the connection stays in step."""
+        self.busy = True
+        try:
+            self.unsettled = True
+            self.send(data, fds)
+            body = self._receive_all(with_fds)
+            self.unsettled = False
+        finally:
+            self.busy = False
+        return self._check(body, op, what)
+
+    def _receive_all(self, with_fds: bool = False) -> bytes:
+        """:meth:`receive`, holding back interruptions until the frame is in."""
+        body, interrupted = self._receive_quietly(with_fds)
+        if interrupted is not None:
+            self.unsettled = False
+            raise interrupted
+        return body
+
+    def _receive_quietly(self, with_fds: bool = False) -> tuple[bytes, BaseException | None]:
+        """The next frame, and the first interruption that came meanwhile (not raised: the
+        server answers at once, and a half-read reply would put the connection out of step)."""
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                return self.receive(with_fds), interrupted
+            except (ConnectionError, OSError):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt and friends: finish first
+                if interrupted is None:
+                    interrupted = exc
+
+    @staticmethod
+    def _check(body: bytes, op: int, what: str) -> tuple[int, bytes]:
+        if len(body) < 2 or body[0] != op:
+            raise ProtocolError(f"{what}: a reply to another request (op {body[:1].hex()}, expected {op:#04x})")
+        return body[1], body[2:]
+
+    def wait(self, data: bytes, what: str) -> tuple[int, bytes]:
+        """Send a WAIT and block (the GIL released in recv) until the server answers.  If
+        the caller is interrupted meanwhile (KeyboardInterrupt, an exception from a signal
+        handler), cancel the wait on the server: if it had already been satisfied, what it
+        acquired is given back, so nothing is held that the caller does not know of.  The
+        interruption is then re-raised with a note saying what happened."""
+        self.busy = True
+        try:
+            self.unsettled = True
+            self.send(data)
+            try:
+                body = self.receive()
+            except (ConnectionError, OSError):
+                raise
+            except BaseException as exc:
+                note, _again = self._cancel()  # a second Ctrl-C adds nothing to the first
+                if hasattr(exc, "add_note"):
+                    exc.add_note(note)
+                raise
+            self.unsettled = False
+        finally:
+            self.busy = False
+        return self._check(body, WAIT, what)
+
+    def _cancel(self) -> tuple[str, BaseException | None]:
+        """End whatever request is in flight on this connection (a pending wait is
+        cancelled, a satisfied one given back, any other reply skipped); say what happened
+        to a wait, and return the first interruption that came meanwhile."""
+        self.sock.sendall(frame(CANCEL))
+        wait_reply: bytes | None = None
+        first: BaseException | None = None
+        while True:
+            body, interrupted = self._receive_quietly()
+            first = first or interrupted
+            if body[:1] == bytes((CANCEL,)):
+                break
+            if body[:1] == bytes((WAIT,)):
+                wait_reply = body
+        self.unsettled = False
+        return _cancel_note(wait_reply, body), first
+
+    def settle(self) -> None:
+        """Bring a connection that an exception left in the middle of a request back in step
+        with the server (see :meth:`_cancel`)."""
+        self.busy = True
+        try:
+            _note, interrupted = self._cancel()
+        finally:
+            self.busy = False
+        if interrupted is not None:
+            raise interrupted
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            while self._fds:
+                with contextlib.suppress(OSError):
+                    os.close(self._fds.popleft())
+            # close(), never shutdown(): a forked child closing its copy must not cut the
+            # parent's connection.
+            self.sock.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001, S110 - at interpreter exit module globals may be gone already
+            pass
+
+
+def _cancel_note(wait_reply: bytes | None, cancel_reply: bytes) -> str:
+    outcome = cancel_reply[2] if len(cancel_reply) > 2 else CANCEL_NOTHING
+    if outcome == CANCEL_CANCELLED:
+        return "ntshim.sync: the interrupted wait was cancelled; it acquired nothing"
+    if outcome == CANCEL_GIVEN_BACK:
+        returned, kept = II.unpack_from(cancel_reply, 3)
+        index = IB.unpack_from(wait_reply, 2)[0] if wait_reply and len(wait_reply) >= 7 else None
+        note = (
+            f"ntshim.sync: the interrupted wait had just been satisfied (index {index}); "
+            f"what it acquired was given back ({returned} object(s) released"
+        )
+        if kept:
+            note += f"; {kept} could not be: a semaphore refilled to its maximum or a mutex no longer owned"
+        return note + ")"
+    if wait_reply is not None and len(wait_reply) >= 2 and wait_reply[1] == E_TIMEOUT:
+        return "ntshim.sync: the interrupted wait had timed out; it acquired nothing"
+    return "ntshim.sync: the interrupted wait had ended; it acquired nothing"
+
+
+# ----- finding or starting the server --------------------------------------------------
+
+
+def _linger() -> float:
+    value = os.environ.get(LINGER_ENV_VAR)
+    if not value:
+        return DEFAULT_LINGER
+    try:
+        linger = float(value)
+    except ValueError:
+        raise ValueError(f"{LINGER_ENV_VAR} must be a number of seconds, got {value!r}") from None
+    if not linger >= 0:
+        raise ValueError(f"{LINGER_ENV_VAR} must be >= 0 seconds, got {value!r}")
+    return linger
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _connect_socket(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _start_server(directory: str, path: str) -> None:
+    """Start a server for ``directory`` (the caller holds the start lock) and return once it
+    listens.  The launched process forks the real server into the background and exits
+    once that listens, so no client is left with a zombie to reap."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a server that was killed leaves its socket behind
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    env["NTSHIM_SYNC_SERVER_LINGER"] = str(_linger())
+    log_path = os.path.join(directory, LOG_NAME)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ntshim.sync._server_main", directory],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            close_fds=True,
+            start_new_session=True,
+            cwd="/",
+            env=env,
+        )
+    try:
+        status = process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        status = -1
+    if status != 0:
+        try:
+            with open(log_path, encoding="utf-8", errors="replace") as log_file:
+                detail = log_file.read()[-2000:].strip()
+        except OSError:
+            detail = ""
+        raise ConnectionError(
+            f"could not start the ntshim sync server (exit status {status})" + (f": {detail}" if detail else "")
+        )
+
+
+def open_connection(hello: bytes, directory: str | None = None) -> tuple[Connection, bytes]:
+    """Connect to this user's server (starting it if there is none) and say hello; returns
+    the connection and the hello reply's payload."""
+    directory = directory or userdir.user_directory()
+    path = os.path.join(directory, SOCKET_NAME)
+    last: BaseException | None = None
+    for _attempt in range(5):
+        try:
+            try:
+                sock = _connect_socket(path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                with _locked(os.path.join(directory, LOCK_NAME)):
+                    try:
+                        sock = _connect_socket(path)
+                    except (FileNotFoundError, ConnectionRefusedError):
+                        _start_server(directory, path)
+                        sock = _connect_socket(path)
+            connection = Connection(sock)
+            try:
+                status, payload = connection.call(hello, hello[4], "hello")
+            except BaseException:
+                connection.close()
+                raise
+        except (ServerGone, ConnectionResetError, BrokenPipeError, ConnectionRefusedError, FileNotFoundError) as exc:
+            # A server that exits because it was idle drops the connections it had not
+            # accepted yet: it has unlinked its socket first, so the next try starts a new one.
+            last = exc
+            continue
+        if status != OK:
+            connection.close()
+            raise_status(status, "hello")
+        return connection, payload
+    raise ConnectionError(f"could not reach the ntshim sync server at {path}: {last}")
+
+
+# ----- the per-process client ----------------------------------------------------------
+
+
+_close_lock = threading.Lock()
+
+
+class RefHandle:
+    """A handle holding one server-side reference (both server-brokered backends): tracked
+    for fork, released on close or when garbage-collected."""
+
+    __slots__ = ("__weakref__", "_closed", "id", "instance", "kind")
+
+    def __init__(self, kind: Kind, oid: int) -> None:
+        self.kind: Kind = kind
+        self.id = oid
+        #: The server the id belongs to: a restarted server numbers its objects anew.
+        self.instance = CLIENT.instance
+        self._closed = False
+        CLIENT.handles.add(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def key(self) -> Any:
+        return self.id
+
+    def close(self) -> None:
+        # Two threads closing one handle must drop one reference, not two (the second
+        # would be another handle's).
+        with _close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        CLIENT.handles.discard(self)
+        self._release_resources()
+        if self.instance == CLIENT.instance:
+            CLIENT.release(self.id)
+
+    def _release_resources(self) -> None:
+        """Local resources beside the reference (the eventfd backend's descriptors)."""
+
+    def __del__(self) -> None:
+        # Never talk to the server from a finalizer: it may run inside this very thread's
+        # request.  The reference goes out ahead of the next request of any thread.
+        if not self._closed:
+            self._closed = True
+            try:
+                self._release_resources()
+                CLIENT.pending.append(self.id)
+            except Exception:  # noqa: BLE001, S110 - at interpreter exit module globals may be gone already
+                pass
+
+    def state(self) -> Any:
+        return (self.instance, self.id)
+
+
+class ThreadConnections(list[Connection]):
+    """One thread's connections, kept in a thread-local slot and referenced from nowhere
+    else: when the thread ends its locals are cleared, and this closes the connections
+    (whoever else still holds one), so the server abandons the mutexes the thread owned."""
+
+    def __del__(self) -> None:
+        for connection in self:
+            try:
+                connection.close()
+            except Exception:  # noqa: BLE001, S110 - at interpreter exit module globals may be gone already
+                pass
+
+
+class Client:
+    """This process's connections: the anchor (its references) and one per thread."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.lock = threading.RLock()
+        self.anchor: Connection | None = None
+        self.token = 0
+        self.instance = 0
+        self.local = threading.local()
+        self.handles: weakref.WeakSet[RefHandle] = weakref.WeakSet()
+        #: Ids of handles that were garbage-collected: CLOSE frames for the next request.
+        self.pending: collections.deque[int] = collections.deque()
+        #: Every connection opened in this process, for a fork child to close its copies.
+        self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+        #: Made just before fork for the child (see before_fork).
+        self._child_anchor: Connection | None = None
+        self._child_token = 0
+        #: A child forked without a prepared anchor re-takes its references on connection.
+        self._retake = False
+
+    # -- connections --
+
+    def _ensure_anchor(self) -> None:
+        if self.anchor is not None:
+            return
+        with self.lock:
+            if self.anchor is not None:
+                return
+            hello = frame(HELLO_PROC, HELLO_PROC_ARGS.pack(PROTOCOL_VERSION, os.getpid(), 0))
+            connection, payload = open_connection(hello)
+            self.token, self.instance = TWO_U64.unpack_from(payload)
+            self.connections.add(connection)
+            self.anchor = connection
+            if self._retake:
+                self._retake = False
+                self._retake_references(connection)
+
+    def _retake_references(self, connection: Connection) -> None:
+        # Only ids of this server: a restarted one numbers its objects anew.
+        ids = [h.id for h in list(self.handles) if not h.closed and h.instance == self.instance]
+        if ids:
+            data = frame(ADDREF, struct.pack(f"<{len(ids)}Q", *ids))
+            status, _present = connection.call(data, ADDREF, "re-taking references after fork")
+            raise_status(status, "re-taking references after fork")
+
+    def server_instance(self) -> int:
+        self._ensure_anchor()
+        return self.instance
+
+    def connection(self) -> Connection:
+        """A connection of this thread that is not in a request, opened on first use.
+
+        Usually the thread's one connection; a second one only when a signal handler uses
+        sync objects while its thread is in a request (a SIGINT handler setting the event
+        the main thread waits on): the busy connection's frames must not interleave.
+        """
+        if self.pid != os.getpid():
+            # Forked without os.fork()'s hooks (a C extension's fork()): same repair.
+            self.after_fork_child()
+        pool: ThreadConnections | None = getattr(self.local, "pool", None)
+        if pool is None:
+            pool = self.local.pool = ThreadConnections()
+        for connection in list(pool):
+            if connection.busy or connection.closed:
+                continue
+            if connection.unsettled:
+                try:
+                    connection.settle()
+                except (ConnectionError, OSError):
+                    self.drop(connection)
+                    continue
+            return connection
+        connection = self._open_thread_connection()
+        pool.append(connection)
+        return connection
+
+    def _open_thread_connection(self) -> Connection:
+        with self.lock:
+            if self.anchor is not None and _at_end(self.anchor.sock):
+                # The server was killed: start afresh.  Handles of the old server stay
+                # dead (their instance differs); new objects work.
+                self.anchor.close()
+                self.anchor = None
+                self.pending.clear()
+            self._ensure_anchor()
+        hello = frame(
+            HELLO_THREAD,
+            HELLO_THREAD_ARGS.pack(PROTOCOL_VERSION, os.getpid(), threading.get_native_id(), self.token),
+        )
+        connection, payload = open_connection(hello)
+        (instance,) = U64.unpack_from(payload)
+        if instance != self.instance:
+            connection.close()
+            raise ServerGone("the sync server restarted since this process connected; its objects are gone")
+        self.connections.add(connection)
+        return connection
+
+    def drop(self, connection: Connection) -> None:
+        """Close a connection that failed and forget it."""
+        pool: list[Connection] = getattr(self.local, "pool", [])
+        if connection in pool:
+            pool.remove(connection)
+        connection.close()
+
+    def _pending_frames(self) -> bytes:
+        if not self.pending:
+            return b""
+        ids = []
+        with contextlib.suppress(IndexError):
+            while True:
+                ids.append(self.pending.popleft())
+        return frame(CLOSE, struct.pack(f"<{len(ids)}Q", *ids))
+
+    def call(self, data: bytes, what: str, fds: Sequence[int] = (), with_fds: bool = False) -> tuple[int, bytes]:
+        """One request (a frame) and its reply: ``(status, payload)``."""
+        status, payload, _fds = self.call_fds(data, what, fds, with_fds)
+        return status, payload
+
+    def call_fds(
+        self, data: bytes, what: str, fds: Sequence[int] = (), with_fds: bool = False
+    ) -> tuple[int, bytes, list[int]]:
+        """:meth:`call`, also returning the descriptors that came with the reply."""
+        connection = self.connection()
+        try:
+            status, payload = connection.call(self._pending_frames() + data, data[4], what, fds, with_fds)
+            return status, payload, connection.take_fds() if with_fds else []
+        except (ConnectionError, OSError) as exc:
+            self.drop(connection)
+            if isinstance(exc, ProtocolError):
+                raise
+            raise ServerGone(f"{what}: lost the connection to the sync server ({exc})") from exc
+
+    def wait(self, data: bytes, what: str) -> tuple[int, bytes]:
+        connection = self.connection()
+        try:
+            return connection.wait(self._pending_frames() + data, what)
+        except (ConnectionError, OSError) as exc:
+            self.drop(connection)
+            if isinstance(exc, ProtocolError):
+                raise
+            raise ServerGone(f"{what}: lost the connection to the sync server ({exc})") from exc
+
+    def release(self, oid: int) -> None:
+        """Drop one reference, now (another process may be about to look the name up)."""
+        self.pending.append(oid)
+        connection = None
+        try:
+            connection = self.connection()
+            connection.send(self._pending_frames())
+        except (ConnectionError, OSError):
+            if connection is not None:
+                self.drop(connection)  # the server is gone, and with it the reference
+
+    # -- fork --
+
+    def before_fork(self) -> None:
+        self.lock.acquire()
+        self._child_anchor = None
+        if self.anchor is None or self.pid != os.getpid() or not any(not h.closed for h in list(self.handles)):
+            return
+        try:
+            hello = frame(HELLO_PROC, HELLO_PROC_ARGS.pack(PROTOCOL_VERSION, os.getpid(), self.token))
+            connection, payload = open_connection(hello)
+            token, instance = TWO_U64.unpack_from(payload)
+            if instance != self.instance:
+                connection.close()
+                return
+        except Exception:  # noqa: BLE001 - a fork hook must not raise; the child re-takes its references
+            return
+        self._child_anchor, self._child_token = connection, token
+
+    def after_fork_parent(self) -> None:
+        child_anchor, self._child_anchor = self._child_anchor, None
+        if child_anchor is not None:
+            child_anchor.close()  # the child holds the only other copy
+        self.lock.release()
+
+    def after_fork_child(self) -> None:
+        child_anchor, self._child_anchor = self._child_anchor, None
+        for connection in list(self.connections):
+            if connection is not child_anchor:
+                connection.close()
+        self.connections = weakref.WeakSet()
+        self.local = threading.local()
+        self.lock = threading.RLock()
+        self.pid = os.getpid()
+        if child_anchor is not None:
+            self.connections.add(child_anchor)
+            self.anchor, self.token = child_anchor, self._child_token
+        else:
+            # No prepared anchor: the child takes one reference per live handle itself, so
+            # the parent's pending closes are not the child's to send.
+            self.anchor = None
+            self.pending.clear()
+            self._retake = any(not h.closed for h in list(self.handles))
+
+
+def _at_end(sock: socket.socket) -> bool:
+    """Whether the server closed this connection (it never writes to an idle one)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
+CLIENT = Client()
+os.register_at_fork(
+    before=lambda: CLIENT.before_fork(),
+    after_in_parent=lambda: CLIENT.after_fork_parent(),
+    after_in_child=lambda: CLIENT.after_fork_child(),
+)
+
+
+# ----- the backend ---------------------------------------------------------------------
+
+
+class ServerHandle(RefHandle):
+    """A reference to one object of the server."""
+
+    __slots__ = ()
+
+    def _op(self, frame_struct: struct.Struct, op: int, *args: int) -> bytes:
+        if self.instance != CLIENT.instance:
+            raise _gone(self.kind)
+        status, payload = CLIENT.call(frame_struct.pack(frame_struct.size - 4, op, self.id, *args), self.kind)
+        raise_status(status, self.kind)
+        return payload
+
+    def sem_release(self, count: int) -> int:
+        return U32.unpack(self._op(_FRAME_ID_U32, SEM_RELEASE, count))[0]
+
+    def sem_read(self) -> tuple[int, int]:
+        count, maximum = II.unpack(self._op(_FRAME_ID, SEM_READ))
+        return count, maximum
+
+    def mutex_unlock(self, owner: int) -> int:
+        return U32.unpack(self._op(_FRAME_ID_U32, MUTEX_UNLOCK, owner))[0]
+
+    def mutex_kill(self, owner: int) -> None:
+        self._op(_FRAME_ID_U32, MUTEX_KILL, owner)
+
+    def mutex_read(self) -> tuple[int, int, bool]:
+        owner, count, abandoned = IIB.unpack(self._op(_FRAME_ID, MUTEX_READ))
+        return owner, count, bool(abandoned)
+
+    def event_set(self) -> bool:
+        return bool(self._op(_FRAME_ID, EVENT_SET)[0])
+
+    def event_reset(self) -> bool:
+        return bool(self._op(_FRAME_ID, EVENT_RESET)[0])
+
+    def event_pulse(self) -> bool:
+        return bool(self._op(_FRAME_ID, EVENT_PULSE)[0])
+
+    def event_read(self) -> tuple[bool, bool]:
+        manual, signaled = BB.unpack(self._op(_FRAME_ID, EVENT_READ))
+        return bool(manual), bool(signaled)
+
+
+def _gone(kind: str) -> ServerGone:
+    return ServerGone(f"{kind}: the sync server that held this object was killed; the object is gone")
+
+
+_wait_structs: dict[tuple[int, bool], struct.Struct] = {}
+
+
+def pack_wait(ids: Sequence[int], wait_all: bool, deadline: int | None, owner: int, alert: int | None) -> bytes:
+    key = (len(ids), alert is not None)
+    packer = _wait_structs.get(key)
+    if packer is None:
+        packer = _wait_structs[key] = struct.Struct(f"<IBBIQB{len(ids) + (alert is not None)}Q")
+    flags = (WAIT_ALL if wait_all else 0) | (WAIT_ALERT if alert is not None else 0)
+    if deadline is not None:
+        flags |= WAIT_DEADLINE
+    extra = (alert,) if alert is not None else ()
+    return packer.pack(packer.size - 4, WAIT, flags, owner, max(deadline or 0, 0), len(ids), *ids, *extra)
+
+
+class Server(Backend):
+    name = "server"
+    summary = "a server process owns all state and answers over a Unix socket (the wineserver design)"
+
+    @classmethod
+    def _probe(cls) -> Availability:
+        try:
+            directory = userdir.user_directory()
+            CLIENT.server_instance()
+        except (OSError, ValueError) as exc:
+            return Availability(cls.name, False, f"cannot start or reach the sync server: {exc}")
+        return Availability(cls.name, True, notes=(f"socket {os.path.join(directory, SOCKET_NAME)}",))
+
+    @classmethod
+    def create(cls, kind: Kind, params: tuple[int, ...], name: bytes | None) -> tuple[Handle, bool]:
+        first, second = params
+        data = frame(CREATE, CREATE_HEAD.pack(KIND_CODES[kind], first, second) + (name or b""))
+        status, payload = CLIENT.call(data, f"create {kind}")
+        raise_status(status, f"create {kind} {name!r}" if name else f"create {kind}")
+        oid, created = ID_CREATED.unpack(payload)
+        return ServerHandle(kind, oid), bool(created)
+
+    @classmethod
+    def open(cls, kind: Kind, name: bytes) -> Handle:
+        status, payload = CLIENT.call(frame(OPEN, U8.pack(KIND_CODES[kind]) + name), f"open {kind}")
+        raise_status(status, f"open {kind} {name!r}")
+        return ServerHandle(kind, U64.unpack(payload)[0])
+
+    @classmethod
+    def from_state(cls, kind: Kind, state: Any) -> Handle:
+        instance, oid = state
+        if instance != CLIENT.server_instance():
+            raise FileNotFoundError(f"{kind} {oid}: the sync server that held it has exited since")
+        status, _ = CLIENT.call(frame(OPEN_ID, KIND_ID.pack(KIND_CODES[kind], oid)), f"reopen {kind}")
+        raise_status(status, f"reopen {kind} {oid}")
+        return ServerHandle(kind, oid)
+
+    @classmethod
+    def wait(
+        cls,
+        handles: Sequence[Handle],
+        wait_all: bool,
+        deadline: int | None,
+        owner: int,
+        alert: Handle | None,
+    ) -> tuple[int, bool]:
+        ids = [handle.key for handle in handles]
+        for handle in [*handles, alert] if alert is not None else handles:
+            if getattr(handle, "instance", None) != CLIENT.instance:
+                raise _gone(handle.kind)
+        data = pack_wait(ids, wait_all, deadline, owner, alert.key if alert is not None else None)
+        status, payload = CLIENT.wait(data, "wait_all" if wait_all else "wait_any")
+        raise_status(status, "wait_all" if wait_all else "wait_any")
+        index, abandoned = IB.unpack(payload)
+        return index, bool(abandoned)
+
+
+BACKEND = Server

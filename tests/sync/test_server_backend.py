@@ -1,0 +1,873 @@
+"""The server backend's own mechanisms: the model's extras (rollback, holders), starting and
+stopping the server, its protocol against malformed and vanishing clients, per-thread
+connections, abandonment when a thread or process ends, fork, pickling, references and
+names across processes, and waits interrupted by a signal.
+
+The ntsync semantics themselves are checked on every backend by the shared tests; here the
+subject is how the server backend carries them across threads and processes.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from required import require_sync_backend
+
+from ntshim.errors import AbandonedError, NameKindError
+from ntshim.sync import Event, Mutex, Semaphore, userdir, wait_all, wait_any
+from ntshim.sync import server as srv
+from ntshim.sync.model import Model
+from ntshim.sync.model import Waiter as ModelWaiter
+
+from .conftest import BOUND, Waiter
+
+StartWaiter = Callable[[Callable[[], Any]], Waiter]
+
+
+@pytest.fixture(autouse=True)
+def _server_available() -> None:
+    require_sync_backend("server")
+
+
+def python(code: str, env: dict[str, str] | None = None, stdin: str | None = None) -> str:
+    """Run ``code`` in a fresh interpreter; its stdout (it must succeed)."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, **(env or {})},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=4 * BOUND,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def until(condition: Callable[[], bool], bound: float = BOUND) -> bool:
+    """Poll ``condition`` until it holds or ``bound`` seconds passed."""
+    end = time.monotonic() + bound
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def server_pid(sock: socket.socket) -> int:
+    pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return int(pid)
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its reaper counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+# ----- the model's extras ------------------------------------------------------------------
+
+
+def test_rollback_gives_back_what_a_wait_took() -> None:
+    model = Model()
+    sem = model.create("semaphore", (1, 2))
+    mutex = model.create("mutex", (0, 0))
+    auto = model.create("event", (0, 1))
+    waiter = model.wait([sem, mutex, auto], True, owner=7)
+    assert waiter.signaled == 0
+    assert (sem.count, mutex.owner, mutex.count, auto.signaled) == (0, 7, 1, False)
+    given = model.rollback(waiter)
+    assert (given.returned, given.kept) == (3, 0)
+    assert (sem.count, mutex.owner, mutex.count, auto.signaled) == (1, 0, 0, True)
+
+
+def test_rollback_of_an_abandoned_mutex_abandons_it_again() -> None:
+    model = Model()
+    mutex = model.create("mutex", (5, 1))
+    model.mutex_kill(mutex, 5)
+    waiter = model.wait([mutex], False, owner=7)
+    assert waiter.abandoned and not mutex.abandoned
+    model.rollback(waiter)
+    assert model.mutex_read(mutex) == (0, 0, True)  # the next owner still learns
+
+
+def test_rollback_hands_over_to_the_next_waiter() -> None:
+    woken: list[ModelWaiter] = []
+    model = Model(woken.append)
+    sem = model.create("semaphore", (1, 1))
+    first = model.wait([sem], False, owner=1)
+    second = model.wait([sem], False, owner=2)
+    assert second.pending
+    model.rollback(first)
+    assert woken == [first, second] and sem.count == 0
+
+
+def test_rollback_keeps_a_unit_that_no_longer_fits() -> None:
+    model = Model()
+    sem = model.create("semaphore", (1, 1))
+    waiter = model.wait([sem], False, owner=1)
+    model.sem_release(sem, 1)  # refilled to the maximum meanwhile
+    given = model.rollback(waiter)
+    assert (given.returned, given.kept) == (0, 1) and sem.count == 1
+
+
+def test_abandon_holder_abandons_only_what_that_holder_took() -> None:
+    woken: list[ModelWaiter] = []
+    model = Model(woken.append)
+    held = model.create("mutex", (3, 2), holder="thread-a")
+    other = model.create("mutex", (4, 1), holder="thread-b")
+    waiter = model.wait([held], False, owner=9, holder="thread-c")
+    assert model.abandon_holder("thread-a") == 1
+    assert woken == [waiter] and waiter.abandoned
+    assert model.mutex_read(held) == (9, 1, False)
+    assert model.mutex_read(other) == (4, 1, False)
+    assert model.abandon_holder("thread-a") == 0
+
+
+def test_a_recursive_acquisition_keeps_the_first_holder() -> None:
+    model = Model()
+    mutex = model.create("mutex", (0, 0))
+    model.wait([mutex], False, owner=5, holder="first")
+    model.wait([mutex], False, owner=5, holder="second")
+    assert model.abandon_holder("second") == 0
+    assert model.abandon_holder("first") == 1
+    assert model.mutex_read(mutex) == (0, 0, True)
+
+
+# ----- starting and stopping the server ----------------------------------------------------
+
+
+@pytest.fixture
+def private_root() -> Iterator[dict[str, str]]:
+    """An environment with its own per-user directory, hence its own server, which leaves
+    0.3 s after its last client.  A short path: socket paths are limited to 107 bytes."""
+    with tempfile.TemporaryDirectory(prefix="nts", dir="/tmp") as root:
+        env = {userdir.ROOT_ENV_VAR: root, srv.LINGER_ENV_VAR: "0.3"}
+        yield env
+        # Let its server leave (it unlinks its socket) before the directory goes.
+        until(lambda: not _socket_path(env).exists())
+
+
+SHOW_SERVER = textwrap.dedent("""
+    import socket, struct
+    from ntshim.sync.server import CLIENT
+    pid = struct.unpack("3i", CLIENT.anchor.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+    print(CLIENT.server_instance(), pid)
+""")
+
+
+def _socket_path(env: dict[str, str]) -> Path:
+    return Path(env[userdir.ROOT_ENV_VAR]) / f"ntshim-{os.geteuid()}" / srv.SOCKET_NAME
+
+
+def test_server_starts_on_demand_and_leaves_when_idle(private_root: dict[str, str]) -> None:
+    path = _socket_path(private_root)
+    assert not path.exists()
+    out = python("from ntshim.sync import Event; e = Event(manual=True, name='x', backend='server')" + SHOW_SERVER,
+                 private_root)
+    instance, pid = map(int, out.split())
+    # Its only client exited: it unlinks its socket and exits after the linger time.
+    assert until(lambda: not path.exists()), "the idle server kept its socket"
+    assert until(lambda: gone(pid)), "the idle server did not exit"
+    # The next client starts a new server, which knows nothing of the old one's names.
+    out = python(
+        textwrap.dedent("""
+            from ntshim.sync import Event
+            try:
+                Event.open('x', backend='server')
+            except FileNotFoundError:
+                print('gone')
+        """) + SHOW_SERVER,
+        private_root,
+    )
+    lines = out.split("\n")
+    assert lines[0] == "gone"
+    assert int(lines[1].split()[0]) != instance
+
+
+def test_unavailable_says_why() -> None:
+    out = python(
+        """
+        from ntshim.sync import registry
+        for name in ('server', 'eventfd'):
+            availability = registry.backend_class(name).availability()
+            print(name, availability.available, availability.reason)
+        """,
+        {userdir.ROOT_ENV_VAR: "/nonexistent-ntshim-root"},
+    )
+    lines = out.strip().split("\n")
+    assert lines[0].startswith("server False cannot start or reach the sync server:")
+    assert "nonexistent-ntshim-root" in lines[0]
+    assert lines[1].startswith("eventfd False needs the sync server as descriptor broker:")
+
+
+def test_clients_starting_at_once_share_one_server(private_root: dict[str, str]) -> None:
+    go = Path(private_root[userdir.ROOT_ENV_VAR]) / "go"
+    code = f"""
+        import os, time
+        from ntshim.sync import Event
+        from ntshim.sync.server import CLIENT
+        e = Event(manual=True, name='shared', backend='server')
+        print(CLIENT.server_instance(), e.created, flush=True)
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.01)
+    """
+    children = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env={**os.environ, **private_root},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    try:
+        lines = [child.stdout.readline().split() for child in children if child.stdout is not None]
+    finally:
+        go.touch()
+        for child in children:
+            child.wait(4 * BOUND)
+    assert all(child.returncode == 0 for child in children), [c.stderr.read() for c in children if c.stderr]
+    assert len({instance for instance, _ in lines}) == 1, "two servers were started"
+    assert sorted(created for _, created in lines) == ["False", "False", "False", "True"]
+
+
+def test_a_killed_server_is_replaced_and_its_objects_report_it(private_root: dict[str, str]) -> None:
+    code = """
+        import socket, struct, sys
+        from ntshim.sync import Semaphore
+        from ntshim.sync.server import CLIENT, ServerGone
+        old = Semaphore(1, 2, backend='server')
+        print(struct.unpack("3i", CLIENT.anchor.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0],
+              flush=True)
+        sys.stdin.readline()   # the test kills the server meanwhile
+        try:
+            old.read()
+        except ServerGone:
+            print('old gone')
+        new = Semaphore(0, 1, backend='server')   # a new server starts
+        assert new.release() == 0 and new.read() == (1, 1)
+        try:
+            old.release()
+        except ServerGone:
+            print('old still gone')
+    """
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env={**os.environ, **private_root},
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdin is not None
+    pid = int(child.stdout.readline())
+    os.kill(pid, signal.SIGKILL)
+    assert until(lambda: gone(pid))
+    out, err = child.communicate("\n", timeout=4 * BOUND)
+    assert child.returncode == 0, err
+    assert out.split("\n")[:2] == ["old gone", "old still gone"]
+
+
+# ----- protocol robustness -----------------------------------------------------------------
+
+
+def raw_connection(hello: bool = True) -> socket.socket:
+    """A socket to the server this test process uses, with a process hello done."""
+    srv.CLIENT.server_instance()  # make sure it runs
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(BOUND)
+    sock.connect(os.path.join(userdir.user_directory(), srv.SOCKET_NAME))
+    if hello:
+        sock.sendall(srv.frame(srv.HELLO_PROC, srv.HELLO_PROC_ARGS.pack(srv.PROTOCOL_VERSION, os.getpid(), 0)))
+        assert read_reply(sock)[:2] == (srv.HELLO_PROC, srv.OK)
+    return sock
+
+
+def read_reply(sock: socket.socket) -> tuple[int, int, bytes]:
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            assert chunk, "the server closed the connection"
+            data += chunk
+        return data
+
+    (length,) = srv.HEADER.unpack(exactly(4))
+    body = exactly(length)
+    return body[0], body[1], body[2:]
+
+
+def dropped(sock: socket.socket) -> bool:
+    """The server closed this connection (after whatever replies it sent first)."""
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        pytest.param(b"\xff\xff\xff\xff" + b"x" * 16, id="huge-length"),
+        pytest.param(b"\x00\x00\x00\x00", id="empty-frame"),
+        pytest.param(srv.frame(0x7E, b"abc"), id="unknown-op"),
+        pytest.param(srv.frame(srv.SEM_READ, b"\x01\x02"), id="short-payload"),
+        pytest.param(srv.frame(srv.WAIT, srv.WAIT_HEAD.pack(0, 1, 0, 200)), id="wait-claims-200-objects"),
+        pytest.param(srv.frame(srv.HELLO_PROC, srv.HELLO_PROC_ARGS.pack(99, 1, 0)), id="second-hello-bad-version"),
+        pytest.param(srv.frame(srv.EFD_CREATE, srv.CREATE_HEAD.pack(0, 1, 1)), id="eventfd-create-without-fd"),
+        pytest.param(srv.frame(srv.CREATE, srv.CREATE_HEAD.pack(9, 0, 1)), id="bad-kind"),
+    ],
+)
+def test_a_malformed_client_loses_only_its_connection(garbage: bytes) -> None:
+    witness = Semaphore(1, 3, backend="server")
+    sock = raw_connection()
+    sock.sendall(garbage)
+    assert dropped(sock)
+    sock.close()
+    assert witness.release(1) == 1 and witness.read() == (2, 3)
+
+
+def test_a_client_stuffing_descriptors_is_dropped() -> None:
+    witness = Semaphore(1, 3, backend="server")
+    sock = raw_connection()
+    fds = [os.eventfd(0) for _ in range(srv.MAX_FDS)]
+    try:
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
+        request = srv.frame(srv.SEM_READ, srv.U64.pack(witness._handle.key))
+        for _ in range(4):  # frames that take no descriptors, each carrying four
+            sock.sendmsg([request], rights)
+        assert dropped(sock)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        sock.close()
+    assert witness.read() == (1, 3)
+
+
+def test_a_request_before_hello_is_refused() -> None:
+    sock = raw_connection(hello=False)
+    sock.sendall(srv.frame(srv.SEM_READ, srv.U64.pack(1)))
+    assert dropped(sock)
+    sock.close()
+
+
+def test_a_client_that_vanishes_mid_frame_or_mid_wait_leaves_no_trace() -> None:
+    sem = Semaphore(0, 2, backend="server")
+    # Half a frame, then gone.
+    sock = raw_connection()
+    sock.sendall(srv.frame(srv.SEM_RELEASE, srv.ID_U32.pack(sem._handle.key, 1))[:7])
+    sock.close()
+    # A wait that was still pending when its client went: cancelled, so the next unit
+    # released is not swallowed by a dead waiter.
+    sock = raw_connection()
+    sock.sendall(srv.pack_wait([sem._handle.key], False, None, 77, None))
+    sock.sendall(srv.frame(srv.SEM_READ, srv.U64.pack(sem._handle.key)))  # a second request behind it
+    time.sleep(0.05)
+    sock.close()
+    time.sleep(0.05)
+    assert sem.release(1) == 0
+    assert sem.read() == (1, 2)
+
+
+def test_invalid_requests_with_good_framing_get_an_error_and_keep_the_connection() -> None:
+    sock = raw_connection()
+    # A wait_all naming an object twice, and an object id that does not exist.
+    sem = Semaphore(1, 1, backend="server")
+    key = sem._handle.key
+    sock.sendall(srv.pack_wait([key, key], True, None, 5, None))
+    assert read_reply(sock)[:2] == (srv.WAIT, srv.E_INVALID)
+    sock.sendall(srv.frame(srv.SEM_READ, srv.U64.pack(0xDEAD_BEEF_0000)))
+    assert read_reply(sock)[:2] == (srv.SEM_READ, srv.E_NOENT)
+    sock.sendall(srv.frame(srv.MUTEX_READ, srv.U64.pack(key)))  # a semaphore read as a mutex
+    assert read_reply(sock)[:2] == (srv.MUTEX_READ, srv.E_NOENT)
+    sock.sendall(srv.frame(srv.SEM_READ, srv.U64.pack(key)))
+    assert read_reply(sock) == (srv.SEM_READ, srv.OK, srv.II.pack(1, 1))
+    sock.close()
+    assert sem.read() == (1, 1)
+
+
+def test_a_client_that_never_reads_is_dropped_not_waited_for() -> None:
+    sem = Semaphore(1, 1, backend="server")
+    sock = raw_connection()
+    sock.setblocking(False)
+    request = srv.frame(srv.SEM_READ, srv.U64.pack(sem._handle.key)) * 512
+    sent = 0
+    end = time.monotonic() + BOUND
+    with pytest.raises((BrokenPipeError, ConnectionResetError)):
+        while time.monotonic() < end:
+            try:
+                sent += sock.send(request)
+            except BlockingIOError:
+                time.sleep(0.001)
+    assert sent > srv.MAX_BODY
+    sock.close()
+    assert sem.read() == (1, 1)  # everyone else was served meanwhile
+
+
+def test_cancel_gives_back_a_wait_satisfied_before_the_client_read_it() -> None:
+    sem = Semaphore(1, 1, backend="server")
+    mutex = Mutex(backend="server")
+    thread = raw_thread_connection()
+    thread.sendall(srv.pack_wait([sem._handle.key, mutex._handle.key], True, None, 42, None))
+    time.sleep(0.05)  # satisfied at once; the reply sits unread
+    assert sem.read() == (0, 1) and mutex.read() == (42, 1)
+    thread.sendall(srv.frame(srv.CANCEL))
+    assert read_reply(thread) == (srv.WAIT, srv.OK, srv.IB.pack(0, 0))
+    op, status, payload = read_reply(thread)
+    assert (op, status, payload[0]) == (srv.CANCEL, srv.OK, srv.CANCEL_GIVEN_BACK)
+    assert srv.II.unpack_from(payload, 1) == (2, 0)
+    assert sem.read() == (1, 1) and mutex.read() == (0, 0)
+    # Nothing left to cancel.
+    thread.sendall(srv.frame(srv.CANCEL))
+    assert read_reply(thread)[2][0] == srv.CANCEL_NOTHING
+    thread.close()
+
+
+def raw_thread_connection() -> socket.socket:
+    """A socket attached to this process like a thread's connection."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(BOUND)
+    sock.connect(os.path.join(userdir.user_directory(), srv.SOCKET_NAME))
+    hello = srv.HELLO_THREAD_ARGS.pack(srv.PROTOCOL_VERSION, os.getpid(), 1, srv.CLIENT.token)
+    sock.sendall(srv.frame(srv.HELLO_THREAD, hello))
+    assert read_reply(sock)[:2] == (srv.HELLO_THREAD, srv.OK)
+    return sock
+
+
+def test_a_thread_hello_with_an_unknown_process_is_refused() -> None:
+    srv.CLIENT.server_instance()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(BOUND)
+    sock.connect(os.path.join(userdir.user_directory(), srv.SOCKET_NAME))
+    sock.sendall(srv.frame(srv.HELLO_THREAD, srv.HELLO_THREAD_ARGS.pack(srv.PROTOCOL_VERSION, 1, 1, 12345)))
+    assert read_reply(sock)[:2] == (srv.HELLO_THREAD, srv.E_UNKNOWN_PROCESS)
+    sock.close()
+
+
+# ----- threads -----------------------------------------------------------------------------
+
+
+def test_each_thread_has_its_own_connection(waiters: StartWaiter) -> None:
+    event = Event(manual=True, backend="server")
+    sem = Semaphore(0, 10, backend="server")
+    blocked = waiters(lambda: wait_any([event]))
+    assert blocked.still_waiting()
+    # The blocked wait holds its thread's connection only: this thread carries on.
+    for _ in range(5):
+        sem.release(1)
+    assert sem.read() == (5, 10)
+    event.set()
+    assert blocked.outcome() == 0
+    blocked.finish()
+
+
+def test_a_thread_exit_closes_its_connection_and_abandons_its_mutex() -> None:
+    mutex = Mutex(backend="server")
+    created = []
+
+    def take() -> None:
+        assert wait_any([mutex], 0) == 0
+        created.append(Mutex(count=2, backend="server"))  # owned from birth by this thread
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join(BOUND)
+    with pytest.raises(AbandonedError) as caught:
+        wait_any([mutex], BOUND)
+    assert caught.value.index == 0
+    assert mutex.read() == (threading.get_native_id(), 1)
+    with pytest.raises(AbandonedError):
+        created[0].read()
+
+
+def test_a_thread_exit_closes_its_connections_at_once() -> None:
+    event = Event(manual=True, backend="server")
+    seen: list[srv.Connection] = []
+
+    def use() -> None:
+        event.read()
+        seen.append(srv.CLIENT.connection())
+
+    thread = threading.Thread(target=use)
+    thread.start()
+    thread.join(BOUND)
+    # Closed by the thread-local cleanup as the thread ended, not by a later collection.
+    assert seen[0].closed and seen[0].sock.fileno() == -1
+
+
+def test_a_blocked_waiter_wakes_when_the_holder_thread_exits(waiters: StartWaiter) -> None:
+    mutex = Mutex(backend="server")
+    taken = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        wait_any([mutex], 0)
+        taken.set()
+        release.wait(BOUND)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(BOUND)
+    blocked = waiters(lambda: wait_any([mutex], owner=99))
+    assert blocked.still_waiting()
+    release.set()
+    holder.join(BOUND)
+    with pytest.raises(AbandonedError):
+        blocked.outcome()
+    assert mutex.read() == (99, 1)
+    blocked.finish()
+
+
+def test_a_mutex_released_before_the_thread_exits_is_not_abandoned() -> None:
+    mutex = Mutex(backend="server")
+
+    def take_and_release() -> None:
+        wait_any([mutex])
+        mutex.unlock()
+
+    thread = threading.Thread(target=take_and_release)
+    thread.start()
+    thread.join(BOUND)
+    assert wait_any([mutex], 0) == 0  # no AbandonedError
+    mutex.unlock()
+
+
+# ----- deadlines and interruptions ---------------------------------------------------------
+
+
+def test_the_server_ends_a_wait_at_its_deadline() -> None:
+    event = Event(manual=False, backend="server")
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        wait_any([event], 0.2)
+    assert time.monotonic() - start >= 0.2
+    # A deadline already past still tries once.
+    event.set()
+    assert wait_any([event], 0) == 0
+    assert event.read() == (False, False)
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture
+def alarm() -> Iterator[Callable[[float], None]]:
+    """Raise Interrupt in the main thread after a delay (as Ctrl-C would, with SIGALRM)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupt
+
+    previous = signal.signal(signal.SIGALRM, handler)
+
+    def arm(delay: float) -> None:
+        signal.setitimer(signal.ITIMER_REAL, delay)
+
+    yield arm
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_an_interrupted_wait_is_cancelled_and_the_connection_stays_usable(alarm: Callable[[float], None]) -> None:
+    sem = Semaphore(0, 2, backend="server")
+    mutex = Mutex(owner=5, count=1, backend="server")
+    alarm(0.1)
+    with pytest.raises(Interrupt) as caught:
+        wait_all([sem, mutex], BOUND)
+    assert any("cancelled" in note for note in getattr(caught.value, "__notes__", []))
+    # Nothing was taken, and no late acquisition happens once the objects come free.
+    sem.release(1)
+    mutex.unlock(5)
+    time.sleep(0.05)
+    assert sem.read() == (1, 2) and mutex.read() == (0, 0)
+    assert wait_all([sem, mutex], 0) == 0
+
+
+def test_an_interruption_after_the_wait_was_satisfied_gives_it_back(alarm: Callable[[float], None]) -> None:
+    # The interruption lands when the wait has been satisfied but its reply is not read:
+    # the handler runs on the way out of the blocking receive.
+    sem = Semaphore(0, 1, backend="server")
+    original = srv.Connection.receive
+
+    def late_receive(self: srv.Connection, with_fds: bool = False) -> bytes:
+        body = original(self, with_fds)
+        if body[:1] == bytes((srv.WAIT,)) and body[1] == srv.OK and not hasattr(late_receive, "done"):
+            late_receive.done = True  # type: ignore[attr-defined]
+            self._buffer[:0] = srv.HEADER.pack(len(body)) + body  # unread again
+            raise Interrupt
+        return body
+
+    releaser = threading.Timer(0.1, lambda: sem.release(1))
+    releaser.start()
+    try:
+        srv.Connection.receive = late_receive  # type: ignore[method-assign]
+        with pytest.raises(Interrupt) as caught:
+            wait_any([sem], BOUND)
+    finally:
+        srv.Connection.receive = original  # type: ignore[method-assign]
+        releaser.join()
+    assert any("given back" in note for note in getattr(caught.value, "__notes__", []))
+    assert sem.read() == (1, 1)
+    assert wait_any([sem], 0) == 0
+
+
+def test_a_signal_handler_can_signal_the_object_its_thread_waits_on() -> None:
+    # The handler runs inside the main thread's blocking receive: its request must go on
+    # another connection, or the frames of the two requests would interleave.
+    stop = Event(manual=True, backend="server")
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: stop.set())
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        assert wait_any([stop], BOUND) == 0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert stop.read() == (True, True)
+
+
+class SendThenFail:
+    """Make the next request's send raise right after the frame went out: the exception
+    lands between the request and its reply."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.original = srv.Connection.send
+        monkeypatch.setattr(srv.Connection, "send", self)
+
+    def __get__(self, connection: srv.Connection, owner: type) -> Callable[..., None]:
+        def send(data: bytes, fds: Any = ()) -> None:
+            self.original(connection, data, fds)
+            srv.Connection.send = self.original  # type: ignore[method-assign]
+            raise Interrupt
+
+        return send
+
+
+def test_a_request_cut_short_is_settled_before_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    sem = Semaphore(0, 5, backend="server")
+    SendThenFail(monkeypatch)
+    with pytest.raises(Interrupt):
+        sem.release(2)  # done by the server; its reply left unread
+    assert sem.read() == (2, 5)  # not the stale release reply: the connection was settled
+    assert srv.CLIENT.connection() is srv.CLIENT.local.pool[0]
+
+
+def test_a_wait_cut_short_after_its_send_gives_back_what_it_took(monkeypatch: pytest.MonkeyPatch) -> None:
+    sem = Semaphore(1, 5, backend="server")
+    mutex = Mutex(backend="server")
+    SendThenFail(monkeypatch)
+    with pytest.raises(Interrupt):
+        wait_all([sem, mutex], BOUND)  # satisfied at once by the server, never read
+    assert sem.read() == (1, 5) and mutex.read() == (0, 0)
+
+
+# ----- processes: names, references, fork, pickling ----------------------------------------
+
+
+def test_names_live_while_any_process_references_them(unique_name: Callable[[str], str]) -> None:
+    name = unique_name("lifetime")
+    code = f"""
+        import sys
+        from ntshim.sync import Semaphore
+        s = Semaphore(0, 9, name={name!r}, backend='server')
+        print(s.created, flush=True)
+        sys.stdin.readline()
+        s.release(4)
+    """
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdin is not None
+    assert child.stdout.readline().strip() == "True"
+    mine = Semaphore(1, 1, name=name, backend="server")  # opens: parameters ignored
+    assert not mine.created and mine.read() == (0, 9)
+    with pytest.raises(NameKindError):
+        Event(manual=True, name=name, backend="server")
+    _, err = child.communicate("\n", timeout=4 * BOUND)
+    assert child.returncode == 0, err
+    assert mine.read() == (4, 9)  # the creator is gone; our reference keeps it
+    mine.close()
+    with pytest.raises(FileNotFoundError):
+        Semaphore.open(name, backend="server")
+
+
+def test_closing_one_handle_from_many_threads_drops_one_reference(unique_name: Callable[[str], str]) -> None:
+    name = unique_name("closers")
+    keeper = Semaphore(0, 1, name=name, backend="server")
+    doomed = Semaphore.open(name, backend="server")
+    start = threading.Barrier(8)
+
+    def close() -> None:
+        start.wait(BOUND)
+        doomed.close()
+
+    closers = [threading.Thread(target=close) for _ in range(8)]
+    for thread in closers:
+        thread.start()
+    for thread in closers:
+        thread.join(BOUND)
+    assert Semaphore.open(name, backend="server").read() == (0, 1)  # the keeper's reference holds
+    keeper.close()
+
+
+def test_a_dropped_handle_releases_its_reference(unique_name: Callable[[str], str]) -> None:
+    name = unique_name("collected")
+    event = Event(manual=True, name=name, backend="server")
+    del event
+    gc.collect()
+    # The reference goes out ahead of this process's next request.
+    with pytest.raises(FileNotFoundError):
+        Event.open(name, backend="server")
+
+
+def test_a_fork_child_keeps_what_it_inherited_even_if_the_parent_closes_at_once(
+    unique_name: Callable[[str], str],
+) -> None:
+    name = unique_name("forked")
+    sem = Semaphore(0, 5, name=name, backend="server")
+    ready = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.read(ready[0], 1)  # the parent has closed its handle by now
+            assert sem.read() == (0, 5)
+            assert srv.CLIENT.anchor is not None and srv.CLIENT.pid == os.getpid()
+            sem.release(2)
+            again = Semaphore.open(name, backend="server")
+            assert again.read() == (2, 5)
+            code = 0
+        finally:
+            os._exit(code)
+    sem.close()
+    os.write(ready[1], b"x")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with pytest.raises(FileNotFoundError):  # the child's reference went with the child
+        Semaphore.open(name, backend="server")
+
+
+def test_a_fork_child_uses_connections_of_its_own() -> None:
+    event = Event(manual=True, backend="server")
+    event.read()  # this thread's connection exists
+    parent_connection = srv.CLIENT.local.pool[0]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            assert parent_connection.closed  # its copy was closed at once
+            event.set()
+            assert srv.CLIENT.connection() is not parent_connection
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    os.close(read_end)
+    os.close(write_end)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The parent's connection was untouched by the child closing its copy.
+    assert not parent_connection.closed and event.read() == (True, True)
+
+
+def test_a_fork_without_the_hooks_repairs_itself() -> None:
+    # A fork made by C code (no os.fork hooks): the child notices the pid change, opens
+    # its own connections and takes a reference per handle it has.
+    out = python(
+        """
+        import ctypes, os
+        from ntshim.sync import Semaphore
+        sem = Semaphore(0, 5, name=None, backend='server')
+        sem.read()
+        pid = ctypes.CDLL(None).fork()
+        if pid == 0:
+            try:
+                sem.release(3)
+                print('child', sem.read(), flush=True)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        print('parent', sem.read())
+        """
+    )
+    assert out.split("\n")[:2] == ["child (3, 5)", "parent (3, 5)"]
+
+
+def test_a_process_killed_holding_a_mutex_abandons_it(waiters: StartWaiter) -> None:
+    mutex = Mutex(backend="server")
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import os, pickle, signal, sys
+            from ntshim.sync import wait_any
+            mutex = pickle.loads(bytes.fromhex(sys.stdin.readline()))
+            wait_any([mutex], 0)
+            print('held', flush=True)
+            sys.stdin.readline()
+            os.kill(os.getpid(), signal.SIGKILL)
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(pickle.dumps(mutex).hex() + "\n")
+    child.stdin.flush()
+    assert child.stdout.readline().strip() == "held"
+    blocked = waiters(lambda: wait_any([mutex], owner=31))
+    assert blocked.still_waiting()
+    child.stdin.write("\n")
+    child.stdin.flush()
+    child.wait(BOUND)
+    assert child.returncode == -signal.SIGKILL
+    with pytest.raises(AbandonedError):
+        blocked.outcome()
+    assert mutex.read() == (31, 1)
+    blocked.finish()
+
+
+def test_pickled_objects_reopen_by_id_in_another_process() -> None:
+    sem = Semaphore(1, 7, backend="server")
+    event = Event(manual=False, backend="server")
+    out = python(
+        """
+        import pickle, sys
+        from ntshim.sync import wait_all
+        sem, event = pickle.loads(bytes.fromhex(sys.stdin.readline()))
+        event.set()
+        print(sem.release(2), wait_all([sem, event], 0), sem.read())
+        """,
+        stdin=pickle.dumps((sem, event)).hex() + "\n",
+    )
+    assert out.strip() == "1 0 (2, 7)"
+    assert sem.read() == (2, 7) and event.read() == (False, False)
+
+
+def test_a_pickled_object_closed_since_is_gone() -> None:
+    sem = Semaphore(1, 7, backend="server")
+    data = pickle.dumps(sem)
+    sem.close()
+    with pytest.raises(FileNotFoundError):
+        pickle.loads(data)
+    instance, oid = srv.CLIENT.server_instance(), 1
+    with pytest.raises(FileNotFoundError):  # a state from another server
+        srv.Server.from_state("semaphore", (instance ^ 1, oid))
+
+
+def test_a_wait_keeps_its_objects_alive_when_their_last_handle_closes(waiters: StartWaiter) -> None:
+    event = Event(manual=True, backend="server")
+    sem = Semaphore(0, 1, backend="server")
+    blocked = waiters(lambda: wait_any([event, sem]))
+    assert blocked.still_waiting()
+    event.close()  # the server keeps the object for the wait
+    sem.release(1)
+    assert blocked.outcome() == 1
+    blocked.finish()
