@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from required import BACKENDS, REQUIRED, require_backend
+from required import BACKENDS, REQUIRED, SYNC_BACKENDS, require_backend
 
 from ntshim.writewatch import registry
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    unknown = REQUIRED - set(BACKENDS)
+    known = [*BACKENDS, *SYNC_BACKENDS]
+    unknown = REQUIRED - set(known)
     if unknown:
-        raise pytest.UsageError(f"NTSHIM_REQUIRE names unknown backends {sorted(unknown)}; known: {BACKENDS}")
+        raise pytest.UsageError(f"NTSHIM_REQUIRE names unknown backends {sorted(unknown)}; known: {known}")
 
 
 @pytest.fixture(params=BACKENDS)

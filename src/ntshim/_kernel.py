@@ -135,7 +135,7 @@ def pagemap_fd() -> int:
     return _pagemap_fd(pid)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def futex_waitv() -> tuple[bool, str]:
     """Whether futex_waitv(2) (Linux 5.16) exists: (usable, reason if not)."""
     err = _core.futex_waitv_errno()

@@ -7,11 +7,12 @@ import os
 import subprocess
 import sys
 
+from ntshim.sync import registry as sync_registry
 from ntshim.writewatch import registry
 
 
 def ntshim(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k != registry.ENV_VAR}
+    environment = {k: v for k, v in os.environ.items() if k not in (registry.ENV_VAR, sync_registry.ENV_VAR)}
     environment.update(COLUMNS="200", **env)
     return subprocess.run(
         [sys.executable, "-m", "ntshim", *args], capture_output=True, text=True, timeout=120, env=environment
@@ -35,6 +36,21 @@ def test_info_json_lists_every_backend_with_availability_and_reasons() -> None:
     assert report["userfaultfd"]["usable"] in (True, False)
 
 
+def test_info_json_lists_the_sync_backends() -> None:
+    report = json.loads(ntshim("info", "--json").stdout)
+    backends = report["sync"]["backends"]
+    assert [b["name"] for b in backends] == ["futex", "server", "eventfd"]
+    for b in backends:
+        assert bool(b["reason"]) != b["available"], b
+        assert b["available"] == sync_registry.backend_class(b["name"]).availability().available
+        assert b["summary"]
+    assert report["sync"]["default"] == next(b["name"] for b in backends if b["available"])
+    assert report["futex_waitv"] is True or not backends[0]["available"]
+    forced = json.loads(ntshim("info", "--json", NTSHIM_SYNC_BACKEND="server").stdout)
+    assert forced["sync"]["default"] == "server"
+    assert forced["sync"]["forced_by_environment"] == "server"
+
+
 def test_info_json_reports_a_backend_forced_by_the_environment() -> None:
     proc = ntshim("info", "--json", NTSHIM_WRITEWATCH_BACKEND="shadow")
     report = json.loads(proc.stdout)
@@ -45,7 +61,7 @@ def test_info_json_reports_a_backend_forced_by_the_environment() -> None:
 def test_info_prints_a_table() -> None:
     proc = ntshim("info")
     assert proc.returncode == 0, proc.stderr
-    for name in ("uffd-async", "uffd-sync", "mprotect", "shadow", "default backend"):
+    for name in ("uffd-async", "uffd-sync", "mprotect", "shadow", "default backend", "futex", "server", "eventfd"):
         assert name in proc.stdout
     assert os.uname().release in proc.stdout
 

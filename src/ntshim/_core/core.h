@@ -203,7 +203,13 @@ int nts_sync_event_read(nts_arena *a, uint32_t slot, int *manual, int *signaled)
  * arrived first: then nothing was acquired. */
 int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, const struct timespec *deadline,
                   uint32_t owner, uint32_t alert, uint32_t *index, int *abandoned);
+/* Objects, thread blocks, references and processes in use, and the capacities. */
+void nts_sync_usage(nts_arena *a, uint32_t used[4], uint32_t capacity[4]);
 extern PyMethodDef nts_sync_methods[];
+/* The arena ntshim.sync.futex attached, or NULL with RuntimeError set. */
+nts_arena *nts_sync_py_arena(void);
+/* Native loops of `ntshim bench sync` (bench_sync.c). */
+PyObject *nts_bench_sync(PyObject *mod, PyObject *args);
 int nts_sync_module_init(PyObject *mod);
 
 #endif

@@ -150,6 +150,9 @@ static PyMethodDef core_methods[] = {
     {"native_reader", nts_native_reader, METH_VARARGS,
      "native_reader(tracker, delay_ns, duration_ns, reset) -> (get_ns, reset_ns, reported): "
      "the tracker queried from C every delay, as a native caller would"},
+    {"bench_sync", nts_bench_sync, METH_VARARGS,
+     "bench_sync(mechanism, test, processes, amount, (sem, a, b) slots) -> (elapsed_ns, round_trips): "
+     "the contended-wait or zigzag loop in C (mechanism 0 floor-futex, 1 floor-eventfd, 2 ntshim futex)"},
     {"shadow_tracker", nts_shadow_tracker_new, METH_VARARGS,
      "shadow_tracker(address, size, prots) -> Tracker (content comparison against a copy)"},
     {NULL},

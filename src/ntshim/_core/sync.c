@@ -129,6 +129,9 @@ struct nts_arena {
 };
 
 static nts_arena *g_arena;
+/* getpid() is a system call in glibc; the fork handler keeps this current instead
+ * (a child made by a raw clone() without fork handlers must not use the arena). */
+static pid_t g_pid;
 static __thread uint32_t tls_thr;
 static __thread pid_t tls_pid;
 static pthread_key_t g_thread_key;
@@ -540,7 +543,7 @@ static uint32_t alloc_ref(nts_arena *a) {
 /* This process's registration, made on first use and again in a forked child
  * (which then adopts the references its parent prepared for it).  Lock held. */
 static int register_process(nts_arena *a) {
-    pid_t pid = getpid();
+    pid_t pid = g_pid;
     if (a->proc && a->pid == pid)
         return 0;
     uint32_t pi = alloc_proc(a);
@@ -590,7 +593,7 @@ static int ref_object(nts_arena *a, uint32_t oi) {
 static void thread_exit(void *value) {
     nts_arena *a = g_arena;
     uint32_t ti = (uint32_t)(uintptr_t)value;
-    if (!a || tls_pid != getpid())
+    if (!a || tls_pid != g_pid)
         return;
     struct thr *t = thr_at(a, ti);
     arena_lock(a);
@@ -601,7 +604,7 @@ static void thread_exit(void *value) {
 
 /* The calling thread's block, taken (and its token locked) on first use. */
 static int self_thread(nts_arena *a, uint32_t *out) {
-    pid_t pid = getpid();
+    pid_t pid = g_pid;
     if (tls_thr && tls_pid == pid) {
         *out = tls_thr;
         return 0;
@@ -649,7 +652,7 @@ static int self_thread(nts_arena *a, uint32_t *out) {
  * inherits can disappear before it runs (the parent may close right away). */
 static void fork_prepare(void) {
     nts_arena *a = g_arena;
-    if (!a || !a->proc || a->pid != getpid())
+    if (!a || !a->proc || a->pid != g_pid)
         return;
     arena_lock(a);
     size_t n = 0;
@@ -676,6 +679,7 @@ static void fork_parent(void) {
 
 static void fork_child(void) {
     nts_arena *a = g_arena;
+    g_pid = getpid();
     tls_thr = 0; /* the parent thread's block is not ours */
     pthread_setspecific(g_thread_key, NULL);
     if (!a || !a->ninflight)
@@ -704,6 +708,7 @@ int nts_sync_format(int fd) {
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static void init_once(void) {
+    g_pid = getpid();
     pthread_key_create(&g_thread_key, thread_exit);
     pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
@@ -746,7 +751,7 @@ int nts_sync_attach(int fd, nts_arena **out) {
 /* Drop every reference of this process (at interpreter exit). */
 void nts_sync_detach(nts_arena *a) {
     arena_lock(a);
-    if (a->proc && a->pid == getpid())
+    if (a->proc && a->pid == g_pid)
         for (uint32_t oi = 1; oi <= NOBJ; oi++)
             if (a->my_rec[oi]) {
                 free_ref(a, a->my_rec[oi]);
@@ -1091,3 +1096,21 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
 }
 
 size_t nts_sync_arena_size(void) { return ARENA_SIZE; }
+
+void nts_sync_usage(nts_arena *a, uint32_t used[4], uint32_t capacity[4]) {
+    memset(used, 0, 4 * sizeof *used);
+    arena_lock(a);
+    for (uint32_t i = 1; i <= a->h->obj_hw; i++)
+        used[0] += a->o[i].kind != 0;
+    for (uint32_t i = 1; i <= a->h->thr_hw; i++)
+        used[1] += a->t[i].in_use;
+    for (uint32_t i = 1; i <= a->h->ref_hw; i++)
+        used[2] += a->r[i].proc != 0;
+    for (uint32_t i = 1; i <= a->h->proc_hw; i++)
+        used[3] += a->p[i].in_use;
+    arena_unlock(a);
+    capacity[0] = NOBJ;
+    capacity[1] = NTHR;
+    capacity[2] = NREF;
+    capacity[3] = NPROC;
+}

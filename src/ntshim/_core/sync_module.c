@@ -9,7 +9,7 @@
 
 static nts_arena *g_py_arena;
 
-static nts_arena *arena(void) {
+nts_arena *nts_sync_py_arena(void) {
     if (!g_py_arena)
         PyErr_SetString(PyExc_RuntimeError, "the sync arena is not attached (ntshim.sync.futex attaches it)");
     return g_py_arena;
@@ -55,7 +55,7 @@ static PyObject *py_attach(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_detach(PyObject *self, PyObject *unused) {
-    nts_arena *a = arena();
+    nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
     Py_BEGIN_ALLOW_THREADS nts_sync_detach(a);
@@ -69,7 +69,7 @@ static PyObject *py_create(PyObject *self, PyObject *args) {
     Py_ssize_t len = 0;
     if (!PyArg_ParseTuple(args, "iIIz#", &kind, &x, &y, &name, &len))
         return NULL;
-    nts_arena *a = arena();
+    nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
     uint32_t slot, gen;
@@ -86,7 +86,7 @@ static PyObject *py_open(PyObject *self, PyObject *args) {
     Py_ssize_t len;
     if (!PyArg_ParseTuple(args, "iy#", &kind, &name, &len))
         return NULL;
-    nts_arena *a = arena();
+    nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
     uint32_t slot, gen;
@@ -99,7 +99,7 @@ static PyObject *py_ref(PyObject *self, PyObject *args) {
     unsigned int slot, gen;
     if (!PyArg_ParseTuple(args, "iII", &kind, &slot, &gen))
         return NULL;
-    nts_arena *a = arena();
+    nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
     int err = CALL(nts_sync_ref(a, kind, slot, gen));
@@ -110,7 +110,7 @@ static PyObject *py_unref(PyObject *self, PyObject *args) {
     unsigned int slot;
     if (!PyArg_ParseTuple(args, "I", &slot))
         return NULL;
-    nts_arena *a = arena();
+    nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
     int err = CALL(nts_sync_unref(a, slot));
@@ -121,7 +121,7 @@ static PyObject *py_sem_release(PyObject *self, PyObject *args) {
     unsigned int slot, n;
     if (!PyArg_ParseTuple(args, "II", &slot, &n))
         return NULL;
-    nts_arena *a = arena();
+    nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
     uint32_t prev;
@@ -133,7 +133,7 @@ static PyObject *py_sem_read(PyObject *self, PyObject *args) {
     unsigned int slot;
     if (!PyArg_ParseTuple(args, "I", &slot))
         return NULL;
-    nts_arena *a = arena();
+    nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
     uint32_t count, max;
@@ -145,7 +145,7 @@ static PyObject *py_mutex_unlock(PyObject *self, PyObject *args) {
     unsigned int slot, owner;
     if (!PyArg_ParseTuple(args, "II", &slot, &owner))
         return NULL;
-    nts_arena *a = arena();
+    nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
     uint32_t prev;
@@ -157,7 +157,7 @@ static PyObject *py_mutex_kill(PyObject *self, PyObject *args) {
     unsigned int slot, owner;
     if (!PyArg_ParseTuple(args, "II", &slot, &owner))
         return NULL;
-    nts_arena *a = arena();
+    nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
     int err = CALL(nts_sync_mutex_kill(a, slot, owner));
@@ -168,7 +168,7 @@ static PyObject *py_mutex_read(PyObject *self, PyObject *args) {
     unsigned int slot;
     if (!PyArg_ParseTuple(args, "I", &slot))
         return NULL;
-    nts_arena *a = arena();
+    nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
     uint32_t owner, count;
@@ -186,7 +186,7 @@ static PyObject *py_event(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "unknown event operation");
         return NULL;
     }
-    nts_arena *a = arena();
+    nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
     int prev;
@@ -198,7 +198,7 @@ static PyObject *py_event_read(PyObject *self, PyObject *args) {
     unsigned int slot;
     if (!PyArg_ParseTuple(args, "I", &slot))
         return NULL;
-    nts_arena *a = arena();
+    nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
     int manual, signaled;
@@ -212,7 +212,7 @@ static PyObject *py_wait(PyObject *self, PyObject *args) {
     unsigned int owner, alert;
     if (!PyArg_ParseTuple(args, "OpOII", &seq, &all, &deadline_obj, &owner, &alert))
         return NULL;
-    nts_arena *a = arena();
+    nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
     PyObject *fast = PySequence_Fast(seq, "slots must be a sequence");
@@ -264,6 +264,16 @@ static PyObject *py_wait(PyObject *self, PyObject *args) {
     }
 }
 
+static PyObject *py_usage(PyObject *self, PyObject *unused) {
+    nts_arena *a = nts_sync_py_arena();
+    if (!a)
+        return NULL;
+    uint32_t used[4], cap[4];
+    Py_BEGIN_ALLOW_THREADS nts_sync_usage(a, used, cap);
+    Py_END_ALLOW_THREADS return Py_BuildValue("{s(II)s(II)s(II)s(II)}", "objects", used[0], cap[0], "threads", used[1],
+                                               cap[1], "references", used[2], cap[2], "processes", used[3], cap[3]);
+}
+
 /* futex_waitv(NULL, 0, ...) fails with EINVAL where the call exists (Linux 5.16+), ENOSYS where not. */
 static PyObject *py_futex_waitv_errno(PyObject *self, PyObject *unused) {
     long r = syscall(449 /* SYS_futex_waitv */, NULL, 0, 0, NULL, 0);
@@ -275,6 +285,8 @@ PyMethodDef nts_sync_methods[] = {
      "futex_waitv_errno() -> errno of an empty futex_waitv call: EINVAL where the call exists, ENOSYS where not"},
     {"sync_format", py_format, METH_VARARGS, "sync_format(fd): size and initialize a new sync arena file"},
     {"sync_attach", py_attach, METH_VARARGS, "sync_attach(fd): map the sync arena (once per process)"},
+    {"sync_usage", py_usage, METH_NOARGS,
+     "sync_usage() -> {table: (used, capacity)} for objects, threads, references, processes (reclaims nothing)"},
     {"sync_detach", py_detach, METH_NOARGS, "sync_detach(): drop every reference this process holds"},
     {"sync_create", py_create, METH_VARARGS,
      "sync_create(kind, x, y, name) -> (slot, gen, created); FileExistsError: the name is another kind"},

@@ -6,9 +6,11 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .. import _kernel
+from ..sync import registry as sync_registry
 from ..writewatch import registry
 
 
@@ -21,10 +23,25 @@ class InfoCommand:
 
     def run(self, args: argparse.Namespace) -> int:
         report = _kernel.machine()
-        backends = registry.backends()
+        report["writewatch"] = self._section(
+            registry.backends(), registry.ENV_VAR, lambda name: registry.BY_NAME[name].summary
+        )
+        report["sync"] = self._section(
+            sync_registry.backends(), sync_registry.ENV_VAR, lambda name: sync_registry.backend_class(name).summary
+        )
+        if args.json:
+            json.dump(report, sys.stdout, indent=2)
+            print()
+            return 0
+        self._print(report)
+        return 0
+
+    @staticmethod
+    def _section(backends: list[Any], env_var: str, summary: Callable[[str], str]) -> dict[str, Any]:
+        """One family of backends: which serves by default, and each with why (not)."""
         default = next((b.backend for b in backends if b.available), None)
-        forced = os.environ.get(registry.ENV_VAR) or None
-        report["writewatch"] = {
+        forced = os.environ.get(env_var) or None
+        return {
             "default": forced or default,
             "forced_by_environment": forced,
             "backends": [
@@ -33,17 +50,11 @@ class InfoCommand:
                     "available": b.available,
                     "reason": b.reason,
                     "notes": list(b.notes),
-                    "summary": registry.BY_NAME[b.backend].summary,
+                    "summary": summary(b.backend),
                 }
                 for b in backends
             ],
         }
-        if args.json:
-            json.dump(report, sys.stdout, indent=2)
-            print()
-            return 0
-        self._print(report)
-        return 0
 
     def _print(self, report: dict[str, Any]) -> None:
         from rich.console import Console
@@ -60,15 +71,20 @@ class InfoCommand:
             console.print(f"userfaultfd: {mode}; features {', '.join(u['features']) or 'none'}")
         else:
             console.print(f"userfaultfd: [red]{u['reason']}[/red]")
-        ww = report["writewatch"]
-        table = Table(title="write-watch backends (best first)", title_justify="left")
-        table.add_column("backend")
-        table.add_column("available")
-        table.add_column("mechanism")
-        table.add_column("why not / notes")
-        for b in ww["backends"]:
-            ok = "[green]yes[/green]" if b["available"] else "[red]no[/red]"
-            table.add_row(b["name"], ok, b["summary"], b["reason"] or "\n".join(b["notes"]))
-        console.print(table)
-        source = f" (from {registry.ENV_VAR})" if ww["forced_by_environment"] else ""
-        console.print(f"default backend: [bold]{ww['default']}[/bold]{source}")
+        console.print(f"futex_waitv: {'yes' if report['futex_waitv'] else '[red]no[/red]'}")
+        for key, title, env_var in (
+            ("writewatch", "write-watch backends (best first)", registry.ENV_VAR),
+            ("sync", "sync backends: events, semaphores, mutexes (best first)", sync_registry.ENV_VAR),
+        ):
+            section = report[key]
+            table = Table(title=title, title_justify="left")
+            table.add_column("backend")
+            table.add_column("available")
+            table.add_column("mechanism")
+            table.add_column("why not / notes")
+            for b in section["backends"]:
+                ok = "[green]yes[/green]" if b["available"] else "[red]no[/red]"
+                table.add_row(b["name"], ok, b["summary"], b["reason"] or "\n".join(b["notes"]))
+            console.print(table)
+            source = f" (from {env_var})" if section["forced_by_environment"] else ""
+            console.print(f"default backend: [bold]{section['default']}[/bold]{source}")

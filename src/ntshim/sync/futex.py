@@ -173,7 +173,8 @@ class Futex(Backend):
     def create(cls, kind: Kind, params: tuple[int, ...], name: bytes | None) -> tuple[Handle, bool]:
         arena_path()
         try:
-            slot, gen, created = _core.sync_create(_KIND_CODES[kind], *params, name)
+            x, y = params
+            slot, gen, created = _core.sync_create(_KIND_CODES[kind], x, y, name)
         except FileExistsError:
             raise NameKindError(f"the name {name!r} belongs to an object of another kind, not a {kind}") from None
         except OSError as e:
@@ -206,7 +207,7 @@ class Futex(Backend):
     def wait(
         cls, handles: Sequence[Handle], wait_all: bool, deadline: int | None, owner: int, alert: Handle | None
     ) -> tuple[int, bool]:
-        slots = [h.slot for h in handles]  # type: ignore[attr-defined]
+        slots = [h.slot for h in handles]  # type: ignore[attr-defined]  # every handle here is a FutexHandle
         alert_slot = alert.slot if alert is not None else 0  # type: ignore[attr-defined]
         return _core.sync_wait(slots, wait_all, deadline, owner, alert_slot)
 

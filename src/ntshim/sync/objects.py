@@ -80,7 +80,7 @@ class SyncObject:
         chosen = registry.choose(backend)
         self._handle, self.created = chosen.create(self.kind, params, encoded)
         self._backend = chosen
-        self._name = name if encoded is not None else None
+        self._name: str | None = name if isinstance(name, str) else None
 
     @classmethod
     def _wrap(cls, chosen: type[Backend], handle: Handle, name: str | None, created: bool) -> Any:

@@ -1,0 +1,328 @@
+/* Native loops for `ntshim bench sync`: the two micro-benchmarks of the msync
+ * README, run by two threads (or two forked processes) in C, over
+ *
+ *   floor-futex    a futex counter with a waiter count (what sem_t does): the raw
+ *                  mechanism, shared futexes as cross-process objects need
+ *   floor-futex-fifo  the same futex mechanism with the hand-off NT objects
+ *                  require: a release with a waiter queued grants it to that waiter
+ *                  (FIFO) instead of letting the releaser take it back, so every
+ *                  contended acquisition costs a context switch, as in ntsync
+ *   floor-eventfd  eventfd: EFD_SEMAPHORE for the semaphore, a plain one per event
+ *   futex          ntshim's futex backend through its C entry points (sync.c):
+ *                  what a native caller of ntshim gets
+ *
+ *   contended  one semaphore (count 1, max 1); each side loops wait -> release
+ *              until `amount` acquisitions in total are done; result: elapsed ns
+ *   zigzag     auto events A and B; side 1 sets A and waits B, side 2 waits A
+ *              and sets B, for `amount` ns; result: round trips
+ */
+#include "core.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { MECH_FLOOR_FUTEX, MECH_FLOOR_EVENTFD, MECH_FUTEX, MECH_FLOOR_FUTEX_FIFO };
+enum { TEST_CONTENDED, TEST_ZIGZAG };
+
+struct fsem {
+    uint32_t value, waiters;
+};
+
+/* A lock on a shared futex (nts_lock's futexes are process-private). */
+static void shared_lock(uint32_t *w) {
+    uint32_t c = 0;
+    if (__atomic_compare_exchange_n(w, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+        return;
+    while (__atomic_exchange_n(w, 2, __ATOMIC_ACQUIRE) != 0)
+        syscall(SYS_futex, w, FUTEX_WAIT, 2, NULL, NULL, 0);
+}
+
+static void shared_unlock(uint32_t *w) {
+    if (__atomic_exchange_n(w, 0, __ATOMIC_RELEASE) == 2)
+        syscall(SYS_futex, w, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+/* A hand-off semaphore for two sides: a lock, the count, and one futex word per
+ * side that a release sets to grant the unit to that (queued) side. */
+struct hsem {
+    uint32_t lock;
+    uint32_t count, queued[2], nqueued, granted[2];
+};
+
+static void hsem_wait(struct hsem *s, int me) {
+    shared_lock(&s->lock);
+    if (s->count) {
+        s->count--;
+        shared_unlock(&s->lock);
+        return;
+    }
+    s->granted[me] = 0;
+    s->queued[s->nqueued++] = (uint32_t)me;
+    shared_unlock(&s->lock);
+    while (!__atomic_load_n(&s->granted[me], __ATOMIC_ACQUIRE))
+        syscall(SYS_futex, &s->granted[me], FUTEX_WAIT, 0, NULL, NULL, 0);
+}
+
+static void hsem_post(struct hsem *s) {
+    shared_lock(&s->lock);
+    if (!s->nqueued) {
+        s->count++;
+        shared_unlock(&s->lock);
+        return;
+    }
+    uint32_t to = s->queued[0];
+    s->queued[0] = s->queued[1];
+    s->nqueued--;
+    __atomic_store_n(&s->granted[to], 1, __ATOMIC_RELEASE);
+    shared_unlock(&s->lock);
+    syscall(SYS_futex, &s->granted[to], FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+/* Everything both sides touch; MAP_SHARED so that forked sides share it too. */
+typedef struct {
+    int mech, test;
+    uint64_t amount;
+    int stop, quit;
+    uint64_t round_trips;
+    int failed;
+    struct fsem sem, a, b;     /* floor-futex */
+    struct hsem hsem, ha, hb;  /* floor-futex-fifo */
+    int efd_sem, efd_a, efd_b; /* floor-eventfd */
+    uint32_t slot_sem, slot_a, slot_b;
+    nts_arena *arena;          /* futex: same address after fork */
+} shared;
+
+static void fsem_wait(struct fsem *s) {
+    for (;;) {
+        uint32_t v = __atomic_load_n(&s->value, __ATOMIC_ACQUIRE);
+        if (v) {
+            if (__atomic_compare_exchange_n(&s->value, &v, v - 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+                return;
+            continue;
+        }
+        __atomic_add_fetch(&s->waiters, 1, __ATOMIC_SEQ_CST);
+        syscall(SYS_futex, &s->value, FUTEX_WAIT, 0, NULL, NULL, 0);
+        __atomic_sub_fetch(&s->waiters, 1, __ATOMIC_SEQ_CST);
+    }
+}
+
+static void fsem_post(struct fsem *s) {
+    __atomic_add_fetch(&s->value, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&s->waiters, __ATOMIC_SEQ_CST))
+        syscall(SYS_futex, &s->value, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+static int efd_wait(int fd) {
+    uint64_t v;
+    while (read(fd, &v, sizeof v) != sizeof v)
+        if (errno != EINTR)
+            return errno;
+    return 0;
+}
+
+static int efd_post(int fd) {
+    uint64_t v = 1;
+    return write(fd, &v, sizeof v) == sizeof v ? 0 : errno;
+}
+
+/* Wait on / signal one object of the mechanism; 0 or an errno. */
+static __thread uint32_t tls_owner;
+
+static int do_wait(shared *s, int which, int me) {
+    uint32_t index;
+    if (!tls_owner)
+        tls_owner = (uint32_t)syscall(SYS_gettid);
+    int abandoned;
+    switch (s->mech) {
+    case MECH_FLOOR_FUTEX:
+        fsem_wait(which == 0 ? &s->sem : which == 1 ? &s->a : &s->b);
+        return 0;
+    case MECH_FLOOR_FUTEX_FIFO:
+        hsem_wait(which == 0 ? &s->hsem : which == 1 ? &s->ha : &s->hb, me);
+        return 0;
+    case MECH_FLOOR_EVENTFD:
+        return efd_wait(which == 0 ? s->efd_sem : which == 1 ? s->efd_a : s->efd_b);
+    default: {
+        uint32_t slot = which == 0 ? s->slot_sem : which == 1 ? s->slot_a : s->slot_b;
+        int err;
+        while ((err = nts_sync_wait(s->arena, &slot, 1, 0, NULL, tls_owner, 0, &index, &abandoned)) == EINTR)
+            ; /* a signal for this thread: nothing was acquired, wait again */
+        return err;
+    }
+    }
+}
+
+static int do_signal(shared *s, int which) {
+    uint32_t prev;
+    int was;
+    switch (s->mech) {
+    case MECH_FLOOR_FUTEX:
+        fsem_post(which == 0 ? &s->sem : which == 1 ? &s->a : &s->b);
+        return 0;
+    case MECH_FLOOR_FUTEX_FIFO:
+        hsem_post(which == 0 ? &s->hsem : which == 1 ? &s->ha : &s->hb);
+        return 0;
+    case MECH_FLOOR_EVENTFD:
+        return efd_post(which == 0 ? s->efd_sem : which == 1 ? s->efd_a : s->efd_b);
+    default:
+        if (which == 0)
+            return nts_sync_sem_release(s->arena, s->slot_sem, 1, &prev);
+        return nts_sync_event_op(s->arena, which == 1 ? s->slot_a : s->slot_b, NTS_SYNC_EVENT_SET, &was);
+    }
+}
+
+#define CHECK(expr)                                                                                                   \
+    do {                                                                                                              \
+        int e_ = (expr);                                                                                              \
+        if (e_) {                                                                                                     \
+            __atomic_store_n(&s->failed, e_, __ATOMIC_RELAXED);                                                      \
+            return;                                                                                                   \
+        }                                                                                                             \
+    } while (0)
+
+static void side(shared *s, int number) {
+    if (s->test == TEST_CONTENDED) {
+        uint64_t mine = s->amount / 2 + (number == 0 ? s->amount % 2 : 0);
+        for (uint64_t i = 0; i < mine; i++) {
+            CHECK(do_wait(s, 0, number));
+            CHECK(do_signal(s, 0));
+        }
+    } else if (number == 0) {
+        /* Side 1 keeps time: only it looks at `stop`, and only between round trips,
+         * so side 2 always gets the A it answers; then one last A carries `quit`. */
+        uint64_t n = 0;
+        while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
+            CHECK(do_signal(s, 1));
+            CHECK(do_wait(s, 2, number));
+            n++;
+        }
+        s->round_trips = n;
+        __atomic_store_n(&s->quit, 1, __ATOMIC_RELEASE);
+        CHECK(do_signal(s, 1));
+    } else {
+        for (;;) {
+            CHECK(do_wait(s, 1, number));
+            if (__atomic_load_n(&s->quit, __ATOMIC_ACQUIRE))
+                break;
+            CHECK(do_signal(s, 2));
+        }
+    }
+}
+
+typedef struct {
+    shared *s;
+    int number;
+} side_arg;
+
+static void *side_thread(void *arg) {
+    side_arg *x = arg;
+    side(x->s, x->number);
+    return NULL;
+}
+
+static void sleep_ns(uint64_t ns) {
+    struct timespec t = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
+    while (nanosleep(&t, &t) < 0 && errno == EINTR)
+        ;
+}
+
+/* Run both sides on two threads, or in two forked processes, while this thread
+ * keeps time (and stops a zigzag).  0 or an errno; *elapsed in ns. */
+static int run(shared *s, int processes, uint64_t *elapsed) {
+    uint64_t t0 = nts_now_ns();
+    pthread_t threads[2];
+    pid_t pids[2];
+    side_arg args[2] = {{s, 0}, {s, 1}};
+    int started = 0, err = 0;
+    for (; started < 2; started++) {
+        if (processes) {
+            pids[started] = fork();
+            if (pids[started] == 0) {
+                side(s, started); /* only C runs in the child */
+                _exit(0);
+            }
+            if (pids[started] < 0) {
+                err = errno;
+                break;
+            }
+        } else if ((err = pthread_create(&threads[started], NULL, side_thread, &args[started])) != 0) {
+            break;
+        }
+    }
+    if (s->test == TEST_ZIGZAG || err) {
+        if (!err)
+            sleep_ns(s->amount);
+        __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
+    }
+    for (int i = 0; i < started; i++) {
+        if (processes)
+            waitpid(pids[i], NULL, 0);
+        else
+            pthread_join(threads[i], NULL);
+    }
+    *elapsed = nts_now_ns() - t0;
+    return err ? err : s->failed;
+}
+
+/* bench_sync(mechanism, test, processes, amount, slots) -> (elapsed_ns, round_trips).
+ * slots: (semaphore, event A, event B) of the futex backend, referenced by this
+ * process (ignored by the floors). */
+PyObject *nts_bench_sync(PyObject *mod, PyObject *args) {
+    int mech, test, processes;
+    unsigned long long amount;
+    unsigned int slot_sem = 0, slot_a = 0, slot_b = 0;
+    if (!PyArg_ParseTuple(args, "iipK|(III)", &mech, &test, &processes, &amount, &slot_sem, &slot_a, &slot_b))
+        return NULL;
+    if (mech < MECH_FLOOR_FUTEX || mech > MECH_FLOOR_FUTEX_FIFO || test < TEST_CONTENDED || test > TEST_ZIGZAG) {
+        PyErr_SetString(PyExc_ValueError, "unknown mechanism or test");
+        return NULL;
+    }
+    nts_arena *arena = NULL;
+    if (mech == MECH_FUTEX && !(arena = nts_sync_py_arena()))
+        return NULL;
+    shared *s = mmap(NULL, sizeof *s, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (s == MAP_FAILED)
+        return nts_raise_errno(errno, "mmap");
+    memset(s, 0, sizeof *s);
+    s->mech = mech;
+    s->test = test;
+    s->amount = amount;
+    s->arena = arena;
+    s->slot_sem = slot_sem;
+    s->slot_a = slot_a;
+    s->slot_b = slot_b;
+    s->sem.value = 1;
+    s->hsem.count = 1;
+    s->efd_sem = s->efd_a = s->efd_b = -1;
+    int err = 0;
+    if (mech == MECH_FLOOR_EVENTFD) {
+        s->efd_sem = eventfd(1, EFD_SEMAPHORE | EFD_CLOEXEC);
+        s->efd_a = eventfd(0, EFD_CLOEXEC);
+        s->efd_b = eventfd(0, EFD_CLOEXEC);
+        if (s->efd_sem < 0 || s->efd_a < 0 || s->efd_b < 0)
+            err = errno;
+    }
+    uint64_t elapsed = 0;
+    if (!err) {
+        Py_BEGIN_ALLOW_THREADS err = run(s, processes, &elapsed);
+        Py_END_ALLOW_THREADS
+    }
+    uint64_t round_trips = s->round_trips;
+    for (int fd_i = 0; fd_i < 3; fd_i++) {
+        int fd = fd_i == 0 ? s->efd_sem : fd_i == 1 ? s->efd_a : s->efd_b;
+        if (fd >= 0)
+            close(fd);
+    }
+    munmap(s, sizeof *s);
+    if (err)
+        return nts_raise_errno(err, "bench_sync");
+    return Py_BuildValue("KK", (unsigned long long)elapsed, (unsigned long long)round_trips);
+}

@@ -1,0 +1,208 @@
+"""The futex backend's own mechanisms: the shared arena's bookkeeping (references across
+fork, reclaiming what dead processes and exited threads leave), the name table, and
+waits interrupted by signals.  The shared semantics are tested on every backend elsewhere."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from required import require_sync_backend
+
+from ntshim import _core
+from ntshim.sync import AbandonedError, Event, Mutex, Semaphore, futex, wait_any
+
+pytestmark = pytest.mark.usefixtures("_futex")
+
+
+@pytest.fixture
+def _futex() -> None:
+    require_sync_backend("futex")
+
+
+def usage(table: str) -> int:
+    return _core.sync_usage()[table][0]
+
+
+def run_child(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_arena_file_is_private_to_the_user() -> None:
+    info = os.stat(futex.arena_path())
+    assert info.st_uid == os.geteuid()
+    assert stat.S_IMODE(info.st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(futex.arena_path())).st_mode) == 0o700
+
+
+def test_closing_the_last_handle_frees_the_object_and_its_name() -> None:
+    before = usage("objects")
+    event = Event(manual=True, name="futex-test-free", backend="futex")
+    again = Event.open("futex-test-free", backend="futex")
+    assert usage("objects") == before + 1
+    event.close()
+    assert usage("objects") == before + 1  # `again` still holds it
+    again.close()
+    assert usage("objects") == before
+    with pytest.raises(FileNotFoundError):
+        Event.open("futex-test-free", backend="futex")
+
+
+def test_name_table_survives_many_inserts_and_removals() -> None:
+    # Enough names that linear-probing clusters form; removing every other one moves
+    # later cluster members back, and each survivor must still be found by name.
+    events = [Event(manual=False, name=f"futex-test-name-{i}", backend="futex") for i in range(3000)]
+    for e in events[::2]:
+        e.close()
+    for i in range(1, 3000, 2):
+        with Event.open(f"futex-test-name-{i}", backend="futex") as e:
+            assert not e.created
+    for i in range(0, 3000, 2):
+        with pytest.raises(FileNotFoundError):
+            Event.open(f"futex-test-name-{i}", backend="futex")
+    for e in events[1::2]:
+        e.close()
+
+
+def test_a_forked_child_keeps_what_it_inherited_after_the_parent_closes_it() -> None:
+    sem = Semaphore(0, 5, backend="futex")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: wait until the parent has closed, then use the inherited handle
+        os.close(w)
+        os.read(r, 1)
+        try:
+            sem.release(3)
+            os._exit(0 if sem.read() == (3, 5) else 1)
+        finally:  # whatever happened, never return into pytest in the child
+            os._exit(2)
+    os.close(r)
+    state = sem._handle.state()
+    sem.close()
+    os.write(w, b"x")
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The child exited: the next process to register reclaims its reference, and with
+    # it the object.
+    proc = run_child("""
+        from ntshim.sync import Event
+        Event(manual=True, backend="futex").close()
+    """)
+    assert proc.returncode == 0, proc.stderr
+    with pytest.raises(FileNotFoundError):
+        futex.Futex.from_state("semaphore", state)
+
+
+def test_a_killed_process_gives_back_its_references_and_abandons_its_mutexes() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import sys, time
+            from ntshim.sync import Event, Mutex, wait_any
+            objects = [Event(manual=True, name=f"futex-test-killed-{i}", backend="futex") for i in range(50)]
+            m = Mutex(name="futex-test-killed-mutex", backend="futex")
+            wait_any([m])
+            print("ready", flush=True)
+            time.sleep(60)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    mutex = Mutex.open("futex-test-killed-mutex", backend="futex")
+    Event.open("futex-test-killed-0", backend="futex").close()
+    proc.kill()
+    proc.wait()
+    with pytest.raises(AbandonedError):
+        wait_any([mutex], 5)
+    assert mutex.unlock() == 1
+    mutex.close()
+    # Another process registering sweeps the dead one: its 50 events (ours was closed) go.
+    child = run_child("""
+        from ntshim.sync import Event
+        Event(manual=True, backend="futex").close()
+    """)
+    assert child.returncode == 0, child.stderr
+    for i in range(50):
+        with pytest.raises(FileNotFoundError):
+            Event.open(f"futex-test-killed-{i}", backend="futex")
+
+
+def test_thread_blocks_are_given_back_when_threads_exit() -> None:
+    sem = Semaphore(100, 100, backend="futex")
+    wait_any([sem])  # this thread's block exists from here on
+    before = usage("threads")
+    threads = [threading.Thread(target=wait_any, args=([sem],)) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sem.read() == (79, 100)
+    assert usage("threads") == before
+
+
+def test_a_signal_during_a_wait_acquires_nothing() -> None:
+    sem = Semaphore(0, 1, backend="futex")
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        start = time.monotonic()
+        with pytest.raises(Interrupted):
+            wait_any([sem], 30)
+        assert time.monotonic() - start < 30  # the signal ended the wait, not the timeout
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert sem.release() == 0
+    assert sem.read() == (1, 1)  # the interrupted waiter was no longer queued
+
+
+def test_a_signal_whose_handler_returns_lets_the_wait_go_on() -> None:
+    sem = Semaphore(0, 1, backend="futex")
+    calls = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: calls.append(signum))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        threading.Timer(0.3, sem.release).start()
+        assert wait_any([sem], 30) == 0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert calls == [signal.SIGALRM]
+    assert sem.read() == (0, 1)
+
+
+def test_a_thread_exiting_while_holding_a_mutex_wakes_a_blocked_waiter() -> None:
+    mutex = Mutex(backend="futex")
+    taken, leave = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        wait_any([mutex])
+        taken.set()
+        leave.wait()
+
+    t = threading.Thread(target=holder)
+    t.start()
+    taken.wait()
+    threading.Timer(0.2, leave.set).start()
+    with pytest.raises(AbandonedError) as caught:
+        wait_any([mutex], 30)
+    assert caught.value.index == 0
+    assert mutex.read() == (threading.get_native_id(), 1)
+    t.join()
