@@ -62,6 +62,12 @@ EVENTFD_GAPS: dict[str, str] = {
 #: from running: strict expected failures only where that is guaranteed.
 NEEDS_STRICT_SIDELINE = frozenset(EVENTFD_GAPS) - {"test_wait_all_is_atomic"}
 
+#: Gaps a stress test shows by racing threads for a bounded time: it shows them in nearly
+#: every run, but a run on a machine busy enough to keep the racers apart may miss them.
+SHOWN_BY_CHANCE = {
+    "test_wait_all_is_atomic": "a bounded race; under heavy load (several suites at once) it can miss",
+}
+
 #: How long a waiter thread is given to block before we check that it has not returned.  The
 #: waiter announces itself just before it calls the wait (``Waiter.started``), so this only
 #: covers the last few Python lines and the backend's registration of the wait.
@@ -94,8 +100,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         reason = EVENTFD_GAPS.get(test)
         if reason is None:
             continue
-        strict = test not in NEEDS_STRICT_SIDELINE or SIDELINE_IS_STRICT
-        if not strict:
+        strict = (test not in NEEDS_STRICT_SIDELINE or SIDELINE_IS_STRICT) and test not in SHOWN_BY_CHANCE
+        if test in SHOWN_BY_CHANCE:
+            reason += f" (not strict: {SHOWN_BY_CHANCE[test]})"
+        elif not strict:
             reason += (
                 " (not strict here: without real-time priority the test cannot keep the woken waiter "
                 "from winning the race now and then)"

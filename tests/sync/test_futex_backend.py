@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 
 import pytest
 from required import require_sync_backend
@@ -27,8 +28,9 @@ def _futex() -> None:
     require_sync_backend("futex")
 
 
-def usage(table: str) -> int:
-    return _core.sync_usage()[table][0]
+def unique(label: str) -> str:
+    # Other test runs may share this user's arena: names of their own.
+    return f"futex-test-{uuid.uuid4().hex[:12]}-{label}"
 
 
 def run_child(code: str) -> subprocess.CompletedProcess[str]:
@@ -45,30 +47,33 @@ def test_arena_file_is_private_to_the_user() -> None:
 
 
 def test_closing_the_last_handle_frees_the_object_and_its_name() -> None:
-    before = usage("objects")
-    event = Event(manual=True, name="futex-test-free", backend="futex")
-    again = Event.open("futex-test-free", backend="futex")
-    assert usage("objects") == before + 1
+    name = unique("free")
+    event = Event(manual=True, name=name, backend="futex")
+    again = Event.open(name, backend="futex")
+    state = event._handle.state()
     event.close()
-    assert usage("objects") == before + 1  # `again` still holds it
+    assert not again.set()  # `again` still holds it
+    futex.Futex.from_state("event", state).close()
     again.close()
-    assert usage("objects") == before
     with pytest.raises(FileNotFoundError):
-        Event.open("futex-test-free", backend="futex")
+        futex.Futex.from_state("event", state)
+    with pytest.raises(FileNotFoundError):
+        Event.open(name, backend="futex")
 
 
 def test_name_table_survives_many_inserts_and_removals() -> None:
     # Enough names that linear-probing clusters form; removing every other one moves
     # later cluster members back, and each survivor must still be found by name.
-    events = [Event(manual=False, name=f"futex-test-name-{i}", backend="futex") for i in range(3000)]
+    stem = unique("name")
+    events = [Event(manual=False, name=f"{stem}-{i}", backend="futex") for i in range(3000)]
     for e in events[::2]:
         e.close()
     for i in range(1, 3000, 2):
-        with Event.open(f"futex-test-name-{i}", backend="futex") as e:
+        with Event.open(f"{stem}-{i}", backend="futex") as e:
             assert not e.created
     for i in range(0, 3000, 2):
         with pytest.raises(FileNotFoundError):
-            Event.open(f"futex-test-name-{i}", backend="futex")
+            Event.open(f"{stem}-{i}", backend="futex")
     for e in events[1::2]:
         e.close()
 
@@ -104,12 +109,13 @@ def test_a_forked_child_keeps_what_it_inherited_after_the_parent_closes_it() -> 
 
 
 def test_a_killed_process_gives_back_its_references_and_abandons_its_mutexes() -> None:
+    stem = unique("killed")
     proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent("""
+        [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
             from ntshim.sync import Event, Mutex, wait_any
-            objects = [Event(manual=True, name=f"futex-test-killed-{i}", backend="futex") for i in range(50)]
-            m = Mutex(name="futex-test-killed-mutex", backend="futex")
+            objects = [Event(manual=True, name=f"{stem}-{{i}}", backend="futex") for i in range(50)]
+            m = Mutex(name="{stem}-mutex", backend="futex")
             wait_any([m])
             print("ready", flush=True)
             time.sleep(60)
@@ -118,8 +124,8 @@ def test_a_killed_process_gives_back_its_references_and_abandons_its_mutexes() -
     )
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"
-    mutex = Mutex.open("futex-test-killed-mutex", backend="futex")
-    Event.open("futex-test-killed-0", backend="futex").close()
+    mutex = Mutex.open(f"{stem}-mutex", backend="futex")
+    Event.open(f"{stem}-0", backend="futex").close()
     proc.kill()
     proc.wait()
     with pytest.raises(AbandonedError):
@@ -134,20 +140,20 @@ def test_a_killed_process_gives_back_its_references_and_abandons_its_mutexes() -
     assert child.returncode == 0, child.stderr
     for i in range(50):
         with pytest.raises(FileNotFoundError):
-            Event.open(f"futex-test-killed-{i}", backend="futex")
+            Event.open(f"{stem}-{i}", backend="futex")
 
 
 def test_thread_blocks_are_given_back_when_threads_exit() -> None:
     sem = Semaphore(100, 100, backend="futex")
     wait_any([sem])  # this thread's block exists from here on
-    before = usage("threads")
+    before = _core.sync_usage()["threads_here"]
     threads = [threading.Thread(target=wait_any, args=([sem],)) for _ in range(20)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert sem.read() == (79, 100)
-    assert usage("threads") == before
+    assert _core.sync_usage()["threads_here"] == before
 
 
 def test_a_signal_during_a_wait_acquires_nothing() -> None:

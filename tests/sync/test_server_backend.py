@@ -347,8 +347,19 @@ def test_a_client_stuffing_descriptors_is_dropped() -> None:
     try:
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
         request = srv.frame(srv.SEM_READ, srv.U64.pack(witness._handle.key))
-        for _ in range(4):  # frames that take no descriptors, each carrying four
+        answers: list[tuple[int, int, bytes]] = []
+        # Frames that take no descriptors, each carrying four, sent one at a time: the next
+        # goes out only once this one is answered, when the connection is known to be open.
+        # (Sent blindly, a frame behind the one that gets the client dropped races with the
+        # drop: it is queued, or refused with EPIPE if the server got there first.)
+        for _ in range(4):
             sock.sendmsg([request], rights)
+            if not sock.recv(1, socket.MSG_PEEK):  # the end of the connection, not an answer
+                break
+            answers.append(read_reply(sock))
+        else:
+            pytest.fail("four frames of unused descriptors, and the client is still connected")
+        assert answers == [(srv.SEM_READ, srv.OK, srv.II.pack(1, 3))] * len(answers)
         assert dropped(sock)
     finally:
         for fd in fds:

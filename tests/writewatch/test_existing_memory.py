@@ -121,10 +121,13 @@ def test_numpy_array_with_partial_first_and_last_page(backend: str) -> None:
 
 
 def test_numpy_fortran_order_and_large_arrays(backend: str) -> None:
-    big = np.zeros((512, 1024), dtype=np.float64, order="F")  # 4 MiB: numpy may use huge pages
+    # 64 MiB: numpy may use huge pages.  Above glibc's largest mmap threshold (32 MiB), so
+    # the array gets a mapping of its own: a smaller one may come from the heap, where other
+    # threads' allocations share its partial edge pages and write them.
+    big = np.zeros((8192, 1024), dtype=np.float64, order="F")
     with ntshim.memory.watch(big, backend=backend) as w:
         big[5, 7] = 1.0
-        offset = big.ctypes.data + (7 * 512 + 5) * 8 - w.address  # Fortran order
+        offset = big.ctypes.data + (7 * 8192 + 5) * 8 - w.address  # Fortran order
         assert pages(w.dirty()) == [offset // PS]
 
 

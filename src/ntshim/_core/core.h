@@ -171,6 +171,17 @@ void nts_writers_stop(nts_writer_pool *pool, uint64_t *writes, uint64_t *ns);
 PyObject *nts_floor_writewatch(PyObject *mod, PyObject *args, PyObject *kw);
 PyObject *nts_native_reader(PyObject *mod, PyObject *args);
 
+/* A spin-wait hint to the CPU (lets the other hyperthread run, saves power). */
+static inline void nts_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield" ::: "memory");
+#else
+    __asm__ volatile("" ::: "memory");
+#endif
+}
+
 /* ---- NT synchronization objects in shared memory (sync.c; bindings in sync_module.c) ---- */
 #include <time.h>
 #define NTS_SYNC_MAX_WAIT 64
@@ -203,8 +214,9 @@ int nts_sync_event_read(nts_arena *a, uint32_t slot, int *manual, int *signaled)
  * arrived first: then nothing was acquired. */
 int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, const struct timespec *deadline,
                   uint32_t owner, uint32_t alert, uint32_t *index, int *abandoned);
-/* Objects, thread blocks, references and processes in use, and the capacities. */
-void nts_sync_usage(nts_arena *a, uint32_t used[4], uint32_t capacity[4]);
+/* Objects, thread blocks, references and processes in use, and the capacities;
+ * used[4]: the thread blocks of this process. */
+void nts_sync_usage(nts_arena *a, uint32_t used[5], uint32_t capacity[4]);
 extern PyMethodDef nts_sync_methods[];
 /* The arena ntshim.sync.futex attached, or NULL with RuntimeError set. */
 nts_arena *nts_sync_py_arena(void);

@@ -78,6 +78,7 @@ struct thr {
     uint32_t gen, in_use, proc, tid;
     uint32_t signaled;     /* futex: WAITING, or the index handed over */
     uint32_t poke;         /* futex: bumped when a mutex we wait for changes holder */
+    uint32_t sleeping;     /* in futex_waitv (else spinning or running): whether a hand-off must wake */
     uint32_t owner, all, count, alert, abandoned, held, queued, next_free;
     struct entry e[NQ];
 };
@@ -135,6 +136,11 @@ static pid_t g_pid;
 static __thread uint32_t tls_thr;
 static __thread pid_t tls_pid;
 static pthread_key_t g_thread_key;
+/* How long a waiter spins before sleeping, when there is another CPU for the
+ * signaller to run on: a contended hand-off then costs a cache-line transfer, not
+ * two context switches. */
+static unsigned g_spin;
+#define SPIN_ON_SMP 300
 
 /* ---------------------------------------------------------------- futexes */
 
@@ -371,8 +377,12 @@ static void acquire(nts_arena *a, uint32_t ti, uint32_t oi) {
 static void hand_over(nts_arena *a, uint32_t ti, uint32_t index) {
     struct thr *t = thr_at(a, ti);
     dequeue(a, ti);
-    store(&t->signaled, index);
-    futex_wake(&t->signaled, 1);
+    /* Store, then look whether it sleeps; the waiter says it sleeps, then futex_waitv
+     * looks at the word: with full fences one of the two sees the other's store. */
+    __atomic_store_n(&t->signaled, index, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&t->sleeping, __ATOMIC_SEQ_CST))
+        futex_wake(&t->signaled, 1);
 }
 
 static int waiter_dead(nts_arena *a, uint32_t ti) {
@@ -709,6 +719,7 @@ int nts_sync_format(int fd) {
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static void init_once(void) {
     g_pid = getpid();
+    g_spin = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? SPIN_ON_SMP : 0;
     pthread_key_create(&g_thread_key, thread_exit);
     pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
@@ -1060,11 +1071,18 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
         o->refs++;
     }
     t->queued = 1;
-    for (;;) {
+    for (unsigned spin = g_spin;; spin = 0) {
         struct nts_futex_waitv w[NTS_FUTEX_WAITV_MAX];
         size_t n = watch_set(a, ti, w);
         arena_unlock(a);
+        for (unsigned i = 0; i < spin && load(&t->signaled) == WAITING; i++)
+            nts_cpu_relax();
+        if (load(&t->signaled) != WAITING)
+            break;
+        __atomic_store_n(&t->sleeping, 1, __ATOMIC_SEQ_CST);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
         long r = n ? syscall(SYS_futex_waitv, w, n, 0, deadline, CLOCK_MONOTONIC) : -1;
+        __atomic_store_n(&t->sleeping, 0, __ATOMIC_RELAXED);
         int why = n == 0 ? EAGAIN : r < 0 ? errno : 0;
         if (load(&t->signaled) != WAITING)
             break; /* handed over: the signaller did everything */
@@ -1097,13 +1115,15 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
 
 size_t nts_sync_arena_size(void) { return ARENA_SIZE; }
 
-void nts_sync_usage(nts_arena *a, uint32_t used[4], uint32_t capacity[4]) {
-    memset(used, 0, 4 * sizeof *used);
+void nts_sync_usage(nts_arena *a, uint32_t used[5], uint32_t capacity[4]) {
+    memset(used, 0, 5 * sizeof *used);
     arena_lock(a);
     for (uint32_t i = 1; i <= a->h->obj_hw; i++)
         used[0] += a->o[i].kind != 0;
-    for (uint32_t i = 1; i <= a->h->thr_hw; i++)
+    for (uint32_t i = 1; i <= a->h->thr_hw; i++) {
         used[1] += a->t[i].in_use;
+        used[4] += a->t[i].in_use && a->proc && a->t[i].proc == a->proc && a->pid == g_pid;
+    }
     for (uint32_t i = 1; i <= a->h->ref_hw; i++)
         used[2] += a->r[i].proc != 0;
     for (uint32_t i = 1; i <= a->h->proc_hw; i++)
