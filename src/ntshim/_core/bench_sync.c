@@ -4,9 +4,10 @@
  *   floor-futex    a futex counter with a waiter count (what sem_t does): the raw
  *                  mechanism, shared futexes as cross-process objects need
  *   floor-futex-fifo  the same futex mechanism with the hand-off NT objects
- *                  require: a release with a waiter queued grants it to that waiter
- *                  (FIFO) instead of letting the releaser take it back, so every
- *                  contended acquisition costs a context switch, as in ntsync
+ *                  require (a release with a waiter queued grants it to that waiter,
+ *                  FIFO, instead of letting the releaser take it back) and the same
+ *                  waiting policy as ntshim's futex backend: spin SYNC_SPIN pauses
+ *                  before sleeping, wake only a sleeper.  The like-for-like floor.
  *   floor-eventfd  eventfd: EFD_SEMAPHORE for the semaphore, a plain one per event
  *   futex          ntshim's futex backend through its C entry points (sync.c):
  *                  what a native caller of ntshim gets
@@ -36,6 +37,8 @@ struct fsem {
     uint32_t value, waiters;
 };
 
+static int g_smp; /* more than one CPU online: spinning can pay */
+
 /* A lock on a shared futex (nts_lock's futexes are process-private). */
 static void shared_lock(uint32_t *w) {
     uint32_t c = 0;
@@ -54,7 +57,7 @@ static void shared_unlock(uint32_t *w) {
  * side that a release sets to grant the unit to that (queued) side. */
 struct hsem {
     uint32_t lock;
-    uint32_t count, queued[2], nqueued, granted[2];
+    uint32_t count, queued[2], nqueued, granted[2], sleeping[2];
 };
 
 static void hsem_wait(struct hsem *s, int me) {
@@ -67,8 +70,14 @@ static void hsem_wait(struct hsem *s, int me) {
     s->granted[me] = 0;
     s->queued[s->nqueued++] = (uint32_t)me;
     shared_unlock(&s->lock);
-    while (!__atomic_load_n(&s->granted[me], __ATOMIC_ACQUIRE))
+    for (unsigned i = 0; i < (g_smp ? NTS_SYNC_SPIN : 0) && !__atomic_load_n(&s->granted[me], __ATOMIC_ACQUIRE); i++)
+        nts_cpu_relax();
+    while (!__atomic_load_n(&s->granted[me], __ATOMIC_ACQUIRE)) {
+        __atomic_store_n(&s->sleeping[me], 1, __ATOMIC_SEQ_CST);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
         syscall(SYS_futex, &s->granted[me], FUTEX_WAIT, 0, NULL, NULL, 0);
+        __atomic_store_n(&s->sleeping[me], 0, __ATOMIC_RELAXED);
+    }
 }
 
 static void hsem_post(struct hsem *s) {
@@ -81,9 +90,12 @@ static void hsem_post(struct hsem *s) {
     uint32_t to = s->queued[0];
     s->queued[0] = s->queued[1];
     s->nqueued--;
-    __atomic_store_n(&s->granted[to], 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&s->granted[to], 1, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    int sleeps = __atomic_load_n(&s->sleeping[to], __ATOMIC_SEQ_CST);
     shared_unlock(&s->lock);
-    syscall(SYS_futex, &s->granted[to], FUTEX_WAKE, 1, NULL, NULL, 0);
+    if (sleeps)
+        syscall(SYS_futex, &s->granted[to], FUTEX_WAKE, 1, NULL, NULL, 0);
 }
 
 /* Everything both sides touch; MAP_SHARED so that forked sides share it too. */
@@ -285,6 +297,7 @@ PyObject *nts_bench_sync(PyObject *mod, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "unknown mechanism or test");
         return NULL;
     }
+    g_smp = sysconf(_SC_NPROCESSORS_ONLN) > 1;
     nts_arena *arena = NULL;
     if (mech == MECH_FUTEX && !(arena = nts_sync_py_arena()))
         return NULL;

@@ -186,6 +186,8 @@ static inline void nts_cpu_relax(void) {
 #include <time.h>
 #define NTS_SYNC_MAX_WAIT 64
 #define NTS_SYNC_MAX_NAME 255
+/* Pauses a waiter spins before it sleeps, on machines with more than one CPU. */
+#define NTS_SYNC_SPIN 300
 enum { NTS_SYNC_SEMAPHORE = 1, NTS_SYNC_MUTEX = 2, NTS_SYNC_EVENT = 3 };
 enum { NTS_SYNC_EVENT_SET, NTS_SYNC_EVENT_RESET, NTS_SYNC_EVENT_PULSE };
 typedef struct nts_arena nts_arena;

@@ -140,7 +140,6 @@ static pthread_key_t g_thread_key;
  * signaller to run on: a contended hand-off then costs a cache-line transfer, not
  * two context switches. */
 static unsigned g_spin;
-#define SPIN_ON_SMP 300
 
 /* ---------------------------------------------------------------- futexes */
 
@@ -719,7 +718,7 @@ int nts_sync_format(int fd) {
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static void init_once(void) {
     g_pid = getpid();
-    g_spin = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? SPIN_ON_SMP : 0;
+    g_spin = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? NTS_SYNC_SPIN : 0;
     pthread_key_create(&g_thread_key, thread_exit);
     pthread_atfork(fork_prepare, fork_parent, fork_child);
 }

@@ -1,6 +1,12 @@
 /* Python bindings of sync.c: one arena per process, objects named by slot.
- * The GIL is released around every call (another process may hold the arena
- * lock); errors become OSError subclasses by errno, except EOVERFLOW. */
+ * Errors become OSError subclasses by errno, except EOVERFLOW.
+ *
+ * The GIL: waits release it, after one attempt with it held (an object that is
+ * already signaled costs no GIL round trip).  Releases, sets, reads keep it, as
+ * threading.Lock.release does: they hold the arena lock for a few hundred
+ * nanoseconds, and handing the GIL to the thread they wake and taking it back
+ * would cost far more.  Creation and opening, which may sweep dead processes
+ * (reading /proc), release it. */
 #include "core.h"
 
 #include <errno.h>
@@ -113,7 +119,7 @@ static PyObject *py_unref(PyObject *self, PyObject *args) {
     nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
-    int err = CALL(nts_sync_unref(a, slot));
+    int err = nts_sync_unref(a, slot);
     return err ? fail(err, "sync close") : Py_NewRef(Py_None);
 }
 
@@ -125,7 +131,7 @@ static PyObject *py_sem_release(PyObject *self, PyObject *args) {
     if (!a)
         return NULL;
     uint32_t prev;
-    int err = CALL(nts_sync_sem_release(a, slot, n, &prev));
+    int err = nts_sync_sem_release(a, slot, n, &prev);
     return err ? fail(err, "semaphore release") : PyLong_FromUnsignedLong(prev);
 }
 
@@ -137,7 +143,7 @@ static PyObject *py_sem_read(PyObject *self, PyObject *args) {
     if (!a)
         return NULL;
     uint32_t count, max;
-    int err = CALL(nts_sync_sem_read(a, slot, &count, &max));
+    int err = nts_sync_sem_read(a, slot, &count, &max);
     return err ? fail(err, "semaphore read") : Py_BuildValue("II", count, max);
 }
 
@@ -149,7 +155,7 @@ static PyObject *py_mutex_unlock(PyObject *self, PyObject *args) {
     if (!a)
         return NULL;
     uint32_t prev;
-    int err = CALL(nts_sync_mutex_unlock(a, slot, owner, &prev));
+    int err = nts_sync_mutex_unlock(a, slot, owner, &prev);
     return err ? fail(err, "mutex unlock: not the owner") : PyLong_FromUnsignedLong(prev);
 }
 
@@ -160,7 +166,7 @@ static PyObject *py_mutex_kill(PyObject *self, PyObject *args) {
     nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
-    int err = CALL(nts_sync_mutex_kill(a, slot, owner));
+    int err = nts_sync_mutex_kill(a, slot, owner);
     return err ? fail(err, "mutex kill: not the owner") : Py_NewRef(Py_None);
 }
 
@@ -173,7 +179,7 @@ static PyObject *py_mutex_read(PyObject *self, PyObject *args) {
         return NULL;
     uint32_t owner, count;
     int abandoned;
-    int err = CALL(nts_sync_mutex_read(a, slot, &owner, &count, &abandoned));
+    int err = nts_sync_mutex_read(a, slot, &owner, &count, &abandoned);
     return err ? fail(err, "mutex read") : Py_BuildValue("IIO", owner, count, abandoned ? Py_True : Py_False);
 }
 
@@ -190,7 +196,7 @@ static PyObject *py_event(PyObject *self, PyObject *args) {
     if (!a)
         return NULL;
     int prev;
-    int err = CALL(nts_sync_event_op(a, slot, op, &prev));
+    int err = nts_sync_event_op(a, slot, op, &prev);
     return err ? fail(err, "event") : PyBool_FromLong(prev);
 }
 
@@ -202,7 +208,7 @@ static PyObject *py_event_read(PyObject *self, PyObject *args) {
     if (!a)
         return NULL;
     int manual, signaled;
-    int err = CALL(nts_sync_event_read(a, slot, &manual, &signaled));
+    int err = nts_sync_event_read(a, slot, &manual, &signaled);
     return err ? fail(err, "event read") : Py_BuildValue("OO", manual ? Py_True : Py_False, signaled ? Py_True : Py_False);
 }
 
@@ -245,10 +251,14 @@ static PyObject *py_wait(PyObject *self, PyObject *args) {
         deadline.tv_nsec = (long)(ns % 1000000000);
         dp = &deadline;
     }
-    for (;;) {
+    static const struct timespec poll = {0, 0};
+    for (int attempt = 0;; attempt++) {
         uint32_t index;
         int abandoned;
-        int err = CALL(nts_sync_wait(a, slots, (uint32_t)count, all, dp, owner, alert, &index, &abandoned));
+        int err = attempt == 0 ? nts_sync_wait(a, slots, (uint32_t)count, all, &poll, owner, alert, &index, &abandoned)
+                               : CALL(nts_sync_wait(a, slots, (uint32_t)count, all, dp, owner, alert, &index, &abandoned));
+        if (err == ETIMEDOUT && attempt == 0)
+            continue; /* nothing signaled yet: now wait for real, without the GIL */
         if (!err)
             return Py_BuildValue("IO", index, abandoned ? Py_True : Py_False);
         if (err == ETIMEDOUT) {

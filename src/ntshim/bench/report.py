@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import sync as sy
 from .writewatch import FLOOR_OF, REFERENCES, Measurement, Reference, backend_of, ratios, targets
 
 
@@ -132,6 +133,92 @@ def writewatch_plot(results: Sequence[Measurement], path: str | Path, references
     axes[1].set_xlabel("threads pages delay(ms) random reset-flag")
     axes[0].legend(ncol=4, fontsize="small")
     axes[0].set_title("ntshim write watches: every backend beside its kernel floor (hatched), this machine")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- ntshim bench sync ----------------------------------------------------------------------
+
+
+def sync_table(results: Sequence[sy.Measurement], show_references: bool = True) -> Any:
+    """Per test, every subject's median ns per operation, and its ratio to the floors."""
+    from rich.table import Table
+
+    mode = "processes" if results and results[0].processes else "threads"
+    table = Table(
+        title=f"sync, two {mode}: ns per acquisition (contended) / per round trip (zigzag), median; "
+        "ratios to the floors measured in this run",
+        title_justify="left",
+        caption="floor:futex lets a releaser take the unit back (sem_t); floor:futex-fifo hands it over "
+        "as NT objects must, with ntshim's waiting policy",
+        caption_justify="left",
+    )
+    for column, justify in [("test", "left"), ("subject", "left"), ("ns/op", "right"), ("ops/s", "right"),
+                            ("x floor:futex", "right"), ("x floor:futex-fifo", "right")]:
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    tests = list(dict.fromkeys(m.test for m in results))
+    for n, test in enumerate(tests):
+        floors = {m.subject: m.median for m in results if m.test == test and m.kind == "floor" and m.samples}
+        for m in (m for m in results if m.test == test and m.samples):
+            plain, fifo = floors.get("floor:futex"), floors.get("floor:futex-fifo")
+            table.add_row(
+                test, m.subject, _number(m.median, 0), _number(1e9 / m.median, 0),
+                _ratio(m.median / plain if plain and m.kind != "floor" else None),
+                _ratio(m.median / fifo if fifo and m.kind != "floor" else None),
+                style="dim" if m.kind == "floor" else None,
+            )
+        if show_references:
+            for ref in (r for r in sy.REFERENCES if r.test == test):
+                table.add_row(test, f"[italic]{ref.source}[/italic]", _number(ref.ns_per_op, 0), "", "", "",
+                              style="dim")
+        if n < len(tests) - 1:
+            table.add_section()
+    return table
+
+
+def sync_targets_text(results: Sequence[sy.Measurement]) -> list[str]:
+    return [f"{'held' if t.held else 'MISSED'}: {t.description} ({t.detail})" for t in sy.targets(list(results))]
+
+
+def sync_json(results: Sequence[sy.Measurement], machine: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "benchmark": "sync",
+        "machine": machine,
+        "settings": settings,
+        "unit": "ns per acquisition (contended) / ns per round trip (zigzag)",
+        "results": [
+            {"test": m.test, "subject": m.subject, "kind": m.kind, "processes": m.processes, "amount": m.amount,
+             "median": m.median, "samples": m.samples}
+            for m in results if m.samples
+        ],
+        "targets": [t.__dict__ for t in sy.targets(list(results))],
+        "references": [{**r.__dict__, "note": "measured elsewhere, on other hardware"} for r in sy.REFERENCES],
+    }
+
+
+def sync_plot(results: Sequence[sy.Measurement], path: str | Path) -> None:
+    """ns per operation per subject, one panel per test, log scale (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'ntshim[plot]'") from None
+    tests = list(dict.fromkeys(m.test for m in results))
+    fig, axes = plt.subplots(1, len(tests), figsize=(6 * len(tests), 5), squeeze=False)
+    colors = {"floor": "#999999", "native": "#1f77b4", "python": "#2ca02c", "baseline": "#d62728"}
+    for ax, test in zip(axes[0], tests):
+        rows = [m for m in results if m.test == test and m.samples]
+        ax.barh([m.subject for m in rows], [m.median for m in rows], color=[colors[m.kind] for m in rows],
+                hatch=None)
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_xlabel("ns per acquisition" if test == "contended" else "ns per round trip")
+        ax.set_title(f"{test} ({'processes' if rows and rows[0].processes else 'threads'})")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("ntshim sync: grey floors (minimal C), blue native, green Python API, red Python's own tools")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

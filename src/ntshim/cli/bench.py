@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from .. import _kernel
 from ..bench import report
+from ..bench import sync as sy
 from ..bench import writewatch as ww
 from ..writewatch import registry
 
@@ -30,7 +32,7 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 
 class BenchCommand:
     name = "bench"
-    help = "benchmarks: `ntshim bench writewatch` (every backend beside the kernel floor)"
+    help = "benchmarks: `ntshim bench writewatch`, `ntshim bench sync` (every backend beside the kernel floor)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         which = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
@@ -53,8 +55,72 @@ class BenchCommand:
         p.add_argument("--quick", action="store_true", help="a short run (under 20 s): no native rows")
         p.add_argument("--json", metavar="FILE", help="write every figure as JSON")
         p.add_argument("--plot", metavar="FILE.png", help="plot write ns and get us (needs ntshim[plot])")
+        p.set_defaults(benchmark_run=self._writewatch)
+
+        q = which.add_parser(
+            "sync",
+            help="contended wait and zigzag for every sync backend, Python's own tools and the raw mechanisms",
+            description="contended: two sides loop wait -> release on one semaphore (count 1, max 1) for "
+            "ITERATIONS acquisitions in total; zigzag: side 1 sets auto event A and waits on B, side 2 "
+            "waits on A and sets B, for SECONDS.  Sides are threads, or processes with --processes.",
+        )
+        q.add_argument("--test", choices=("contended", "zigzag", "all"), default="all")
+        q.add_argument("--iterations", type=_positive(int), default=50_000, help="contended: acquisitions (default 50000)")
+        q.add_argument("--seconds", type=_positive(float), default=1.0, help="zigzag: seconds (default 1)")
+        q.add_argument("--backend", default="all", help="a sync backend name, or all (default)")
+        q.add_argument("--processes", action="store_true", help="two processes (named objects) instead of threads")
+        q.add_argument("--repeat", type=_positive(int), default=3, help="repeats, interleaved; medians (default 3)")
+        q.add_argument("--json", metavar="FILE", help="write every figure as JSON")
+        q.add_argument("--plot", metavar="FILE.png", help="plot ns per operation (needs ntshim[plot])")
+        q.set_defaults(benchmark_run=self._sync)
 
     def run(self, args: argparse.Namespace) -> int:
+        return int(args.benchmark_run(args))
+
+    def _sync(self, args: argparse.Namespace) -> int:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        console = Console(width=None if sys.stdout.isatty() else 150)
+        try:
+            backends = sy.available_backends(args.backend)
+        except ValueError as e:
+            raise SystemExit(f"ntshim bench sync: {e}") from None
+        if not backends:
+            raise SystemExit(f"ntshim bench sync: {args.backend} is unavailable here (see ntshim info)")
+        tests = list(sy.TESTS) if args.test == "all" else [args.test]
+        subjects = sy.subjects(backends, args.processes)
+        total = len(tests) * len(subjects) * args.repeat
+        console.print(f"{len(tests)} test(s) x {len(subjects)} subjects x {args.repeat} repeat(s)")
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), console=console, transient=True
+        ) as progress:
+            task = progress.add_task("", total=total)
+            results = sy.run(
+                backends, tests, args.processes, args.iterations, args.seconds, args.repeat,
+                lambda what: progress.update(task, advance=1, description=f"{what:<28}"),
+            )
+        console.print(report.sync_table(results))
+        for line in report.sync_targets_text(results):
+            console.print(line)
+        settings = {"tests": tests, "subjects": subjects, "iterations": args.iterations, "seconds": args.seconds,
+                    "repeat": args.repeat, "processes": args.processes, "command": " ".join(sys.argv)}
+        self._save(args, console, lambda: report.sync_json(results, _kernel.machine(), settings),
+                   lambda path: report.sync_plot(results, path))
+        return 0
+
+    @staticmethod
+    def _save(args: argparse.Namespace, console: Any, data: Callable[[], dict[str, Any]],
+              plot: Callable[[str], None]) -> None:
+        """--json and --plot, if asked for."""
+        if args.json:
+            report.write_json(data(), args.json)
+            console.print(f"JSON: {args.json}")
+        if args.plot:
+            plot(args.plot)
+            console.print(f"plot: {args.plot}")
+
+    def _writewatch(self, args: argparse.Namespace) -> int:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -84,19 +150,15 @@ class BenchCommand:
         else:
             for line in report.targets_text(results):
                 console.print(line)
-        if args.json:
-            settings = {
-                "rows": [r.__dict__ for r in rows],
-                "subjects": subjects,
-                "seconds": seconds,
-                "repeat": repeat,
-                "command": " ".join(sys.argv),
-            }
-            report.write_json(report.writewatch_json(results, _kernel.machine(), settings), args.json)
-            console.print(f"JSON: {args.json}")
-        if args.plot:
-            report.writewatch_plot(results, args.plot)
-            console.print(f"plot: {args.plot}")
+        settings = {
+            "rows": [r.__dict__ for r in rows],
+            "subjects": subjects,
+            "seconds": seconds,
+            "repeat": repeat,
+            "command": " ".join(sys.argv),
+        }
+        self._save(args, console, lambda: report.writewatch_json(results, _kernel.machine(), settings),
+                   lambda path: report.writewatch_plot(results, path))
         return 0
 
     @staticmethod

@@ -1,0 +1,314 @@
+"""The two micro-benchmarks NT synchronization implementations are judged by (the msync
+README's), for every sync backend, Python's own tools, and the raw mechanisms, in one run.
+
+- *contended wait*: two sides share one semaphore (count 1, maximum 1); each loops
+  wait → release until ``iterations`` acquisitions are done in total.  Figure: ns per
+  acquisition (elapsed / iterations).
+- *zigzag*: two auto-reset events A and B; side 1 sets A and waits on B, side 2 waits on A
+  and sets B, for ``seconds``.  Figure: ns per round trip (seconds / round trips).
+
+Sides are two threads, or with ``processes`` two processes (named objects, opened by name
+in the children).  Subjects:
+
+- ``floor:futex``, ``floor:futex-fifo``, ``floor:eventfd``: the raw mechanism driven by
+  minimal C (``_core/bench_sync.c``).  ``floor:futex`` lets a releaser take the unit back
+  at once (what ``sem_t`` does); ``floor:futex-fifo`` hands it to the queued waiter as NT
+  objects must, so each contended acquisition costs a context switch.
+- ``native:futex``: the same C loops through ntshim's futex backend (what a C caller gets).
+- ``futex``, ``server``, ``eventfd``: the public Python API, ``wait_any`` / ``release`` /
+  ``set`` (what a Python caller gets).
+- ``threading`` and ``multiprocessing``: Python's nearest tools (``Semaphore``; ``Event``
+  waited on and cleared as an auto-reset event).
+
+docs/benchmarks.md has the details and how to read the results.
+"""
+
+from __future__ import annotations
+
+import mmap
+import multiprocessing
+import statistics
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import _core
+from ..sync import Event, Semaphore, registry, wait_any
+
+TESTS = ("contended", "zigzag")
+FLOORS = {"floor:futex": 0, "floor:eventfd": 1, "floor:futex-fifo": 3}
+NATIVE = {"native:futex": 2}
+BASELINES = ("threading", "multiprocessing")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A figure from the msync README, measured on other hardware (Apple silicon, Wine):
+    for orientation, not comparison."""
+
+    test: str
+    source: str
+    ns_per_op: float
+
+
+#: contended: 10,000,000 iterations, seconds; zigzag: round trips in 2 s.
+REFERENCES = tuple(
+    [Reference("contended", f"{name} (msync README)", seconds / 10_000_000 * 1e9)
+     for name, seconds in (("msync with ulock", 3.792806), ("msync", 5.891094), ("esync", 7.423686),
+                           ("server-side sync, over", 170.0))]
+    + [Reference("zigzag", f"{name} (msync README)", 2e9 / trips)
+       for name, trips in (("msync with ulock", 401605), ("msync", 270545), ("esync", 222675),
+                           ("server-side sync", 60309))]
+)
+
+
+@dataclass
+class Measurement:
+    test: str
+    subject: str
+    processes: bool
+    amount: float  # iterations (contended) or seconds (zigzag)
+    samples: list[float] = field(default_factory=list)  # ns per acquisition / per round trip
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def kind(self) -> str:
+        if self.subject in FLOORS:
+            return "floor"
+        if self.subject in NATIVE:
+            return "native"
+        return "baseline" if self.subject in BASELINES else "python"
+
+
+def subjects(backends: Iterable[str], processes: bool) -> list[str]:
+    """Every subject of a run: floors, native, the backends asked for, Python's tools."""
+    out = [*FLOORS]
+    if "futex" in backends:
+        out += list(NATIVE)
+    out += list(backends)
+    out += ["multiprocessing"] if processes else list(BASELINES)
+    return out
+
+
+def available_backends(requested: str) -> list[str]:
+    names = list(registry.NAMES) if requested == "all" else [requested]
+    for name in names:
+        if name not in registry.NAMES:
+            raise ValueError(f"unknown sync backend {name!r}; choose from {', '.join(registry.NAMES)} or all")
+    return [n for n in names if registry.backend_class(n).availability().available]
+
+
+# ---- the sides, in Python ----------------------------------------------------------------
+
+
+class _Ops:
+    """wait / signal / make for one Python subject; events are auto-reset."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+
+    def semaphore(self, name: str | None) -> Any:
+        if self.subject == "threading":
+            return threading.Semaphore(1)
+        if self.subject == "multiprocessing":
+            return multiprocessing.get_context("fork").Semaphore(1)
+        return Semaphore(1, 1, name=name, backend=self.subject)
+
+    def event(self, name: str | None) -> Any:
+        if self.subject == "threading":
+            return threading.Event()
+        if self.subject == "multiprocessing":
+            return multiprocessing.get_context("fork").Event()
+        return Event(manual=False, name=name, backend=self.subject)
+
+    def functions(self) -> tuple[Callable[[Any], Any], Callable[[Any], Any], Callable[[Any], Any]]:
+        """(wait on a semaphore, wait on an auto event, signal either)."""
+        if self.subject in BASELINES:
+            def wait_event(e: Any) -> None:
+                e.wait()
+                e.clear()
+            return (lambda s: s.acquire()), wait_event, _signal
+        return (lambda o: wait_any([o])), (lambda o: wait_any([o])), _signal
+
+
+def _signal(obj: Any) -> None:
+    # Semaphore.release / Event.set for ours and Python's alike.
+    (obj.release if hasattr(obj, "release") else obj.set)()
+
+
+_FLAGS = struct.Struct("=qqqqq")  # start ns side 1, end side 1, start side 2, end side 2, round trips
+
+
+def _side(subject: str, test: str, number: int, objects: tuple[Any, ...], amount: float, board: mmap.mmap) -> None:
+    wait_sem, wait_event, signal = _Ops(subject).functions()
+    start = time.monotonic_ns()
+    if test == "contended":
+        sem = objects[0]
+        for _ in range(int(amount) // 2 + (int(amount) % 2 if number == 0 else 0)):
+            wait_sem(sem)
+            signal(sem)
+    elif number == 0:
+        a, b = objects
+        deadline = start + int(amount * 1e9)
+        trips = 0
+        while time.monotonic_ns() < deadline:
+            signal(a)
+            wait_event(b)
+            trips += 1
+        board[32:33] = b"\1"  # quit: the next A only lets side 2 out
+        signal(a)
+        _put(board, 4, trips)
+    else:
+        a, b = objects
+        while True:
+            wait_event(a)
+            if board[32:33] == b"\1":
+                break
+            signal(b)
+    _put(board, number * 2, start)
+    _put(board, number * 2 + 1, time.monotonic_ns())
+
+
+def _put(board: mmap.mmap, index: int, value: int) -> None:
+    board[index * 8 + 40 : index * 8 + 48] = struct.pack("=q", value)
+
+
+def _get(board: mmap.mmap, index: int) -> int:
+    return int(struct.unpack("=q", board[index * 8 + 40 : index * 8 + 48])[0])
+
+
+def _python_once(subject: str, test: str, processes: bool, amount: float) -> float:
+    ops = _Ops(subject)
+    stem = f"ntshim-bench-{uuid.uuid4().hex[:12]}" if processes and subject not in BASELINES else None
+    named = (lambda label: f"{stem}-{label}") if stem else (lambda label: None)
+    objects: tuple[Any, ...] = (
+        (ops.semaphore(named("sem")),) if test == "contended" else (ops.event(named("a")), ops.event(named("b")))
+    )
+    board = mmap.mmap(-1, 4096)  # shared with forked children: quit flag and timings
+    try:
+        if processes:
+            context = multiprocessing.get_context("fork")
+            children = [
+                context.Process(target=_child, args=(subject, test, n, objects, stem, amount, board))
+                for n in range(2)
+            ]
+            for c in children:
+                c.start()
+            for c in children:
+                c.join()
+                if c.exitcode != 0:
+                    raise RuntimeError(f"{subject} {test}: a side process failed (exit code {c.exitcode})")
+        else:
+            threads = [threading.Thread(target=_side, args=(subject, test, n, objects, amount, board)) for n in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        elapsed = max(_get(board, 1), _get(board, 3)) - min(_get(board, 0), _get(board, 2))
+        if test == "contended":
+            return elapsed / amount
+        return amount * 1e9 / max(_get(board, 4), 1)
+    finally:
+        board.close()
+        for obj in objects:
+            if hasattr(obj, "close") and subject not in BASELINES:
+                obj.close()
+
+
+def _child(subject: str, test: str, number: int, objects: tuple[Any, ...], stem: str | None, amount: float,
+           board: mmap.mmap) -> None:
+    if stem is not None:  # the issue's "named objects": open them by name, as another program would
+        labels = ("sem",) if test == "contended" else ("a", "b")
+        kind = Semaphore if test == "contended" else Event
+        objects = tuple(kind.open(f"{stem}-{label}", backend=subject) for label in labels)
+    _side(subject, test, number, objects, amount, board)
+
+
+# ---- one measurement ---------------------------------------------------------------------
+
+
+def measure_once(subject: str, test: str, processes: bool, amount: float) -> float:
+    """ns per acquisition (contended, ``amount`` iterations) or per round trip (zigzag,
+    ``amount`` seconds)."""
+    if subject in FLOORS or subject in NATIVE:
+        slots: tuple[int, ...] = ()
+        keep: list[Any] = []
+        if subject in NATIVE:
+            keep = [Semaphore(1, 1, backend="futex"), Event(manual=False, backend="futex"),
+                    Event(manual=False, backend="futex")]
+            slots = tuple(o._handle.slot for o in keep)
+        mechanism = {**FLOORS, **NATIVE}[subject]
+        n = int(amount) if test == "contended" else int(amount * 1e9)
+        try:
+            elapsed, trips = _core.bench_sync(mechanism, TESTS.index(test), processes, n, *(
+                (slots,) if slots else ()))
+        finally:
+            for obj in keep:
+                obj.close()
+        return elapsed / n if test == "contended" else elapsed / max(trips, 1)
+    return _python_once(subject, test, processes, amount)
+
+
+def run(
+    backends: list[str], tests: Iterable[str], processes: bool, iterations: int, seconds: float, repeat: int,
+    progress: Callable[[str], None] | None = None,
+) -> list[Measurement]:
+    """Every subject on every test, ``repeat`` times interleaved (a slow moment of the
+    machine then hits every subject alike), medians."""
+    results = [
+        Measurement(test, subject, processes, iterations if test == "contended" else seconds)
+        for test in tests
+        for subject in subjects(backends, processes)
+    ]
+    for _ in range(repeat):
+        for m in results:
+            if progress:
+                progress(f"{m.test} {m.subject}")
+            m.samples.append(measure_once(m.subject, m.test, processes, m.amount))
+    return results
+
+
+# ---- targets (issue 6), measured, never asserted -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    description: str
+    held: bool
+    detail: str
+
+
+def _median(results: list[Measurement], test: str, subject: str) -> float | None:
+    for m in results:
+        if m.test == test and m.subject == subject and m.samples:
+            return m.median
+    return None
+
+
+def targets(results: list[Measurement]) -> list[Target]:
+    out = []
+    mode = "processes" if results and results[0].processes else "threads"
+    for test in TESTS:
+        native, floor, fifo = (_median(results, test, s) for s in ("native:futex", "floor:futex", "floor:futex-fifo"))
+        if native and floor:
+            detail = f"{native / floor:.2f}x floor:futex"
+            if fifo:
+                detail += f", {native / fifo:.2f}x floor:futex-fifo"
+            out.append(Target(f"native:futex within 1.3x of the futex floor, {test}, {mode}", native <= 1.3 * floor,
+                              detail))
+        futex = _median(results, test, "futex")
+        for other, factor, tests in (("eventfd", 3, ("contended",)), ("server", 10, TESTS),
+                                     ("multiprocessing", 1, TESTS)):
+            theirs = _median(results, test, other)
+            if futex and theirs and test in tests:
+                out.append(Target(
+                    f"futex (Python) {'faster than' if factor == 1 else f'{factor}x faster than'} {other}, "
+                    f"{test}, {mode}", theirs >= factor * futex, f"{theirs / futex:.1f}x"))
+    return out

@@ -1,0 +1,82 @@
+"""``ntshim bench sync``: every subject measured on both tests, threads and processes, every
+figure in the JSON, the plot drawn, targets computed from the numbers.  Timing is not
+asserted: the benchmark measures speed; these tests check that it measures, and that the
+native loops really ping-pong (a loop that skipped its waits would report nonsense)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ntshim import _core
+from ntshim.bench import sync as sy
+from ntshim.sync import Event, Semaphore
+from ntshim.sync import registry as sync_registry
+
+
+def bench(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k != sync_registry.ENV_VAR}
+    return subprocess.run(
+        [sys.executable, "-m", "ntshim", "bench", "sync", *args],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=environment, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_every_subject_on_both_tests_json_and_plot(tmp_path: Path, processes: bool) -> None:
+    proc = bench(
+        "--iterations", "2000", "--seconds", "0.1", "--repeat", "2", "--json", "out.json", "--plot", "out.png",
+        *(["--processes"] if processes else []), tmp_path=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "out.json").read_text())
+    available = [b.backend for b in sync_registry.backends() if b.available]
+    expected = sy.subjects(available, processes)
+    assert "floor:futex" in expected and "multiprocessing" in expected
+    for test in sy.TESTS:
+        rows = {r["subject"]: r for r in data["results"] if r["test"] == test}
+        assert list(rows) == expected
+        for r in rows.values():
+            assert r["processes"] is processes
+            assert len(r["samples"]) == 2 and all(s > 0 for s in r["samples"])
+    assert data["settings"]["iterations"] == 2000
+    assert {r["test"] for r in data["references"]} == set(sy.TESTS)
+    assert data["targets"], "targets are computed whenever futex and its comparisons ran"
+    assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "floor:futex-fifo" in proc.stdout and ("held" in proc.stdout or "MISSED" in proc.stdout)
+
+
+def test_one_test_one_backend(tmp_path: Path) -> None:
+    proc = bench("--test", "zigzag", "--backend", "server", "--seconds", "0.1", "--repeat", "1", "--json", "o.json",
+                 tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    subjects = {r["subject"] for r in json.loads((tmp_path / "o.json").read_text())["results"]}
+    assert subjects == {*sy.FLOORS, "server", "threading", "multiprocessing"}  # no native row: futex not asked
+
+
+def test_unknown_backend_is_refused(tmp_path: Path) -> None:
+    proc = bench("--backend", "nope", tmp_path=tmp_path)
+    assert proc.returncode != 0
+    assert "unknown sync backend 'nope'" in proc.stderr
+
+
+@pytest.mark.parametrize("mechanism", [*sy.FLOORS, *sy.NATIVE])
+@pytest.mark.parametrize("processes", [False, True])
+def test_native_loops_really_alternate(mechanism: str, processes: bool) -> None:
+    keep = [Semaphore(1, 1, backend="futex"), Event(manual=False, backend="futex"), Event(manual=False, backend="futex")]
+    slots = tuple(o._handle.slot for o in keep)  # type: ignore[attr-defined]
+    code = {**sy.FLOORS, **sy.NATIVE}[mechanism]
+    elapsed, trips = _core.bench_sync(code, sy.TESTS.index("zigzag"), processes, 100_000_000, slots)
+    assert trips > 0 and elapsed >= 100_000_000
+    elapsed, _ = _core.bench_sync(code, sy.TESTS.index("contended"), processes, 10_000, slots)
+    assert elapsed > 0
+    # The loops leave the objects as they found them: every wait was matched by a signal.
+    assert keep[0].read() == (1, 1)
+    assert keep[1].read() == (False, False) and keep[2].read() == (False, False)
+    for obj in keep:
+        obj.close()
