@@ -8,7 +8,9 @@ fastest mechanism the running kernel offers, with honest fallbacks::
     memoryview(region)[8192] = 1
     region.dirty(reset=True).offsets     # array('Q', [8192])
 
-See ``ntshim info`` for what this machine supports.
+NT synchronization objects (events, semaphores, mutexes, wait-any / wait-all across
+processes, abandoned mutexes) are in :mod:`ntshim.sync`; the Win32 API itself in
+:mod:`ntshim.win32`.  See ``ntshim info`` for what this machine supports.
 """
 
 from __future__ import annotations

@@ -145,15 +145,25 @@ def test_a_killed_process_gives_back_its_references_and_abandons_its_mutexes() -
 
 def test_thread_blocks_are_given_back_when_threads_exit() -> None:
     sem = Semaphore(100, 100, backend="futex")
-    wait_any([sem])  # this thread's block exists from here on
-    before = _core.sync_usage()["threads_here"]
-    threads = [threading.Thread(target=wait_any, args=([sem],)) for _ in range(20)]
+    leave = threading.Event()
+    ids: list[int] = []
+
+    def take_one_and_stay() -> None:
+        ids.append(threading.get_native_id())
+        wait_any([sem])  # this gives the thread its block
+        leave.wait()
+
+    threads = [threading.Thread(target=take_one_and_stay) for _ in range(20)]
     for t in threads:
         t.start()
+    while sem.read()[0] > 80:
+        time.sleep(0.01)
+    assert set(ids) <= set(_core.sync_usage()["thread_ids_here"])  # each live thread has a block
+    leave.set()
     for t in threads:
         t.join()
-    assert sem.read() == (79, 100)
-    assert _core.sync_usage()["threads_here"] == before
+    assert sem.read() == (80, 100)
+    assert not set(ids) & set(_core.sync_usage()["thread_ids_here"])  # and gave it back on exit
 
 
 def test_a_signal_during_a_wait_acquires_nothing() -> None:

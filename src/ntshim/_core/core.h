@@ -217,8 +217,8 @@ int nts_sync_event_read(nts_arena *a, uint32_t slot, int *manual, int *signaled)
 int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, const struct timespec *deadline,
                   uint32_t owner, uint32_t alert, uint32_t *index, int *abandoned);
 /* Objects, thread blocks, references and processes in use, and the capacities;
- * used[4]: the thread blocks of this process. */
-void nts_sync_usage(nts_arena *a, uint32_t used[5], uint32_t capacity[4]);
+ * and the thread ids of this process's blocks (at most *ntids; *ntids set to the number). */
+void nts_sync_usage(nts_arena *a, uint32_t used[4], uint32_t capacity[4], uint32_t *tids, size_t *ntids);
 extern PyMethodDef nts_sync_methods[];
 /* The arena ntshim.sync.futex attached, or NULL with RuntimeError set. */
 nts_arena *nts_sync_py_arena(void);

@@ -1114,14 +1114,17 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
 
 size_t nts_sync_arena_size(void) { return ARENA_SIZE; }
 
-void nts_sync_usage(nts_arena *a, uint32_t used[5], uint32_t capacity[4]) {
-    memset(used, 0, 5 * sizeof *used);
+void nts_sync_usage(nts_arena *a, uint32_t used[4], uint32_t capacity[4], uint32_t *tids, size_t *ntids) {
+    size_t max_tids = *ntids;
+    *ntids = 0;
+    memset(used, 0, 4 * sizeof *used);
     arena_lock(a);
     for (uint32_t i = 1; i <= a->h->obj_hw; i++)
         used[0] += a->o[i].kind != 0;
     for (uint32_t i = 1; i <= a->h->thr_hw; i++) {
         used[1] += a->t[i].in_use;
-        used[4] += a->t[i].in_use && a->proc && a->t[i].proc == a->proc && a->pid == g_pid;
+        if (a->t[i].in_use && a->proc && a->t[i].proc == a->proc && a->pid == g_pid && *ntids < max_tids)
+            tids[(*ntids)++] = a->t[i].tid;
     }
     for (uint32_t i = 1; i <= a->h->ref_hw; i++)
         used[2] += a->r[i].proc != 0;

@@ -278,11 +278,25 @@ static PyObject *py_usage(PyObject *self, PyObject *unused) {
     nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
-    uint32_t used[5], cap[4];
-    Py_BEGIN_ALLOW_THREADS nts_sync_usage(a, used, cap);
-    Py_END_ALLOW_THREADS return Py_BuildValue("{s(II)s(II)s(II)s(II)sI}", "objects", used[0], cap[0], "threads", used[1],
-                                               cap[1], "references", used[2], cap[2], "processes", used[3], cap[3],
-                                               "threads_here", used[4]);
+    uint32_t used[4], cap[4];
+    size_t ntids = 4096; /* every thread block could be ours */
+    uint32_t *tids = PyMem_RawMalloc(ntids * sizeof *tids);
+    if (!tids)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS nts_sync_usage(a, used, cap, tids, &ntids);
+    Py_END_ALLOW_THREADS PyObject *ids = PyList_New((Py_ssize_t)ntids);
+    for (size_t i = 0; ids && i < ntids; i++) {
+        PyObject *tid = PyLong_FromUnsignedLong(tids[i]);
+        if (!tid)
+            Py_CLEAR(ids);
+        else
+            PyList_SET_ITEM(ids, (Py_ssize_t)i, tid);
+    }
+    PyMem_RawFree(tids);
+    if (!ids)
+        return NULL;
+    return Py_BuildValue("{s(II)s(II)s(II)s(II)sN}", "objects", used[0], cap[0], "threads", used[1], cap[1],
+                         "references", used[2], cap[2], "processes", used[3], cap[3], "thread_ids_here", ids);
 }
 
 /* futex_waitv(NULL, 0, ...) fails with EINVAL where the call exists (Linux 5.16+), ENOSYS where not. */
@@ -297,7 +311,8 @@ PyMethodDef nts_sync_methods[] = {
     {"sync_format", py_format, METH_VARARGS, "sync_format(fd): size and initialize a new sync arena file"},
     {"sync_attach", py_attach, METH_VARARGS, "sync_attach(fd): map the sync arena (once per process)"},
     {"sync_usage", py_usage, METH_NOARGS,
-     "sync_usage() -> {table: (used, capacity)} for objects, threads, references, processes, and threads_here: this process's thread blocks (reclaims nothing)"},
+     "sync_usage() -> {table: (used, capacity)} for objects, threads, references, processes, and "
+     "thread_ids_here: the threads of this process that have a block (reclaims nothing)"},
     {"sync_detach", py_detach, METH_NOARGS, "sync_detach(): drop every reference this process holds"},
     {"sync_create", py_create, METH_VARARGS,
      "sync_create(kind, x, y, name) -> (slot, gen, created); FileExistsError: the name is another kind"},
