@@ -8,7 +8,7 @@ from .. import _core, _kernel
 from .._arguments import as_int
 from ..writewatch import WriteWatch
 from ..writewatch.registry import check_backend
-from . import maps, protection
+from . import maps, placement, protection
 from .region import Region
 
 __all__ = ["PAGE_SIZE", "Region", "WriteWatch", "alloc", "reserve", "watch"]
@@ -16,19 +16,29 @@ __all__ = ["PAGE_SIZE", "Region", "WriteWatch", "alloc", "reserve", "watch"]
 PAGE_SIZE: int = _kernel.PAGE_SIZE
 
 
-def alloc(size: int, *, watch: bool = False, protect: str = "rw", backend: str | None = None) -> Region:
+def alloc(
+    size: int, *, below: int | None = None, watch: bool = False, protect: str = "rw", backend: str | None = None
+) -> Region:
     """Allocate ``size`` bytes of zeroed anonymous memory, rounded up to whole pages.
 
+    ``below``: place it so that its last byte lies below this address (e.g. ``4 << 30``
+    for 32-bit pointers); MemoryError when no free range fits there.
     ``protect``: ``"rw"`` (default), ``"r"``, ``"rx"``, ``"rwx"`` or ``"none"``.
     ``watch=True`` tracks writes from the start (the region then answers ``dirty()``,
     ``reset()``, ...); ``backend`` forces a write-watch backend by name (default: the
     ``NTSHIM_WRITEWATCH_BACKEND`` environment variable, else the best available).
     """
-    return _map(size, protection.parse(protect), True, watch, backend, 0)
+    return _map(size, protection.parse(protect), True, watch, backend, 0, below=below)
 
 
 def reserve(
-    size: int, *, address: int | None = None, align: int = 0, watch: bool = False, backend: str | None = None
+    size: int,
+    *,
+    address: int | None = None,
+    below: int | None = None,
+    align: int = 0,
+    watch: bool = False,
+    backend: str | None = None,
 ) -> Region:
     """Reserve ``size`` bytes of address space (rounded up to whole pages) without
     committing memory: the pages are inaccessible and cost nothing until
@@ -37,7 +47,8 @@ def reserve(
     ``address`` places the reservation exactly there (page aligned); FileExistsError when
     anything is mapped in the way (nothing is ever replaced).  ``align`` (bytes, a power of
     two; default a page) aligns the start address, as Windows aligns reservations to
-    64 KiB.  ``watch`` and ``backend`` as for :func:`alloc`; committed pages start clean.
+    64 KiB.  ``below`` as for :func:`alloc` (with ``address``, the range must end below it).
+    ``watch`` and ``backend`` as for :func:`alloc`; committed pages start clean.
     """
     align = as_int(align, "align")
     if align < 0 or align & (align - 1):
@@ -46,11 +57,34 @@ def reserve(
         address = as_int(address, "address")
         if address <= 0 or address % max(align, PAGE_SIZE):
             raise ValueError(f"address must be a positive multiple of {max(align, PAGE_SIZE):#x}, got {address:#x}")
-    return _map(size, 0, False, watch, backend, align, address or 0)
+    return _map(size, 0, False, watch, backend, align, address or 0, below=below)
+
+
+def _check_below(below: object, size: int, address: int) -> int | None:
+    if below is None:
+        return None
+    bound = as_int(below, "below")
+    if bound > placement.USER_SPACE_END:
+        raise ValueError(f"below={bound:#x} is beyond the end of the user address space ({placement.USER_SPACE_END:#x})")
+    if bound < size + placement.mmap_min_addr():
+        raise ValueError(
+            f"below={bound:#x} leaves no room for {size:#x} bytes above the lowest mappable address "
+            f"({placement.mmap_min_addr():#x}, vm.mmap_min_addr)"
+        )
+    if address and address + size > bound:
+        raise ValueError(f"address {address:#x} + size {size:#x} does not end below {bound:#x}")
+    return bound
 
 
 def _map(
-    size: object, prot: int, commit: bool, watch: object, backend: str | None, align: int, address: int = 0
+    size: object,
+    prot: int,
+    commit: bool,
+    watch: object,
+    backend: str | None,
+    align: int,
+    address: int = 0,
+    below: object = None,
 ) -> Region:
     size = as_int(size, "size")
     if size <= 0:
@@ -62,7 +96,13 @@ def _map(
     if watch:
         check_backend(backend)
     rounded = -(-size // PAGE_SIZE) * PAGE_SIZE
-    region = Region(rounded, prot, address=address, align=align)
+    bound = _check_below(below, rounded, address)
+    if bound is not None and not address:
+        region = placement.place_below(
+            rounded, bound, max(align, PAGE_SIZE), lambda at: Region(rounded, prot, address=at, align=align)
+        )
+    else:
+        region = Region(rounded, prot, address=address, align=align)
     if not commit:
         region._committed = bytearray(len(region._committed))
     if watch:
