@@ -171,6 +171,9 @@ void nts_writers_stop(nts_writer_pool *pool, uint64_t *writes, uint64_t *ns);
 PyObject *nts_floor_writewatch(PyObject *mod, PyObject *args, PyObject *kw);
 PyObject *nts_native_reader(PyObject *mod, PyObject *args);
 
+/* ---- address-space placement (placement.c) ---- */
+extern PyMethodDef nts_placement_methods[];
+
 /* A spin-wait hint to the CPU (lets the other hyperthread run, saves power). */
 static inline void nts_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)

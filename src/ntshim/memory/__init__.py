@@ -9,25 +9,48 @@ from .._arguments import as_int
 from ..writewatch import WriteWatch
 from ..writewatch.registry import check_backend
 from . import maps, placement, protection
+from .alias import Alias, alias
+from .limit import AddressSpaceLimit, limit_address_space
 from .region import Region
 
-__all__ = ["PAGE_SIZE", "Region", "WriteWatch", "alloc", "reserve", "watch"]
+__all__ = [
+    "PAGE_SIZE",
+    "AddressSpaceLimit",
+    "Alias",
+    "Region",
+    "WriteWatch",
+    "alias",
+    "alloc",
+    "limit_address_space",
+    "reserve",
+    "watch",
+]
 
 PAGE_SIZE: int = _kernel.PAGE_SIZE
 
 
 def alloc(
-    size: int, *, below: int | None = None, watch: bool = False, protect: str = "rw", backend: str | None = None
+    size: int,
+    *,
+    below: int | None = None,
+    zero_bits: int | None = None,
+    watch: bool = False,
+    protect: str = "rw",
+    backend: str | None = None,
 ) -> Region:
     """Allocate ``size`` bytes of zeroed anonymous memory, rounded up to whole pages.
 
     ``below``: place it so that its last byte lies below this address (e.g. ``4 << 30``
     for 32-bit pointers); MemoryError when no free range fits there.
+    ``zero_bits``: the same bound given as ``NtAllocateVirtualMemory`` gives it (1 → below
+    2 GiB, ``0xFFFFFFFF`` → below 4 GiB, ...; see :func:`placement.zero_bits_limit`);
+    ValueError for values Windows refuses, or together with ``below``.
     ``protect``: ``"rw"`` (default), ``"r"``, ``"rx"``, ``"rwx"`` or ``"none"``.
     ``watch=True`` tracks writes from the start (the region then answers ``dirty()``,
     ``reset()``, ...); ``backend`` forces a write-watch backend by name (default: the
     ``NTSHIM_WRITEWATCH_BACKEND`` environment variable, else the best available).
     """
+    below = _zero_bits_bound(below, zero_bits, size)
     return _map(size, protection.parse(protect), True, watch, backend, 0, below=below)
 
 
@@ -36,6 +59,7 @@ def reserve(
     *,
     address: int | None = None,
     below: int | None = None,
+    zero_bits: int | None = None,
     align: int = 0,
     watch: bool = False,
     backend: str | None = None,
@@ -47,8 +71,9 @@ def reserve(
     ``address`` places the reservation exactly there (page aligned); FileExistsError when
     anything is mapped in the way (nothing is ever replaced).  ``align`` (bytes, a power of
     two; default a page) aligns the start address, as Windows aligns reservations to
-    64 KiB.  ``below`` as for :func:`alloc` (with ``address``, the range must end below it).
-    ``watch`` and ``backend`` as for :func:`alloc`; committed pages start clean.
+    64 KiB.  ``below`` and ``zero_bits`` as for :func:`alloc` (with ``address``, the range
+    must end below the bound).  ``watch`` and ``backend`` as for :func:`alloc`; committed
+    pages start clean.
     """
     align = as_int(align, "align")
     if align < 0 or align & (align - 1):
@@ -57,7 +82,28 @@ def reserve(
         address = as_int(address, "address")
         if address <= 0 or address % max(align, PAGE_SIZE):
             raise ValueError(f"address must be a positive multiple of {max(align, PAGE_SIZE):#x}, got {address:#x}")
+    below = _zero_bits_bound(below, zero_bits, size, address)
     return _map(size, 0, False, watch, backend, align, address or 0, below=below)
+
+
+def _zero_bits_bound(below: int | None, zero_bits: int | None, size: object, address: int | None = None) -> int | None:
+    """``below``, or the bound ``zero_bits`` sets instead (placement.zero_bits_limit)."""
+    if zero_bits is None:
+        return below
+    if below is not None:
+        raise ValueError("below and zero_bits both bound the address: give one of them")
+    bound = placement.zero_bits_limit(zero_bits)
+    if bound is None or bound > placement.USER_SPACE_END:
+        return None  # a mask wider than the address space bounds nothing
+    # A legal zero_bits can still leave no room (21 allows only the first 2 KiB): that is a
+    # request nothing can satisfy, as on Windows (STATUS_NO_MEMORY), not a bad argument.
+    rounded = -(-as_int(size, "size") // PAGE_SIZE) * PAGE_SIZE
+    if address is None and rounded > 0 and bound - rounded < placement.mmap_min_addr():
+        raise MemoryError(
+            f"zero_bits keeps memory below {bound:#x}: no room there for {rounded:#x} bytes above "
+            f"vm.mmap_min_addr ({placement.mmap_min_addr():#x})"
+        )
+    return bound
 
 
 def _check_below(below: object, size: int, address: int) -> int | None:

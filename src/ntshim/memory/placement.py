@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from .._arguments import as_int
 from .._kernel import PAGE_SIZE
 from . import maps
 
@@ -40,6 +41,7 @@ def _gaps() -> list[tuple[int, int]]:
     out = []
     cursor = mmap_min_addr()
     for lo, hi, _prot, _path in maps._mappings():
+        lo = min(lo, USER_SPACE_END)  # [vsyscall] lies beyond the user address space
         if lo > cursor:
             out.append((cursor, lo))
         cursor = max(cursor, hi)
@@ -77,3 +79,48 @@ def place_below(size: int, below: int, align: int, map_at: Callable[[int], T]) -
         except FileExistsError:
             continue  # another thread mapped there after we read the maps: look again
     raise MemoryError(f"other threads took every free range below {below:#x} {ATTEMPTS} times in a row")
+
+
+# ---- NtAllocateVirtualMemory's zero_bits -------------------------------------------------------
+
+#: The largest count of leading zero bits NtAllocateVirtualMemory accepts: 21 leaves only
+#: addresses below 2 KiB, which no allocation can get, but the value itself is legal.
+ZERO_BITS_MAX_COUNT = 21
+#: From here on a zero_bits value is a mask (x64 only; 32-bit Windows refuses it); between
+#: 33 and this value it is refused, so that a count cannot be mistaken for a mask.
+ZERO_BITS_MIN_MASK = 0xFFFF
+
+
+def zero_bits_limit(zero_bits: int) -> int | None:
+    """The exclusive address bound that ``NtAllocateVirtualMemory``'s ``zero_bits`` sets on
+    x64: the allocation's last byte must lie below it.  None for 0 (no bound).
+
+    - 1 to 21: how many of the 32 low address bits must be zero at the top, so the bound is
+      ``1 << (32 - zero_bits)`` (1 → 2 GiB, 2 → 1 GiB, ... 21 → 2 KiB).
+    - 32, and ``0xFFFF`` up to ``2**64 - 1``: a mask whose highest set bit is the highest
+      address bit allowed; only that bit counts, so the bound is ``1 << bit_length``
+      (``0x7FFFFFFF`` → 2 GiB, ``0xFFFFFFFF`` → 4 GiB, 32 → 64 bytes).
+
+    22 to 31 and 33 to 0xFFFE raise ValueError (Windows: STATUS_INVALID_PARAMETER_3), as do
+    negative values and values wider than 64 bits.  The rules are Wine's
+    (``dlls/ntdll/unix/virtual.c``: NtAllocateVirtualMemory and ``get_zero_bits_limit``),
+    which its tests check against Windows.
+    """
+    zero_bits = as_int(zero_bits, "zero_bits")
+    if zero_bits == 0:
+        return None
+    if zero_bits < 0 or zero_bits >> 64:
+        raise ValueError(f"zero_bits must be a ULONG_PTR (0 to 2**64 - 1), got {zero_bits:#x}")
+    if zero_bits < 32:
+        if zero_bits > ZERO_BITS_MAX_COUNT:
+            raise ValueError(
+                f"zero_bits={zero_bits} is invalid: a count of leading zero bits goes up to "
+                f"{ZERO_BITS_MAX_COUNT} (values from 32 are masks)"
+            )
+        return 1 << (32 - zero_bits)
+    if 32 < zero_bits < ZERO_BITS_MIN_MASK:
+        raise ValueError(
+            f"zero_bits={zero_bits:#x} is invalid: a mask must be 32 or at least {ZERO_BITS_MIN_MASK:#x} "
+            f"(counts go up to {ZERO_BITS_MAX_COUNT})"
+        )
+    return 1 << zero_bits.bit_length()

@@ -7,11 +7,14 @@ addresses and handles are ints (``None`` is NULL), pointer parameters are
 and set the calling thread's ``GetLastError()``.  Everything runs on :mod:`ntshim.memory`,
 the write-watch backends (``NTSHIM_WRITEWATCH_BACKEND`` chooses one) and :mod:`ntshim.sync`
 (``NTSHIM_SYNC_BACKEND`` chooses one).  Wrong Python types raise TypeError, as ctypes does.
+The ntdll functions (``NtAllocateVirtualMemory``) return an NTSTATUS instead and leave the
+last error alone, as on Windows.
 """
 
 from . import constants
 from .constants import *
 from .lasterror import GetLastError, SetLastError
+from .ntdll import NT_SUCCESS, GetCurrentProcess, NtAllocateVirtualMemory, NtCurrentProcess
 from .sync import (
     CloseHandle,
     CreateEventW,
@@ -38,6 +41,10 @@ __all__ = [  # noqa: PLE0604 - the constants' names come from constants.__all__
     "VirtualFree",
     "VirtualProtect",
     "VirtualQuery",
+    "NtAllocateVirtualMemory",
+    "NtCurrentProcess",
+    "GetCurrentProcess",
+    "NT_SUCCESS",
     "GetWriteWatch",
     "ResetWriteWatch",
     "MEMORY_BASIC_INFORMATION",

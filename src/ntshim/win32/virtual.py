@@ -1,4 +1,5 @@
-"""VirtualAlloc, VirtualFree, VirtualProtect and VirtualQuery, as Windows has them.
+"""VirtualAlloc, VirtualFree, VirtualProtect and VirtualQuery, as Windows has them, and the
+allocation work NtAllocateVirtualMemory shares with VirtualAlloc.
 
 Every allocation is an :class:`ntshim.memory.Region` (reserved, then committed in parts);
 this module adds what Windows keeps on top: the allocation table, the Win32 protection of
@@ -6,6 +7,10 @@ each page (``PAGE_EXECUTE`` and ``PAGE_EXECUTE_READ`` differ here, not in Linux)
 allocation's own protection, and the write-watch bookkeeping of ``VirtualProtect``.  The
 behaviour follows Windows as Wine's conformance tests describe it
 (``dlls/kernel32/tests/virtual.c``); ``docs/win32.md`` lists what differs.
+
+Allocation fails with an NTSTATUS (:class:`NtStatusError`), as ntdll's does on Windows:
+``NtAllocateVirtualMemory`` returns it and ``VirtualAlloc`` turns it into the Win32 error
+``RtlNtStatusToDosError`` gives, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from .. import _kernel
 from ..errors import BackendUnavailable
 from ..memory import Region, maps, reserve
 from ..memory import protection as linux_protection
+from ..memory.placement import zero_bits_limit
 from . import arguments
 from .constants import (
     ALLOCATION_GRANULARITY,
     ERROR_BUSY,
     ERROR_INVALID_ADDRESS,
+    ERROR_INVALID_HANDLE,
     ERROR_INVALID_PARAMETER,
     ERROR_NOACCESS,
     ERROR_NOT_ENOUGH_MEMORY,
@@ -48,6 +55,16 @@ from .constants import (
     PAGE_READONLY,
     PAGE_READWRITE,
     PAGE_WRITECOMBINE,
+    STATUS_ACCESS_VIOLATION,
+    STATUS_CONFLICTING_ADDRESSES,
+    STATUS_DEVICE_BUSY,
+    STATUS_INVALID_HANDLE,
+    STATUS_INVALID_PAGE_PROTECTION,
+    STATUS_INVALID_PARAMETER,
+    STATUS_INVALID_PARAMETER_3,
+    STATUS_NO_MEMORY,
+    STATUS_NOT_MAPPED_VIEW,
+    STATUS_NOT_SUPPORTED,
 )
 from .lasterror import Win32Error, win32_function
 
@@ -67,6 +84,34 @@ _BASE_PROTECTIONS = {
 }
 _CACHE_BITS = PAGE_NOCACHE | PAGE_WRITECOMBINE
 _FROM_LINUX = {linux_protection.parse(text): win for win, text in _BASE_PROTECTIONS.items()}
+_ALLOCATION_TYPES = MEM_COMMIT | MEM_RESERVE | MEM_RESET | MEM_TOP_DOWN | MEM_WRITE_WATCH
+#: NtCurrentProcess(), the pseudo handle of the calling process, as a 64-bit HANDLE value.
+CURRENT_PROCESS = (1 << 64) - 1
+
+# RtlNtStatusToDosError for the statuses this layer produces (Wine's dlls/ntdll/error.c
+# table has the same pairs).
+_DOS_ERRORS = {
+    STATUS_ACCESS_VIOLATION: ERROR_NOACCESS,
+    STATUS_CONFLICTING_ADDRESSES: ERROR_INVALID_ADDRESS,
+    STATUS_DEVICE_BUSY: ERROR_BUSY,
+    STATUS_INVALID_HANDLE: ERROR_INVALID_HANDLE,
+    STATUS_INVALID_PAGE_PROTECTION: ERROR_INVALID_PARAMETER,
+    STATUS_INVALID_PARAMETER: ERROR_INVALID_PARAMETER,
+    STATUS_INVALID_PARAMETER_3: ERROR_INVALID_PARAMETER,
+    STATUS_NO_MEMORY: ERROR_NOT_ENOUGH_MEMORY,
+    STATUS_NOT_MAPPED_VIEW: ERROR_INVALID_ADDRESS,
+    STATUS_NOT_SUPPORTED: ERROR_NOT_SUPPORTED,
+}
+
+
+class NtStatusError(Win32Error):
+    """Internal: an NT-level failure with ``status``.  The NT functions return the status;
+    it is also a Win32Error carrying the matching Win32 code, so Win32 functions that meet
+    it fail exactly as their Windows counterparts over ntdll do."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(_DOS_ERRORS[status])
+        self.status = status
 
 
 class MEMORY_BASIC_INFORMATION(ctypes.Structure):
@@ -126,14 +171,14 @@ def page_span(address: int, size: int) -> tuple[int, int]:
 
 
 def parse_protect(protect: int) -> str:
-    """A Win32 page protection as an ntshim.memory protection; Win32Error if Windows refuses it."""
+    """A Win32 page protection as an ntshim.memory protection; NtStatusError if Windows refuses it."""
     base, modifiers = protect & 0xFF, protect & ~0xFF
     if base not in _BASE_PROTECTIONS or modifiers & ~(PAGE_GUARD | _CACHE_BITS) or modifiers & _CACHE_BITS == _CACHE_BITS:
-        raise Win32Error(ERROR_INVALID_PARAMETER)
+        raise NtStatusError(STATUS_INVALID_PAGE_PROTECTION)
     if modifiers & PAGE_GUARD:
         # Guard pages report their first access as an exception (SEH), which Python
         # programs cannot receive; refuse rather than pretend.
-        raise Win32Error(ERROR_NOT_SUPPORTED)
+        raise NtStatusError(STATUS_NOT_SUPPORTED)
     return _BASE_PROTECTIONS[base]
 
 
@@ -153,46 +198,85 @@ def VirtualAlloc(address: int | None, size: int, allocation_type: int, protect: 
     size = arguments.size(size, "size")
     allocation_type = arguments.dword(allocation_type, "allocation_type")
     protect = arguments.dword(protect, "protect")
-    known = MEM_COMMIT | MEM_RESERVE | MEM_RESET | MEM_TOP_DOWN | MEM_WRITE_WATCH
-    if size == 0 or allocation_type & ~known or not allocation_type & (MEM_COMMIT | MEM_RESERVE | MEM_RESET):
-        raise Win32Error(ERROR_INVALID_PARAMETER)
+    return allocate(CURRENT_PROCESS, address, size, allocation_type, protect, 0)[0]
+
+
+def allocate(
+    process: int, address: int, size: int, allocation_type: int, protect: int, zero_bits: int
+) -> tuple[int, int]:
+    """What NtAllocateVirtualMemory and VirtualAlloc do: reserve, commit or reset pages and
+    return the ``(base, size)`` they cover; NtStatusError otherwise.  ``process`` is a
+    64-bit HANDLE value, ``zero_bits`` a ULONG_PTR.
+
+    The checks come in Wine's order (``dlls/ntdll/unix/virtual.c``: NtAllocateVirtualMemory,
+    then allocate_virtual_memory), so a call with several mistakes gets the status Wine gives.
+    """
+    if size == 0:
+        raise NtStatusError(STATUS_INVALID_PARAMETER)
+    try:
+        zero_bits_limit(zero_bits)
+    except ValueError:
+        raise NtStatusError(STATUS_INVALID_PARAMETER_3) from None
+    if allocation_type & ~_ALLOCATION_TYPES:
+        raise NtStatusError(STATUS_INVALID_PARAMETER)
+    if process != CURRENT_PROCESS:
+        # Other processes' memory is out of reach of a Python library: no process handles exist.
+        raise NtStatusError(STATUS_INVALID_HANDLE)
+    if address:
+        granule = ALLOCATION_GRANULARITY if allocation_type & MEM_RESERVE else PAGE
+        # The first 64 KiB are never given out on Windows; past the address space is nowhere.
+        if address - address % granule < ALLOCATION_GRANULARITY or page_span(address, size)[1] > USER_ADDRESS_LIMIT:
+            raise NtStatusError(STATUS_INVALID_PARAMETER)
+    elif size > USER_ADDRESS_LIMIT:
+        raise NtStatusError(STATUS_INVALID_PARAMETER)
+    if not allocation_type & (MEM_COMMIT | MEM_RESERVE | MEM_RESET):
+        raise NtStatusError(STATUS_INVALID_PARAMETER)
     with _lock:
         if allocation_type & MEM_RESET:
             if allocation_type != MEM_RESET:
-                raise Win32Error(ERROR_INVALID_PARAMETER)
+                raise NtStatusError(STATUS_INVALID_PARAMETER)
             return _reset(address, size)
         if allocation_type & MEM_WRITE_WATCH and not allocation_type & MEM_RESERVE:
-            raise Win32Error(ERROR_INVALID_PARAMETER)
+            raise NtStatusError(STATUS_INVALID_PARAMETER)
         text = parse_protect(protect)
         if allocation_type & MEM_RESERVE or address == 0:
-            allocation = _reserve(address, size, protect, bool(allocation_type & MEM_WRITE_WATCH))
+            # zero_bits only places memory the call places itself: with an address given,
+            # the address decides, as in Wine (the limit is dropped when *base is set).
+            watch = bool(allocation_type & MEM_WRITE_WATCH)
+            allocation = _reserve(address, size, protect, watch, 0 if address else zero_bits)
             if allocation_type & MEM_COMMIT:
                 _commit(allocation, 0, len(allocation.page_protect), protect, text)
-            return allocation.base
+            return allocation.base, allocation.end - allocation.base
         start, end = page_span(address, size)
         existing = find(start)
         if existing is None or end > existing.end:
-            raise Win32Error(ERROR_INVALID_ADDRESS)
+            raise NtStatusError(STATUS_NOT_MAPPED_VIEW)
         _commit(existing, (start - existing.base) // PAGE, (end - start) // PAGE, protect, text)
-        return start
+        return start, end - start
 
 
-def _reserve(address: int, size: int, protect: int, watch: bool) -> Allocation:
+def _reserve(address: int, size: int, protect: int, watch: bool, zero_bits: int) -> Allocation:
     if address:
         base = address - address % ALLOCATION_GRANULARITY
         length = page_span(address, size)[1] - base
     else:
         base, length = 0, page_span(0, size)[1]
-    if length <= 0 or base + length > USER_ADDRESS_LIMIT or (base and find(base)) or (base and find(base + length - 1)):
-        raise Win32Error(ERROR_INVALID_ADDRESS)
+    if base and (find(base) or find(base + length - 1)):
+        raise NtStatusError(STATUS_CONFLICTING_ADDRESSES)
     try:
-        region = reserve(length, address=base or None, align=ALLOCATION_GRANULARITY, watch=watch)
+        region = reserve(
+            length,
+            address=base or None,
+            zero_bits=zero_bits or None,
+            align=ALLOCATION_GRANULARITY,
+            watch=watch,
+        )
     except FileExistsError:
-        raise Win32Error(ERROR_INVALID_ADDRESS) from None
-    except MemoryError:
-        raise Win32Error(ERROR_NOT_ENOUGH_MEMORY) from None
+        raise NtStatusError(STATUS_CONFLICTING_ADDRESSES) from None
+    except MemoryError:  # no free range (under the zero_bits bound), or the kernel's refusal
+        raise NtStatusError(STATUS_NO_MEMORY) from None
     except BackendUnavailable:
-        raise Win32Error(ERROR_NOT_SUPPORTED) from None
+        raise NtStatusError(STATUS_NOT_SUPPORTED) from None
     npages = length // PAGE
     allocation = Allocation(region, protect, array("H", bytes(2 * npages)), bytearray(npages) if watch else None)
     bisect.insort(_bases, allocation.base)
@@ -203,19 +287,19 @@ def _reserve(address: int, size: int, protect: int, watch: bool) -> Allocation:
 def _commit(allocation: Allocation, first: int, count: int, protect: int, text: str) -> None:
     try:
         allocation.region.commit(first * PAGE, count * PAGE, text)
-    except BufferError:
-        raise Win32Error(ERROR_BUSY) from None
+    except BufferError:  # a Python buffer export still uses pages whose access would change
+        raise NtStatusError(STATUS_DEVICE_BUSY) from None
     allocation.page_protect[first : first + count] = array("H", [_page_word(allocation, protect)]) * count
 
 
-def _reset(address: int, size: int) -> int:
+def _reset(address: int, size: int) -> tuple[int, int]:
     """MEM_RESET: the contents of the pages are no longer of interest."""
     start, end = page_span(address, size)
     allocation = find(start)
     if allocation is None or end > allocation.end:
-        raise Win32Error(ERROR_INVALID_ADDRESS)
+        raise NtStatusError(STATUS_NOT_MAPPED_VIEW)
     allocation.region.discard(start - allocation.base, end - start)
-    return start
+    return start, end - start
 
 
 # ---- VirtualFree ---------------------------------------------------------------------------

@@ -1,0 +1,155 @@
+"""A second view of the same pages at a chosen or constrained address (low aliases for
+32-bit pointers).
+
+Shared pages can be mapped twice: ``mremap(old_size=0)`` duplicates a shared mapping
+(``mmap.mmap`` of a file or of shared memory, a memfd) without copying anything, and a
+descriptor can simply be mapped again.  Both views show the same pages, both ways, and the
+alias outlives the source's closing (it holds its own reference to the pages).  Private
+memory (malloc, numpy's own arrays, :func:`~ntshim.memory.alloc`) cannot be aliased: its
+pages belong to one mapping and the kernel copies them on write.
+
+The alias is placed as :func:`~ntshim.memory.reserve` places memory: an inaccessible
+placeholder is reserved first (never replacing anything), then the second view is moved
+onto it — so the only range ever replaced is our own.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_module
+from typing import Any
+
+from .. import _core, _kernel
+from .._arguments import as_int
+from . import placement, protection
+from .region import Region
+
+PAGE_SIZE = _kernel.PAGE_SIZE
+
+
+class Alias(Region):
+    """A second view of another mapping's pages (see :func:`alias`).  Reading, writing,
+    ``protect`` (of this view only), write watches and ``free`` work as on any region;
+    ``commit``, ``decommit`` and ``discard`` are refused: the pages belong to the source."""
+
+    def commit(self, offset: int, size: int, protect: str = "rw") -> None:
+        raise ValueError("an alias shows another mapping's pages: commit them through the source")
+
+    def decommit(self, offset: int, size: int) -> None:
+        raise ValueError("an alias shows another mapping's pages: decommitting here would not free them")
+
+    def discard(self, offset: int, size: int) -> None:
+        raise ValueError("an alias shows another mapping's pages: discard them through the source")
+
+
+def _mapping_of(address: int) -> tuple[int, int, str, str]:
+    """(start, end, permissions such as 'rw-s', path) of the mapping holding ``address``."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split(None, 5)
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= address < hi:
+                return lo, hi, fields[1], fields[5].strip() if len(fields) > 5 else ""
+    raise ValueError(f"nothing is mapped at {address:#x}")
+
+
+def _placeholder(size: int, below: int | None, address: int | None) -> Alias:
+    from . import _check_below  # the same checks as reserve()
+
+    if address is not None:
+        address = as_int(address, "address")
+        if address <= 0 or address % PAGE_SIZE:
+            raise ValueError(f"address must be a positive multiple of the page size, got {address:#x}")
+    bound = _check_below(below, size, address or 0)
+    if bound is not None and not address:
+        return placement.place_below(size, bound, PAGE_SIZE, lambda at: Alias(size, 0, address=at))
+    return Alias(size, 0, address=address or 0)
+
+
+def alias(source: Any, *, below: int | None = None, address: int | None = None) -> Alias:
+    """A second view of ``source``'s pages, placed at ``address`` or ending below ``below``
+    (default: anywhere).
+
+    ``source``: a file descriptor (a memfd, a shared-memory or regular file: its whole
+    length), or a buffer over shared memory starting on a page boundary (``mmap.mmap`` of a
+    file, of ``/dev/shm`` or anonymous ``mmap.mmap(-1, n)``; a numpy array or memoryview over
+    one).  Writes through either view are seen through the other.  The alias stays valid
+    after the source is closed.
+
+    ValueError, saying why and what to do instead, for private memory (malloc'd buffers,
+    numpy arrays of their own, ``ntshim.alloc`` regions) and for mappings the kernel cannot
+    duplicate (device memory mapped by a driver).
+    """
+    if isinstance(source, bool):
+        raise TypeError("source must be a file descriptor or a buffer over shared memory, not bool")
+    if isinstance(source, int):
+        return _alias_fd(source, below, address)
+    if isinstance(source, Region):
+        raise ValueError(  # noqa: TRY004 - a Region is a valid kind of memory, only not shareable
+            "an ntshim region is private anonymous memory: its pages cannot be shown twice. "
+            "Allocate the memory shared instead (mmap.mmap(-1, size), or a memfd: os.memfd_create) and alias that"
+        )
+    try:
+        pin = _core.Pin(source)
+    except TypeError:
+        raise TypeError(
+            f"source must be a file descriptor or a buffer over shared memory, not {type(source).__name__}"
+        ) from None
+    start, nbytes = pin.address, pin.nbytes
+    if start % PAGE_SIZE:
+        raise ValueError(f"the buffer starts at {start:#x}, not on a page boundary: alias the whole mapping instead")
+    size = -(-nbytes // PAGE_SIZE) * PAGE_SIZE
+    _lo, hi, perms, path = _mapping_of(start)
+    if start + size > hi:
+        raise ValueError("the buffer spans several mappings; alias each mapping on its own")
+    if perms[3] != "s":
+        raise ValueError(
+            f"the buffer is private memory ({path or 'anonymous'}): private pages belong to one mapping and are "
+            "copied on write, so they cannot be shown twice. Put the data in shared memory (mmap.mmap(-1, size), "
+            "a memfd, a file mapped with MAP_SHARED) and alias that"
+        )
+    view = _placeholder(size, below, address)
+    try:
+        _core.alias_onto(start, size, view.address)
+    except OSError as e:
+        view.free()
+        raise ValueError(
+            f"the kernel cannot duplicate this mapping ({path or 'anonymous'}: {e.strerror}); device memory mapped "
+            "by a driver (VM_PFNMAP) cannot be aliased: ask the driver to map it at the address you need "
+            "(as VK_EXT_map_memory_placed does)"
+        ) from None
+    _adopt(view, protection.parse(perms[:3].replace("-", "") or "none"))
+    del pin
+    return view
+
+
+def _alias_fd(fd: int, below: int | None, address: int | None) -> Alias:
+    info = os.fstat(fd)
+    if not stat_module.S_ISREG(info.st_mode):
+        raise ValueError("the descriptor is not a regular file, memfd or shared-memory object: it cannot be mapped")
+    if info.st_size <= 0:
+        raise ValueError("the file is empty: give it a size (os.ftruncate) before aliasing it")
+    size = -(-info.st_size // PAGE_SIZE) * PAGE_SIZE
+    access = os.O_ACCMODE & _fd_flags(fd)
+    prot = _core.PROT_READ | (_core.PROT_WRITE if access == os.O_RDWR else 0)
+    view = _placeholder(size, below, address)
+    try:
+        _core.map_fd_onto(fd, 0, size, prot, view.address)
+    except OSError:
+        view.free()
+        raise
+    _adopt(view, prot)
+    return view
+
+
+def _fd_flags(fd: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_GETFL)
+
+
+def _adopt(view: Alias, prot: int) -> None:
+    """The placeholder is now the alias: every page mapped with the source's access."""
+    view._committed[:] = b"\x01" * len(view._committed)
+    view._prots[:] = bytes([prot]) * len(view._prots)
+    view._export_mode = 2 if prot & _core.PROT_WRITE else 1 if prot & _core.PROT_READ else 0

@@ -1,0 +1,123 @@
+"""``alias``: a second view of shared pages at a chosen or constrained address."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ntshim
+from ntshim.memory import PAGE_SIZE, Alias, alias, placement
+
+GiB = 1 << 30
+
+
+def coherent(a: memoryview, b: memoryview) -> None:
+    a[0] = 11
+    assert b[0] == 11
+    b[len(b) - 1] = 22
+    assert a[len(a) - 1] == 22
+
+
+def test_anonymous_shared_mmap_aliased_below_4_gib_is_coherent_both_ways() -> None:
+    source = mmap.mmap(-1, 1 << 20)
+    with alias(source, below=4 * GiB) as view:
+        assert isinstance(view, Alias)
+        assert view.address + view.size <= 4 * GiB
+        assert view.size == 1 << 20
+        coherent(memoryview(source), memoryview(view))
+    source.close()
+
+
+def test_alias_at_an_exact_address() -> None:
+    source = mmap.mmap(-1, 4 * PAGE_SIZE)
+    at = placement.highest_fit(4 * PAGE_SIZE, 2 * GiB, PAGE_SIZE)
+    assert at is not None
+    with alias(source, address=at) as view:
+        assert view.address == at
+        coherent(memoryview(source), memoryview(view))
+    source.close()
+
+
+def test_file_mapping_alias_survives_closing_the_source(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    path.write_bytes(bytes(range(256)) * 64)  # 16 KiB
+    with open(path, "r+b") as f:
+        source = mmap.mmap(f.fileno(), 0)
+    view = alias(source, below=4 * GiB)
+    source.close()
+    assert bytes(memoryview(view)[:4]) == b"\x00\x01\x02\x03"
+    memoryview(view)[0] = 0xFF
+    view.free()
+    assert path.read_bytes()[0] == 0xFF  # written through to the file
+
+
+def test_memfd_and_numpy_over_shared_memory() -> None:
+    fd = os.memfd_create("ntshim-alias-test")
+    os.ftruncate(fd, 3 * PAGE_SIZE)
+    try:
+        with alias(fd, below=2 * GiB) as low, alias(fd) as anywhere:
+            assert low.address + low.size <= 2 * GiB
+            coherent(memoryview(low), memoryview(anywhere))
+            source = mmap.mmap(fd, 0)
+            array = np.frombuffer(source, dtype=np.uint8)
+            with alias(array, below=4 * GiB) as from_numpy:
+                coherent(memoryview(source), memoryview(from_numpy))
+            del array
+            source.close()
+    finally:
+        os.close(fd)
+
+
+def test_write_watch_on_an_alias(backend: str) -> None:
+    source = mmap.mmap(-1, 8 * PAGE_SIZE)
+    with alias(source, below=4 * GiB) as view, ntshim.watch(view, backend=backend) as w:
+        memoryview(view)[3 * PAGE_SIZE] = 1
+        assert list(w.dirty().offsets) == [3 * PAGE_SIZE]
+    source.close()
+
+
+def test_private_memory_is_refused_with_the_reason() -> None:
+    private = np.zeros(64 * PAGE_SIZE + PAGE_SIZE, np.uint8)
+    start = (-private.ctypes.data) % PAGE_SIZE
+    with pytest.raises(ValueError, match="private memory"):
+        alias(private[start : start + 16 * PAGE_SIZE])
+    with ntshim.alloc(PAGE_SIZE) as region, pytest.raises(ValueError, match="private anonymous"):
+        alias(region)
+    source = mmap.mmap(-1, 2 * PAGE_SIZE)
+    with pytest.raises(ValueError, match="page boundary"):
+        alias(memoryview(source)[1:])
+    source.close()
+
+
+def test_bad_sources_and_placements_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(TypeError):
+        alias(True)
+    with pytest.raises(TypeError):
+        alias("memory")
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    with open(empty, "rb") as f, pytest.raises(ValueError, match="empty"):
+        alias(f.fileno())
+    source = mmap.mmap(-1, PAGE_SIZE)
+    with pytest.raises(ValueError, match="address"):
+        alias(source, address=PAGE_SIZE + 1)
+    with pytest.raises(ValueError, match="no room"):
+        alias(source, below=PAGE_SIZE)
+    source.close()
+
+
+def test_an_alias_refuses_commit_and_decommit() -> None:
+    source = mmap.mmap(-1, PAGE_SIZE)
+    with alias(source) as view:
+        for call in (lambda: view.commit(0, PAGE_SIZE), lambda: view.decommit(0, PAGE_SIZE),
+                     lambda: view.discard(0, PAGE_SIZE)):
+            with pytest.raises(ValueError, match="alias"):
+                call()
+        view.protect(0, PAGE_SIZE, "r")  # this view only
+        source[0] = 5
+        assert memoryview(view)[0] == 5
+    source.close()
