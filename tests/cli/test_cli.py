@@ -51,6 +51,18 @@ def test_info_json_lists_the_sync_backends() -> None:
     assert forced["sync"]["forced_by_environment"] == "server"
 
 
+def test_info_reports_what_placement_can_do() -> None:
+    report = json.loads(ntshim("info", "--json").stdout)["placement"]
+    # This machine's kernel (6.18, x86-64) has every mechanism; each was tried for real.
+    assert report["map_fixed_noreplace"] is True
+    assert report["mremap_alias"] is True
+    assert report["mremap_dontunmap_shared"] is True
+    assert report["map_32bit"] is True and 0 < report["map_32bit_address"] < 2 << 30
+    with open("/proc/sys/vm/mmap_min_addr") as f:
+        assert report["mmap_min_addr"] == max(int(f.read()), os.sysconf("SC_PAGE_SIZE"))
+    assert "MAP_FIXED_NOREPLACE" in ntshim("info").stdout
+
+
 def test_info_json_reports_a_backend_forced_by_the_environment() -> None:
     proc = ntshim("info", "--json", NTSHIM_WRITEWATCH_BACKEND="shadow")
     report = json.loads(proc.stdout)

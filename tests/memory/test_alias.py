@@ -42,6 +42,37 @@ def test_alias_at_an_exact_address() -> None:
     source.close()
 
 
+def test_a_shared_region_aliased_low_sees_writes_and_outlives_the_region() -> None:
+    region = ntshim.alloc(4 * PAGE_SIZE, shared=True)
+    view = alias(region, below=2 * GiB)
+    assert view.address + view.size <= 2 * GiB
+    coherent(memoryview(region), memoryview(view))
+    region.free()
+    assert memoryview(view)[0] == 11  # the pages live on in the alias
+    view.free()
+
+
+def test_a_shared_region_decommits_to_zero_and_is_seen_by_a_fork_child() -> None:
+    import os as _os
+
+    with ntshim.reserve(2 * PAGE_SIZE, shared=True) as region:
+        region.commit(0, PAGE_SIZE)
+        with region.view(0, PAGE_SIZE) as v:
+            v[0] = 9
+        region.decommit(0, PAGE_SIZE)
+        region.commit(0, PAGE_SIZE)
+        with region.view(0, PAGE_SIZE) as v:
+            assert v[0] == 0  # decommitted shared pages are removed, not just unmapped
+        pid = _os.fork()
+        if pid == 0:
+            with region.view(0, PAGE_SIZE) as v:
+                v[1] = 5
+            _os._exit(0)
+        _os.waitpid(pid, 0)
+        with region.view(0, PAGE_SIZE) as v:
+            assert v[1] == 5
+
+
 def test_file_mapping_alias_survives_closing_the_source(tmp_path: Path) -> None:
     path = tmp_path / "data"
     path.write_bytes(bytes(range(256)) * 64)  # 16 KiB
@@ -85,7 +116,7 @@ def test_private_memory_is_refused_with_the_reason() -> None:
     start = (-private.ctypes.data) % PAGE_SIZE
     with pytest.raises(ValueError, match="private memory"):
         alias(private[start : start + 16 * PAGE_SIZE])
-    with ntshim.alloc(PAGE_SIZE) as region, pytest.raises(ValueError, match="private anonymous"):
+    with ntshim.alloc(PAGE_SIZE) as region, pytest.raises(ValueError, match="shared=True"):
         alias(region)
     source = mmap.mmap(-1, 2 * PAGE_SIZE)
     with pytest.raises(ValueError, match="page boundary"):

@@ -57,9 +57,9 @@ static void remove_range(Mapping *m, unsigned id)
 /* Map `size` bytes at `addr` (0: anywhere) aligned to `align` (0: a page):
  * over-map, then give back the head and tail.  A fixed address never replaces
  * an existing mapping (MAP_FIXED_NOREPLACE); it fails with EEXIST instead. */
-static void *map_anonymous(size_t size, int prot, uintptr_t addr, size_t align)
+static void *map_anonymous(size_t size, int prot, uintptr_t addr, size_t align, int shared)
 {
-    int flags = MAP_PRIVATE | MAP_ANONYMOUS | (prot == PROT_NONE ? MAP_NORESERVE : 0);
+    int flags = (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS | (prot == PROT_NONE ? MAP_NORESERVE : 0);
     if (addr) {
         void *p = mmap((void *)addr, size, prot, flags | MAP_FIXED_NOREPLACE, -1, 0);
         if (p != MAP_FAILED && (uintptr_t)p != addr) { /* kernels before 4.17 treat the flag as a hint */
@@ -86,8 +86,9 @@ static PyObject *mapping_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     Py_ssize_t size;
     int prot;
     unsigned long long address = 0, align = 0;
-    static char *kwlist[] = {"size", "prot", "address", "align", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "ni|$KK", kwlist, &size, &prot, &address, &align))
+    int shared = 0;
+    static char *kwlist[] = {"size", "prot", "address", "align", "shared", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ni|$KKp", kwlist, &size, &prot, &address, &align, &shared))
         return NULL;
     if (size <= 0 || (size_t)size % nts_page_size) {
         PyErr_Format(PyExc_ValueError, "size must be a positive multiple of %zu, got %zd", nts_page_size, size);
@@ -100,7 +101,7 @@ static PyObject *mapping_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     Mapping *self = (Mapping *)type->tp_alloc(type, 0);
     if (!self)
         return NULL;
-    void *p = map_anonymous((size_t)size, prot, (uintptr_t)address, (size_t)align);
+    void *p = map_anonymous((size_t)size, prot, (uintptr_t)address, (size_t)align, shared);
     if (p == MAP_FAILED) {
         int err = errno;
         Py_DECREF(self);
@@ -323,7 +324,8 @@ PyTypeObject nts_mapping_type = {
     .tp_dealloc = (destructor)mapping_dealloc,
     .tp_as_buffer = &mapping_as_buffer,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Mapping(size, prot, *, address=0, align=0): anonymous private memory, unmapped when freed or collected.",
+    .tp_doc = "Mapping(size, prot, *, address=0, align=0, shared=False): anonymous memory (private, or shared with "
+               "fork children and aliases), unmapped when freed or collected.",
     .tp_methods = mapping_methods,
     .tp_getset = mapping_getset,
     .tp_new = mapping_new,

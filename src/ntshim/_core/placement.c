@@ -68,7 +68,53 @@ static PyObject *py_map_fd_onto(PyObject *mod, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
+
+/* placement_probe() -> dict: what this kernel offers for placement, each tried
+ * for real on a scratch page. */
+static PyObject *py_placement_probe(PyObject *mod, PyObject *unused) {
+    size_t ps = nts_page_size;
+    int noreplace = 0, alias = 0, dontunmap = 0;
+    unsigned long long low32 = 0;
+    char *a = mmap(NULL, 2 * ps, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (a != MAP_FAILED) {
+        /* MAP_FIXED_NOREPLACE: refused over our own page (EEXIST), not taken as a hint. */
+        void *p = mmap(a, ps, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+        noreplace = p == MAP_FAILED && errno == EEXIST;
+        if (p != MAP_FAILED)
+            munmap(p, ps);
+        /* mremap(old_size=0): a second view of a shared page. */
+        char *second = mremap(a, 0, ps, MREMAP_MAYMOVE);
+        if (second != MAP_FAILED) {
+            a[0] = 42;
+            alias = second[0] == 42;
+            munmap(second, ps);
+        }
+        /* MREMAP_DONTUNMAP on a shared mapping (Linux 5.13). */
+        char *moved = mremap(a + ps, ps, ps, MREMAP_MAYMOVE | MREMAP_DONTUNMAP);
+        if (moved != MAP_FAILED) {
+            dontunmap = 1;
+            munmap(moved, ps);
+        }
+        munmap(a, 2 * ps);
+    }
+#ifdef MAP_32BIT
+    void *low = mmap(NULL, ps, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0);
+    if (low != MAP_FAILED) {
+        low32 = (unsigned long long)(uintptr_t)low;
+        munmap(low, ps);
+    }
+#endif
+    return Py_BuildValue("{sOsOsOsK}", "map_fixed_noreplace", noreplace ? Py_True : Py_False, "mremap_alias",
+                         alias ? Py_True : Py_False, "mremap_dontunmap_shared", dontunmap ? Py_True : Py_False,
+                         "map_32bit_address", low32);
+}
+
 PyMethodDef nts_placement_methods[] = {
+    {"placement_probe", py_placement_probe, METH_NOARGS,
+     "placement_probe() -> {map_fixed_noreplace, mremap_alias, mremap_dontunmap_shared, map_32bit_address}"},
     {"alias_onto", py_alias_onto, METH_VARARGS,
      "alias_onto(source, size, target): a second view of a shared mapping's pages, onto a placeholder the caller owns"},
     {"map_fd_onto", py_map_fd_onto, METH_VARARGS,

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _kernel
+from ..memory import placement
 from ..sync import registry as sync_registry
 from ..writewatch import registry
 
@@ -26,6 +27,7 @@ class InfoCommand:
         report["writewatch"] = self._section(
             registry.backends(), registry.ENV_VAR, lambda name: registry.BY_NAME[name].summary
         )
+        report["placement"] = placement.capabilities()
         report["sync"] = self._section(
             sync_registry.backends(), sync_registry.ENV_VAR, lambda name: sync_registry.backend_class(name).summary
         )
@@ -72,6 +74,18 @@ class InfoCommand:
         else:
             console.print(f"userfaultfd: [red]{u['reason']}[/red]")
         console.print(f"futex_waitv: {'yes' if report['futex_waitv'] else '[red]no[/red]'}")
+        p = report["placement"]
+
+        def yes(flag: object) -> str:
+            return "yes" if flag else "[red]no[/red]"
+
+        console.print(
+            f"placement: MAP_FIXED_NOREPLACE {yes(p['map_fixed_noreplace'])}, mremap(old_size=0) aliases "
+            f"{yes(p['mremap_alias'])}, MREMAP_DONTUNMAP on shared mappings {yes(p['mremap_dontunmap_shared'])}, "
+            f"MAP_32BIT {yes(p['map_32bit'])}"
+            + (f" (placed at {p['map_32bit_address']:#x}: it searches 1-2 GiB only)" if p["map_32bit"] else "")
+            + f", vm.mmap_min_addr {p['mmap_min_addr']:#x}"
+        )
         for key, title, env_var in (
             ("writewatch", "write-watch backends (best first)", registry.ENV_VAR),
             ("sync", "sync backends: events, semaphores, mutexes (best first)", sync_registry.ENV_VAR),

@@ -34,6 +34,7 @@ def alloc(
     *,
     below: int | None = None,
     zero_bits: int | None = None,
+    shared: bool = False,
     watch: bool = False,
     protect: str = "rw",
     backend: str | None = None,
@@ -45,13 +46,15 @@ def alloc(
     ``zero_bits``: the same bound given as ``NtAllocateVirtualMemory`` gives it (1 → below
     2 GiB, ``0xFFFFFFFF`` → below 4 GiB, ...; see :func:`placement.zero_bits_limit`);
     ValueError for values Windows refuses, or together with ``below``.
+    ``shared=True`` maps it shared: fork children see the same pages, and
+    :func:`alias` can show them a second time at another address.
     ``protect``: ``"rw"`` (default), ``"r"``, ``"rx"``, ``"rwx"`` or ``"none"``.
     ``watch=True`` tracks writes from the start (the region then answers ``dirty()``,
     ``reset()``, ...); ``backend`` forces a write-watch backend by name (default: the
     ``NTSHIM_WRITEWATCH_BACKEND`` environment variable, else the best available).
     """
     below = _zero_bits_bound(below, zero_bits, size)
-    return _map(size, protection.parse(protect), True, watch, backend, 0, below=below)
+    return _map(size, protection.parse(protect), True, watch, backend, 0, below=below, shared=shared)
 
 
 def reserve(
@@ -61,6 +64,7 @@ def reserve(
     below: int | None = None,
     zero_bits: int | None = None,
     align: int = 0,
+    shared: bool = False,
     watch: bool = False,
     backend: str | None = None,
 ) -> Region:
@@ -72,8 +76,8 @@ def reserve(
     anything is mapped in the way (nothing is ever replaced).  ``align`` (bytes, a power of
     two; default a page) aligns the start address, as Windows aligns reservations to
     64 KiB.  ``below`` and ``zero_bits`` as for :func:`alloc` (with ``address``, the range
-    must end below the bound).  ``watch`` and ``backend`` as for :func:`alloc`; committed
-    pages start clean.
+    must end below the bound).  ``shared``, ``watch`` and ``backend`` as for :func:`alloc`;
+    committed pages start clean.
     """
     align = as_int(align, "align")
     if align < 0 or align & (align - 1):
@@ -83,7 +87,7 @@ def reserve(
         if address <= 0 or address % max(align, PAGE_SIZE):
             raise ValueError(f"address must be a positive multiple of {max(align, PAGE_SIZE):#x}, got {address:#x}")
     below = _zero_bits_bound(below, zero_bits, size, address)
-    return _map(size, 0, False, watch, backend, align, address or 0, below=below)
+    return _map(size, 0, False, watch, backend, align, address or 0, below=below, shared=shared)
 
 
 def _zero_bits_bound(below: int | None, zero_bits: int | None, size: object, address: int | None = None) -> int | None:
@@ -131,8 +135,11 @@ def _map(
     align: int,
     address: int = 0,
     below: object = None,
+    shared: object = False,
 ) -> Region:
     size = as_int(size, "size")
+    if not isinstance(shared, bool):
+        raise TypeError(f"shared must be a bool, not {type(shared).__name__}")
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
     if not isinstance(watch, bool):
@@ -145,10 +152,10 @@ def _map(
     bound = _check_below(below, rounded, address)
     if bound is not None and not address:
         region = placement.place_below(
-            rounded, bound, max(align, PAGE_SIZE), lambda at: Region(rounded, prot, address=at, align=align)
+            rounded, bound, max(align, PAGE_SIZE), lambda at: Region(rounded, prot, address=at, align=align, shared=shared)
         )
     else:
-        region = Region(rounded, prot, address=address, align=align)
+        region = Region(rounded, prot, address=address, align=align, shared=shared)
     if not commit:
         region._committed = bytearray(len(region._committed))
     if watch:

@@ -5,7 +5,7 @@ Shared pages can be mapped twice: ``mremap(old_size=0)`` duplicates a shared map
 (``mmap.mmap`` of a file or of shared memory, a memfd) without copying anything, and a
 descriptor can simply be mapped again.  Both views show the same pages, both ways, and the
 alias outlives the source's closing (it holds its own reference to the pages).  Private
-memory (malloc, numpy's own arrays, :func:`~ntshim.memory.alloc`) cannot be aliased: its
+memory (malloc, numpy's own arrays, :func:`~ntshim.memory.alloc` without ``shared``) cannot be aliased: its
 pages belong to one mapping and the kernel copies them on write.
 
 The alias is placed as :func:`~ntshim.memory.reserve` places memory: an inaccessible
@@ -70,24 +70,25 @@ def alias(source: Any, *, below: int | None = None, address: int | None = None) 
     """A second view of ``source``'s pages, placed at ``address`` or ending below ``below``
     (default: anywhere).
 
-    ``source``: a file descriptor (a memfd, a shared-memory or regular file: its whole
-    length), or a buffer over shared memory starting on a page boundary (``mmap.mmap`` of a
+    ``source``: a region allocated with ``shared=True``, a file descriptor (a memfd, a
+    shared-memory or regular file: its whole length), or a buffer over shared memory
+    starting on a page boundary (``mmap.mmap`` of a
     file, of ``/dev/shm`` or anonymous ``mmap.mmap(-1, n)``; a numpy array or memoryview over
     one).  Writes through either view are seen through the other.  The alias stays valid
     after the source is closed.
 
     ValueError, saying why and what to do instead, for private memory (malloc'd buffers,
-    numpy arrays of their own, ``ntshim.alloc`` regions) and for mappings the kernel cannot
+    numpy arrays of their own, regions allocated without ``shared``) and for mappings the kernel cannot
     duplicate (device memory mapped by a driver).
     """
     if isinstance(source, bool):
         raise TypeError("source must be a file descriptor or a buffer over shared memory, not bool")
     if isinstance(source, int):
         return _alias_fd(source, below, address)
-    if isinstance(source, Region):
-        raise ValueError(  # noqa: TRY004 - a Region is a valid kind of memory, only not shareable
-            "an ntshim region is private anonymous memory: its pages cannot be shown twice. "
-            "Allocate the memory shared instead (mmap.mmap(-1, size), or a memfd: os.memfd_create) and alias that"
+    if isinstance(source, Region) and not source._shared:
+        raise ValueError(
+            "this ntshim region is private memory: its pages cannot be shown twice. "
+            "Allocate it with shared=True (ntshim.alloc(size, shared=True)) and alias that"
         )
     try:
         pin = _core.Pin(source)

@@ -124,3 +124,26 @@ def zero_bits_limit(zero_bits: int) -> int | None:
             f"(counts go up to {ZERO_BITS_MAX_COUNT})"
         )
     return 1 << zero_bits.bit_length()
+
+
+def capabilities() -> dict[str, object]:
+    """What placement can do on this kernel, each mechanism tried on a scratch page (for
+    ``ntshim info``)."""
+    from .. import _core
+
+    probe = _core.placement_probe()
+    low = int(probe["map_32bit_address"])
+    return {
+        "map_fixed_noreplace": probe["map_fixed_noreplace"],
+        "mremap_alias": probe["mremap_alias"],
+        "mremap_dontunmap_shared": probe["mremap_dontunmap_shared"],
+        "map_32bit": bool(low),
+        "map_32bit_address": low,
+        "mmap_min_addr": mmap_min_addr(),
+        "user_space_end": USER_SPACE_END,
+        "used": (
+            "below=/zero_bits=: free ranges from /proc/self/maps, top-down, MAP_FIXED_NOREPLACE; "
+            "alias: mremap(old_size=0) or the descriptor mapped again, onto a reserved placeholder; "
+            "limit_address_space: PROT_NONE MAP_NORESERVE reservations above the limit"
+        ),
+    }

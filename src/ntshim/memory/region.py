@@ -17,7 +17,8 @@ _EXPORT_MODE = bytes(
 
 
 class Region(_core.Mapping):
-    """Anonymous private memory, ``size`` bytes (whole pages) at ``address``.
+    """Anonymous memory, ``size`` bytes (whole pages) at ``address``: private, or with
+    ``shared`` shared with fork children and with aliases (:func:`ntshim.memory.alias`).
 
     Supports the buffer protocol (``memoryview``, ``numpy.frombuffer``,
     ``ctypes.c_char.from_buffer``) while every page is readable; buffers are read-only
@@ -30,7 +31,8 @@ class Region(_core.Mapping):
     ``writing``, ``granularity``, ``backend``.
     """
 
-    def __init__(self, size: int, prot: int, *, address: int = 0, align: int = 0) -> None:
+    def __init__(self, size: int, prot: int, *, address: int = 0, align: int = 0, shared: bool = False) -> None:
+        self._shared = shared  # MAP_SHARED: seen by fork children and by aliases
         npages = size // _kernel.PAGE_SIZE
         self._prots = bytearray([prot]) * npages
         self._committed = bytearray(b"\x01") * npages  # reserve() clears it
@@ -99,8 +101,8 @@ class Region(_core.Mapping):
         only reserved are left alone.  A write-watched region is left alone too: freeing
         its pages would change them behind the watch's back."""
         first, count = self._pages(offset, size)
-        if self._write_watch is not None:
-            return
+        if self._write_watch is not None or self._shared:
+            return  # (MADV_FREE applies to private memory only; "as before" is a valid answer)
         ps = _kernel.PAGE_SIZE
         page = first
         while page < first + count:  # each run of committed pages
@@ -136,6 +138,9 @@ class Region(_core.Mapping):
         self._export_mode = mode
 
     def _drop_contents(self, first: int, count: int) -> None:
+        if self._shared:  # unmapping shared pages keeps them in the shared object: remove them there
+            ps = _kernel.PAGE_SIZE
+            _core.madvise(self.address + first * ps, count * ps, _core.MADV_REMOVE)
         if self._write_watch is not None:
             self._write_watch._discard(first, count)
         else:
