@@ -102,3 +102,17 @@ def test_bad_bounds_are_refused() -> None:
         ntshim.alloc(PAGE_SIZE, below=1 << 60)
     with pytest.raises(ValueError, match="does not end below"):
         ntshim.reserve(1 << 20, address=4 * GiB, below=4 * GiB)
+
+
+def test_write_watch_on_placed_memory(backend: str) -> None:
+    with ntshim.alloc(16 * PAGE_SIZE, below=4 * GiB, watch=True, backend=backend) as region:
+        assert region.address + region.size <= 4 * GiB
+        memoryview(region)[5 * PAGE_SIZE] = 1
+        assert list(region.dirty().offsets) == [5 * PAGE_SIZE]
+
+
+def test_zero_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="size must be positive"):
+        ntshim.alloc(0, below=4 * GiB)
+    with pytest.raises(ValueError, match="size must be positive"):
+        ntshim.reserve(0, below=4 * GiB)
