@@ -53,7 +53,7 @@ def alloc(
     ``reset()``, ...); ``backend`` forces a write-watch backend by name (default: the
     ``NTSHIM_WRITEWATCH_BACKEND`` environment variable, else the best available).
     """
-    below = _zero_bits_bound(below, zero_bits, size)
+    below = placement.bound_of(below, zero_bits, size)
     return _map(size, protection.parse(protect), True, watch, backend, 0, below=below, shared=shared)
 
 
@@ -82,48 +82,9 @@ def reserve(
     align = as_int(align, "align")
     if align < 0 or align & (align - 1):
         raise ValueError(f"align must be a power of two (or 0 for a page), got {align}")
-    if address is not None:
-        address = as_int(address, "address")
-        if address <= 0 or address % max(align, PAGE_SIZE):
-            raise ValueError(f"address must be a positive multiple of {max(align, PAGE_SIZE):#x}, got {address:#x}")
-    below = _zero_bits_bound(below, zero_bits, size, address)
-    return _map(size, 0, False, watch, backend, align, address or 0, below=below, shared=shared)
-
-
-def _zero_bits_bound(below: int | None, zero_bits: int | None, size: object, address: int | None = None) -> int | None:
-    """``below``, or the bound ``zero_bits`` sets instead (placement.zero_bits_limit)."""
-    if zero_bits is None:
-        return below
-    if below is not None:
-        raise ValueError("below and zero_bits both bound the address: give one of them")
-    bound = placement.zero_bits_limit(zero_bits)
-    if bound is None or bound > placement.USER_SPACE_END:
-        return None  # a mask wider than the address space bounds nothing
-    # A legal zero_bits can still leave no room (21 allows only the first 2 KiB): that is a
-    # request nothing can satisfy, as on Windows (STATUS_NO_MEMORY), not a bad argument.
-    rounded = -(-as_int(size, "size") // PAGE_SIZE) * PAGE_SIZE
-    if address is None and rounded > 0 and bound - rounded < placement.mmap_min_addr():
-        raise MemoryError(
-            f"zero_bits keeps memory below {bound:#x}: no room there for {rounded:#x} bytes above "
-            f"vm.mmap_min_addr ({placement.mmap_min_addr():#x})"
-        )
-    return bound
-
-
-def _check_below(below: object, size: int, address: int) -> int | None:
-    if below is None:
-        return None
-    bound = as_int(below, "below")
-    if bound > placement.USER_SPACE_END:
-        raise ValueError(f"below={bound:#x} is beyond the end of the user address space ({placement.USER_SPACE_END:#x})")
-    if bound < size + placement.mmap_min_addr():
-        raise ValueError(
-            f"below={bound:#x} leaves no room for {size:#x} bytes above the lowest mappable address "
-            f"({placement.mmap_min_addr():#x}, vm.mmap_min_addr)"
-        )
-    if address and address + size > bound:
-        raise ValueError(f"address {address:#x} + size {size:#x} does not end below {bound:#x}")
-    return bound
+    at = placement.check_address(address, align)
+    below = placement.bound_of(below, zero_bits, size, address)
+    return _map(size, 0, False, watch, backend, align, at, below=below, shared=shared)
 
 
 def _map(
@@ -149,13 +110,10 @@ def _map(
     if watch:
         check_backend(backend)
     rounded = -(-size // PAGE_SIZE) * PAGE_SIZE
-    bound = _check_below(below, rounded, address)
-    if bound is not None and not address:
-        region = placement.place_below(
-            rounded, bound, max(align, PAGE_SIZE), lambda at: Region(rounded, prot, address=at, align=align, shared=shared)
-        )
-    else:
-        region = Region(rounded, prot, address=address, align=align, shared=shared)
+    bound = placement.check_below(below, rounded, address)
+    region = placement.map_placed(
+        lambda at: Region(rounded, prot, address=at, align=align, shared=shared), rounded, address, align, bound
+    )
     if not commit:
         region._committed = bytearray(len(region._committed))
     if watch:

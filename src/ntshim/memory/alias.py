@@ -15,13 +15,13 @@ onto it — so the only range ever replaced is our own.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat as stat_module
 from typing import Any
 
 from .. import _core, _kernel
-from .._arguments import as_int
-from . import placement, protection
+from . import maps, placement
 from .region import Region
 
 PAGE_SIZE = _kernel.PAGE_SIZE
@@ -42,28 +42,10 @@ class Alias(Region):
         raise ValueError("an alias shows another mapping's pages: discard them through the source")
 
 
-def _mapping_of(address: int) -> tuple[int, int, str, str]:
-    """(start, end, permissions such as 'rw-s', path) of the mapping holding ``address``."""
-    with open("/proc/self/maps") as f:
-        for line in f:
-            fields = line.split(None, 5)
-            lo, hi = (int(x, 16) for x in fields[0].split("-"))
-            if lo <= address < hi:
-                return lo, hi, fields[1], fields[5].strip() if len(fields) > 5 else ""
-    raise ValueError(f"nothing is mapped at {address:#x}")
-
-
 def _placeholder(size: int, below: int | None, address: int | None) -> Alias:
-    from . import _check_below  # the same checks as reserve()
-
-    if address is not None:
-        address = as_int(address, "address")
-        if address <= 0 or address % PAGE_SIZE:
-            raise ValueError(f"address must be a positive multiple of the page size, got {address:#x}")
-    bound = _check_below(below, size, address or 0)
-    if bound is not None and not address:
-        return placement.place_below(size, bound, PAGE_SIZE, lambda at: Alias(size, 0, address=at))
-    return Alias(size, 0, address=address or 0)
+    at = placement.check_address(address, 0)
+    bound = placement.check_below(below, size, at)
+    return placement.map_placed(lambda where: Alias(size, 0, address=where), size, at, 0, bound)
 
 
 def alias(source: Any, *, below: int | None = None, address: int | None = None) -> Alias:
@@ -100,10 +82,13 @@ def alias(source: Any, *, below: int | None = None, address: int | None = None) 
     if start % PAGE_SIZE:
         raise ValueError(f"the buffer starts at {start:#x}, not on a page boundary: alias the whole mapping instead")
     size = -(-nbytes // PAGE_SIZE) * PAGE_SIZE
-    _lo, hi, perms, path = _mapping_of(start)
+    mapping = maps.mapping_at(start)
+    if not isinstance(mapping, maps.Mapping):
+        raise ValueError(f"nothing is mapped at {start:#x}")  # noqa: TRY004 - the address is at fault
+    _lo, hi, prot, shared, path = mapping
     if start + size > hi:
         raise ValueError("the buffer spans several mappings; alias each mapping on its own")
-    if perms[3] != "s":
+    if not shared:
         raise ValueError(
             f"the buffer is private memory ({path or 'anonymous'}): private pages belong to one mapping and are "
             "copied on write, so they cannot be shown twice. Put the data in shared memory (mmap.mmap(-1, size), "
@@ -119,7 +104,7 @@ def alias(source: Any, *, below: int | None = None, address: int | None = None) 
             "by a driver (VM_PFNMAP) cannot be aliased: ask the driver to map it at the address you need "
             "(as VK_EXT_map_memory_placed does)"
         ) from None
-    _adopt(view, protection.parse(perms[:3].replace("-", "") or "none"))
+    _adopt(view, prot)
     del pin
     return view
 
@@ -131,7 +116,7 @@ def _alias_fd(fd: int, below: int | None, address: int | None) -> Alias:
     if info.st_size <= 0:
         raise ValueError("the file is empty: give it a size (os.ftruncate) before aliasing it")
     size = -(-info.st_size // PAGE_SIZE) * PAGE_SIZE
-    access = os.O_ACCMODE & _fd_flags(fd)
+    access = os.O_ACCMODE & fcntl.fcntl(fd, fcntl.F_GETFL)
     prot = _core.PROT_READ | (_core.PROT_WRITE if access == os.O_RDWR else 0)
     view = _placeholder(size, below, address)
     try:
@@ -141,12 +126,6 @@ def _alias_fd(fd: int, below: int | None, address: int | None) -> Alias:
         raise
     _adopt(view, prot)
     return view
-
-
-def _fd_flags(fd: int) -> int:
-    import fcntl
-
-    return fcntl.fcntl(fd, fcntl.F_GETFL)
 
 
 def _adopt(view: Alias, prot: int) -> None:

@@ -21,6 +21,7 @@ import threading
 from types import TracebackType
 
 from .. import _core
+from .._arguments import as_int
 from . import maps, placement
 
 #: The stack growth room left free under ``[stack]`` when RLIMIT_STACK is unlimited.
@@ -35,11 +36,11 @@ _lock = threading.Lock()
 
 def _stack_room() -> tuple[int, int] | None:
     """The range below the main thread's stack kept free for its growth."""
-    for lo, _hi, _prot, path in maps._mappings():
-        if path == "[stack]":
+    for mapping in maps.mappings():
+        if mapping.path == "[stack]":
             soft, _hard = resource.getrlimit(resource.RLIMIT_STACK)
             room = _UNLIMITED_STACK_ROOM if soft == resource.RLIM_INFINITY else soft
-            return max(lo - room - _GUARD, 0), lo
+            return max(mapping.start - room - _GUARD, 0), mapping.start
     return None
 
 
@@ -119,8 +120,6 @@ def limit_address_space(limit: int = 4 << 30) -> AddressSpaceLimit:
     Mappings that already exist above the limit stay where they are.  MemoryError if the
     process cannot map that much address space (RLIMIT_AS).
     """
-    from .._arguments import as_int
-
     limit = as_int(limit, "limit")
     if not placement.mmap_min_addr() < limit <= placement.USER_SPACE_END:
         raise ValueError(

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from .protection import EXEC, READ, WRITE
 
 
-def _mappings() -> Iterator[tuple[int, int, int, str]]:
-    """Every mapping, ascending, as ``(start, end, prot, path)`` (path empty if anonymous)."""
+class Mapping(NamedTuple):
+    start: int
+    end: int
+    prot: int
+    shared: bool  # MAP_SHARED ('s' in the permissions), else private
+    path: str  # empty for anonymous memory
+
+
+def mappings() -> Iterator[Mapping]:
+    """Every mapping, ascending."""
     with open("/proc/self/maps") as f:
         for line in f:
             fields = line.split(None, 5)
             lo_text, hi_text = fields[0].split("-")
             prot = sum(bit for bit, letter, flag in zip((READ, WRITE, EXEC), "rwx", fields[1]) if flag == letter)
-            yield int(lo_text, 16), int(hi_text, 16), prot, fields[5].strip() if len(fields) > 5 else ""
+            path = fields[5].strip() if len(fields) > 5 else ""
+            yield Mapping(int(lo_text, 16), int(hi_text, 16), prot, fields[1][3] == "s", path)
 
 
 def protections(start: int, end: int, page: int) -> bytes:
@@ -24,7 +34,7 @@ def protections(start: int, end: int, page: int) -> bytes:
     """
     out = bytearray()
     cursor = start
-    for lo, hi, prot, _path in _mappings():
+    for lo, hi, prot, _shared, _path in mappings():
         if hi <= cursor:
             continue
         if lo > cursor or cursor >= end:
@@ -37,11 +47,10 @@ def protections(start: int, end: int, page: int) -> bytes:
     return bytes(out)
 
 
-def mapping_at(address: int) -> tuple[int, int, int, str] | int:
-    """The mapping containing ``address`` as ``(start, end, prot, path)`` (``path`` empty for
-    anonymous memory), or, when nothing is mapped there, the start of the next mapping
-    above it (0 if there is none)."""
-    for mapping in _mappings():
+def mapping_at(address: int) -> Mapping | int:
+    """The mapping containing ``address``, or, when nothing is mapped there, the start of
+    the next mapping above it (0 if there is none)."""
+    for mapping in mappings():
         if address < mapping[0]:
             return mapping[0]
         if address < mapping[1]:

@@ -11,9 +11,11 @@ that other mmap callers in the process would ignore anyway.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TypeVar
 
+from .. import _core
 from .._arguments import as_int
 from .._kernel import PAGE_SIZE
 from . import maps
@@ -27,8 +29,10 @@ USER_SPACE_END = 0x7FFFFFFFF000
 ATTEMPTS = 64
 
 
+@functools.cache
 def mmap_min_addr() -> int:
-    """The lowest address the kernel lets an unprivileged mmap use (vm.mmap_min_addr)."""
+    """The lowest address the kernel lets an unprivileged mmap use (vm.mmap_min_addr),
+    read once per process."""
     try:
         with open("/proc/sys/vm/mmap_min_addr") as f:
             return max(int(f.read()), PAGE_SIZE)
@@ -40,7 +44,7 @@ def _gaps() -> list[tuple[int, int]]:
     """Free ranges of the address space, ascending, as ``[start, end)``."""
     out = []
     cursor = mmap_min_addr()
-    for lo, hi, _prot, _path in maps._mappings():
+    for lo, hi, _prot, _shared, _path in maps.mappings():
         lo = min(lo, USER_SPACE_END)  # [vsyscall] lies beyond the user address space
         if lo > cursor:
             out.append((cursor, lo))
@@ -91,6 +95,62 @@ ZERO_BITS_MAX_COUNT = 21
 ZERO_BITS_MIN_MASK = 0xFFFF
 
 
+def check_address(address: object, align: int) -> int:
+    """A placement address: positive and aligned (to a page at least); 0 for None."""
+    if address is None:
+        return 0
+    address = as_int(address, "address")
+    unit = max(align, PAGE_SIZE)
+    if address <= 0 or address % unit:
+        raise ValueError(f"address must be a positive multiple of {unit:#x}, got {address:#x}")
+    return address
+
+
+def check_below(below: object, size: int, address: int) -> int | None:
+    """A bound ``size`` bytes can be placed under (ending below it, ``address`` included)."""
+    if below is None:
+        return None
+    bound = as_int(below, "below")
+    if bound > USER_SPACE_END:
+        raise ValueError(f"below={bound:#x} is beyond the end of the user address space ({USER_SPACE_END:#x})")
+    if bound < size + mmap_min_addr():
+        raise ValueError(
+            f"below={bound:#x} leaves no room for {size:#x} bytes above the lowest mappable address "
+            f"({mmap_min_addr():#x}, vm.mmap_min_addr)"
+        )
+    if address and address + size > bound:
+        raise ValueError(f"address {address:#x} + size {size:#x} does not end below {bound:#x}")
+    return bound
+
+
+def bound_of(below: int | None, zero_bits: int | None, size: object, address: object = None) -> int | None:
+    """``below``, or the bound ``zero_bits`` sets instead (:func:`zero_bits_limit`)."""
+    if zero_bits is None:
+        return below
+    if below is not None:
+        raise ValueError("below and zero_bits both bound the address: give one of them")
+    bound = zero_bits_limit(zero_bits)
+    if bound is None or bound > USER_SPACE_END:
+        return None  # a mask wider than the address space bounds nothing
+    # A legal zero_bits can still leave no room (21 allows only the first 2 KiB): that is a
+    # request nothing can satisfy, as on Windows (STATUS_NO_MEMORY), not a bad argument.
+    rounded = -(-as_int(size, "size") // PAGE_SIZE) * PAGE_SIZE
+    if address is None and rounded > 0 and bound - rounded < mmap_min_addr():
+        raise MemoryError(
+            f"zero_bits keeps memory below {bound:#x}: no room there for {rounded:#x} bytes above "
+            f"vm.mmap_min_addr ({mmap_min_addr():#x})"
+        )
+    return bound
+
+
+def map_placed(make: Callable[[int], T], size: int, address: int, align: int, bound: int | None) -> T:
+    """``make(address)``: at ``address`` if given, else under ``bound`` if given (see
+    :func:`place_below`), else ``make(0)`` (anywhere)."""
+    if bound is not None and not address:
+        return place_below(size, bound, max(align, PAGE_SIZE), make)
+    return make(address)
+
+
 def zero_bits_limit(zero_bits: int) -> int | None:
     """The exclusive address bound that ``NtAllocateVirtualMemory``'s ``zero_bits`` sets on
     x64: the allocation's last byte must lie below it.  None for 0 (no bound).
@@ -129,8 +189,6 @@ def zero_bits_limit(zero_bits: int) -> int | None:
 def capabilities() -> dict[str, object]:
     """What placement can do on this kernel, each mechanism tried on a scratch page (for
     ``ntshim info``)."""
-    from .. import _core
-
     probe = _core.placement_probe()
     low = int(probe["map_32bit_address"])
     return {
