@@ -22,10 +22,12 @@ Rules every backend keeps (the tests check them on each):
 from __future__ import annotations
 
 import abc
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, Literal, Protocol
+
+from .._backends import Availability, ProbedBackend, forget_probes
+
+__all__ = ["KINDS", "MAX_WAIT_OBJECTS", "U32_MAX", "Availability", "Backend", "Handle", "Kind", "forget_probes"]
 
 Kind = Literal["semaphore", "mutex", "event"]
 KINDS: tuple[Kind, ...] = ("semaphore", "mutex", "event")
@@ -34,16 +36,6 @@ KINDS: tuple[Kind, ...] = ("semaphore", "mutex", "event")
 MAX_WAIT_OBJECTS = 64
 #: Mutex and semaphore counts are unsigned 32-bit.
 U32_MAX = 0xFFFFFFFF
-
-
-@dataclass(frozen=True)
-class Availability:
-    """Whether a backend works in this process; if not, ``reason`` says why and what to do."""
-
-    backend: str
-    available: bool
-    reason: str = ""
-    notes: tuple[str, ...] = ()
 
 
 class Handle(Protocol):
@@ -103,26 +95,8 @@ class Handle(Protocol):
         """(manual, signaled)"""
 
 
-_probes: dict[tuple[type, int], Availability] = {}
-
-
-class Backend(abc.ABC):
+class Backend(ProbedBackend):
     """One synchronization mechanism.  Subclasses live one per module in this package."""
-
-    name: ClassVar[str]
-    summary: ClassVar[str]
-
-    @classmethod
-    def availability(cls) -> Availability:
-        """Probe once per process (a forked child probes again)."""
-        key = (cls, os.getpid())
-        if key not in _probes:
-            _probes[key] = cls._probe()
-        return _probes[key]
-
-    @classmethod
-    @abc.abstractmethod
-    def _probe(cls) -> Availability: ...
 
     @classmethod
     @abc.abstractmethod
@@ -168,6 +142,3 @@ class Backend(abc.ABC):
         backend.  Must release the GIL while blocked.
         """
 
-
-def forget_probes() -> None:
-    _probes.clear()

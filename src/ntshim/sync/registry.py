@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
-import os
 
+from .._backends import requested_name
 from ..errors import BackendUnavailable
 from .backend import Availability, Backend, forget_probes
 
@@ -35,13 +35,7 @@ def refresh() -> None:
 
 def check_name(backend: object) -> str | None:
     """The backend requested by argument or environment, validated; None for automatic."""
-    if backend is not None and not isinstance(backend, str):
-        raise TypeError(f"backend must be a str or None, not {type(backend).__name__}")
-    name = backend or os.environ.get(ENV_VAR) or None
-    if name is not None and name not in NAMES:
-        source = "backend" if backend else ENV_VAR
-        raise ValueError(f"{source}: unknown sync backend {name!r}; choose from {', '.join(NAMES)}")
-    return name
+    return requested_name(backend, ENV_VAR, NAMES, "sync")
 
 
 def choose(backend: object) -> type[Backend]:

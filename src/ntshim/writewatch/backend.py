@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import abc
-import os
-from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
+from .._backends import Availability, ProbedBackend, forget_probes
 
-@dataclass(frozen=True)
-class Availability:
-    """Whether a backend works in this process; if not, ``reason`` says why and what to do."""
-
-    backend: str
-    available: bool
-    reason: str = ""
-    notes: tuple[str, ...] = ()
+__all__ = ["ALREADY_REGISTERED", "Availability", "Backend", "Tracker", "forget_probes"]
 
 
 class Tracker(Protocol):
@@ -55,30 +47,12 @@ class Tracker(Protocol):
 #: Why the userfaultfd backends refuse memory another userfaultfd has registered (EBUSY).
 ALREADY_REGISTERED = "this memory is already registered with another userfaultfd (another library watches it)"
 
-_probes: dict[tuple[type, int], Availability] = {}
-
-
-class Backend(abc.ABC):
+class Backend(ProbedBackend):
     """One write-watch mechanism.  Subclasses live one per module in this package."""
 
-    name: ClassVar[str]
-    summary: ClassVar[str]
     #: Whether a forked child keeps a working, independent watch.  The userfaultfd
     #: backends do not: the kernel drops their registration in the child.
     survives_fork: ClassVar[bool]
-
-    @classmethod
-    def availability(cls) -> Availability:
-        """Probe once per process (a forked child probes again)."""
-        key = (cls, os.getpid())
-        if key not in _probes:
-            _probes[key] = cls._probe()
-        return _probes[key]
-
-    @classmethod
-    @abc.abstractmethod
-    def _probe(cls) -> Availability:
-        ...
 
     @classmethod
     @abc.abstractmethod
@@ -87,6 +61,3 @@ class Backend(abc.ABC):
         given PROT_* protections.  Raises BackendUnavailable when this mechanism cannot
         track this kind of memory."""
 
-
-def forget_probes() -> None:
-    _probes.clear()

@@ -7,6 +7,7 @@ import os
 import threading
 
 from .. import _kernel
+from .._backends import requested_name
 from ..errors import BackendUnavailable
 from .backend import Availability, Backend, Tracker, forget_probes
 from .mprotect import Mprotect
@@ -32,13 +33,7 @@ def refresh() -> None:
 
 
 def _requested(backend: str | None) -> str | None:
-    if backend is not None and not isinstance(backend, str):
-        raise TypeError(f"backend must be a str or None, not {type(backend).__name__}")
-    name = backend or os.environ.get(ENV_VAR) or None
-    if name is not None and name not in BY_NAME:
-        source = "backend" if backend else ENV_VAR
-        raise ValueError(f"{source}: unknown write-watch backend {name!r}; choose from {', '.join(BY_NAME)}")
-    return name
+    return requested_name(backend, ENV_VAR, BY_NAME, "write-watch")
 
 
 def check_backend(backend: str | None) -> None:
