@@ -10,6 +10,7 @@
 #include "core.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -19,6 +20,16 @@ nts_arena *nts_sync_py_arena(void) {
     if (!g_py_arena)
         PyErr_SetString(PyExc_RuntimeError, "the sync arena is not attached (ntshim.sync.futex attaches it)");
     return g_py_arena;
+}
+
+/* Parse the arguments (PyArg_ParseTuple's format), then return the attached arena;
+ * NULL with the exception set when either fails. */
+static nts_arena *parse(PyObject *args, const char *format, ...) {
+    va_list va;
+    va_start(va, format);
+    int ok = PyArg_VaParse(args, format, va);
+    va_end(va);
+    return ok ? nts_sync_py_arena() : NULL;
 }
 
 static PyObject *fail(int err, const char *what) {
@@ -73,9 +84,7 @@ static PyObject *py_create(PyObject *self, PyObject *args) {
     unsigned int x, y;
     const char *name = NULL;
     Py_ssize_t len = 0;
-    if (!PyArg_ParseTuple(args, "iIIz#", &kind, &x, &y, &name, &len))
-        return NULL;
-    nts_arena *a = nts_sync_py_arena();
+    nts_arena *a = parse(args, "iIIz#", &kind, &x, &y, &name, &len);
     if (!a)
         return NULL;
     uint32_t slot, gen;
@@ -90,9 +99,7 @@ static PyObject *py_open(PyObject *self, PyObject *args) {
     int kind;
     const char *name;
     Py_ssize_t len;
-    if (!PyArg_ParseTuple(args, "iy#", &kind, &name, &len))
-        return NULL;
-    nts_arena *a = nts_sync_py_arena();
+    nts_arena *a = parse(args, "iy#", &kind, &name, &len);
     if (!a)
         return NULL;
     uint32_t slot, gen;
@@ -103,9 +110,7 @@ static PyObject *py_open(PyObject *self, PyObject *args) {
 static PyObject *py_ref(PyObject *self, PyObject *args) {
     int kind;
     unsigned int slot, gen;
-    if (!PyArg_ParseTuple(args, "iII", &kind, &slot, &gen))
-        return NULL;
-    nts_arena *a = nts_sync_py_arena();
+    nts_arena *a = parse(args, "iII", &kind, &slot, &gen);
     if (!a)
         return NULL;
     int err = CALL(nts_sync_ref(a, kind, slot, gen));
@@ -114,9 +119,7 @@ static PyObject *py_ref(PyObject *self, PyObject *args) {
 
 static PyObject *py_unref(PyObject *self, PyObject *args) {
     unsigned int slot;
-    if (!PyArg_ParseTuple(args, "I", &slot))
-        return NULL;
-    nts_arena *a = nts_sync_py_arena();
+    nts_arena *a = parse(args, "I", &slot);
     if (!a)
         return NULL;
     int err = nts_sync_unref(a, slot);
@@ -125,9 +128,7 @@ static PyObject *py_unref(PyObject *self, PyObject *args) {
 
 static PyObject *py_sem_release(PyObject *self, PyObject *args) {
     unsigned int slot, n;
-    if (!PyArg_ParseTuple(args, "II", &slot, &n))
-        return NULL;
-    nts_arena *a = nts_sync_py_arena();
+    nts_arena *a = parse(args, "II", &slot, &n);
     if (!a)
         return NULL;
     uint32_t prev;
@@ -137,9 +138,7 @@ static PyObject *py_sem_release(PyObject *self, PyObject *args) {
 
 static PyObject *py_sem_read(PyObject *self, PyObject *args) {
     unsigned int slot;
-    if (!PyArg_ParseTuple(args, "I", &slot))
-        return NULL;
-    nts_arena *a = nts_sync_py_arena();
+    nts_arena *a = parse(args, "I", &slot);
     if (!a)
         return NULL;
     uint32_t count, max;
@@ -149,9 +148,7 @@ static PyObject *py_sem_read(PyObject *self, PyObject *args) {
 
 static PyObject *py_mutex_unlock(PyObject *self, PyObject *args) {
     unsigned int slot, owner;
-    if (!PyArg_ParseTuple(args, "II", &slot, &owner))
-        return NULL;
-    nts_arena *a = nts_sync_py_arena();
+    nts_arena *a = parse(args, "II", &slot, &owner);
     if (!a)
         return NULL;
     uint32_t prev;
@@ -161,9 +158,7 @@ static PyObject *py_mutex_unlock(PyObject *self, PyObject *args) {
 
 static PyObject *py_mutex_kill(PyObject *self, PyObject *args) {
     unsigned int slot, owner;
-    if (!PyArg_ParseTuple(args, "II", &slot, &owner))
-        return NULL;
-    nts_arena *a = nts_sync_py_arena();
+    nts_arena *a = parse(args, "II", &slot, &owner);
     if (!a)
         return NULL;
     int err = nts_sync_mutex_kill(a, slot, owner);
@@ -172,9 +167,7 @@ static PyObject *py_mutex_kill(PyObject *self, PyObject *args) {
 
 static PyObject *py_mutex_read(PyObject *self, PyObject *args) {
     unsigned int slot;
-    if (!PyArg_ParseTuple(args, "I", &slot))
-        return NULL;
-    nts_arena *a = nts_sync_py_arena();
+    nts_arena *a = parse(args, "I", &slot);
     if (!a)
         return NULL;
     uint32_t owner, count;
@@ -186,15 +179,13 @@ static PyObject *py_mutex_read(PyObject *self, PyObject *args) {
 static PyObject *py_event(PyObject *self, PyObject *args) {
     unsigned int slot;
     int op;
-    if (!PyArg_ParseTuple(args, "Ii", &slot, &op))
+    nts_arena *a = parse(args, "Ii", &slot, &op);
+    if (!a)
         return NULL;
     if (op < NTS_SYNC_EVENT_SET || op > NTS_SYNC_EVENT_PULSE) {
         PyErr_SetString(PyExc_ValueError, "unknown event operation");
         return NULL;
     }
-    nts_arena *a = nts_sync_py_arena();
-    if (!a)
-        return NULL;
     int prev;
     int err = nts_sync_event_op(a, slot, op, &prev);
     return err ? fail(err, "event") : PyBool_FromLong(prev);
@@ -202,9 +193,7 @@ static PyObject *py_event(PyObject *self, PyObject *args) {
 
 static PyObject *py_event_read(PyObject *self, PyObject *args) {
     unsigned int slot;
-    if (!PyArg_ParseTuple(args, "I", &slot))
-        return NULL;
-    nts_arena *a = nts_sync_py_arena();
+    nts_arena *a = parse(args, "I", &slot);
     if (!a)
         return NULL;
     int manual, signaled;
@@ -216,9 +205,7 @@ static PyObject *py_wait(PyObject *self, PyObject *args) {
     PyObject *seq, *deadline_obj;
     int all;
     unsigned int owner, alert;
-    if (!PyArg_ParseTuple(args, "OpOII", &seq, &all, &deadline_obj, &owner, &alert))
-        return NULL;
-    nts_arena *a = nts_sync_py_arena();
+    nts_arena *a = parse(args, "OpOII", &seq, &all, &deadline_obj, &owner, &alert);
     if (!a)
         return NULL;
     PyObject *fast = PySequence_Fast(seq, "slots must be a sequence");
