@@ -12,7 +12,6 @@ import gc
 import inspect
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import textwrap
@@ -155,94 +154,6 @@ def test_a_fork_child_keeps_the_name_alive_after_the_parent_closes(unique_name: 
 
 
 # ----- abandonment through the broker ------------------------------------------------------
-
-
-def test_a_thread_exit_abandons_its_mutexes() -> None:
-    mutex = Mutex(backend=B)
-    born_owned: list[Mutex] = []
-
-    def take() -> None:
-        assert wait_any([mutex], 0) == 0
-        born_owned.append(Mutex(count=1, backend=B))
-
-    thread = threading.Thread(target=take)
-    thread.start()
-    thread.join(BOUND)
-    with pytest.raises(AbandonedError) as caught:
-        wait_any([mutex], BOUND)
-    assert caught.value.index == 0
-    assert mutex.read() == (threading.get_native_id(), 1)
-    with pytest.raises(AbandonedError):
-        wait_any([born_owned[0]], BOUND)
-
-
-def test_a_blocked_waiter_wakes_when_the_holder_thread_exits(waiters: StartWaiter) -> None:
-    mutex = Mutex(backend=B)
-    taken = threading.Event()
-    release = threading.Event()
-
-    def hold() -> None:
-        wait_any([mutex], 0)
-        taken.set()
-        release.wait(BOUND)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert taken.wait(BOUND)
-    blocked = waiters(lambda: wait_any([mutex], owner=99))
-    assert blocked.still_waiting()
-    release.set()
-    holder.join(BOUND)
-    with pytest.raises(AbandonedError):
-        blocked.outcome()
-    assert mutex.read() == (99, 1)
-    blocked.finish()
-
-
-def test_a_mutex_unlocked_before_the_thread_exits_is_not_abandoned() -> None:
-    mutex = Mutex(backend=B)
-
-    def take_and_release() -> None:
-        wait_any([mutex])
-        wait_any([mutex])
-        mutex.unlock()
-        mutex.unlock()
-
-    thread = threading.Thread(target=take_and_release)
-    thread.start()
-    thread.join(BOUND)
-    assert wait_any([mutex], 0) == 0
-    assert mutex.unlock() == 1
-
-
-def test_a_process_killed_holding_a_mutex_abandons_it(waiters: StartWaiter) -> None:
-    mutex = Mutex(backend=B)
-    child = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent("""
-            import os, pickle, signal, sys
-            from ntshim.sync import wait_any
-            mutex = pickle.loads(bytes.fromhex(sys.stdin.readline()))
-            wait_any([mutex], 0)
-            print('held', flush=True)
-            sys.stdin.readline()
-            os.kill(os.getpid(), signal.SIGKILL)
-        """)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert child.stdin is not None and child.stdout is not None
-    child.stdin.write(pickle.dumps(mutex).hex() + "\n")
-    child.stdin.flush()
-    assert child.stdout.readline().strip() == "held"
-    blocked = waiters(lambda: wait_any([mutex], owner=31))
-    assert blocked.still_waiting()
-    child.stdin.write("\n")
-    child.stdin.flush()
-    child.wait(BOUND)
-    assert child.returncode == -signal.SIGKILL
-    with pytest.raises(AbandonedError):
-        blocked.outcome()
-    assert mutex.read() == (31, 1)
-    blocked.finish()
 
 
 def test_kill_abandons_and_wakes_a_waiter(waiters: StartWaiter) -> None:

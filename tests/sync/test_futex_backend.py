@@ -207,23 +207,3 @@ def test_a_signal_whose_handler_returns_lets_the_wait_go_on() -> None:
         signal.signal(signal.SIGALRM, previous)
     assert calls == [signal.SIGALRM]
     assert sem.read() == (0, 1)
-
-
-def test_a_thread_exiting_while_holding_a_mutex_wakes_a_blocked_waiter() -> None:
-    mutex = Mutex(backend="futex")
-    taken, leave = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        wait_any([mutex])
-        taken.set()
-        leave.wait()
-
-    t = threading.Thread(target=holder)
-    t.start()
-    taken.wait()
-    threading.Timer(0.2, leave.set).start()
-    with pytest.raises(AbandonedError) as caught:
-        wait_any([mutex], 30)
-    assert caught.value.index == 0
-    assert mutex.read() == (threading.get_native_id(), 1)
-    t.join()

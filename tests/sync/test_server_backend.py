@@ -519,29 +519,6 @@ def test_a_thread_exit_closes_its_connections_at_once() -> None:
     assert seen[0].closed and seen[0].sock.fileno() == -1
 
 
-def test_a_blocked_waiter_wakes_when_the_holder_thread_exits(waiters: StartWaiter) -> None:
-    mutex = Mutex(backend="server")
-    taken = threading.Event()
-    release = threading.Event()
-
-    def hold() -> None:
-        wait_any([mutex], 0)
-        taken.set()
-        release.wait(BOUND)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert taken.wait(BOUND)
-    blocked = waiters(lambda: wait_any([mutex], owner=99))
-    assert blocked.still_waiting()
-    release.set()
-    holder.join(BOUND)
-    with pytest.raises(AbandonedError):
-        blocked.outcome()
-    assert mutex.read() == (99, 1)
-    blocked.finish()
-
-
 def test_a_mutex_released_before_the_thread_exits_is_not_abandoned() -> None:
     mutex = Mutex(backend="server")
 
@@ -813,36 +790,6 @@ def test_a_fork_without_the_hooks_repairs_itself() -> None:
         """
     )
     assert out.split("\n")[:2] == ["child (3, 5)", "parent (3, 5)"]
-
-
-def test_a_process_killed_holding_a_mutex_abandons_it(waiters: StartWaiter) -> None:
-    mutex = Mutex(backend="server")
-    child = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent("""
-            import os, pickle, signal, sys
-            from ntshim.sync import wait_any
-            mutex = pickle.loads(bytes.fromhex(sys.stdin.readline()))
-            wait_any([mutex], 0)
-            print('held', flush=True)
-            sys.stdin.readline()
-            os.kill(os.getpid(), signal.SIGKILL)
-        """)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert child.stdin is not None and child.stdout is not None
-    child.stdin.write(pickle.dumps(mutex).hex() + "\n")
-    child.stdin.flush()
-    assert child.stdout.readline().strip() == "held"
-    blocked = waiters(lambda: wait_any([mutex], owner=31))
-    assert blocked.still_waiting()
-    child.stdin.write("\n")
-    child.stdin.flush()
-    child.wait(BOUND)
-    assert child.returncode == -signal.SIGKILL
-    with pytest.raises(AbandonedError):
-        blocked.outcome()
-    assert mutex.read() == (31, 1)
-    blocked.finish()
 
 
 def test_pickled_objects_reopen_by_id_in_another_process() -> None:

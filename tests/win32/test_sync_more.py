@@ -15,6 +15,7 @@ import time
 from ctypes import wintypes
 
 import pytest
+from win32_calls import SOON_MS, fails, unique
 
 from ntshim import win32
 from ntshim.win32 import (
@@ -55,16 +56,6 @@ from ntshim.win32 import (
 )
 from ntshim.win32 import sync as win32_sync
 from ntshim.win32.sync import open_handle_count
-
-SOON_MS = 5000
-
-
-def unique(name: str) -> str:
-    return f"ntshim-test-{os.getpid()}-{name}"
-
-
-def fails(result: object, error: int) -> bool:
-    return not result and GetLastError() == error
 
 
 def close_all(*handles: int) -> None:

@@ -25,8 +25,9 @@ Names carry this process's id so that parallel test runs of the same user do not
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
+
+from win32_calls import SOON_MS, fails, unique
 
 from ntshim import win32
 from ntshim.win32 import (
@@ -56,17 +57,6 @@ from ntshim.win32 import (
     GetLastError,
     SetLastError,
 )
-
-#: Generous bound for "this happens now" waits on a shared, noisy 2-core machine.
-SOON_MS = 5000
-
-
-def unique(name: str) -> str:
-    return f"ntshim-test-{os.getpid()}-{name}"
-
-
-def fails(result: object, error: int) -> bool:
-    return not result and GetLastError() == error
 
 
 def test_temporary_objects() -> None:

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import ctypes
+import os
 
 from ntshim import win32
 from ntshim.memory import PAGE_SIZE
 
 P = PAGE_SIZE
+
+
+#: Generous bound for "this happens now" waits on a shared, noisy 2-core machine.
+SOON_MS = 5000
+
+
+def unique(name: str) -> str:
+    """An object name of this test process's own."""
+    return f"ntshim-test-{os.getpid()}-{name}"
+
+
+def fails(result: object, error: int) -> bool:
+    """The Win32 call failed, with ``error`` as the last error."""
+    return not result and win32.GetLastError() == error
 
 
 def write_byte(address: int) -> None:
