@@ -572,7 +572,7 @@ static int register_process(nts_arena *a) {
             a->my_rec[r->obj] = a->inflight[k];
         }
         a->ninflight = 0;
-        for (uint32_t oi = 1; oi <= NOBJ; oi++)
+        for (uint32_t oi = 1; oi <= a->h->obj_hw; oi++)
             if (!a->my_rec[oi])
                 a->my_count[oi] = 0; /* not passed on (the arena was full): gone for us */
     }
@@ -665,7 +665,7 @@ static void fork_prepare(void) {
         return;
     arena_lock(a);
     size_t n = 0;
-    for (uint32_t oi = 1; oi <= NOBJ; oi++) {
+    for (uint32_t oi = 1; oi <= a->h->obj_hw; oi++) {
         if (!a->my_count[oi])
             continue;
         uint32_t ri = alloc_ref(a);
@@ -762,7 +762,7 @@ int nts_sync_attach(int fd, nts_arena **out) {
 void nts_sync_detach(nts_arena *a) {
     arena_lock(a);
     if (a->proc && a->pid == g_pid)
-        for (uint32_t oi = 1; oi <= NOBJ; oi++)
+        for (uint32_t oi = 1; oi <= a->h->obj_hw; oi++)
             if (a->my_rec[oi]) {
                 free_ref(a, a->my_rec[oi]);
                 a->my_rec[oi] = 0;
