@@ -68,6 +68,24 @@ PyObject *nts_runs_finish(nts_runs *r);                       /* bytes; frees r 
 void nts_lock(int *word);
 void nts_unlock(int *word);
 
+/* ---- Sharing a fault signal with the rest of the process (sigchain.c) ---- */
+#define NTS_SIGCHAIN_THREADS 16
+typedef struct {
+    int sig;
+    void (*handler)(int, siginfo_t *, void *);
+    struct sigaction prev[2]; /* the action we pass foreign signals to: prev[current] */
+    int current;
+    pid_t passing[NTS_SIGCHAIN_THREADS]; /* threads inside that action now */
+} nts_sigchain;
+/* Put c->handler on top for c->sig (unless it is there already), keeping the
+ * action found as the one to pass to.  Callers serialize calls.  0 or an errno. */
+int nts_sigchain_install(nts_sigchain *c);
+/* From c->handler: hand a signal that is not ours to the previous action as the
+ * kernel would have delivered it (its mask and flags; SIG_DFL and SIG_IGN as the
+ * kernel treats them).  A re-entry from inside that action, on the same thread,
+ * takes the default action. */
+void nts_sigchain_pass(nts_sigchain *c, siginfo_t *si, void *ctx);
+
 /* ---- Memory objects (mapping.c) ---- */
 extern PyTypeObject nts_mapping_type, nts_view_type, nts_pin_type;
 

@@ -18,7 +18,8 @@
 static int g_lock;
 static nts_tracker **g_reg; /* sorted by base; ranges never overlap */
 static size_t g_nreg, g_cap;
-static struct sigaction g_prev; /* what we chain to */
+static void on_sigsegv(int sig, siginfo_t *si, void *ctx);
+static nts_sigchain g_chain = {.sig = SIGSEGV, .handler = on_sigsegv};
 static __thread sigset_t g_fork_mask;
 
 static int fault_is_write(const void *ctx)
@@ -55,50 +56,14 @@ static nts_tracker *lookup(uintptr_t addr)
     return addr < t->base + t->npages * nts_page_size ? t : NULL;
 }
 
-static uintptr_t g_last_foreign_fault; /* 1 + address of the last fault we passed on; 0: none */
-static pid_t g_chaining_tid;            /* thread inside a handler we chained to, 0: none */
-
-static void default_action(int sig, siginfo_t *si)
-{
-    /* A hardware fault repeats when the instruction re-executes; a sent signal has
-     * to be raised again. */
-    signal(sig, SIG_DFL);
-    if (si->si_code <= 0)
-        raise(sig);
-}
-
-static void chain(const struct sigaction *prev, int sig, siginfo_t *si, void *ctx)
-{
-    /* The handler we chain to may hand the signal back to us.  faulthandler, enabled
-     * after our first watch, restores its predecessor (us) and raises the signal
-     * again: with SA_NODEFER that arrives while we are still calling it.  A handler
-     * that just returns lets the instruction fault again at the same address.
-     * Either way nobody else will deal with it: take the default action. */
-    pid_t me = (pid_t)syscall(SYS_gettid);
-    uintptr_t key = (uintptr_t)si->si_addr + 1;
-    if (__atomic_load_n(&g_chaining_tid, __ATOMIC_RELAXED) == me ||
-        (si->si_code > 0 && __atomic_exchange_n(&g_last_foreign_fault, key, __ATOMIC_RELAXED) == key)) {
-        default_action(sig, si);
-        return;
-    }
-    __atomic_store_n(&g_chaining_tid, me, __ATOMIC_RELAXED);
-    if (prev->sa_flags & SA_SIGINFO) {
-        prev->sa_sigaction(sig, si, ctx);
-    } else if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN) {
-        prev->sa_handler(sig);
-    } else {
-        default_action(sig, si);
-    }
-    __atomic_store_n(&g_chaining_tid, 0, __ATOMIC_RELAXED);
-}
-
 static void on_sigsegv(int sig, siginfo_t *si, void *ctx)
 {
     int saved_errno = errno;
-    struct sigaction prev;
-    nts_lock(&g_lock);
+    /* Only a write fault can be ours; a sent SIGSEGV never is, and must not wait
+     * for the lock (the thread it landed on may be holding it). */
     if (si->si_code == SEGV_ACCERR && fault_is_write(ctx)) {
         uintptr_t addr = (uintptr_t)si->si_addr;
+        nts_lock(&g_lock);
         nts_tracker *t = lookup(addr);
         if (t) {
             size_t i = (addr - t->base) / nts_page_size;
@@ -117,31 +82,10 @@ static void on_sigsegv(int sig, siginfo_t *si, void *ctx)
                 return;
             }
         }
+        nts_unlock(&g_lock);
     }
-    prev = g_prev;
-    nts_unlock(&g_lock);
-    chain(&prev, sig, si, ctx);
+    nts_sigchain_pass(&g_chain, si, ctx);
     errno = saved_errno;
-}
-
-/* Put our handler on top, keeping whatever was there as the one to chain to.
- * Done at every registration so a handler installed after ours (for example
- * faulthandler.enable()) cannot swallow our faults.  Lock held. */
-static int install_handler(void)
-{
-    struct sigaction cur, ours;
-    if (sigaction(SIGSEGV, NULL, &cur))
-        return errno;
-    if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigsegv)
-        return 0;
-    memset(&ours, 0, sizeof ours);
-    ours.sa_sigaction = on_sigsegv;
-    ours.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART | SA_NODEFER; /* see chain() */
-    sigemptyset(&ours.sa_mask);
-    if (sigaction(SIGSEGV, &ours, NULL))
-        return errno;
-    g_prev = cur;
-    return 0;
 }
 
 static int registry_insert(nts_tracker *t)
@@ -206,7 +150,9 @@ PyObject *nts_mprotect_tracker_new(PyObject *mod, PyObject *args)
     int err;
     t->lock = &g_lock; /* the handler finds the tracker and updates it under one lock */
     nts_lock(&g_lock);
-    err = install_handler();
+    /* Ours goes on top again at every registration, so that a handler installed
+     * after ours (faulthandler.enable(), say) cannot swallow our faults. */
+    err = nts_sigchain_install(&g_chain);
     if (!err)
         err = registry_insert(t);
     if (!err) {
