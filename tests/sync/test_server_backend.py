@@ -307,7 +307,8 @@ def raw_connection(
     sock.connect(os.path.join(directory, srv.SOCKET_NAME))
     if thread is not None:
         token, tid = thread
-        sock.sendall(srv.frame(srv.HELLO_THREAD, srv.HELLO_THREAD_ARGS.pack(srv.PROTOCOL_VERSION, os.getpid(), tid, token)))
+        hello_args = srv.HELLO_THREAD_ARGS.pack(srv.PROTOCOL_VERSION, os.getpid(), tid, token)
+        sock.sendall(srv.frame(srv.HELLO_THREAD, hello_args))
         assert read_reply(sock)[:2] == (srv.HELLO_THREAD, srv.OK)
     elif hello:
         sock.sendall(process_hello())
@@ -532,7 +533,7 @@ def test_a_client_that_never_reads_is_dropped_not_waited_for() -> None:
 def test_cancel_gives_back_a_wait_satisfied_before_the_client_read_it() -> None:
     sem = Semaphore(1, 1, backend="server")
     mutex = Mutex(backend="server")
-    thread = raw_thread_connection()
+    thread = raw_connection(thread=(srv.CLIENT.token, 1))  # attached to this process like a thread's
     thread.sendall(srv.pack_wait([sem._handle.key, mutex._handle.key], True, None, 42, None))
     time.sleep(0.05)  # satisfied at once; the reply sits unread
     assert sem.read() == (0, 1) and mutex.read() == (42, 1)
@@ -546,17 +547,6 @@ def test_cancel_gives_back_a_wait_satisfied_before_the_client_read_it() -> None:
     thread.sendall(srv.frame(srv.CANCEL))
     assert read_reply(thread)[2][0] == srv.CANCEL_NOTHING
     thread.close()
-
-
-def raw_thread_connection() -> socket.socket:
-    """A socket attached to this process like a thread's connection."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(BOUND)
-    sock.connect(os.path.join(userdir.user_directory(), srv.SOCKET_NAME))
-    hello = srv.HELLO_THREAD_ARGS.pack(srv.PROTOCOL_VERSION, os.getpid(), 1, srv.CLIENT.token)
-    sock.sendall(srv.frame(srv.HELLO_THREAD, hello))
-    assert read_reply(sock)[:2] == (srv.HELLO_THREAD, srv.OK)
-    return sock
 
 
 def test_a_thread_hello_with_an_unknown_process_is_refused() -> None:
@@ -613,8 +603,9 @@ FLOOD = f"""
     end = time.monotonic() + {2 * BOUND}
     answered = sum(reported.acquire(timeout=max(0.0, end - time.monotonic())) for _ in threads)
     # A process whose very first connection is refused: the same error, not "unavailable".
-    newcomer = subprocess.run([sys.executable, '-c', "from ntshim.sync import Event; Event.open('gate', backend='server')"],
-                              capture_output=True, text=True, timeout={4 * BOUND}).stderr.strip().split(chr(10))[-1]
+    opener = "from ntshim.sync import Event; Event.open('gate', backend='server')"
+    newcomer = subprocess.run([sys.executable, '-c', opener], capture_output=True, text=True,
+                              timeout={4 * BOUND}).stderr.strip().split(chr(10))[-1]
     gate.set()   # the served threads wake up and exit, and their connections close
     for thread in threads:
         thread.join({2 * BOUND})
