@@ -39,7 +39,7 @@ def test_info_json_lists_every_backend_with_availability_and_reasons() -> None:
 def test_info_json_lists_the_sync_backends() -> None:
     report = json.loads(ntshim("info", "--json").stdout)
     backends = report["sync"]["backends"]
-    assert [b["name"] for b in backends] == ["futex", "server", "eventfd"]
+    assert [b["name"] for b in backends] == ["futex", "server"]
     for b in backends:
         assert bool(b["reason"]) != b["available"], b
         assert b["available"] == sync_registry.backend_class(b["name"]).availability().available
@@ -73,7 +73,7 @@ def test_info_json_reports_a_backend_forced_by_the_environment() -> None:
 def test_info_prints_a_table() -> None:
     proc = ntshim("info")
     assert proc.returncode == 0, proc.stderr
-    for name in ("uffd-async", "uffd-sync", "mprotect", "shadow", "default backend", "futex", "server", "eventfd"):
+    for name in ("uffd-async", "uffd-sync", "mprotect", "shadow", "default backend", "futex", "server"):
         assert name in proc.stdout
     assert os.uname().release in proc.stdout
 

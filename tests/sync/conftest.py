@@ -1,6 +1,6 @@
-"""Fixtures shared by the sync tests: every backend in turn, a clean environment, helpers
+"""Fixtures shared by the sync tests: every backend in turn, a clean environment, and helpers
 for the "a thread waits, the main thread checks it has not returned yet" idiom of the ntsync
-selftests, and the list of the eventfd backend's known semantic gaps."""
+selftests."""
 
 from __future__ import annotations
 
@@ -17,56 +17,6 @@ import pytest
 from required import require_sync_backend
 
 from ntshim.sync import registry
-
-#: Tests that fail on the eventfd backend only because of the esync design, with the reason;
-#: each is an expected failure there, strict (if it starts passing, the entry must go) save
-#: where the harness cannot make the failure certain (NEEDS_STRICT_SIDELINE without real-time
-#: priority).  The docs quote this table.  A test listed here must still pass on futex and
-#: server.
-NO_HAND_OFF = (
-    "no hand-off: a release, unlock, kill, set or pulse only makes the object signaled; the woken "
-    "waiter takes it later in its own thread, so the state read right after the signal still shows "
-    "it untaken (and the waiter may lose it to someone else)"
-)
-EVENTFD_GAPS: dict[str, str] = {
-    # the ntsync selftests (test_ntsync_selftests.py)
-    "test_wake_any": NO_HAND_OFF,
-    "test_wake_all": NO_HAND_OFF,
-    # the contract's rules (test_rules.py)
-    "test_pulse_manual_wakes_every_current_waiter": (
-        "pulse is a set followed at once by a reset: the waiters woken by the set find the event "
-        "already reset and go back to sleep, so a pulse wakes nobody"
-    ),
-    "test_pulse_auto_wakes_exactly_one": (
-        "pulse is a set followed at once by a reset: the woken waiter finds the event already reset, "
-        "so a pulse of an auto-reset event wakes nobody"
-    ),
-    "test_semaphore_serves_waiters_in_order": (
-        NO_HAND_OFF + "; and no queue: the woken waiters race, so the first to wait is not the first served"
-    ),
-    "test_release_of_n_serves_n_waiters": NO_HAND_OFF,
-    "test_wait_all_waiters_are_served_first": (
-        NO_HAND_OFF + "; and no queue: a wait-all waiter has no priority over wait-any waiters"
-    ),
-    "test_mutex_passes_to_waiters_in_order": (NO_HAND_OFF + "; and no queue: the woken waiters race for the mutex"),
-    "test_kill_hands_the_mutex_over": (
-        NO_HAND_OFF + " (here: the mutex still reads abandoned after kill, until the waiter takes it)"
-    ),
-    # stress (test_stress.py)
-    "test_wait_all_is_atomic": (
-        "wait_all is not atomic: it takes the objects one after another (putting back what it took "
-        "when one is gone), so another thread can see a part of the set taken"
-    ),
-}
-#: The gaps above that show as a race the waiter loses only while :func:`sidelined` keeps it
-#: from running: strict expected failures only where that is guaranteed.
-NEEDS_STRICT_SIDELINE = frozenset(EVENTFD_GAPS) - {"test_wait_all_is_atomic"}
-
-#: Gaps a stress test shows by racing threads for a bounded time: it shows them in nearly
-#: every run, but a run on a machine busy enough to keep the racers apart may miss them.
-SHOWN_BY_CHANCE = {
-    "test_wait_all_is_atomic": "a bounded race; under heavy load (several suites at once) it can miss",
-}
 
 #: How long a waiter thread is given to block before we check that it has not returned.  The
 #: waiter announces itself just before it calls the wait (``Waiter.started``), so this only
@@ -89,26 +39,6 @@ def sync_backend(request: pytest.FixtureRequest) -> str:
 def _no_sync_backend_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests choose sync backends explicitly; a developer's NTSHIM_SYNC_BACKEND must not leak in.
     monkeypatch.delenv(registry.ENV_VAR, raising=False)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        if callspec is None or callspec.params.get("sync_backend") != "eventfd":
-            continue
-        test = getattr(item, "originalname", item.name)
-        reason = EVENTFD_GAPS.get(test)
-        if reason is None:
-            continue
-        strict = (test not in NEEDS_STRICT_SIDELINE or SIDELINE_IS_STRICT) and test not in SHOWN_BY_CHANCE
-        if test in SHOWN_BY_CHANCE:
-            reason += f" (not strict: {SHOWN_BY_CHANCE[test]})"
-        elif not strict:
-            reason += (
-                " (not strict here: without real-time priority the test cannot keep the woken waiter "
-                "from winning the race now and then)"
-            )
-        item.add_marker(pytest.mark.xfail(strict=strict, reason=f"eventfd (esync design): {reason}"))
 
 
 @pytest.fixture
@@ -195,9 +125,9 @@ def sidelined(*group: Waiter) -> Iterator[None]:
 
     For "signal, then read the state at once" checks.  A backend that hands signals over has
     done the woken waiter's acquisition inside the signalling call, so what the block reads
-    must not depend on whether the waiter got to run; one that leaves the woken waiter to
-    take the object itself (eventfd) shows it untaken, every time, instead of passing now and
-    then when its waiter happens to win the race with the read.
+    must not depend on whether the waiter got to run; one that left the woken waiter to take
+    the object itself (as the esync design does) would show it untaken, every time, instead
+    of passing now and then when its waiter happened to win the race with the read.
 
     How: this thread and the waiters share one CPU, where this thread runs with a real-time
     priority (SCHED_FIFO), so the waiters get the CPU only when this thread blocks (a backend

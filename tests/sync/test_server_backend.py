@@ -1,7 +1,8 @@
 """The server backend's own mechanisms: the model's extras (rollback, holders), starting and
-stopping the server, its protocol against malformed and vanishing clients, per-thread
-connections, abandonment when a thread or process ends, fork, pickling, references and
-names across processes, and waits interrupted by a signal.
+stopping the server, its protocol against malformed and vanishing clients and against
+descriptors passed to it, its descriptor limit, per-thread connections, abandonment when a
+thread or process ends, fork, pickling, references and names across processes, and waits
+interrupted by a signal.
 
 The ntsync semantics themselves are checked on every backend by the shared tests; here the
 subject is how the server backend carries them across threads and processes.
@@ -9,7 +10,10 @@ subject is how the server backend carries them across threads and processes.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gc
+import json
 import os
 import pickle
 import signal
@@ -207,16 +211,22 @@ def test_unavailable_says_why() -> None:
     out = python(
         """
         from ntshim.sync import registry
-        for name in ('server', 'eventfd'):
-            availability = registry.backend_class(name).availability()
-            print(name, availability.available, availability.reason)
+        availability = registry.backend_class('server').availability()
+        print(availability.available, availability.reason)
         """,
         {userdir.ROOT_ENV_VAR: "/nonexistent-ntshim-root"},
     )
-    lines = out.strip().split("\n")
-    assert lines[0].startswith("server False cannot start or reach the sync server:")
-    assert "nonexistent-ntshim-root" in lines[0]
-    assert lines[1].startswith("eventfd False needs the sync server as descriptor broker:")
+    assert out.startswith("False cannot start or reach the sync server:")
+    assert "nonexistent-ntshim-root" in out
+
+
+def test_there_is_no_eventfd_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    # It went (docs/sync.md says why): asking for it is an unknown name, like any other.
+    with pytest.raises(ValueError, match=r"backend: unknown sync backend 'eventfd'; choose from futex, server$"):
+        Event(manual=True, backend="eventfd")
+    monkeypatch.setenv("NTSHIM_SYNC_BACKEND", "eventfd")
+    with pytest.raises(ValueError, match=r"NTSHIM_SYNC_BACKEND: unknown sync backend 'eventfd'"):
+        Semaphore(0, 1)
 
 
 def test_clients_starting_at_once_share_one_server(private_root: dict[str, str]) -> None:
@@ -280,14 +290,28 @@ def test_a_killed_server_is_replaced_and_its_objects_report_it(private_root: dic
 # ----- protocol robustness -----------------------------------------------------------------
 
 
-def raw_connection(hello: bool = True) -> socket.socket:
-    """A socket to the server this test process uses, with a process hello done."""
-    srv.CLIENT.server_instance()  # make sure it runs
+def process_hello() -> bytes:
+    return srv.frame(srv.HELLO_PROC, srv.HELLO_PROC_ARGS.pack(srv.PROTOCOL_VERSION, os.getpid(), 0))
+
+
+def raw_connection(
+    hello: bool = True, directory: str | None = None, thread: tuple[int, int] | None = None
+) -> socket.socket:
+    """A socket to the server of ``directory`` (default: the one this test process uses),
+    with a process hello done, or with ``thread=(process token, tid)`` a thread hello."""
+    if directory is None:
+        srv.CLIENT.server_instance()  # make sure it runs
+        directory = userdir.user_directory()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(BOUND)
-    sock.connect(os.path.join(userdir.user_directory(), srv.SOCKET_NAME))
-    if hello:
-        sock.sendall(srv.frame(srv.HELLO_PROC, srv.HELLO_PROC_ARGS.pack(srv.PROTOCOL_VERSION, os.getpid(), 0)))
+    sock.connect(os.path.join(directory, srv.SOCKET_NAME))
+    if thread is not None:
+        token, tid = thread
+        hello_args = srv.HELLO_THREAD_ARGS.pack(srv.PROTOCOL_VERSION, os.getpid(), tid, token)
+        sock.sendall(srv.frame(srv.HELLO_THREAD, hello_args))
+        assert read_reply(sock)[:2] == (srv.HELLO_THREAD, srv.OK)
+    elif hello:
+        sock.sendall(process_hello())
         assert read_reply(sock)[:2] == (srv.HELLO_PROC, srv.OK)
     return sock
 
@@ -327,7 +351,6 @@ def dropped(sock: socket.socket) -> bool:
         pytest.param(srv.frame(srv.SEM_READ, b"\x01\x02"), id="short-payload"),
         pytest.param(srv.frame(srv.WAIT, srv.WAIT_HEAD.pack(0, 1, 0, 200)), id="wait-claims-200-objects"),
         pytest.param(srv.frame(srv.HELLO_PROC, srv.HELLO_PROC_ARGS.pack(99, 1, 0)), id="second-hello-bad-version"),
-        pytest.param(srv.frame(srv.EFD_CREATE, srv.CREATE_HEAD.pack(0, 1, 1)), id="eventfd-create-without-fd"),
         pytest.param(srv.frame(srv.CREATE, srv.CREATE_HEAD.pack(9, 0, 1)), id="bad-kind"),
     ],
 )
@@ -340,32 +363,111 @@ def test_a_malformed_client_loses_only_its_connection(garbage: bytes) -> None:
     assert witness.release(1) == 1 and witness.read() == (2, 3)
 
 
-def test_a_client_stuffing_descriptors_is_dropped() -> None:
-    witness = Semaphore(1, 3, backend="server")
-    sock = raw_connection()
-    fds = [os.eventfd(0) for _ in range(srv.MAX_FDS)]
+#: The op the server once took descriptors with (EFD_CREATE, for the removed eventfd backend).
+FORMER_EFD_CREATE = 0x40
+#: The thread id the hostile client names in the mutex block it passes.
+HOSTILE_TID = 77
+
+
+def server_descriptors(pid: int) -> list[str]:
+    """What the server process has open (the targets of /proc/<pid>/fd)."""
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            continue  # closed meanwhile
+    return targets
+
+
+def hostile_descriptors(attack: str, stack: contextlib.ExitStack) -> tuple[list[int], Callable[[], None]]:
+    """The descriptors of an attack the server once fell for, passed as an eventfd-backend
+    mutex (its token eventfd and its shared block, which names thread HOSTILE_TID of this
+    process as holder), and what the attacker does once the server has them."""
+    block = os.memfd_create("hostile-block")
+    stack.callback(os.close, block)
+    os.ftruncate(block, 4096)
+    os.pwrite(block, struct.pack("<IIIII", 1, 1, 0, os.getpid(), HOSTILE_TID), 0)
+    if attack == "truncated-memfd":
+        token = os.eventfd(0)
+        stack.callback(os.close, token)
+        # Shrunk under the server's mapping: its next look at the block was a SIGBUS.
+        return [token, block], lambda: os.ftruncate(block, 0)
+    # A full pipe, blocking, where the token eventfd belongs: the server's write of the
+    # token when the holder's thread ends blocked it for good.
+    read_end, write_end = os.pipe()
+    stack.callback(os.close, read_end)
+    stack.callback(os.close, write_end)
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"x" * 65536)
+    os.set_blocking(write_end, True)
+    return [write_end, block], lambda: None
+
+
+def send_with_descriptors(sock: socket.socket, request: bytes, fds: list[int]) -> None:
+    sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+
+
+def answered(sock: socket.socket, request: bytes, what: str, pid: int) -> tuple[int, int, bytes]:
+    """The reply to ``request``; fails saying whether the server died or froze."""
     try:
-        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
-        request = srv.frame(srv.SEM_READ, srv.U64.pack(witness._handle.key))
-        answers: list[tuple[int, int, bytes]] = []
-        # Frames that take no descriptors, each carrying four, sent one at a time: the next
-        # goes out only once this one is answered, when the connection is known to be open.
-        # (Sent blindly, a frame behind the one that gets the client dropped races with the
-        # drop: it is queued, or refused with EPIPE if the server got there first.)
-        for _ in range(4):
-            sock.sendmsg([request], rights)
-            if not sock.recv(1, socket.MSG_PEEK):  # the end of the connection, not an answer
-                break
-            answers.append(read_reply(sock))
-        else:
-            pytest.fail("four frames of unused descriptors, and the client is still connected")
-        assert answers == [(srv.SEM_READ, srv.OK, srv.II.pack(1, 3))] * len(answers)
-        assert dropped(sock)
-    finally:
-        for fd in fds:
-            os.close(fd)
-        sock.close()
-    assert witness.read() == (1, 3)
+        sock.sendall(request)
+        return read_reply(sock)
+    except TimeoutError:
+        pytest.fail(f"{what}: the server froze (no answer in {BOUND} s)")
+    except (AssertionError, ConnectionError):
+        pytest.fail(f"{what}: the server closed the connection" + (" (it died)" if until(lambda: gone(pid), 1) else ""))
+
+
+@pytest.mark.parametrize("attack", ["truncated-memfd", "full-blocking-pipe"])
+def test_descriptors_a_client_passes_never_reach_the_server(
+    private_root: dict[str, str], monkeypatch: pytest.MonkeyPatch, attack: str
+) -> None:
+    # Issue 11, item 11: a client of the same user could kill the server with SIGBUS or
+    # freeze it through descriptors it passed.  The server takes no descriptors any more:
+    # the kernel discards what comes with a frame, so none can be used, and none piles up.
+    monkeypatch.setenv(srv.LINGER_ENV_VAR, "0.3")
+    directory = _socket_path(private_root).parent
+    directory.mkdir(mode=0o700)
+    keeper, payload = srv.open_connection(process_hello(), str(directory))  # starts a private server
+    witness = keeper.sock
+    witness.settimeout(BOUND)
+    token = srv.TWO_U64.unpack_from(payload)[0]
+    pid = server_pid(witness)
+    with contextlib.ExitStack() as stack:
+        stack.callback(keeper.close)
+        _, status, created = answered(witness, srv.frame(srv.CREATE, srv.CREATE_HEAD.pack(0, 1, 5)), "create", pid)
+        assert status == srv.OK
+        read_witness = srv.frame(srv.SEM_READ, srv.U64.pack(srv.ID_CREATED.unpack(created)[0]))
+        baseline = len(server_descriptors(pid))
+
+        fds, strike = hostile_descriptors(attack, stack)
+        hostile = raw_connection(directory=str(directory))
+        stack.callback(hostile.close)
+        send_with_descriptors(hostile, srv.frame(FORMER_EFD_CREATE, srv.CREATE_HEAD.pack(1, 1, 1)), fds)
+        with contextlib.suppress(ConnectionError):
+            hostile.recv(4096)  # the old server's answer; now the end of the connection (an unknown op)
+        strike()
+        # A thread connection of the holder named in the block ends: the old server then
+        # read every mutex block it held and wrote the token of the holder's mutexes.
+        thread = raw_connection(directory=str(directory), thread=(token, HOSTILE_TID))
+        thread.close()
+        assert answered(witness, read_witness, f"after the {attack}", pid) == (srv.SEM_READ, srv.OK, srv.II.pack(1, 5))
+
+        # Ordinary requests carrying descriptors are answered as if they carried none, and
+        # nothing that was passed stays open in the server.
+        stuffer = raw_connection(directory=str(directory))
+        stack.callback(stuffer.close)
+        for _ in range(16):
+            send_with_descriptors(stuffer, read_witness, fds)
+            assert read_reply(stuffer) == (srv.SEM_READ, srv.OK, srv.II.pack(1, 5))
+        kept = [t for t in server_descriptors(pid) if t.startswith(("memfd:", "pipe:", "anon_inode:[eventfd]"))]
+        assert not kept, f"the server holds descriptors a client passed: {kept}"
+        hostile.close()
+        stuffer.close()
+        assert until(lambda: len(server_descriptors(pid)) == baseline), server_descriptors(pid)
 
 
 def test_a_request_before_hello_is_refused() -> None:
@@ -431,7 +533,7 @@ def test_a_client_that_never_reads_is_dropped_not_waited_for() -> None:
 def test_cancel_gives_back_a_wait_satisfied_before_the_client_read_it() -> None:
     sem = Semaphore(1, 1, backend="server")
     mutex = Mutex(backend="server")
-    thread = raw_thread_connection()
+    thread = raw_connection(thread=(srv.CLIENT.token, 1))  # attached to this process like a thread's
     thread.sendall(srv.pack_wait([sem._handle.key, mutex._handle.key], True, None, 42, None))
     time.sleep(0.05)  # satisfied at once; the reply sits unread
     assert sem.read() == (0, 1) and mutex.read() == (42, 1)
@@ -447,17 +549,6 @@ def test_cancel_gives_back_a_wait_satisfied_before_the_client_read_it() -> None:
     thread.close()
 
 
-def raw_thread_connection() -> socket.socket:
-    """A socket attached to this process like a thread's connection."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(BOUND)
-    sock.connect(os.path.join(userdir.user_directory(), srv.SOCKET_NAME))
-    hello = srv.HELLO_THREAD_ARGS.pack(srv.PROTOCOL_VERSION, os.getpid(), 1, srv.CLIENT.token)
-    sock.sendall(srv.frame(srv.HELLO_THREAD, hello))
-    assert read_reply(sock)[:2] == (srv.HELLO_THREAD, srv.OK)
-    return sock
-
-
 def test_a_thread_hello_with_an_unknown_process_is_refused() -> None:
     srv.CLIENT.server_instance()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -466,6 +557,103 @@ def test_a_thread_hello_with_an_unknown_process_is_refused() -> None:
     sock.sendall(srv.frame(srv.HELLO_THREAD, srv.HELLO_THREAD_ARGS.pack(srv.PROTOCOL_VERSION, 1, 1, 12345)))
     assert read_reply(sock)[:2] == (srv.HELLO_THREAD, srv.E_UNKNOWN_PROCESS)
     sock.close()
+
+
+# ----- the server's descriptor limit -------------------------------------------------------
+
+#: RLIMIT_NOFILE (soft and hard) of the process that starts the server in the test below.
+LOW_LIMIT = 64
+#: Threads that each open a connection: more than a server with LOW_LIMIT descriptors can take.
+FLOOD_THREADS = 80
+
+STARTER = f"""
+    import resource, sys
+    resource.setrlimit(resource.RLIMIT_NOFILE, ({LOW_LIMIT}, {LOW_LIMIT}))
+    from ntshim.sync import Event
+    gate = Event(manual=True, name='gate', backend='server')   # starts the server, with this limit
+    print('ready', flush=True)
+    sys.stdin.readline()
+    print(gate.read(), flush=True)
+"""
+
+FLOOD = f"""
+    import json, os, subprocess, sys, threading, time
+    from ntshim.sync import Event, wait_any
+    gate = Event.open('gate', backend='server')
+    lock = threading.Lock()
+    outcomes, waits = [], []
+    reported = threading.Semaphore(0)
+
+    def client():
+        try:
+            gate.read()   # this thread's first request: it opens the thread's own connection
+        except BaseException as exc:
+            with lock:
+                outcomes.append([type(exc).__name__, getattr(exc, 'errno', None), str(exc)])
+            reported.release()
+            return
+        with lock:
+            outcomes.append(['served', None, ''])
+        reported.release()
+        waits.append(wait_any([gate], timeout={4 * BOUND}))   # holds the connection, blocked in the server
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range({FLOOD_THREADS})]
+    for thread in threads:
+        thread.start()
+    end = time.monotonic() + {2 * BOUND}
+    answered = sum(reported.acquire(timeout=max(0.0, end - time.monotonic())) for _ in threads)
+    # A process whose very first connection is refused: the same error, not "unavailable".
+    opener = "from ntshim.sync import Event; Event.open('gate', backend='server')"
+    newcomer = subprocess.run([sys.executable, '-c', opener], capture_output=True, text=True,
+                              timeout={4 * BOUND}).stderr.strip().split(chr(10))[-1]
+    gate.set()   # the served threads wake up and exit, and their connections close
+    for thread in threads:
+        thread.join({2 * BOUND})
+    after = []
+    late = threading.Thread(target=lambda: after.append(gate.read()))   # a connection once room is back
+    late.start()
+    late.join({2 * BOUND})
+    with lock:
+        print(json.dumps(dict(answered=answered, outcomes=outcomes, waits=waits, after=after, newcomer=newcomer)),
+              flush=True)
+    os._exit(0)
+"""
+
+
+def test_a_server_out_of_descriptors_refuses_clearly_and_serves_the_others(private_root: dict[str, str]) -> None:
+    # Issue 11, item 15: the server inherits RLIMIT_NOFILE from whichever client starts it.
+    # Beyond its limit, a new connection gets a clear EMFILE error saying so (not a hang
+    # in the accept backlog, nor ServerGone), and every connection it has keeps being served.
+    env = {**os.environ, **private_root}
+    starter = subprocess.Popen([sys.executable, "-c", textwrap.dedent(STARTER)], env=env, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert starter.stdout is not None and starter.stdin is not None
+        assert starter.stdout.readline().strip() == "ready", starter.stderr.read() if starter.stderr else ""
+        flood = subprocess.run([sys.executable, "-c", textwrap.dedent(FLOOD)], env=env, capture_output=True,
+                               text=True, timeout=12 * BOUND, check=False)
+        assert flood.returncode == 0, flood.stderr
+        report = json.loads(flood.stdout)
+        out, err = starter.communicate("\n", timeout=4 * BOUND)
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+            starter.wait()
+    assert report["answered"] == FLOOD_THREADS, (
+        f"{FLOOD_THREADS - report['answered']} of {FLOOD_THREADS} clients got no answer in {2 * BOUND} s"
+    )
+    served = [o for o in report["outcomes"] if o[0] == "served"]
+    refused = [o for o in report["outcomes"] if o[0] != "served"]
+    assert served and refused, report["outcomes"]
+    for kind, number, message in refused:
+        assert (kind, number) == ("OSError", errno.EMFILE), message
+        assert f"descriptor limit of {LOW_LIMIT}" in message and "RLIMIT_NOFILE" in message, message
+    assert report["newcomer"].startswith("OSError: [Errno 24]"), report["newcomer"]
+    assert f"descriptor limit of {LOW_LIMIT}" in report["newcomer"]
+    assert report["waits"] == [0] * len(served)  # the connections it took were served to the end
+    assert report["after"] == [[True, True]]  # once they closed, a new connection was taken
+    assert starter.returncode == 0, err
+    assert out.strip() == "(True, True)"
 
 
 # ----- threads -----------------------------------------------------------------------------
@@ -590,8 +778,8 @@ def test_an_interruption_after_the_wait_was_satisfied_gives_it_back(alarm: Calla
     sem = Semaphore(0, 1, backend="server")
     original = srv.Connection.receive
 
-    def late_receive(self: srv.Connection, with_fds: bool = False) -> bytes:
-        body = original(self, with_fds)
+    def late_receive(self: srv.Connection) -> bytes:
+        body = original(self)
         if body[:1] == bytes((srv.WAIT,)) and body[1] == srv.OK and not hasattr(late_receive, "done"):
             late_receive.done = True  # type: ignore[attr-defined]
             self._buffer[:0] = srv.HEADER.pack(len(body)) + body  # unread again
@@ -635,8 +823,8 @@ class SendThenFail:
         monkeypatch.setattr(srv.Connection, "send", self)
 
     def __get__(self, connection: srv.Connection, owner: type) -> Callable[..., None]:
-        def send(data: bytes, fds: Any = ()) -> None:
-            self.original(connection, data, fds)
+        def send(data: bytes) -> None:
+            self.original(connection, data)
             srv.Connection.send = self.original  # type: ignore[method-assign]
             raise Interrupt
 

@@ -9,8 +9,8 @@ the Linux ntsync driver.
     index = wait_any([ready, lock], timeout=1.0)   # lowest signaled index
 
 Backends (``ntshim info``; force with ``backend=`` or ``NTSHIM_SYNC_BACKEND``): ``futex``
-(state in shared memory, futex_waitv), ``server`` (a server process owning all state) and
-``eventfd`` (the esync design, for comparison: see docs/sync.md for its gaps).
+(state in shared memory, futex_waitv) and ``server`` (a server process owning all state).
+docs/sync.md says why there is no eventfd (esync) backend.
 """
 
 from __future__ import annotations

@@ -7,23 +7,22 @@ the client can connect at once and keeps no zombie).  The server then serves
 every client of this user from one thread: an epoll loop over non-blocking sockets,
 a heap of wait deadlines, and the ntsync model (:mod:`ntshim.sync.model`).
 
-It also brokers the eventfd backend's descriptors (names and ids → eventfds passed with
-SCM_RIGHTS, as esync used wineserver) and abandons that backend's mutexes whose holder
-thread's connection closed.
-
 A client that sends something malformed, floods without reading, or vanishes only loses its
-own connection.  When the last client has been gone for the linger time, the server unlinks
-its socket (under the start lock, so no client can start a second server meanwhile) and
-exits.
+own connection.  The server takes no descriptors from clients (it reads with ``recv``: the
+kernel discards any passed with a frame), so none can make it block or fault.  Out of
+descriptors itself, it refuses new clients with a reply that says so (see
+:mod:`ntshim.sync.server`).  When the last client has been gone for the linger time, the
+server unlinks its socket (under the start lock, so no client can start a second server
+meanwhile) and exits.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import heapq
-import mmap
 import os
 import resource
 import secrets
@@ -36,7 +35,7 @@ import traceback
 from collections.abc import Callable
 from typing import cast
 
-from .backend import MAX_WAIT_OBJECTS, Kind
+from .backend import MAX_WAIT_OBJECTS, U32_MAX, Kind
 from .model import Model, SyncObject, Waiter
 from .server import (
     ADDREF,
@@ -51,14 +50,12 @@ from .server import (
     E_CANCELLED,
     E_INVALID,
     E_KIND,
+    E_NO_DESCRIPTORS,
     E_NOENT,
     E_OVERFLOW,
     E_PERM,
     E_TIMEOUT,
     E_UNKNOWN_PROCESS,
-    EFD_CREATE,
-    EFD_OPEN,
-    EFD_OPEN_ID,
     EVENT_PULSE,
     EVENT_READ,
     EVENT_RESET,
@@ -78,7 +75,6 @@ from .server import (
     LINGER_ENV_VAR,
     LOCK_NAME,
     MAX_BODY,
-    MAX_FDS,
     MUTEX_KILL,
     MUTEX_READ,
     MUTEX_UNLOCK,
@@ -86,8 +82,8 @@ from .server import (
     OPEN,
     OPEN_ID,
     PROTOCOL_VERSION,
-    QBII,
-    QII,
+    REFUSAL,
+    REFUSED,
     SEM_READ,
     SEM_RELEASE,
     SOCKET_NAME,
@@ -104,11 +100,6 @@ from .server import (
 
 #: A client that lets this much output pile up unread is dropped.
 MAX_PENDING_OUTPUT = 1 << 20
-#: Shared block of an eventfd-backend mutex: owner, count, abandoned, holder pid, holder tid.
-EFD_MUTEX_BLOCK = struct.Struct("<IIIII")
-EFD_MUTEX_BLOCK_SIZE = 4096
-#: How many descriptors each kind of eventfd-backend object is made of.
-EFD_FDS: dict[Kind, int] = {"semaphore": 1, "mutex": 2, "event": 1}
 
 
 class BadRequest(Exception):
@@ -126,21 +117,17 @@ class Process:
 
 
 class Record:
-    """One object the server keeps: a model object (server backend) or a set of descriptors
-    (eventfd backend), with its name and reference count (process references plus waits)."""
+    """One object the server keeps: its model object, name and reference count (process
+    references plus waits)."""
 
-    __slots__ = ("block", "fds", "id", "kind", "name", "namespace", "obj", "params", "refs")
+    __slots__ = ("id", "kind", "name", "obj", "refs")
 
-    def __init__(self, oid: int, namespace: str, kind: Kind, name: bytes | None) -> None:
+    def __init__(self, oid: int, kind: Kind, name: bytes | None, obj: SyncObject) -> None:
         self.id = oid
-        self.namespace = namespace
         self.kind: Kind = kind
         self.name = name
         self.refs = 0
-        self.obj: SyncObject | None = None
-        self.params: tuple[int, int] = (0, 0)
-        self.fds: list[int] = []
-        self.block: mmap.mmap | None = None
+        self.obj = obj
 
 
 class Connection:
@@ -149,13 +136,11 @@ class Connection:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.rbuf = bytearray()
-        self.out: collections.deque[tuple[memoryview, list[int]]] = collections.deque()
+        self.out: collections.deque[memoryview] = collections.deque()
         self.out_bytes = 0
-        self.fds_in: collections.deque[int] = collections.deque()
         self.process: Process | None = None
         self.anchor = False
         self.pid = 0
-        self.tid = 0
         self.closed = False
         #: The wait in progress, and the last satisfied one until the client moves on
         #: (CANCEL gives it back), with the records the wait references.
@@ -180,13 +165,15 @@ class SyncServer:
         self.by_fd: dict[int, Connection] = {}
         self.processes: dict[int, Process] = {}
         self.records: dict[int, Record] = {}
-        self.names: dict[tuple[str, bytes], Record] = {}
+        self.names: dict[bytes, Record] = {}
         self.next_id = 1
         self.model = Model(self._on_satisfied)
         self.timers: list[tuple[int, int, Waiter]] = []
         self.timer_seq = 0
         self.idle_since: float | None = time.monotonic()
         self.accept_complaint = 0.0
+        #: A descriptor kept free: closed to accept a client it must refuse (see _refuse).
+        self.reserve = _open_reserve()
         self.handlers: dict[int, Callable[[Connection, int, memoryview], None]] = {
             HELLO_PROC: self._hello_process,
             HELLO_THREAD: self._hello_thread,
@@ -206,9 +193,6 @@ class SyncServer:
             EVENT_READ: self._object_op,
             WAIT: self._wait,
             CANCEL: self._cancel,
-            EFD_CREATE: self._efd_create,
-            EFD_OPEN: self._efd_open,
-            EFD_OPEN_ID: self._efd_open_id,
         }
 
     # ----- main loop ---------------------------------------------------------------
@@ -251,13 +235,19 @@ class SyncServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                # EMFILE and the like: the listener stays readable, so pause a little rather
-                # than spin, and say so at most once a second.
-                now = time.monotonic()
-                if now - self.accept_complaint >= 1.0:
-                    self.accept_complaint = now
-                    print(f"accept: {exc}", file=sys.stderr)
-                time.sleep(0.01)
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and self.reserve >= 0:
+                    # Out of descriptors: the reserve makes room to tell the next client why.
+                    os.close(self.reserve)
+                    try:
+                        refused = self._refuse()
+                    finally:
+                        self.reserve = _open_reserve()
+                    if refused:
+                        continue
+                    return
+                # No reserve (another process took the system's last file meanwhile), or
+                # ENOBUFS and the like: the listener stays readable, so pause rather than spin.
+                self._pause(f"accept: {exc}")
                 return
             sock.setblocking(False)
             connection = Connection(sock)
@@ -265,6 +255,36 @@ class SyncServer:
             self.idle_since = None
             self.by_fd[sock.fileno()] = connection
             self.epoll.register(sock.fileno(), select.EPOLLIN)
+
+    def _refuse(self) -> bool:
+        """Accept the next client with the descriptor just freed, send it REFUSED (why it
+        cannot be served, and what to do) and close it.  False if nobody is waiting."""
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:  # ENFILE: another process took the file we freed
+            self._pause(f"accept: {exc}")
+            return False
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._complain(f"out of descriptors (limit {limit}, {len(self.connections)} connections): refusing clients")
+        linger_ms = int(min(self.linger * 1000, U32_MAX))  # NTSHIM_SYNC_SERVER_LINGER may be inf
+        refusal = REFUSAL.pack(os.getpid(), limit, len(self.connections), len(self.processes), linger_ms)
+        with sock, contextlib.suppress(OSError):
+            sock.send(reply_frame(REFUSED, E_NO_DESCRIPTORS, refusal), socket.MSG_DONTWAIT)
+        return True
+
+    def _pause(self, message: str) -> None:
+        """A failure that would repeat at once: say so, and wait a little."""
+        self._complain(message)
+        time.sleep(0.01)
+
+    def _complain(self, message: str) -> None:
+        """Log ``message``, at most once a second (it may repeat for every client)."""
+        now = time.monotonic()
+        if now - self.accept_complaint >= 1.0:
+            self.accept_complaint = now
+            print(message, file=sys.stderr)
 
     def _try_exit(self) -> bool:
         """Exit if still idle, holding the start lock so no client starts a server while
@@ -297,22 +317,16 @@ class SyncServer:
 
     def _read(self, connection: Connection) -> None:
         try:
-            data, ancillary, flags, _ = connection.sock.recvmsg(MAX_BODY, socket.CMSG_SPACE(MAX_FDS * 4))
+            # recv(), never recvmsg() with room for ancillary data: descriptors a client
+            # passes are closed by the kernel, unseen (the protocol has none).
+            data = connection.sock.recv(MAX_BODY)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._drop(connection)
             return
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                count = len(payload) // 4
-                connection.fds_in.extend(struct.unpack(f"{count}i", payload[: count * 4]))
         if not data:
             self._drop(connection)
-            return
-        if flags & socket.MSG_CTRUNC or len(connection.fds_in) > 2 * MAX_FDS:
-            # Only EFD_CREATE takes descriptors, and consumes them: more is abuse.
-            self._drop(connection, "passed too many descriptors")
             return
         if connection.rbuf:
             connection.rbuf += data
@@ -361,12 +375,11 @@ class SyncServer:
 
     # ----- output ------------------------------------------------------------------
 
-    def _reply(self, connection: Connection, op: int, status: int, payload: bytes = b"", fds: list[int] | None = None) -> None:
+    def _reply(self, connection: Connection, op: int, status: int, payload: bytes = b"") -> None:
         if connection.closed:
             return
         data = reply_frame(op, status, payload)
-        # Duplicates, owned by the queue: the record may close its own before they go out.
-        connection.out.append((memoryview(data), [os.dup(fd) for fd in fds or ()]))
+        connection.out.append(memoryview(data))
         connection.out_bytes += len(data)
         if connection.out_bytes > MAX_PENDING_OUTPUT:
             self._drop(connection, "does not read its replies")
@@ -375,14 +388,9 @@ class SyncServer:
 
     def _flush(self, connection: Connection) -> None:
         while connection.out:
-            data, fds = connection.out[0]
+            data = connection.out[0]
             try:
-                if fds:
-                    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
-                    sent = connection.sock.sendmsg([data], rights)
-                    _close_all(fds)  # the kernel passed copies with the first byte
-                else:
-                    sent = connection.sock.send(data)
+                sent = connection.sock.send(data)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -390,7 +398,7 @@ class SyncServer:
                 return
             connection.out_bytes -= sent
             if sent < len(data):
-                connection.out[0] = (data[sent:], fds)
+                connection.out[0] = data[sent:]
                 break
             connection.out.popleft()
         want_write = bool(connection.out)
@@ -414,11 +422,6 @@ class SyncServer:
         with contextlib.suppress(OSError, ValueError):
             self.epoll.unregister(fd)
         connection.sock.close()
-        while connection.fds_in:
-            with contextlib.suppress(OSError):
-                os.close(connection.fds_in.popleft())
-        for _, fds in connection.out:
-            _close_all(fds)
         connection.out.clear()
         if connection.pending is not None:
             self.model.cancel(connection.pending)
@@ -426,8 +429,6 @@ class SyncServer:
         connection.last_wait = None
         self._release_wait_records(connection)
         self.model.abandon_holder(connection)
-        if connection.tid:
-            self._efd_abandon(connection.pid, connection.tid)
         process = connection.process
         if connection.anchor and process is not None and process.alive:
             process.alive = False
@@ -442,12 +443,12 @@ class SyncServer:
 
     # ----- references --------------------------------------------------------------
 
-    def _new_record(self, namespace: str, kind: Kind, name: bytes | None) -> Record:
-        record = Record(self.next_id, namespace, kind, name)
+    def _new_record(self, kind: Kind, name: bytes | None, obj: SyncObject) -> Record:
+        record = Record(self.next_id, kind, name, obj)
         self.next_id += 1
         self.records[record.id] = record
         if name is not None:
-            self.names[(namespace, name)] = record
+            self.names[name] = record
         return record
 
     def _ref(self, process: Process, record: Record) -> None:
@@ -459,16 +460,9 @@ class SyncServer:
         if record.refs > 0:
             return
         del self.records[record.id]
-        if record.name is not None and self.names.get((record.namespace, record.name)) is record:
-            del self.names[(record.namespace, record.name)]
-        if record.obj is not None:
-            self.model.destroy(record.obj)
-        if record.block is not None:
-            record.block.close()
-        for fd in record.fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        record.fds = []
+        if record.name is not None and self.names.get(record.name) is record:
+            del self.names[record.name]
+        self.model.destroy(record.obj)
 
     def _release_wait_records(self, connection: Connection) -> None:
         records, connection.wait_records = connection.wait_records, []
@@ -511,7 +505,7 @@ class SyncServer:
     def _hello_thread(self, connection: Connection, op: int, payload: memoryview) -> None:
         if connection.process is not None:
             raise BadRequest("second hello")
-        version, pid, tid, token = HELLO_THREAD_ARGS.unpack(payload)
+        version, pid, _tid, token = HELLO_THREAD_ARGS.unpack(payload)
         if version != PROTOCOL_VERSION:
             raise BadRequest(f"protocol version {version}, this server speaks {PROTOCOL_VERSION}")
         process = self.processes.get(token)
@@ -520,7 +514,6 @@ class SyncServer:
             return
         connection.process = process
         connection.pid = pid
-        connection.tid = tid
         self._reply(connection, op, OK, U64.pack(self.instance))
 
     # ----- names and references ----------------------------------------------------
@@ -550,7 +543,7 @@ class SyncServer:
             self._reply(connection, op, E_UNKNOWN_PROCESS)
             return
         if name is not None:
-            existing = self.names.get(("server", name))
+            existing = self.names.get(name)
             if existing is not None:
                 if existing.kind != kind:
                     self._reply(connection, op, E_KIND)
@@ -561,8 +554,7 @@ class SyncServer:
         if not self._valid_params(kind, first, second):
             self._reply(connection, op, E_INVALID)
             return
-        record = self._new_record("server", kind, name)
-        record.obj = self.model.create(kind, (first, second), holder=connection)
+        record = self._new_record(kind, name, self.model.create(kind, (first, second), holder=connection))
         self._ref(process, record)
         self._reply(connection, op, OK, ID_CREATED.pack(record.id, 1))
 
@@ -578,7 +570,7 @@ class SyncServer:
         process = self._live_process(connection)
         kind = self._kind(payload[0])
         name = self._name(payload[1:])
-        record = self.names.get(("server", name)) if name is not None else None
+        record = self.names.get(name) if name is not None else None
         status = self._check_record(record, kind, process)
         if record is None or status != OK:
             self._reply(connection, op, status)
@@ -599,8 +591,6 @@ class SyncServer:
         process = self._live_process(connection)
         code, oid = KIND_ID.unpack(payload)
         record = self.records.get(oid)
-        if record is not None and record.namespace != "server":
-            record = None
         status = self._check_record(record, self._kind(code), process)
         if record is not None and status == OK:
             self._ref(process, record)
@@ -638,7 +628,7 @@ class SyncServer:
 
     def _object(self, oid: int, kind: Kind) -> SyncObject | None:
         record = self.records.get(oid)
-        if record is None or record.obj is None or record.kind != kind:
+        if record is None or record.kind != kind:
             return None
         return record.obj
 
@@ -700,7 +690,7 @@ class SyncServer:
         valid = (
             1 <= count <= MAX_WAIT_OBJECTS
             and owner != 0
-            and all(r is not None and r.obj is not None for r in records)
+            and all(r is not None for r in records)
             and (not has_alert or cast(Record, records[-1]).kind == "event")
             and (not flags & WAIT_ALL or len(set(ids)) == len(ids))
         )
@@ -711,7 +701,7 @@ class SyncServer:
         for record in live:
             record.refs += 1  # a wait keeps its objects alive, as ntsync's waits hold files
         connection.wait_records = live
-        objects = [cast(SyncObject, r.obj) for r in live]
+        objects = [r.obj for r in live]
         alert = objects.pop() if has_alert else None
         waiter = self.model.wait(objects, bool(flags & WAIT_ALL), owner, alert, holder=connection, tag=connection)
         if not waiter.pending:
@@ -765,89 +755,13 @@ class SyncServer:
             return
         self._reply(connection, op, OK, bytes((CANCEL_NOTHING,)) + II.pack(0, 0))
 
-    # ----- the eventfd backend's broker --------------------------------------------
 
-    def _efd_create(self, connection: Connection, op: int, payload: memoryview) -> None:
-        process = self._live_process(connection)
-        code, first, second = CREATE_HEAD.unpack_from(payload)
-        kind = self._kind(code)
-        name = self._name(payload[CREATE_HEAD.size :])
-        needed = EFD_FDS[kind]
-        if len(connection.fds_in) < needed:
-            raise BadRequest(f"EFD_CREATE of a {kind} without its {needed} descriptor(s)")
-        fds = [connection.fds_in.popleft() for _ in range(needed)]
-        existing = self.names.get(("eventfd", name)) if name is not None else None
-        if existing is not None or not process.alive or not self._valid_params(kind, first, second):
-            for fd in fds:
-                os.close(fd)
-            if not process.alive:
-                self._reply(connection, op, E_UNKNOWN_PROCESS)
-            elif existing is None:
-                self._reply(connection, op, E_INVALID)
-            elif existing.kind != kind:
-                self._reply(connection, op, E_KIND)
-            else:
-                self._ref(process, existing)
-                self._reply(connection, op, OK, QBII.pack(existing.id, 0, *existing.params), existing.fds)
-            return
-        block = None
-        if kind == "mutex":
-            try:
-                block = mmap.mmap(fds[1], EFD_MUTEX_BLOCK_SIZE)
-            except (OSError, ValueError):
-                for fd in fds:
-                    os.close(fd)
-                raise BadRequest("the mutex block cannot be mapped") from None
-        record = self._new_record("eventfd", kind, name)
-        record.fds, record.block, record.params = fds, block, (first, second)
-        self._ref(process, record)
-        self._reply(connection, op, OK, QBII.pack(record.id, 1, first, second))
-
-    def _efd_open(self, connection: Connection, op: int, payload: memoryview) -> None:
-        process = self._live_process(connection)
-        kind = self._kind(payload[0])
-        name = self._name(payload[1:])
-        record = self.names.get(("eventfd", name)) if name is not None else None
-        status = self._check_record(record, kind, process)
-        if record is None or status != OK:
-            self._reply(connection, op, status)
-            return
-        self._ref(process, record)
-        self._reply(connection, op, OK, QII.pack(record.id, *record.params), record.fds)
-
-    def _efd_open_id(self, connection: Connection, op: int, payload: memoryview) -> None:
-        process = self._live_process(connection)
-        code, oid = KIND_ID.unpack(payload)
-        record = self.records.get(oid)
-        if record is not None and record.namespace != "eventfd":
-            record = None
-        status = self._check_record(record, self._kind(code), process)
-        if record is None or status != OK:
-            self._reply(connection, op, status)
-            return
-        self._ref(process, record)
-        self._reply(connection, op, OK, II.pack(*record.params), record.fds)
-
-    def _efd_abandon(self, pid: int, tid: int) -> None:
-        """A thread's connection closed: abandon the eventfd-backend mutexes whose shared
-        block names that thread as holder, as wineserver did for esync mutexes.  Safe
-        against the holder (it is gone); racy against a concurrent ``kill`` by another
-        thread using the same owner id (see eventfd.py's Gaps)."""
-        for record in list(self.records.values()):
-            block = record.block
-            if block is None:
-                continue
-            _owner, count, _abandoned, holder_pid, holder_tid = EFD_MUTEX_BLOCK.unpack_from(block)
-            if count and holder_pid == pid and holder_tid == tid:
-                EFD_MUTEX_BLOCK.pack_into(block, 0, 0, 0, 1, 0, 0)
-                with contextlib.suppress(OSError):
-                    os.eventfd_write(record.fds[0], 1)
-
-
-def _close_all(fds: list[int]) -> None:
-    while fds:
-        with contextlib.suppress(OSError):
-            os.close(fds.pop())
+def _open_reserve() -> int:
+    """A descriptor to keep in reserve, or -1 if none is left (the next refusal tries again)."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
 
 
 def _serve(directory: str) -> int:
@@ -872,7 +786,9 @@ def _serve(directory: str) -> int:
     os.write(ready_write, b"1")
     os.close(ready_write)
     os.chdir("/")
-    # Every eventfd-backend object keeps descriptors here: allow as many as we may.
+    # Every client connection is a descriptor here, and the limit is inherited from whichever
+    # process started us: take all its hard limit allows (raising the hard limit is not ours
+    # to do; a refused client is told what to do instead).
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -10,7 +10,7 @@ from .backend import Availability, Backend, forget_probes
 
 #: Best first: automatic selection takes the first that is available.  Modules are
 #: imported on first use so that ``import ntshim`` stays cheap.
-NAMES: tuple[str, ...] = ("futex", "server", "eventfd")
+NAMES: tuple[str, ...] = ("futex", "server")
 ENV_VAR = "NTSHIM_SYNC_BACKEND"
 
 _classes: dict[str, type[Backend]] = {}

@@ -43,7 +43,9 @@ Little-endian, length-prefixed frames on a stream socket::
 Each connection sends one request and reads its reply before the next (one round trip per
 operation), except that CLOSE has no reply (handles dropped by the garbage collector are
 closed by CLOSE frames sent ahead of the next request) and CANCEL follows a request whose
-reply was not read (an interrupted wait; a request cut short by an exception).
+reply was not read (an interrupted wait; a request cut short by an exception).  Frames
+carry no descriptors: the server reads with ``recv``, so the kernel discards any that a
+client passes (``SCM_RIGHTS``) before the server could see, use or keep them.
 
 ============ ==== ============================================== ==============================
 op           code request payload                                reply payload
@@ -75,25 +77,31 @@ CANCEL       0x31 (none).  Ends this connection's request in     u8 outcome (0 c
                   flight: a pending wait's reply comes first     given back, 2 nothing), u32
                   (status cancelled); a satisfied wait whose     returned, u32 kept
                   reply is unread is given back
-EFD_CREATE   0x40 u8 kind, u32 p0, u32 p1, name; the descriptors u64 id, u8 created, u32 p0,
-                  with SCM_RIGHTS (eventfd backend)              u32 p1; the existing
-                                                                 descriptors if not created
-EFD_OPEN     0x41 u8 kind, name                                  u64 id, u32 p0, u32 p1;
-                                                                 descriptors
-EFD_OPEN_ID  0x42 u8 kind, u64 id                                u32 p0, u32 p1; descriptors
+REFUSED      0x00 never sent by a client: the server's only frame u32 server pid, u32
+                  on a connection it accepted with its last      descriptor limit, u32
+                  descriptor only to say it cannot serve it      connections, u32 processes,
+                  (status 9), closing it at once                 u32 linger (ms)
 ============ ==== ============================================== ==============================
 
 Kinds: 0 semaphore, 1 mutex, 2 event.  Statuses: 0 ok, 1 no such object (FileNotFoundError),
 2 name of another kind (NameKindError), 3 not the owner (PermissionError), 4 overflow
 (OverflowError), 5 timed out (TimeoutError), 6 cancelled, 7 invalid request (the server
-keeps the connection), 8 unknown process (the server restarted since).  Frames that cannot
-be parsed make the server drop the connection, and nothing else.
+keeps the connection), 8 unknown process (the server restarted since), 9 out of descriptors
+(OSError EMFILE, see REFUSED).  Frames that cannot be parsed make the server drop the
+connection, and nothing else.
+
+The server raises its soft ``RLIMIT_NOFILE`` to the hard limit it inherited from the process
+that started it (it cannot go past that hard limit) and keeps one descriptor in reserve:
+when ``accept`` fails for want of descriptors, it closes the reserve, accepts the next
+client with it, sends REFUSED, closes that connection and opens the reserve again, so a
+client beyond the limit learns why at once instead of waiting in the accept backlog.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -117,13 +125,12 @@ LINGER_ENV_VAR = "NTSHIM_SYNC_SERVER_LINGER"
 DEFAULT_LINGER = 2.0
 #: Largest frame body either side accepts.
 MAX_BODY = 1 << 16
-#: Most descriptors one frame carries (a mutex of the eventfd backend has two).
-MAX_FDS = 4
 
 KIND_CODES: dict[Kind, int] = {"semaphore": 0, "mutex": 1, "event": 2}
 KINDS_BY_CODE: dict[int, Kind] = {code: kind for kind, code in KIND_CODES.items()}
 
 # Opcodes.
+REFUSED = 0x00
 HELLO_PROC = 0x01
 HELLO_THREAD = 0x02
 CREATE = 0x10
@@ -142,9 +149,6 @@ EVENT_PULSE = 0x27
 EVENT_READ = 0x28
 WAIT = 0x30
 CANCEL = 0x31
-EFD_CREATE = 0x40
-EFD_OPEN = 0x41
-EFD_OPEN_ID = 0x42
 
 # Wait flags.
 WAIT_ALL = 1
@@ -161,6 +165,7 @@ E_TIMEOUT = 5
 E_CANCELLED = 6
 E_INVALID = 7
 E_UNKNOWN_PROCESS = 8
+E_NO_DESCRIPTORS = 9
 
 # CANCEL outcomes.
 CANCEL_CANCELLED = 0
@@ -184,9 +189,8 @@ II = struct.Struct("<II")
 IIB = struct.Struct("<IIB")
 BB = struct.Struct("<BB")
 IB = struct.Struct("<IB")
-BII = struct.Struct("<BII")
-QBII = struct.Struct("<QBII")
-QII = struct.Struct("<QII")
+#: REFUSED's payload: server pid, descriptor limit, connections, processes, linger in ms.
+REFUSAL = struct.Struct("<IIIII")
 
 # Whole request frames for the frequent operations, packed in one call.
 _FRAME_ID = struct.Struct("<IBQ")
@@ -210,6 +214,20 @@ class ProtocolError(ConnectionError):
 class ServerGone(ConnectionError):
     """The server closed the connection: it was killed or crashed (a server that exits by
     itself never leaves clients behind)."""
+
+
+def refusal_error(payload: bytes) -> OSError:
+    """The error for a REFUSED frame: the server is out of descriptors."""
+    pid, limit, connections, processes, linger_ms = REFUSAL.unpack_from(payload)
+    return OSError(
+        errno.EMFILE,
+        f"the per-user sync server (pid {pid}) reached its descriptor limit of {limit} (the RLIMIT_NOFILE hard "
+        f"limit of the process that started it) serving {connections} connections of {processes} processes "
+        "(one per process and one per thread that uses sync objects); it cannot take this one. Raise the hard "
+        "limit (ulimit -Hn) of the process that starts the server, or end idle processes: the server exits "
+        f"{linger_ms / 1000:g} s after its last client leaves, and the next one starts with the limits of the "
+        "process that starts it",
+    )
 
 
 def raise_status(status: int, what: str) -> None:
@@ -238,29 +256,21 @@ def raise_status(status: int, what: str) -> None:
 
 
 class Connection:
-    """One socket to the server, used by one thread at a time: frames out, frames (and
-    passed descriptors) in."""
+    """One socket to the server, used by one thread at a time: frames out, frames in."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._buffer = bytearray()
-        self._fds: collections.deque[int] = collections.deque()
         self.closed = False
         #: In a request now (a signal handler running on this thread must use another).
         self.busy = False
         #: An exception left a request without its reply: settle() before the next one.
         self.unsettled = False
 
-    def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
-        if fds:
-            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
-            sent = self.sock.sendmsg([data], rights)
-            if sent < len(data):
-                self.sock.sendall(data[sent:])
-        else:
-            self.sock.sendall(data)
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
 
-    def receive(self, with_fds: bool = False) -> bytes:
+    def receive(self) -> bytes:
         """The next reply body (op, status, payload)."""
         buffer = self._buffer
         while True:
@@ -272,60 +282,57 @@ class Connection:
                     body = bytes(buffer[4 : 4 + length])
                     del buffer[: 4 + length]
                     return body
-            if with_fds:
-                data, ancillary, flags, _ = self.sock.recvmsg(MAX_BODY, socket.CMSG_SPACE(MAX_FDS * 4))
-                for level, kind, payload in ancillary:
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                        count = len(payload) // 4
-                        self._fds.extend(struct.unpack(f"{count}i", payload[: count * 4]))
-                if flags & socket.MSG_CTRUNC:
-                    raise ProtocolError("the server passed more descriptors than expected")
-            else:
-                data = self.sock.recv(MAX_BODY)
+            data = self.sock.recv(MAX_BODY)
             if not data:
                 raise ServerGone("the sync server closed the connection (it was killed or crashed)")
             buffer += data
 
-    def take_fds(self) -> list[int]:
-        """The descriptors that came with the last reply."""
-        fds = list(self._fds)
-        self._fds.clear()
-        return fds
-
-    def call(self, data: bytes, op: int, what: str, fds: Sequence[int] = (), with_fds: bool = False) -> tuple[int, bytes]:
+    def call(self, data: bytes, op: int, what: str) -> tuple[int, bytes]:
         """Send a request (``data`` may carry CLOSE frames ahead of it) and read its reply:
         ``(status, payload)``.  An interruption while the reply is on its way (the server
         answers at once) is held until the reply is in, so the connection stays in step."""
         self.busy = True
         try:
             self.unsettled = True
-            self.send(data, fds)
-            body = self._receive_all(with_fds)
+            self.send(data)
+            body = self._receive_all()
             self.unsettled = False
         finally:
             self.busy = False
         return self._check(body, op, what)
 
-    def _receive_all(self, with_fds: bool = False) -> bytes:
+    def _receive_all(self) -> bytes:
         """:meth:`receive`, holding back interruptions until the frame is in."""
-        body, interrupted = self._receive_quietly(with_fds)
+        body, interrupted = self._receive_quietly()
         if interrupted is not None:
             self.unsettled = False
             raise interrupted
         return body
 
-    def _receive_quietly(self, with_fds: bool = False) -> tuple[bytes, BaseException | None]:
+    def _receive_quietly(self) -> tuple[bytes, BaseException | None]:
         """The next frame, and the first interruption that came meanwhile (not raised: the
         server answers at once, and a half-read reply would put the connection out of step)."""
         interrupted: BaseException | None = None
         while True:
             try:
-                return self.receive(with_fds), interrupted
+                return self.receive(), interrupted
             except (ConnectionError, OSError):
                 raise
             except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt and friends: finish first
                 if interrupted is None:
                     interrupted = exc
+
+    def hello(self, data: bytes) -> tuple[int, bytes]:
+        """Send a hello and read the answer: ``(status, payload)``.  A server out of
+        descriptors accepts a connection only to refuse it and close it, perhaps before the
+        hello is sent (which then fails with EPIPE): its refusal is read all the same, and
+        raised as OSError(EMFILE)."""
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.send(data)
+        body = self._receive_all()
+        if body[:2] == bytes((REFUSED, E_NO_DESCRIPTORS)):
+            raise refusal_error(body[2:])
+        return self._check(body, data[4], "hello")
 
     @staticmethod
     def _check(body: bytes, op: int, what: str) -> tuple[int, bytes]:
@@ -388,9 +395,6 @@ class Connection:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            while self._fds:
-                with contextlib.suppress(OSError):
-                    os.close(self._fds.popleft())
             # close(), never shutdown(): a forked child closing its copy must not cut the
             # parent's connection.
             self.sock.close()
@@ -515,7 +519,7 @@ def open_connection(hello: bytes, directory: str | None = None) -> tuple[Connect
                         sock = _connect_socket(path)
             connection = Connection(sock)
             try:
-                status, payload = connection.call(hello, hello[4], "hello")
+                status, payload = connection.hello(hello)
             except BaseException:
                 connection.close()
                 raise
@@ -532,61 +536,6 @@ def open_connection(hello: bytes, directory: str | None = None) -> tuple[Connect
 
 
 # ----- the per-process client ----------------------------------------------------------
-
-
-_close_lock = threading.Lock()
-
-
-class RefHandle:
-    """A handle holding one server-side reference (both server-brokered backends): tracked
-    for fork, released on close or when garbage-collected."""
-
-    __slots__ = ("__weakref__", "_closed", "id", "instance", "kind")
-
-    def __init__(self, kind: Kind, oid: int) -> None:
-        self.kind: Kind = kind
-        self.id = oid
-        #: The server the id belongs to: a restarted server numbers its objects anew.
-        self.instance = CLIENT.instance
-        self._closed = False
-        CLIENT.handles.add(self)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def key(self) -> Any:
-        return self.id
-
-    def close(self) -> None:
-        # Two threads closing one handle must drop one reference, not two (the second
-        # would be another handle's).
-        with _close_lock:
-            if self._closed:
-                return
-            self._closed = True
-        CLIENT.handles.discard(self)
-        self._release_resources()
-        if self.instance == CLIENT.instance:
-            CLIENT.release(self.id)
-
-    def _release_resources(self) -> None:
-        """Local resources beside the reference (the eventfd backend's descriptors)."""
-
-    def __del__(self) -> None:
-        # Never talk to the server from a finalizer: it may run inside this very thread's
-        # request.  The reference goes out ahead of the next request of any thread.
-        if not self._closed:
-            self._closed = True
-            try:
-                self._release_resources()
-                CLIENT.pending.append(self.id)
-            except Exception:  # noqa: BLE001, S110 - at interpreter exit module globals may be gone already
-                pass
-
-    def state(self) -> Any:
-        return (self.instance, self.id)
 
 
 class ThreadConnections(list[Connection]):
@@ -612,7 +561,7 @@ class Client:
         self.token = 0
         self.instance = 0
         self.local = threading.local()
-        self.handles: weakref.WeakSet[RefHandle] = weakref.WeakSet()
+        self.handles: weakref.WeakSet[ServerHandle] = weakref.WeakSet()
         #: Ids of handles that were garbage-collected: CLOSE frames for the next request.
         self.pending: collections.deque[int] = collections.deque()
         #: Every connection opened in this process, for a fork child to close its copies.
@@ -716,19 +665,11 @@ class Client:
                 ids.append(self.pending.popleft())
         return frame(CLOSE, struct.pack(f"<{len(ids)}Q", *ids))
 
-    def call(self, data: bytes, what: str, fds: Sequence[int] = (), with_fds: bool = False) -> tuple[int, bytes]:
+    def call(self, data: bytes, what: str) -> tuple[int, bytes]:
         """One request (a frame) and its reply: ``(status, payload)``."""
-        status, payload, _fds = self.call_fds(data, what, fds, with_fds)
-        return status, payload
-
-    def call_fds(
-        self, data: bytes, what: str, fds: Sequence[int] = (), with_fds: bool = False
-    ) -> tuple[int, bytes, list[int]]:
-        """:meth:`call`, also returning the descriptors that came with the reply."""
         connection = self.connection()
         try:
-            status, payload = connection.call(self._pending_frames() + data, data[4], what, fds, with_fds)
-            return status, payload, connection.take_fds() if with_fds else []
+            return connection.call(self._pending_frames() + data, data[4], what)
         except (ConnectionError, OSError) as exc:
             self.drop(connection)
             if isinstance(exc, ProtocolError):
@@ -821,10 +762,54 @@ os.register_at_fork(
 # ----- the backend ---------------------------------------------------------------------
 
 
-class ServerHandle(RefHandle):
-    """A reference to one object of the server."""
+_close_lock = threading.Lock()
 
-    __slots__ = ()
+
+class ServerHandle:
+    """A reference to one object of the server: tracked for fork, released on close or
+    when garbage-collected."""
+
+    __slots__ = ("__weakref__", "_closed", "id", "instance", "kind")
+
+    def __init__(self, kind: Kind, oid: int) -> None:
+        self.kind: Kind = kind
+        self.id = oid
+        #: The server the id belongs to: a restarted server numbers its objects anew.
+        self.instance = CLIENT.instance
+        self._closed = False
+        CLIENT.handles.add(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def key(self) -> Any:
+        return self.id
+
+    def close(self) -> None:
+        # Two threads closing one handle must drop one reference, not two (the second
+        # would be another handle's).
+        with _close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        CLIENT.handles.discard(self)
+        if self.instance == CLIENT.instance:
+            CLIENT.release(self.id)
+
+    def __del__(self) -> None:
+        # Never talk to the server from a finalizer: it may run inside this very thread's
+        # request.  The reference goes out ahead of the next request of any thread.
+        if not self._closed:
+            self._closed = True
+            try:
+                CLIENT.pending.append(self.id)
+            except Exception:  # noqa: BLE001, S110 - at interpreter exit module globals may be gone already
+                pass
+
+    def state(self) -> Any:
+        return (self.instance, self.id)
 
     def _op(self, frame_struct: struct.Struct, op: int, *args: int) -> bytes:
         if self.instance != CLIENT.instance:
@@ -893,6 +878,11 @@ class Server(Backend):
             directory = userdir.user_directory()
             CLIENT.server_instance()
         except (OSError, ValueError) as exc:
+            if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+                # Out of descriptors (the server's or this process's) passes: no reason to
+                # call the backend missing for this process's whole life.  Each request
+                # raises the error, which says what to do, until there is room again.
+                return Availability(cls.name, True, notes=(f"out of descriptors when probed: {exc}",))
             return Availability(cls.name, False, f"cannot start or reach the sync server: {exc}")
         return Availability(cls.name, True, notes=(f"socket {os.path.join(directory, SOCKET_NAME)}",))
 

@@ -366,8 +366,9 @@ def _object_errors() -> Iterator[None]:
     except MemoryError:
         raise Win32Error(ERROR_NOT_ENOUGH_MEMORY) from None
     except OSError as e:
-        # The backend ran out of room (the futex arena is full, no file descriptor is left
-        # for an eventfd): Windows answers a full handle table or pool this way too.
+        # The backend ran out of room (the futex arena is full, the sync server has no
+        # descriptor left for another connection): Windows answers a full handle table or
+        # pool this way too.
         if e.errno in _OUT_OF_ROOM:
             raise Win32Error(ERROR_NOT_ENOUGH_MEMORY) from None
         raise
