@@ -115,3 +115,210 @@ def test_protect_of_a_watched_region_never_leaves_a_buffer_over_inaccessible_pag
     # More than 1024 pages: the tracker changes their protection with the GIL released.
     out = run_child(PROTECT_RACE, backend, 2048, 2.0)
     assert out.startswith("ok")
+
+
+def test_a_protection_change_is_one_transaction() -> None:
+    # Deterministic view of the mechanism: while the kernel changes the pages (here: the
+    # apply callback), buffers over them get only the access both protections grant; a
+    # change that fails leaves everything as it was.
+    from ntshim.memory import alloc
+
+    with alloc(4 * P) as region:
+        seen = []
+
+        def apply(first: int, count: int, prot: int) -> None:
+            with pytest.raises(BufferError, match="read access"):
+                memoryview(region)
+            with pytest.raises(BufferError, match="read access"):
+                region.view(P, P)
+            with region.view(0, P) as untouched:  # pages outside the change keep their access
+                seen.append(untouched.readonly)
+            raise OSError(12, "injected")
+
+        with pytest.raises(OSError, match="injected"):
+            region._change_protection(1, 2, 0, apply)
+        assert seen == [False]
+        assert [region.protection(i * P) for i in range(4)] == ["rw"] * 4
+        with memoryview(region) as mv:
+            assert not mv.readonly
+            mv[P] = 1
+
+        def narrowing(first: int, count: int, prot: int) -> None:
+            with memoryview(region) as mv:  # read-only: "rw" -> "r" grants reading only
+                seen.append(mv.readonly)
+
+        region._change_protection(1, 2, _core_prot_read(), narrowing)
+        assert seen == [False, True]
+        assert region.protection(P) == "r"
+
+
+def _core_prot_read() -> int:
+    from ntshim import _core
+
+    return _core.PROT_READ
+
+
+# ---- watch() against free() (issue 11, item 4) ------------------------------------------
+
+# One thread watches a region while another frees it, many times over.  Either the free
+# comes first and the watch is refused ("region is freed"), or the watch comes first and the
+# free closes it; nothing keeps tracking the unmapped range: fresh memory mapped at the same
+# address can be watched again.  The region's pages are populated so that the shadow
+# backend's copy takes a while (it copies without the GIL).
+WATCH_FREE_RACE = r"""
+import ctypes
+backend, rounds, npages = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+outcomes = {"refused": 0, "closed by free": 0, "address reused": 0}
+rng = random.Random(1)
+for _ in range(rounds):
+    region = alloc(npages * P)
+    address = region.address
+    ctypes.memset(address, 1, npages * P)
+    barrier = threading.Barrier(2)
+    result = []
+
+    def watcher():
+        barrier.wait()
+        try:
+            result.append(ntshim.watch(region, backend=backend))
+        except ValueError as e:
+            assert "freed" in str(e), e
+            result.append(None)
+
+    def freer():
+        barrier.wait()
+        pause = time.perf_counter() + rng.uniform(0, 0.002)  # somewhere in the watch's creation
+        while time.perf_counter() < pause:
+            pass
+        region.free()
+
+    run_threads(watcher, freer)
+    assert region.closed
+    watch = result[0]
+    if watch is None:
+        outcomes["refused"] += 1
+    else:
+        assert watch.closed, "the watch that came first was left open over freed memory"
+        assert region.write_watch is None
+        outcomes["closed by free"] += 1
+    try:
+        fresh = reserve(npages * P, address=address)
+    except FileExistsError:  # something else of this process took the address meanwhile
+        continue
+    fresh.commit(0, npages * P)
+    with ntshim.watch(fresh, backend=backend) as again:
+        ctypes.memset(address, 2, P)
+        assert list(again.dirty().offsets) == [0]
+    fresh.free()
+    outcomes["address reused"] += 1
+print("ok", outcomes)
+"""
+
+
+def test_watch_racing_free_is_refused_or_closed(backend: str) -> None:
+    out = run_child(WATCH_FREE_RACE, backend, 150, 1024)
+    assert out.startswith("ok")
+
+
+# ---- free() against new exports ----------------------------------------------------------
+
+# free() of a watched region closes the watch (without the GIL) and then unmaps; a buffer
+# exported in between used to make the free fail after the watch was gone.  Now free either
+# succeeds, or fails with BufferError before changing anything: the watch still watches.
+FREE_EXPORT_RACE = r"""
+backend, rounds = sys.argv[1], int(sys.argv[2])
+outcomes = {"freed": 0, "refused": 0}
+for _ in range(rounds):
+    region = alloc(2048 * P, watch=True, backend=backend)
+    barrier = threading.Barrier(2)
+    stop = []
+
+    def freer():
+        barrier.wait()
+        try:
+            region.free()
+        except BufferError:
+            assert region.write_watch is not None and not region.write_watch.closed, "free failed half done"
+            outcomes["refused"] += 1
+        finally:
+            stop.append(1)
+
+    def exporter():
+        barrier.wait()
+        while not stop:
+            try:
+                with memoryview(region) as mv:
+                    mv[0] = 1
+            except ValueError:  # freed (or being freed)
+                pass
+
+    run_threads(freer, exporter)
+    if not region.closed:
+        region.free()
+    else:
+        outcomes["freed"] += 1
+print("ok", outcomes)
+"""
+
+
+def test_free_is_all_or_nothing_against_new_exports(backend: str) -> None:
+    out = run_child(FREE_EXPORT_RACE, backend, 100)
+    assert out.startswith("ok")
+
+
+# ---- fork() while another thread changes a region ----------------------------------------
+
+# The per-region lock must not be inherited held: fork() waits until no thread is halfway
+# through a change, and the child can change the region at once.
+FORK_RACE = r"""
+backend = sys.argv[1]
+region = alloc(2048 * P, watch=True, backend=backend)
+stop = []
+
+def changer():
+    while not stop:
+        region.protect(0, region.size, "r")
+        region.protect(0, region.size, "rw")
+
+thread = threading.Thread(target=changer)
+thread.start()
+try:
+    for _ in range(20):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                region.protect(0, region.size, "r")
+                region.protect(0, region.size, "rw")
+                with memoryview(region) as mv:
+                    mv[0] = 1
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        deadline = time.monotonic() + 20
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                sys.exit("a forked child hung on the region")
+            time.sleep(0.001)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+finally:
+    stop.append(1)
+    thread.join()
+region.free()
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("watch_backend", ["mprotect", "shadow"])
+def test_fork_while_another_thread_changes_a_region(watch_backend: str) -> None:
+    # (Only the backends whose watches survive fork: the child uses the watched region.)
+    from required import require_backend
+
+    require_backend(watch_backend)
+    out = run_child(FORK_RACE, watch_backend)
+    assert out.startswith("ok")
