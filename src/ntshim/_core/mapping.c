@@ -334,15 +334,13 @@ PyTypeObject nts_view_type = {
     .tp_doc = "Part of a Mapping, as a buffer; made by Mapping._view().",
 };
 
-/* Parse (first, count, ...) page arguments of a live mapping. */
-static int parse_pages(Mapping *self, PyObject *args, const char *fmt, Py_ssize_t *first, Py_ssize_t *count,
-                       void *a, void *b)
+/* 0 when pages [first, first+count) lie in the live mapping, else -1 with an exception set. */
+static int check_pages(Mapping *self, Py_ssize_t first, Py_ssize_t count)
 {
-    if (!PyArg_ParseTuple(args, fmt, first, count, a, b) || mapping_check(self))
+    if (mapping_check(self))
         return -1;
-    if (*first < 0 || *count < 0 || (size_t)*first > self->npages || (size_t)*count > self->npages - (size_t)*first) {
-        PyErr_Format(PyExc_ValueError, "pages %zd+%zd are outside the %zu-page mapping", *first, *count,
-                     self->npages);
+    if (first < 0 || count < 0 || (size_t)first > self->npages || (size_t)count > self->npages - (size_t)first) {
+        PyErr_Format(PyExc_ValueError, "pages %zd+%zd are outside the %zu-page mapping", first, count, self->npages);
         return -1;
     }
     return 0;
@@ -351,7 +349,7 @@ static int parse_pages(Mapping *self, PyObject *args, const char *fmt, Py_ssize_
 static PyObject *mapping_view(Mapping *self, PyObject *args)
 {
     Py_ssize_t first, count;
-    if (parse_pages(self, args, "nn:_view", &first, &count, NULL, NULL) < 0)
+    if (!PyArg_ParseTuple(args, "nn:_view", &first, &count) || check_pages(self, first, count))
         return NULL;
     int mode = export_check(self, (size_t)first, (size_t)count, 0);
     if (mode < 0)
@@ -375,7 +373,7 @@ static PyObject *mapping_view(Mapping *self, PyObject *args)
 static PyObject *mapping_protections(Mapping *self, PyObject *args)
 {
     Py_ssize_t first, count;
-    if (parse_pages(self, args, "nn:_protections", &first, &count, NULL, NULL) < 0)
+    if (!PyArg_ParseTuple(args, "nn:_protections", &first, &count) || check_pages(self, first, count))
         return NULL;
     return PyBytes_FromStringAndSize((const char *)self->prots + first, count);
 }
@@ -402,7 +400,8 @@ static PyObject *mapping_change_protection(Mapping *self, PyObject *args)
     Py_ssize_t first, count;
     int prot;
     PyObject *apply;
-    if (parse_pages(self, args, "nniO:_change_protection", &first, &count, &prot, &apply) < 0)
+    if (!PyArg_ParseTuple(args, "nniO:_change_protection", &first, &count, &prot, &apply) ||
+        check_pages(self, first, count))
         return NULL;
     if (prot & ~PROT_BITS) {
         PyErr_Format(PyExc_ValueError, "prot must be PROT_READ, PROT_WRITE and PROT_EXEC bits, got %d", prot);

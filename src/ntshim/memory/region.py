@@ -225,12 +225,12 @@ class Region(_core.Mapping):
         return f"<Region {self.address:#x}+{self.size:#x}{watch}>"
 
 
-
 # Every live region, so that fork() waits until no thread is halfway through changing one:
 # a child must not inherit a region lock held by a thread that does not exist there, nor a
 # protection change left half done.  Regions made while a fork is prepared wait for it.
-# (These handlers are registered after the write-watch modules' own, so they run before
-# them: a thread finishing its change can still take a tracker's lock.)
+# (Python runs `before` handlers last registered first: these, registered after those of
+# the write-watch modules imported above, run first, so a thread finishing its change can
+# still take a tracker's lock.)
 _live: weakref.WeakSet[Region] = weakref.WeakSet()
 _live_lock = threading.Lock()
 _held_at_fork: list[Region] = []
