@@ -11,7 +11,8 @@ import textwrap
 
 import pytest
 
-from ntshim.memory import PAGE_SIZE
+from ntshim import _core
+from ntshim.memory import PAGE_SIZE, alloc
 
 P = PAGE_SIZE
 
@@ -121,8 +122,6 @@ def test_a_protection_change_is_one_transaction() -> None:
     # Deterministic view of the mechanism: while the kernel changes the pages (here: the
     # apply callback), buffers over them get only the access both protections grant; a
     # change that fails leaves everything as it was.
-    from ntshim.memory import alloc
-
     with alloc(4 * P) as region:
         seen = []
 
@@ -147,15 +146,9 @@ def test_a_protection_change_is_one_transaction() -> None:
             with memoryview(region) as mv:  # read-only: "rw" -> "r" grants reading only
                 seen.append(mv.readonly)
 
-        region._change_protection(1, 2, _core_prot_read(), narrowing)
+        region._change_protection(1, 2, _core.PROT_READ, narrowing)
         assert seen == [False, True]
         assert region.protection(P) == "r"
-
-
-def _core_prot_read() -> int:
-    from ntshim import _core
-
-    return _core.PROT_READ
 
 
 # ---- watch() against free() (issue 11, item 4) ------------------------------------------
