@@ -1,32 +1,51 @@
-/* Memory objects Python code holds: Mapping (memory we map and own, with buffer
- * exports tracked page range by page range), View (a buffer over part of a
- * Mapping) and Pin (a held export of someone else's buffer). */
+/* Memory objects Python code holds: Mapping (memory we map and own, with the
+ * protection of each page and its buffer exports, page range by page range),
+ * View (a buffer over part of a Mapping) and Pin (a held export of someone
+ * else's buffer). */
 #include "core.h"
 
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
 
-/* ---- Mapping: anonymous private memory owned by Python ---- */
+/* ---- Mapping: anonymous memory owned by Python ---- */
 
-/* A live buffer export and the bytes it covers: protection changes that would
- * take access away from it are refused (Region.protect asks _exports_over). */
+/* A live buffer export and the bytes it covers. */
 typedef struct {
     size_t start, end;
     int writable;
     unsigned id;
 } export_range;
 
+/* What a Mapping is doing besides being there. */
+enum { IDLE, CHANGING, FREEING };
+
+/* A Mapping keeps the protection of every page and makes both decisions here,
+ * each in one step under the GIL: "may a buffer be exported over these pages"
+ * (getbuffer, _view) and "may these pages lose access" (_change_protection).
+ * A protection change is refused while a live export would lose access; while
+ * the kernel changes the pages (maybe without the GIL), buffers over them get
+ * only the access both the old and the new protection grant; then the new
+ * protection is recorded, or the old one stays if the change failed.  So no
+ * buffer ever covers pages without the access it grants.  Python serializes
+ * changes (a lock per region); `busy` makes an overlapping one fail, not corrupt. */
 typedef struct {
     PyObject_HEAD
     char *addr;
     Py_ssize_t size;
+    size_t npages;
+    uint8_t *prots;                /* PROT_* of each page */
+    size_t unreadable, unwritable; /* pages whose prots lack PROT_READ, PROT_WRITE */
+    int busy;                      /* IDLE, CHANGING [change_first, +change_count) to change_prot, or FREEING */
+    size_t change_first, change_count;
+    int change_prot;
     Py_ssize_t exports; /* == number of ranges */
-    int export_mode;    /* whole-region buffers: 0 none, 1 read-only, 2 read-write */
     export_range *ranges;
     size_t cap;
     unsigned next_id;
 } Mapping;
+
+#define PROT_BITS (PROT_READ | PROT_WRITE | PROT_EXEC)
 
 static int add_range(Mapping *m, size_t start, size_t end, int writable, unsigned *id)
 {
@@ -52,6 +71,78 @@ static void remove_range(Mapping *m, unsigned id)
             m->ranges[i] = m->ranges[--m->exports];
             return;
         }
+}
+
+/* Buffers a protection allows: 0 none, 1 read-only, 2 read-write. */
+static int export_mode_of(int prot) { return !(prot & PROT_READ) ? 0 : (prot & PROT_WRITE) ? 2 : 1; }
+
+/* The buffers pages [first, first+n) may be exported as now. */
+static int export_mode(Mapping *m, size_t first, size_t n)
+{
+    int mode = 2;
+    if (first == 0 && n == m->npages) /* the whole mapping (memoryview(region)): no walk */
+        mode = m->unreadable ? 0 : m->unwritable ? 1 : 2;
+    else
+        for (size_t i = first; i < first + n && mode; i++)
+            if (export_mode_of(m->prots[i]) < mode)
+                mode = export_mode_of(m->prots[i]);
+    if (m->busy == CHANGING && m->change_first < first + n && first < m->change_first + m->change_count &&
+        export_mode_of(m->change_prot) < mode)
+        mode = export_mode_of(m->change_prot);
+    return mode;
+}
+
+static int mapping_check(Mapping *self)
+{
+    if (self->addr)
+        return 0;
+    PyErr_SetString(PyExc_ValueError, "region is freed");
+    return -1;
+}
+
+/* The mode to export pages [first, first+n) with (1 read-only, 2 read-write),
+ * or -1 with an exception set when no buffer, or no writable one if asked,
+ * may cover them now. */
+static int export_check(Mapping *m, size_t first, size_t n, int writable)
+{
+    if (mapping_check(m))
+        return -1;
+    if (m->busy == FREEING) {
+        PyErr_SetString(PyExc_ValueError, "region is being freed");
+        return -1;
+    }
+    int mode = export_mode(m, first, n);
+    if (mode == 0) {
+        PyErr_SetString(PyExc_BufferError,
+                        "these pages include pages without read access; a buffer over them would crash on use");
+        return -1;
+    }
+    if (writable && mode == 1) {
+        PyErr_SetString(PyExc_BufferError, "these pages include read-only pages; a writable buffer was requested");
+        return -1;
+    }
+    return mode;
+}
+
+static int busy_check(Mapping *m)
+{
+    if (m->busy == IDLE)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError, m->busy == CHANGING ? "another protection change of the region is under way"
+                                                            : "the region is being freed");
+    return -1;
+}
+
+/* Record that pages [first, first+n) now have `prot`. */
+static void record_protection(Mapping *m, size_t first, size_t n, int prot)
+{
+    for (size_t i = first; i < first + n; i++) {
+        m->unreadable -= !(m->prots[i] & PROT_READ);
+        m->unwritable -= !(m->prots[i] & PROT_WRITE);
+        m->prots[i] = (uint8_t)prot;
+    }
+    m->unreadable += (prot & PROT_READ) ? 0 : n;
+    m->unwritable += (prot & PROT_WRITE) ? 0 : n;
 }
 
 /* Map `size` bytes at `addr` (0: anywhere) aligned to `align` (0: a page):
@@ -94,6 +185,10 @@ static PyObject *mapping_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         PyErr_Format(PyExc_ValueError, "size must be a positive multiple of %zu, got %zd", nts_page_size, size);
         return NULL;
     }
+    if (prot & ~PROT_BITS) {
+        PyErr_Format(PyExc_ValueError, "prot must be PROT_READ, PROT_WRITE and PROT_EXEC bits, got %d", prot);
+        return NULL;
+    }
     if (address % nts_page_size || (align & (align - 1)) || (address && align && address % align)) {
         PyErr_SetString(PyExc_ValueError, "address must be page aligned and align a power of two dividing it");
         return NULL;
@@ -113,7 +208,15 @@ static PyObject *mapping_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     }
     self->addr = p;
     self->size = size;
-    self->export_mode = (prot & PROT_WRITE) ? 2 : (prot & PROT_READ) ? 1 : 0;
+    self->npages = (size_t)size / nts_page_size;
+    self->prots = PyMem_Malloc(self->npages);
+    if (!self->prots) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    memset(self->prots, prot, self->npages);
+    self->unreadable = (prot & PROT_READ) ? 0 : self->npages;
+    self->unwritable = (prot & PROT_WRITE) ? 0 : self->npages;
     return (PyObject *)self;
 }
 
@@ -121,20 +224,16 @@ static void mapping_dealloc(Mapping *self)
 {
     if (self->addr)
         munmap(self->addr, (size_t)self->size);
+    PyMem_Free(self->prots);
     PyMem_Free(self->ranges);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int mapping_check(Mapping *self)
+static PyObject *mapping_unmap(Mapping *self, PyObject *args)
 {
-    if (self->addr)
-        return 0;
-    PyErr_SetString(PyExc_ValueError, "region is freed");
-    return -1;
-}
-
-static PyObject *mapping_unmap(Mapping *self, PyObject *unused)
-{
+    PyObject *before = Py_None;
+    if (!PyArg_ParseTuple(args, "|O:_unmap", &before))
+        return NULL;
     if (!self->addr)
         Py_RETURN_NONE;
     if (self->exports) {
@@ -143,6 +242,16 @@ static PyObject *mapping_unmap(Mapping *self, PyObject *unused)
                      "ctypes object, ...) still use its memory",
                      self->exports);
         return NULL;
+    }
+    if (busy_check(self))
+        return NULL;
+    if (before != Py_None) { /* it may give up the GIL: no export may appear meanwhile */
+        self->busy = FREEING;
+        PyObject *done = PyObject_CallNoArgs(before);
+        self->busy = IDLE;
+        if (!done)
+            return NULL;
+        Py_DECREF(done);
     }
     if (munmap(self->addr, (size_t)self->size))
         return nts_raise_errno(errno, "munmap");
@@ -160,39 +269,17 @@ static PyObject *mapping_address(Mapping *self, void *c)
 static PyObject *mapping_size(Mapping *self, void *c) { return PyLong_FromSsize_t(self->size); }
 static PyObject *mapping_closed(Mapping *self, void *c) { return PyBool_FromLong(self->addr == NULL); }
 static PyObject *mapping_exports(Mapping *self, void *c) { return PyLong_FromSsize_t(self->exports); }
-static PyObject *mapping_get_export_mode(Mapping *self, void *c) { return PyLong_FromLong(self->export_mode); }
-
-static int mapping_set_export_mode(Mapping *self, PyObject *value, void *c)
-{
-    long mode = value ? PyLong_AsLong(value) : -1;
-    if (mode == -1 && PyErr_Occurred())
-        return -1;
-    if (mode < 0 || mode > 2) {
-        PyErr_SetString(PyExc_ValueError, "_export_mode must be 0, 1 or 2");
-        return -1;
-    }
-    self->export_mode = (int)mode;
-    return 0;
-}
 
 static int mapping_getbuffer(Mapping *self, Py_buffer *view, int flags)
 {
     view->obj = NULL;
-    if (mapping_check(self))
+    int mode = export_check(self, 0, self->npages, flags & PyBUF_WRITABLE);
+    if (mode < 0)
         return -1;
-    if (self->export_mode == 0) {
-        PyErr_SetString(PyExc_BufferError,
-                        "region has pages without read access; a buffer over it would crash on use");
-        return -1;
-    }
-    if ((flags & PyBUF_WRITABLE) && self->export_mode == 1) {
-        PyErr_SetString(PyExc_BufferError, "region has read-only pages; a writable buffer was requested");
-        return -1;
-    }
     unsigned id;
-    if (add_range(self, 0, (size_t)self->size, self->export_mode == 2, &id) < 0)
+    if (add_range(self, 0, (size_t)self->size, mode == 2, &id) < 0)
         return -1;
-    if (PyBuffer_FillInfo(view, (PyObject *)self, self->addr, self->size, self->export_mode == 1, flags) < 0) {
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->addr, self->size, mode == 1, flags) < 0) {
         remove_range(self, id);
         return -1;
     }
@@ -247,12 +334,13 @@ PyTypeObject nts_view_type = {
     .tp_doc = "Part of a Mapping, as a buffer; made by Mapping._view().",
 };
 
-static int parse_span(Mapping *self, PyObject *args, const char *fmt, Py_ssize_t *offset, Py_ssize_t *len, int *flag)
+/* 0 when pages [first, first+count) lie in the live mapping, else -1 with an exception set. */
+static int check_pages(Mapping *self, Py_ssize_t first, Py_ssize_t count)
 {
-    if (!PyArg_ParseTuple(args, fmt, offset, len, flag) || mapping_check(self))
+    if (mapping_check(self))
         return -1;
-    if (*offset < 0 || *len < 0 || *offset > self->size || *len > self->size - *offset) {
-        PyErr_Format(PyExc_ValueError, "span %zd+%zd is outside the %zd-byte mapping", *offset, *len, self->size);
+    if (first < 0 || count < 0 || (size_t)first > self->npages || (size_t)count > self->npages - (size_t)first) {
+        PyErr_Format(PyExc_ValueError, "pages %zd+%zd are outside the %zu-page mapping", first, count, self->npages);
         return -1;
     }
     return 0;
@@ -260,50 +348,120 @@ static int parse_span(Mapping *self, PyObject *args, const char *fmt, Py_ssize_t
 
 static PyObject *mapping_view(Mapping *self, PyObject *args)
 {
-    Py_ssize_t offset, len;
-    int writable;
-    if (parse_span(self, args, "nnp", &offset, &len, &writable) < 0)
+    Py_ssize_t first, count;
+    if (!PyArg_ParseTuple(args, "nn:_view", &first, &count) || check_pages(self, first, count))
+        return NULL;
+    int mode = export_check(self, (size_t)first, (size_t)count, 0);
+    if (mode < 0)
         return NULL;
     View *v = PyObject_New(View, &nts_view_type);
     if (!v)
         return NULL;
     v->owner = NULL;
-    if (add_range(self, (size_t)offset, (size_t)(offset + len), writable, &v->id) < 0) {
+    v->offset = first * (Py_ssize_t)nts_page_size;
+    v->len = count * (Py_ssize_t)nts_page_size;
+    v->writable = mode == 2;
+    if (add_range(self, (size_t)v->offset, (size_t)(v->offset + v->len), v->writable, &v->id) < 0) {
         Py_DECREF(v);
         return NULL;
     }
     Py_INCREF(self);
     v->owner = self;
-    v->offset = offset;
-    v->len = len;
-    v->writable = writable;
     return (PyObject *)v;
 }
 
-static PyObject *mapping_exports_over(Mapping *self, PyObject *args)
+static PyObject *mapping_protections(Mapping *self, PyObject *args)
 {
-    Py_ssize_t offset, len;
-    int unused = 0;
-    if (parse_span(self, args, "nn|p", &offset, &len, &unused) < 0)
+    Py_ssize_t first, count;
+    if (!PyArg_ParseTuple(args, "nn:_protections", &first, &count) || check_pages(self, first, count))
         return NULL;
-    int any = 0, writable = 0;
+    return PyBytes_FromStringAndSize((const char *)self->prots + first, count);
+}
+
+/* mprotect pages [first, first+n); when that fails the kernel may have changed
+ * part of the range: put every page back as recorded.  0 or an errno.  Runs
+ * without the GIL: `busy` keeps the recorded protections from changing. */
+static int protect_pages(Mapping *m, size_t first, size_t n, int prot)
+{
+    const size_t ps = nts_page_size;
+    if (!mprotect(m->addr + first * ps, n * ps, prot))
+        return 0;
+    int err = errno;
+    for (size_t i = first, j; i < first + n; i = j) {
+        for (j = i + 1; j < first + n && m->prots[j] == m->prots[i]; j++)
+            ;
+        mprotect(m->addr + i * ps, (j - i) * ps, m->prots[i]);
+    }
+    return err;
+}
+
+static PyObject *mapping_change_protection(Mapping *self, PyObject *args)
+{
+    Py_ssize_t first, count;
+    int prot;
+    PyObject *apply;
+    if (!PyArg_ParseTuple(args, "nniO:_change_protection", &first, &count, &prot, &apply) ||
+        check_pages(self, first, count))
+        return NULL;
+    if (prot & ~PROT_BITS) {
+        PyErr_Format(PyExc_ValueError, "prot must be PROT_READ, PROT_WRITE and PROT_EXEC bits, got %d", prot);
+        return NULL;
+    }
+    if (busy_check(self))
+        return NULL;
+    const size_t lo = (size_t)first * nts_page_size, hi = (size_t)(first + count) * nts_page_size;
     for (Py_ssize_t i = 0; i < self->exports; i++) {
         export_range *r = &self->ranges[i];
-        if (r->start < (size_t)(offset + len) && (size_t)offset < r->end) {
-            any = 1;
-            writable |= r->writable;
+        if (r->start < hi && lo < r->end && (!(prot & PROT_READ) || (r->writable && !(prot & PROT_WRITE)))) {
+            PyErr_Format(PyExc_BufferError,
+                         "cannot make pages '%s%s%s%s': a live buffer export (memoryview, numpy array, ctypes "
+                         "object) over them would lose access; release it first",
+                         prot & PROT_READ ? "r" : "", prot & PROT_WRITE ? "w" : "", prot & PROT_EXEC ? "x" : "",
+                         prot ? "" : "none");
+            return NULL;
         }
     }
-    return Py_BuildValue("(OO)", any ? Py_True : Py_False, writable ? Py_True : Py_False);
+    self->busy = CHANGING;
+    self->change_first = (size_t)first;
+    self->change_count = (size_t)count;
+    self->change_prot = prot;
+    int failed;
+    if (apply == Py_None) {
+        int err;
+        Py_BEGIN_ALLOW_THREADS
+        err = protect_pages(self, (size_t)first, (size_t)count, prot);
+        Py_END_ALLOW_THREADS
+        if (err)
+            nts_raise_errno(err, "mprotect(%zd pages, %d)", count, prot);
+        failed = err != 0;
+    } else {
+        PyObject *done = PyObject_CallFunction(apply, "nni", first, count, prot);
+        Py_XDECREF(done);
+        failed = done == NULL;
+    }
+    if (!failed)
+        record_protection(self, (size_t)first, (size_t)count, prot);
+    self->busy = IDLE;
+    if (failed)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef mapping_methods[] = {
     {"_view", (PyCFunction)mapping_view, METH_VARARGS,
-     "_view(offset, size, writable) -> View: a buffer over part of the memory, counted as an export"},
-    {"_exports_over", (PyCFunction)mapping_exports_over, METH_VARARGS,
-     "_exports_over(offset, size) -> (any, writable): whether live exports cover part of the span"},
-    {"_unmap", (PyCFunction)mapping_unmap, METH_NOARGS,
-     "Unmap the memory; BufferError while buffer exports are alive. Idempotent. (Region.free is the public way.)"},
+     "_view(first, count) -> View: a buffer over whole pages, counted as an export; read-only unless every page "
+     "is writable, BufferError unless every page is readable"},
+    {"_protections", (PyCFunction)mapping_protections, METH_VARARGS,
+     "_protections(first, count) -> bytes: the recorded PROT_* bits of each page"},
+    {"_change_protection", (PyCFunction)mapping_change_protection, METH_VARARGS,
+     "_change_protection(first, count, prot, apply): give pages a new protection, refused (BufferError) when a "
+     "live export over them would lose access.  apply(first, count, prot) changes the kernel's protection "
+     "(None: mprotect here) and must leave it as it was if it raises.  Buffers exported meanwhile get only "
+     "the access both protections grant."},
+    {"_unmap", (PyCFunction)mapping_unmap, METH_VARARGS,
+     "_unmap(before=None): unmap the memory; BufferError while buffer exports are alive.  before() runs first, "
+     "once the check passed, and no buffer can be exported while it runs.  Idempotent.  (Region.free is the "
+     "public way.)"},
     {NULL},
 };
 
@@ -312,8 +470,6 @@ static PyGetSetDef mapping_getset[] = {
     {"size", (getter)mapping_size, NULL, "Size in bytes.", NULL},
     {"closed", (getter)mapping_closed, NULL, "True once the memory is unmapped.", NULL},
     {"exports", (getter)mapping_exports, NULL, "Number of live buffer exports.", NULL},
-    {"_export_mode", (getter)mapping_get_export_mode, (setter)mapping_set_export_mode,
-     "Buffers offered: 0 none, 1 read-only, 2 read-write.", NULL},
     {NULL},
 };
 
@@ -335,10 +491,12 @@ PyTypeObject nts_mapping_type = {
 
 /* Holding the export keeps the memory where it is (mmap.close() and
  * bytearray resizing raise BufferError while it lives); the Pin re-exports the
- * same bytes as one flat unsigned-byte buffer, whatever the owner's shape. */
+ * same bytes as one flat unsigned-byte buffer, whatever the owner's shape.
+ * release() (or leaving a `with` block) gives the export back at once, so that
+ * a Pin left in a traceback's frame does not keep the owner from closing. */
 typedef struct {
     PyObject_HEAD
-    Py_buffer view;
+    Py_buffer view; /* view.obj is NULL once released */
     Py_ssize_t exports;
 } Pin;
 
@@ -366,9 +524,41 @@ static void pin_dealloc(Pin *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static int pin_check(Pin *self)
+{
+    if (self->view.obj)
+        return 0;
+    PyErr_SetString(PyExc_ValueError, "the Pin is released");
+    return -1;
+}
+
+static PyObject *pin_release(Pin *self, PyObject *unused)
+{
+    if (!self->view.obj)
+        Py_RETURN_NONE;
+    if (self->exports) {
+        PyErr_Format(PyExc_BufferError, "cannot release the Pin: %zd buffer export(s) of it are alive",
+                     self->exports);
+        return NULL;
+    }
+    PyBuffer_Release(&self->view);
+    Py_RETURN_NONE;
+}
+
+static PyObject *pin_enter(Pin *self, PyObject *unused)
+{
+    if (pin_check(self))
+        return NULL;
+    Py_INCREF(self);
+    return (PyObject *)self;
+}
+
+static PyObject *pin_exit(Pin *self, PyObject *args) { return pin_release(self, NULL); }
+
 static int pin_getbuffer(Pin *self, Py_buffer *view, int flags)
 {
-    if (PyBuffer_FillInfo(view, (PyObject *)self, self->view.buf, self->view.len, 0, flags) < 0)
+    view->obj = NULL;
+    if (pin_check(self) || PyBuffer_FillInfo(view, (PyObject *)self, self->view.buf, self->view.len, 0, flags) < 0)
         return -1;
     self->exports++;
     return 0;
@@ -378,8 +568,20 @@ static void pin_releasebuffer(Pin *self, Py_buffer *view) { self->exports--; }
 
 static PyBufferProcs pin_as_buffer = {(getbufferproc)pin_getbuffer, (releasebufferproc)pin_releasebuffer};
 
-static PyObject *pin_address(Pin *self, void *c) { return PyLong_FromVoidPtr(self->view.buf); }
-static PyObject *pin_nbytes(Pin *self, void *c) { return PyLong_FromSsize_t(self->view.len); }
+static PyObject *pin_address(Pin *self, void *c)
+{
+    return pin_check(self) ? NULL : PyLong_FromVoidPtr(self->view.buf);
+}
+
+static PyObject *pin_nbytes(Pin *self, void *c) { return pin_check(self) ? NULL : PyLong_FromSsize_t(self->view.len); }
+
+static PyMethodDef pin_methods[] = {
+    {"release", (PyCFunction)pin_release, METH_NOARGS,
+     "Give the export back (BufferError while exports of the Pin live).  Idempotent."},
+    {"__enter__", (PyCFunction)pin_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)pin_exit, METH_VARARGS, "Release the Pin."},
+    {NULL},
+};
 
 static PyGetSetDef pin_getset[] = {
     {"address", (getter)pin_address, NULL, "Address of the first byte.", NULL},
@@ -394,8 +596,9 @@ PyTypeObject nts_pin_type = {
     .tp_dealloc = (destructor)pin_dealloc,
     .tp_as_buffer = &pin_as_buffer,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Pin(obj): hold a writable, contiguous buffer export of obj; re-export it as flat bytes.",
+    .tp_doc = "Pin(obj): hold a writable, contiguous buffer export of obj; re-export it as flat bytes.  "
+              "release() or a with block gives it back.",
+    .tp_methods = pin_methods,
     .tp_getset = pin_getset,
     .tp_new = pin_new,
 };
-

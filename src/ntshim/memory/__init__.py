@@ -155,7 +155,11 @@ def watch(obj: Any, *, backend: str | None = None) -> WriteWatch:
         if view.nbytes == 0:
             raise ValueError("watch() needs at least one byte of memory; this buffer is empty")
     pin = _core.Pin(obj)
-    start = pin.address - pin.address % PAGE_SIZE
-    end = -(-(pin.address + pin.nbytes) // PAGE_SIZE) * PAGE_SIZE
-    prots = maps.protections(start, end, PAGE_SIZE)
-    return WriteWatch(start, end - start, prots, backend, lambda: pin, pin.address - start)
+    try:
+        start = pin.address - pin.address % PAGE_SIZE
+        end = -(-(pin.address + pin.nbytes) // PAGE_SIZE) * PAGE_SIZE
+        prots = maps.protections(start, end, PAGE_SIZE)
+        return WriteWatch(start, end - start, prots, backend, lambda: pin, pin.address - start)
+    except BaseException:
+        pin.release()  # a refused watch holds no export: the caller may close the memory at once
+        raise

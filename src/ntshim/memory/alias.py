@@ -78,34 +78,39 @@ def alias(source: Any, *, below: int | None = None, address: int | None = None) 
         raise TypeError(
             f"source must be a file descriptor or a buffer over shared memory, not {type(source).__name__}"
         ) from None
-    start, nbytes = pin.address, pin.nbytes
-    if start % PAGE_SIZE:
-        raise ValueError(f"the buffer starts at {start:#x}, not on a page boundary: alias the whole mapping instead")
-    size = -(-nbytes // PAGE_SIZE) * PAGE_SIZE
-    mapping = maps.mapping_at(start)
-    if not isinstance(mapping, maps.Mapping):
-        raise ValueError(f"nothing is mapped at {start:#x}")  # noqa: TRY004 - the address is at fault
-    _lo, hi, prot, shared, path = mapping
-    if start + size > hi:
-        raise ValueError("the buffer spans several mappings; alias each mapping on its own")
-    if not shared:
-        raise ValueError(
-            f"the buffer is private memory ({path or 'anonymous'}): private pages belong to one mapping and are "
-            "copied on write, so they cannot be shown twice. Put the data in shared memory (mmap.mmap(-1, size), "
-            "a memfd, a file mapped with MAP_SHARED) and alias that"
-        )
-    view = _placeholder(size, below, address)
-    try:
-        _core.alias_onto(start, size, view.address)
-    except OSError as e:
-        view.free()
-        raise ValueError(
-            f"the kernel cannot duplicate this mapping ({path or 'anonymous'}: {e.strerror}); device memory mapped "
-            "by a driver (VM_PFNMAP) cannot be aliased: ask the driver to map it at the address you need "
-            "(as VK_EXT_map_memory_placed does)"
-        ) from None
+    # The pin keeps the source mapped while it is duplicated.  Leaving the block gives the
+    # export back before any exception leaves alias(): the caller may close the source in its
+    # except block (a pin kept alive by the traceback's frame would make mmap.close() fail).
+    with pin:
+        start, nbytes = pin.address, pin.nbytes
+        if start % PAGE_SIZE:
+            raise ValueError(
+                f"the buffer starts at {start:#x}, not on a page boundary: alias the whole mapping instead"
+            )
+        size = -(-nbytes // PAGE_SIZE) * PAGE_SIZE
+        mapping = maps.mapping_at(start)
+        if not isinstance(mapping, maps.Mapping):
+            raise ValueError(f"nothing is mapped at {start:#x}")  # noqa: TRY004 - the address is at fault
+        _lo, hi, prot, shared, path = mapping
+        if start + size > hi:
+            raise ValueError("the buffer spans several mappings; alias each mapping on its own")
+        if not shared:
+            raise ValueError(
+                f"the buffer is private memory ({path or 'anonymous'}): private pages belong to one mapping and are "
+                "copied on write, so they cannot be shown twice. Put the data in shared memory (mmap.mmap(-1, size), "
+                "a memfd, a file mapped with MAP_SHARED) and alias that"
+            )
+        view = _placeholder(size, below, address)
+        try:
+            _core.alias_onto(start, size, view.address)
+        except OSError as e:
+            view.free()
+            raise ValueError(
+                f"the kernel cannot duplicate this mapping ({path or 'anonymous'}: {e.strerror}); device memory "
+                "mapped by a driver (VM_PFNMAP) cannot be aliased: ask the driver to map it at the address you need "
+                "(as VK_EXT_map_memory_placed does)"
+            ) from None
     _adopt(view, prot)
-    del pin
     return view
 
 
@@ -130,6 +135,9 @@ def _alias_fd(fd: int, below: int | None, address: int | None) -> Alias:
 
 def _adopt(view: Alias, prot: int) -> None:
     """The placeholder is now the alias: every page mapped with the source's access."""
+    view._change_protection(0, len(view._committed), prot, _mapped_so_already)
     view._committed[:] = b"\x01" * len(view._committed)
-    view._prots[:] = bytes([prot]) * len(view._prots)
-    view._export_mode = 2 if prot & _core.PROT_WRITE else 1 if prot & _core.PROT_READ else 0
+
+
+def _mapped_so_already(first: int, count: int, prot: int) -> None:
+    """Nothing to ask the kernel: it mapped the alias with the source's access."""

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 import weakref
 
 from .. import _core, _kernel
 from .._arguments import page_range
 from ..writewatch import DirtyPages, WriteWatch
 from . import protection
-
-# Buffer exports a page protection allows: 2 read-write, 1 read-only, 0 none.
-_EXPORT_MODE = bytes(
-    2 if p & protection.READ and p & protection.WRITE else 1 if p & protection.READ else 0 for p in range(256)
-)
 
 
 class Region(_core.Mapping):
@@ -29,14 +26,21 @@ class Region(_core.Mapping):
     A region allocated with ``watch=True`` (or passed to :func:`ntshim.memory.watch`) also
     answers the :class:`~ntshim.writewatch.WriteWatch` calls: ``dirty``, ``reset``,
     ``writing``, ``granularity``, ``backend``.
+
+    Every method may be called from several threads.  The protection of each page is kept
+    in the C base (``_core.Mapping``), which decides whether a buffer may be exported and
+    whether pages may lose access in one step each (see ``_change_protection``).
     """
 
     def __init__(self, size: int, prot: int, *, address: int = 0, align: int = 0, shared: bool = False) -> None:
         self._shared = shared  # MAP_SHARED: seen by fork children and by aliases
-        npages = size // _kernel.PAGE_SIZE
-        self._prots = bytearray([prot]) * npages
-        self._committed = bytearray(b"\x01") * npages  # reserve() clears it
+        self._committed = bytearray(b"\x01") * (size // _kernel.PAGE_SIZE)  # reserve() clears it
         self._write_watch: WriteWatch | None = None
+        # Serializes what changes the region (protect, commit, decommit, discard, watching,
+        # free): each is several steps, some of them without the GIL.
+        self._lock = threading.RLock()
+        with _live_lock:
+            _live.add(self)
 
     # ---- protection and commitment -----------------------------------------------------
 
@@ -49,16 +53,17 @@ class Region(_core.Mapping):
         pages becoming read-only, say).
         """
         prot = protection.parse(protect)
-        first, count = self._pages(offset, size)
-        self._require_committed(first, count)
-        previous = protection.format(self._prots[first])
-        self._set_protection(first, count, prot)
-        return previous
+        with self._lock:
+            first, count = self._pages(offset, size)
+            self._require_committed(first, count)
+            previous = self._protections(first, 1)[0]
+            self._set_protection(first, count, prot)
+        return protection.format(previous)
 
     def protection(self, offset: int = 0) -> str:
         """Protection of the page at ``offset`` (``"none"`` while it is only reserved)."""
         first, _ = self._pages(offset, None)
-        return protection.format(self._prots[first])
+        return protection.format(self._protections(first, 1)[0])
 
     def view(self, offset: int = 0, size: int | None = None) -> memoryview:
         """A memoryview of whole pages (read-only unless every page is writable), for regions
@@ -66,11 +71,7 @@ class Region(_core.Mapping):
         any buffer export it keeps the region from being freed, and the protection of its
         pages from losing the access it grants, while it lives."""
         first, count = self._pages(offset, size)
-        mode = min(self._prots[first : first + count].translate(_EXPORT_MODE))
-        if mode == 0:
-            raise BufferError("these pages include pages without read access; a buffer over them would crash")
-        ps = _kernel.PAGE_SIZE
-        return memoryview(self._view(first * ps, count * ps, mode == 2))
+        return memoryview(self._view(first, count))
 
     def committed(self, offset: int = 0) -> bool:
         """Whether the page at ``offset`` is committed (usable) rather than only reserved."""
@@ -82,37 +83,40 @@ class Region(_core.Mapping):
         or again after :meth:`decommit`, read as zero; pages already committed keep their
         contents and take the new protection."""
         prot = protection.parse(protect)
-        first, count = self._pages(offset, size)
-        self._set_protection(first, count, prot)
-        self._committed[first : first + count] = b"\x01" * count
+        with self._lock:
+            first, count = self._pages(offset, size)
+            self._set_protection(first, count, prot)
+            self._committed[first : first + count] = b"\x01" * count
 
     def decommit(self, offset: int, size: int) -> None:
         """Give whole pages' memory back, keeping the address range reserved.  Their contents
         are dropped (they read as zero once committed again) and, as on Windows, so is their
         write-watch state."""
-        first, count = self._pages(offset, size)
-        self._set_protection(first, count, 0)
-        self._drop_contents(first, count)
-        self._committed[first : first + count] = bytes(count)
+        with self._lock:
+            first, count = self._pages(offset, size)
+            self._set_protection(first, count, 0)
+            self._drop_contents(first, count)
+            self._committed[first : first + count] = bytes(count)
 
     def discard(self, offset: int, size: int) -> None:
         """Tell the kernel the contents of these pages are no longer needed (Windows'
         ``MEM_RESET``): until written again, a page may read as before or as zero.  Pages
         only reserved are left alone.  A write-watched region is left alone too: freeing
         its pages would change them behind the watch's back."""
-        first, count = self._pages(offset, size)
-        if self._write_watch is not None or self._shared:
-            return  # (MADV_FREE applies to private memory only; "as before" is a valid answer)
-        ps = _kernel.PAGE_SIZE
-        page = first
-        while page < first + count:  # each run of committed pages
-            start = self._committed.find(1, page, first + count)
-            if start < 0:
-                break
-            end = self._committed.find(0, start, first + count)
-            end = first + count if end < 0 else end
-            _core.madvise(self.address + start * ps, (end - start) * ps, _core.MADV_FREE)
-            page = end
+        with self._lock:
+            first, count = self._pages(offset, size)
+            if self._write_watch is not None or self._shared:
+                return  # (MADV_FREE applies to private memory only; "as before" is a valid answer)
+            ps = _kernel.PAGE_SIZE
+            page = first
+            while page < first + count:  # each run of committed pages
+                start = self._committed.find(1, page, first + count)
+                if start < 0:
+                    break
+                end = self._committed.find(0, start, first + count)
+                end = first + count if end < 0 else end
+                _core.madvise(self.address + start * ps, (end - start) * ps, _core.MADV_FREE)
+                page = end
 
     def _require_committed(self, first: int, count: int) -> None:
         gap = self._committed.find(0, first, first + count)
@@ -120,22 +124,10 @@ class Region(_core.Mapping):
             raise ValueError(f"page at offset {gap * _kernel.PAGE_SIZE:#x} is not committed")
 
     def _set_protection(self, first: int, count: int, prot: int) -> None:
-        ps = _kernel.PAGE_SIZE
-        exported, exported_writable = self._exports_over(first * ps, count * ps)
-        if (exported and not prot & protection.READ) or (exported_writable and not prot & protection.WRITE):
-            raise BufferError(
-                f"cannot make pages {protection.format(prot)!r}: a live buffer export (memoryview, numpy "
-                "array, ctypes object) over them would lose access; release it first"
-            )
-        new = bytearray(self._prots)
-        new[first : first + count] = bytes([prot]) * count
-        mode = min(new.translate(_EXPORT_MODE))
-        if self._write_watch is not None:
-            self._write_watch._protect(first, count, prot)
-        else:
-            self._mprotect(first, count, prot)
-        self._prots = new
-        self._export_mode = mode
+        """Change the pages' protection, through the write watch when there is one (it keeps
+        the dirty state exact).  BufferError when a live export over them would lose access."""
+        watch = self._write_watch
+        self._change_protection(first, count, prot, None if watch is None else watch._protect)
 
     def _drop_contents(self, first: int, count: int) -> None:
         if self._shared:  # unmapping shared pages keeps them in the shared object: remove them there
@@ -147,16 +139,6 @@ class Region(_core.Mapping):
             ps = _kernel.PAGE_SIZE
             _core.madvise(self.address + first * ps, count * ps, _core.MADV_DONTNEED)
 
-    def _mprotect(self, first: int, count: int, prot: int) -> None:
-        ps = _kernel.PAGE_SIZE
-        try:
-            _core.mprotect(self.address + first * ps, count * ps, prot)
-        except OSError:
-            # The kernel may have changed part of the range: put every page back.
-            for page in range(first, first + count):
-                _core.mprotect(self.address + page * ps, ps, self._prots[page])
-            raise
-
     def _pages(self, offset: object, size: object) -> tuple[int, int]:
         if self.closed:
             raise ValueError("region is freed")
@@ -165,14 +147,12 @@ class Region(_core.Mapping):
     # ---- lifetime ----------------------------------------------------------------------
 
     def free(self) -> None:
-        """Stop any write watch and unmap the memory.  BufferError while buffer exports live."""
-        if self.closed:
-            return
-        if self.exports:
-            self._unmap()  # raises the BufferError that names the problem
-        if self._write_watch is not None:
-            self._write_watch.close()
-        self._unmap()
+        """Stop any write watch and unmap the memory.  BufferError while buffer exports live,
+        and then nothing changes (the watch keeps watching)."""
+        with self._lock:
+            watch = self._write_watch
+            # The watch is closed only once no export is alive, and none can appear meanwhile.
+            self._unmap(None if watch is None else watch.close)
 
     def __enter__(self) -> Region:
         return self
@@ -187,15 +167,17 @@ class Region(_core.Mapping):
     # ---- write watch -------------------------------------------------------------------
 
     def _start_watch(self, backend: str | None) -> WriteWatch:
-        if self.closed:
-            raise ValueError("region is freed")
-        if self._write_watch is not None:
-            raise ValueError("this region is already watched")
-        region = weakref.ref(self)
-        self._write_watch = WriteWatch(
-            self.address, self.size, bytes(self._prots), backend, region, 0, on_close=self._watch_closed
-        )
-        return self._write_watch
+        with self._lock:  # a free() waits until the watch exists, and then closes it
+            if self.closed:
+                raise ValueError("region is freed")
+            if self._write_watch is not None:
+                raise ValueError("this region is already watched")
+            prots = self._protections(0, self.size // _kernel.PAGE_SIZE)
+            region = weakref.ref(self)
+            self._write_watch = WriteWatch(
+                self.address, self.size, prots, backend, region, 0, on_close=self._watch_closed
+            )
+            return self._write_watch
 
     def _watch_closed(self) -> None:
         self._write_watch = None
@@ -242,3 +224,30 @@ class Region(_core.Mapping):
         watch = f" watched by {self._write_watch.backend}" if self._write_watch else ""
         return f"<Region {self.address:#x}+{self.size:#x}{watch}>"
 
+
+# Every live region, so that fork() waits until no thread is halfway through changing one:
+# a child must not inherit a region lock held by a thread that does not exist there, nor a
+# protection change left half done.  Regions made while a fork is prepared wait for it.
+# (Python runs `before` handlers last registered first: these, registered after those of
+# the write-watch modules imported above, run first, so a thread finishing its change can
+# still take a tracker's lock.)
+_live: weakref.WeakSet[Region] = weakref.WeakSet()
+_live_lock = threading.Lock()
+_held_at_fork: list[Region] = []
+
+
+def _before_fork() -> None:
+    _live_lock.acquire()
+    _held_at_fork[:] = list(_live)
+    for region in _held_at_fork:
+        region._lock.acquire()
+
+
+def _after_fork() -> None:
+    for region in _held_at_fork:
+        region._lock.release()
+    _held_at_fork.clear()
+    _live_lock.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
