@@ -228,7 +228,8 @@ int nts_sync_format(int fd); /* size a new arena file, reserve its first chunks,
 int nts_sync_layout(int fd, uint32_t *magic, uint32_t *version, uint64_t *size);
 int nts_sync_in_use(int fd, int *in_use); /* whether any process holds a liveness lock on it */
 /* Map it and claim a process slot; EPROTO if not an arena of this layout, ENOSPC if
- * every process slot is taken.  Keeps its own close-on-exec descriptor. */
+ * every process slot is taken.  Keeps a close-on-exec descriptor of its own (a new
+ * open file description, opened through /proc/self/fd) for the liveness lock. */
 int nts_sync_attach(int fd, nts_arena **out);
 void nts_sync_detach(nts_arena *a); /* drop this process's references */
 const char *nts_sync_damage(void);  /* NULL, or why the arena is damaged for this process */

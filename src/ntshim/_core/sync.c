@@ -28,7 +28,8 @@
  *   pointers read from shared memory).
  * - Liveness: a process owns a slot of the process table by holding an OFD lock
  *   (fcntl F_OFD_SETLK) on byte <slot> of the arena file, through a descriptor it
- *   keeps open, close-on-exec, for its life.  The kernel drops the lock when the
+ *   keeps open, close-on-exec, for its life (an open file description of its own
+ *   that nothing maps: a mapping would keep the lock alive in forked children).  The kernel drops the lock when the
  *   process dies, in whatever PID namespace, and when it execs; a process is dead
  *   when F_OFD_GETLK finds no lock on its byte.  fork gives the child a slot (and
  *   a descriptor of its own) that the parent claims for it before the fork.
@@ -182,7 +183,7 @@ struct nts_arena {
     struct name *n;
     struct thr *t;
     struct ref *r;
-    int fd;        /* our own open file description: it carries our liveness lock */
+    int fd;        /* our own open file description, never mapped: it carries our liveness lock */
     int fd_err;    /* why fd is -1 (a forked child that could not get one) */
     uint32_t proc; /* our slot, 0 before we have one */
     uint32_t gen;  /* its generation when we claimed it */
@@ -538,10 +539,6 @@ static uint32_t name_insert(nts_arena *a, const char *s, size_t len, uint32_t ha
 
 /* Linear-probing delete without tombstones: move later members of the cluster back. */
 static void name_remove(nts_arena *a, uint32_t slot) {
-    if (slot < 1 || slot > NHASH) {
-        damage(BAD_NAMES);
-        return;
-    }
     uint32_t hole = slot - 1, i = NEXT_SLOT(hole);
     a->hash[hole] = 0;
     for (uint32_t lap = 0; lap < NHASH && a->hash[i] && !damaged(); lap++, i = NEXT_SLOT(i)) {
@@ -561,8 +558,11 @@ static void name_remove(nts_arena *a, uint32_t slot) {
 
 static void obj_free(nts_arena *a, uint32_t i) {
     struct obj *o = &a->o[i];
-    if (o->name)
-        name_remove(a, o->name);
+    uint32_t slot = o->name;
+    if (slot && (slot > NHASH || a->hash[slot - 1] != i))
+        damage(BAD_NAMES);
+    else if (slot)
+        name_remove(a, slot);
     o->name = 0;
     o->kind = 0;
     o->gen++;
@@ -1183,7 +1183,12 @@ int nts_sync_attach(int fd, nts_arena **out) {
     nts_arena *a = calloc(1, sizeof *a);
     if (!a)
         return ENOMEM;
-    a->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    /* The liveness lock lives on a description of its own that nothing maps: a
+     * mapping holds its description open, and fork copies mappings, so a lock on the
+     * mapped one would outlive a closed descriptor and survive in forked children. */
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    a->fd = open(path, O_RDWR | O_CLOEXEC);
     a->fd_err = EBADF;
     a->child_fd = -1;
     a->inflight_obj = calloc(NOBJ, sizeof *a->inflight_obj);
@@ -1193,7 +1198,7 @@ int nts_sync_attach(int fd, nts_arena **out) {
         arena_free(a);
         return err;
     }
-    char *m = mmap(NULL, ARENA_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, a->fd, 0);
+    char *m = mmap(NULL, ARENA_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED) {
         err = errno;
         arena_free(a);
@@ -1211,7 +1216,8 @@ int nts_sync_attach(int fd, nts_arena **out) {
     /* The file may shrink from now on: the handler first. */
     __atomic_store_n(&g_base, m, __ATOMIC_RELEASE);
     g_arena = a;
-    if ((err = install_sigbus()) == 0 && (err = enroll(a)) == 0) {
+    /* Damage found by the first sweep still attaches: every call then reports it. */
+    if ((err = install_sigbus()) == 0 && ((err = enroll(a)) == 0 || err == EUCLEAN)) {
         *out = a;
         return 0;
     }
