@@ -299,9 +299,13 @@ static int token_dead(struct thr *t) {
 
 /* ---------------------------------------------------------------- checked access */
 
+/* One load of a value another process may change at any moment: a value checked and
+ * then used must be the same value (a plain load could be repeated by the compiler). */
+#define READ_ONCE(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+
 /* High-water marks, checked against the capacity (damaged and 0 beyond it). */
 static uint32_t hw_of(uint32_t *hw, uint32_t max) {
-    uint32_t v = *hw;
+    uint32_t v = READ_ONCE(*hw);
     if (v <= max)
         return v;
     damage(BAD_HW);
@@ -346,7 +350,7 @@ static int entry_ok(nts_arena *a, uint32_t oi, int all, uint32_t id, uint32_t pr
         return !damage(BAD_QUEUE);
     struct thr *t = &a->t[ENTRY_THR(id)];
     struct entry *e = &t->e[ENTRY_IDX(id)];
-    uint32_t i = ENTRY_IDX(id), count = t->count;
+    uint32_t i = ENTRY_IDX(id), count = READ_ONCE(t->count);
     int fits = t->in_use && t->queued && count <= NTS_SYNC_MAX_WAIT && (i < count || (i == count && t->alert));
     if (!fits || e->obj != oi || !e->linked || e->prev != prev || (t->all && i < count) != all)
         return !damage(BAD_QUEUE);
@@ -509,7 +513,7 @@ static uint32_t name_hash(const char *s, size_t len) {
 static uint32_t name_find(nts_arena *a, const char *s, size_t len, uint32_t hash) {
     uint32_t i = hash & (NHASH - 1);
     for (uint32_t lap = 0; lap < NHASH && !damaged(); lap++, i = NEXT_SLOT(i)) {
-        uint32_t oi = a->hash[i];
+        uint32_t oi = READ_ONCE(a->hash[i]);
         if (!oi)
             return 0;
         struct name *n = &a->n[oi = obj_index(a, oi)];
@@ -541,8 +545,8 @@ static uint32_t name_insert(nts_arena *a, const char *s, size_t len, uint32_t ha
 static void name_remove(nts_arena *a, uint32_t slot) {
     uint32_t hole = slot - 1, i = NEXT_SLOT(hole);
     a->hash[hole] = 0;
-    for (uint32_t lap = 0; lap < NHASH && a->hash[i] && !damaged(); lap++, i = NEXT_SLOT(i)) {
-        uint32_t oi = obj_index(a, a->hash[i]), home = a->n[oi].hash & (NHASH - 1);
+    for (uint32_t lap = 0, oi; lap < NHASH && (oi = READ_ONCE(a->hash[i])) && !damaged(); lap++, i = NEXT_SLOT(i)) {
+        uint32_t home = a->n[oi = obj_index(a, oi)].hash & (NHASH - 1);
         /* Move i into the hole unless its home lies cyclically in (hole, i]. */
         int stays = hole <= i ? (home > hole && home <= i) : (home > hole || home <= i);
         if (!stays) {
@@ -558,7 +562,7 @@ static void name_remove(nts_arena *a, uint32_t slot) {
 
 static void obj_free(nts_arena *a, uint32_t i) {
     struct obj *o = &a->o[i];
-    uint32_t slot = o->name;
+    uint32_t slot = READ_ONCE(o->name);
     if (slot && (slot > NHASH || a->hash[slot - 1] != i))
         damage(BAD_NAMES);
     else if (slot)
@@ -592,13 +596,14 @@ static int is_signaled(struct obj *o, uint32_t owner) {
 static void link_entry(nts_arena *a, uint32_t oi, int all, uint32_t id) {
     struct obj *o = &a->o[oi];
     uint32_t *head = all ? &o->all_head : &o->any_head, *tail = all ? &o->all_tail : &o->any_tail;
-    struct entry *e = &a->t[ENTRY_THR(id)].e[ENTRY_IDX(id)], *last = *tail ? entry_at(a, *tail) : NULL;
+    uint32_t last_id = READ_ONCE(*tail);
+    struct entry *e = &a->t[ENTRY_THR(id)].e[ENTRY_IDX(id)], *last = last_id ? entry_at(a, last_id) : NULL;
     if (last ? last->next != 0 : *head != 0) {
         damage(BAD_QUEUE);
         return;
     }
     e->linked = 1;
-    e->prev = *tail;
+    e->prev = last_id;
     e->next = 0;
     if (last)
         last->next = id;
@@ -611,19 +616,20 @@ static void unlink_entry(nts_arena *a, uint32_t oi, int all, uint32_t id) {
     struct obj *o = &a->o[oi];
     uint32_t *head = all ? &o->all_head : &o->any_head, *tail = all ? &o->all_tail : &o->any_tail;
     struct entry *e = entry_at(a, id);
-    struct entry *prev = e->prev ? entry_at(a, e->prev) : NULL, *next = e->next ? entry_at(a, e->next) : NULL;
+    uint32_t prev_id = READ_ONCE(e->prev), next_id = READ_ONCE(e->next);
+    struct entry *prev = prev_id ? entry_at(a, prev_id) : NULL, *next = next_id ? entry_at(a, next_id) : NULL;
     if ((prev ? prev->next : *head) != id || (next ? next->prev : *tail) != id) {
         damage(BAD_QUEUE);
         return;
     }
     if (prev)
-        prev->next = e->next;
+        prev->next = next_id;
     else
-        *head = e->next;
+        *head = next_id;
     if (next)
-        next->prev = e->prev;
+        next->prev = prev_id;
     else
-        *tail = e->prev;
+        *tail = prev_id;
     e->linked = 0;
 }
 
@@ -632,7 +638,7 @@ static void dequeue(nts_arena *a, uint32_t ti) {
     struct thr *t = &a->t[ti];
     if (!t->queued)
         return;
-    uint32_t count = t->count;
+    uint32_t count = READ_ONCE(t->count);
     if (count > NTS_SYNC_MAX_WAIT) {
         damage(BAD_COUNT);
         return;
@@ -641,7 +647,7 @@ static void dequeue(nts_arena *a, uint32_t ti) {
         struct entry *e = &t->e[i];
         if (!e->linked)
             continue;
-        uint32_t oi = obj_index(a, e->obj);
+        uint32_t oi = obj_index(a, READ_ONCE(e->obj));
         unlink_entry(a, oi, t->all && i < count, entry_id(ti, i));
         obj_unref(a, oi);
     }
@@ -659,8 +665,8 @@ static void poke(nts_arena *a, uint32_t ti) {
 static void poke_other_processes(nts_arena *a, uint32_t oi, uint32_t holder_proc) {
     struct obj *o = &a->o[oi];
     for (int all = 0; all < 2; all++)
-        for (uint32_t id = all ? o->all_head : o->any_head, prev = 0; id && entry_ok(a, oi, all, id, prev);
-             prev = id, id = entry_at(a, id)->next)
+        for (uint32_t id = READ_ONCE(*(all ? &o->all_head : &o->any_head)), prev = 0;
+             id && entry_ok(a, oi, all, id, prev); prev = id, id = READ_ONCE(entry_at(a, id)->next))
             if (a->t[ENTRY_THR(id)].proc != holder_proc)
                 poke(a, ENTRY_THR(id));
 }
@@ -715,11 +721,11 @@ static int try_wake_all(nts_arena *a, uint32_t ti) {
     struct thr *t = &a->t[ti];
     if (waiter_dead(a, ti))
         return 1;
-    uint32_t count = t->count, objs[NTS_SYNC_MAX_WAIT];
+    uint32_t count = READ_ONCE(t->count), objs[NTS_SYNC_MAX_WAIT];
     if (count > NTS_SYNC_MAX_WAIT)
         return !damage(BAD_COUNT);
     for (uint32_t i = 0; i < count; i++)
-        if (!is_signaled(&a->o[objs[i] = obj_index(a, t->e[i].obj)], t->owner) || damaged())
+        if (!is_signaled(&a->o[objs[i] = obj_index(a, READ_ONCE(t->e[i].obj))], t->owner) || damaged())
             return 0;
     for (uint32_t i = 0; i < count; i++)
         acquire(a, ti, objs[i]);
@@ -734,26 +740,26 @@ static int try_wake_all(nts_arena *a, uint32_t ti) {
  * Each restart follows the removal of an entry, so the walks end. */
 static void try_wake(nts_arena *a, uint32_t oi) {
     struct obj *o = &a->o[oi];
-    for (uint32_t id = o->all_head, prev = 0; id && entry_ok(a, oi, 1, id, prev);) {
+    for (uint32_t id = READ_ONCE(o->all_head), prev = 0; id && entry_ok(a, oi, 1, id, prev);) {
         if (!try_wake_all(a, ENTRY_THR(id))) {
             prev = id;
-            id = entry_at(a, id)->next;
+            id = READ_ONCE(entry_at(a, id)->next);
             continue;
         }
         if (entry_at(a, id)->linked) {
             damage(BAD_QUEUE);
             return;
         }
-        id = o->all_head;
+        id = READ_ONCE(o->all_head);
         prev = 0;
     }
-    for (uint32_t id = o->any_head, prev = 0; id && entry_ok(a, oi, 0, id, prev);) {
+    for (uint32_t id = READ_ONCE(o->any_head), prev = 0; id && entry_ok(a, oi, 0, id, prev);) {
         uint32_t ti = ENTRY_THR(id);
         if (!is_signaled(o, a->t[ti].owner)) {
             if (o->kind != NTS_SYNC_MUTEX)
                 break; /* nobody else can take it either */
             prev = id; /* a mutex may still be signaled for another owner */
-            id = entry_at(a, id)->next;
+            id = READ_ONCE(entry_at(a, id)->next);
             continue;
         }
         if (!waiter_dead(a, ti)) {
@@ -764,14 +770,15 @@ static void try_wake(nts_arena *a, uint32_t oi) {
             damage(BAD_QUEUE);
             return;
         }
-        id = o->any_head;
+        id = READ_ONCE(o->any_head);
         prev = 0;
     }
 }
 
 static void drop_holder(nts_arena *a, struct obj *o) {
-    if (o->holder) {
-        struct thr *h = &a->t[thr_index(a, o->holder)];
+    uint32_t hi = READ_ONCE(o->holder);
+    if (hi) {
+        struct thr *h = &a->t[thr_index(a, hi)];
         if (h->gen == o->holder_gen && h->held)
             h->held--;
     }
@@ -803,7 +810,7 @@ static void check_holder(nts_arena *a, uint32_t oi) {
     struct obj *o = &a->o[oi];
     if (o->kind != NTS_SYNC_MUTEX || !o->y || !o->holder)
         return;
-    uint32_t hi = thr_index(a, o->holder);
+    uint32_t hi = thr_index(a, READ_ONCE(o->holder));
     struct thr *h = &a->t[hi];
     if (!hi)
         return;
@@ -828,7 +835,7 @@ static void free_thread_block(nts_arena *a, uint32_t ti) {
 
 static void free_ref(nts_arena *a, uint32_t ri) {
     struct ref *r = &a->r[ri];
-    uint32_t oi = obj_index(a, r->obj);
+    uint32_t oi = obj_index(a, READ_ONCE(r->obj));
     r->proc = 0;
     r->next_free = a->h->ref_free;
     a->h->ref_free = ri;
@@ -892,9 +899,9 @@ static int enroll(nts_arena *a) {
 /* ---------------------------------------------------------------- allocation */
 
 static uint32_t take_obj(nts_arena *a, int *err) {
-    uint32_t hw = obj_hw(a), i = a->h->obj_free;
+    uint32_t hw = obj_hw(a), i = READ_ONCE(a->h->obj_free);
     if (i) {
-        uint32_t next = a->o[i <= hw ? i : 0].next_free;
+        uint32_t next = READ_ONCE(a->o[i <= hw ? i : 0].next_free);
         if (i > hw || a->o[i].kind || next > hw)
             return !damage(BAD_FREE);
         a->h->obj_free = next;
@@ -910,9 +917,9 @@ static uint32_t take_obj(nts_arena *a, int *err) {
 }
 
 static uint32_t take_ref(nts_arena *a, int *err) {
-    uint32_t hw = ref_hw(a), i = a->h->ref_free;
+    uint32_t hw = ref_hw(a), i = READ_ONCE(a->h->ref_free);
     if (i) {
-        uint32_t next = a->r[i <= hw ? i : 0].next_free;
+        uint32_t next = READ_ONCE(a->r[i <= hw ? i : 0].next_free);
         if (i > hw || a->r[i].proc || next > hw)
             return !damage(BAD_FREE);
         a->h->ref_free = next;
@@ -1501,7 +1508,7 @@ static size_t watch_set(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32
         struct obj *o = &a->o[slots[i]];
         if (o->kind != NTS_SYNC_MUTEX || !o->y || !o->holder)
             continue;
-        struct thr *h = &a->t[thr_index(a, o->holder)];
+        struct thr *h = &a->t[thr_index(a, READ_ONCE(o->holder))];
         if (h->proc == t->proc)
             continue;
         uint32_t *word = token_word(h);
