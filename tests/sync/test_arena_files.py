@@ -10,7 +10,6 @@ replaced when nobody uses it and refused loudly otherwise, and the first layout'
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import stat

@@ -47,9 +47,10 @@ def _env(root: Path) -> dict[str, str]:
 
 def _python(root: Path, code: str) -> str:
     """Run code in a fresh process on the root; its stdout (it must exit 0)."""
+    script = "from ntshim.sync import Event, Mutex, Semaphore, wait_any\n" + textwrap.dedent(code)
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", "from ntshim.sync import Event, Mutex, Semaphore, wait_any\n" + textwrap.dedent(code)],
+            [sys.executable, "-c", script],
             capture_output=True, text=True, timeout=BOUND, env=_env(root), check=False,
         )
     except subprocess.TimeoutExpired as e:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import random
 import shutil
@@ -315,8 +316,6 @@ def test_random_bytes_in_the_arena_never_crash_or_hang_its_users(tmp_path: Path)
         root = _root(tmp_path, f"seed-{seed}")
         scribbles[seed] = _scribble(_copy(arena, root), segments, live, random.Random(seed))
         plans.append((seed, str(root)))
-    import json
-
     env = dict(os.environ)
     env.pop("NTSHIM_SYNC_BACKEND", None)
     try:

@@ -8,8 +8,10 @@ messages that say what to do.
 The arena is one file per user, ``sync.arena`` in the per-user directory
 (:mod:`~ntshim.sync.userdir`), whatever the ntshim version: its header carries the layout
 version, so that two versions never silently use two arenas.  A file of another layout is
-replaced when no process is attached to it (every layout marks attached processes with
-OFD locks on bytes ``[1, SYNC_LIVE_END)``), and refused loudly otherwise.  The first layout
+replaced when no process is attached to it, and refused loudly otherwise.  The protocol
+every version keeps: an attached process holds an OFD lock on a byte of ``[1,
+SYNC_LIVE_END)``; a process holds a shared ``flock`` on the file from opening it until its
+lock is taken, and a process replacing the file holds it exclusively.  The first layout
 (``sync-v1-<size>.arena``, pid-based) is removed once none of its processes is alive.
 """
 
@@ -152,7 +154,8 @@ def _format_temp(path: str) -> str:
     except OSError as e:
         os.unlink(tmp)
         if e.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, f"no room for a new sync arena in {os.path.dirname(path)}: {e.strerror}") from None
+            directory = os.path.dirname(path)
+            raise OSError(errno.ENOSPC, f"no room for a new sync arena in {directory}: {e.strerror}") from None
         raise
     finally:
         os.close(fd)

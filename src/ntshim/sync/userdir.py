@@ -60,7 +60,9 @@ def user_directory() -> str:
     except FileExistsError:
         pass
     except OSError as e:
-        raise OSError(e.errno, f"cannot create the per-user sync directory {path}: {e.strerror}.  {_ELSEWHERE}") from None
+        raise OSError(
+            e.errno, f"cannot create the per-user sync directory {path}: {e.strerror}.  {_ELSEWHERE}"
+        ) from None
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode):
         raise PermissionError(
