@@ -393,6 +393,7 @@ static uint32_t claim_slot(nts_arena *a, int fd, uint32_t *gen) {
 /* ---------------------------------------------------------------- lock */
 
 static void gc_dead_processes(nts_arena *a);
+static void repair(nts_arena *a);
 
 /* Whether the holder named by a lock word that did not change for a while is gone. */
 static int holder_gone(nts_arena *a, uint32_t id) {
@@ -430,10 +431,11 @@ static int lock_slow(nts_arena *a) {
             continue;
         if (load(w) != v || !holder_gone(a, v))
             continue;
-        /* Its holder died inside the lock.  Every step leaves the tables walkable (and
-         * every walk is checked): carry on, and reclaim what the dead left behind. */
+        /* Its holder died inside the lock: mend what it may have left half done, and
+         * reclaim what it left behind. */
         expected = v;
         if (__atomic_compare_exchange_n(w, &expected, a->me | LOCK_WAITERS, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+            repair(a);
             gc_dead_processes(a);
             return 0;
         }
@@ -859,6 +861,90 @@ static void gc_dead_processes(nts_arena *a) {
     for (uint32_t i = 1; i <= hw && !damaged(); i++)
         if (a->p[i].in_use && process_dead(a, i))
             release_process(a, i);
+}
+
+/* Whether entry id may be on object oi's list `all`, by its own wait block's word
+ * (entry_ok without the back link, which a half-done change may have left stale). */
+static int entry_fits(nts_arena *a, uint32_t oi, int all, uint32_t id, uint32_t thrs) {
+    if (id < 1 || ENTRY_THR(id) > thrs)
+        return 0;
+    struct thr *t = &a->t[ENTRY_THR(id)];
+    uint32_t i = ENTRY_IDX(id), count = READ_ONCE(t->count);
+    return t->in_use && t->queued && count <= NTS_SYNC_MAX_WAIT && (i < count || (i == count && t->alert)) &&
+           t->e[i].obj == oi && t->e[i].linked && (t->all && i < count) == all;
+}
+
+/* After a process died inside the lock, what it was changing may be half done: a
+ * queue half linked, the name index half shifted, a count not yet updated.  Rebuild
+ * them from what cannot be half done (each wait block's entries, each object's own
+ * name, the reference records), keeping each queue's order as far as its links
+ * agree, then serve the waiters.  Lock held, after a takeover. */
+static void repair(nts_arena *a) {
+    uint32_t objs = obj_hw(a), thrs = thr_hw(a), refs = ref_hw(a);
+    uint8_t *seen = calloc((size_t)thrs * NQ + 1, 1);
+    if (!seen) {
+        damage("no memory to repair the arena after a process died inside its lock");
+        return;
+    }
+    for (uint32_t oi = 1; oi <= objs; oi++) {
+        struct obj *o = &a->o[oi];
+        o->refs = 0;
+        for (int all = 0; all < 2; all++) {
+            uint32_t *head = all ? &o->all_head : &o->any_head, last = 0;
+            for (uint32_t id = READ_ONCE(*head); entry_fits(a, oi, all, id, thrs) && !seen[id];
+                 id = READ_ONCE(a->t[ENTRY_THR(id)].e[ENTRY_IDX(id)].next)) {
+                seen[id] = 1;
+                a->t[ENTRY_THR(id)].e[ENTRY_IDX(id)].prev = last;
+                *(last ? &a->t[ENTRY_THR(last)].e[ENTRY_IDX(last)].next : head) = id;
+                last = id;
+            }
+            *(last ? &a->t[ENTRY_THR(last)].e[ENTRY_IDX(last)].next : head) = 0;
+            *(all ? &o->all_tail : &o->any_tail) = last;
+        }
+    }
+    /* Entries their block says are queued but that no walk reached go to the tail;
+     * each queued entry, and each reference record, holds a reference. */
+    for (uint32_t ti = 1; ti <= thrs; ti++) {
+        struct thr *t = &a->t[ti];
+        uint32_t count = READ_ONCE(t->count);
+        for (uint32_t i = 0; t->in_use && t->queued && count <= NTS_SYNC_MAX_WAIT && i < count + (t->alert != 0); i++) {
+            uint32_t oi = READ_ONCE(t->e[i].obj), id = entry_id(ti, i);
+            if (!t->e[i].linked)
+                continue;
+            if (oi < 1 || oi > objs || !a->o[oi].kind) {
+                t->e[i].linked = 0;
+                continue;
+            }
+            if (!seen[id]) {
+                t->e[i].linked = 0;
+                link_entry(a, oi, t->all && i < count, id);
+            }
+            a->o[oi].refs++;
+        }
+    }
+    free(seen);
+    for (uint32_t ri = 1; ri <= refs; ri++) {
+        uint32_t oi = READ_ONCE(a->r[ri].obj);
+        if (a->r[ri].proc && oi >= 1 && oi <= objs)
+            a->o[oi].refs++;
+    }
+    memset(a->hash, 0, sizeof(uint32_t) * NHASH);
+    for (uint32_t oi = 1; oi <= objs; oi++) {
+        struct obj *o = &a->o[oi];
+        char bytes[NTS_SYNC_MAX_NAME];
+        uint32_t len = READ_ONCE(a->n[oi].len);
+        if (o->kind && o->name && len <= NTS_SYNC_MAX_NAME) {
+            memcpy(bytes, a->n[oi].bytes, len);
+            o->name = name_insert(a, bytes, len, name_hash(bytes, len), oi);
+        } else {
+            o->name = 0;
+        }
+    }
+    for (uint32_t oi = 1; oi <= objs && !damaged(); oi++)
+        if (a->o[oi].kind && !a->o[oi].refs)
+            obj_free(a, oi); /* nobody references it any more */
+        else if (a->o[oi].kind)
+            try_wake(a, oi); /* a release may have been cut short before it served them */
 }
 
 /* Record slot pi (claimed by its process, or by us for a child) in the table,
