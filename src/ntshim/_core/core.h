@@ -209,17 +209,32 @@ static inline void nts_cpu_relax(void) {
 #define NTS_SYNC_MAX_NAME 255
 /* Pauses a waiter spins before it sleeps, on machines with more than one CPU. */
 #define NTS_SYNC_SPIN 300
+/* The arena layout this build reads and writes (the header's version field). */
+#define NTS_SYNC_LAYOUT 2u
+/* Bytes [1, NTS_SYNC_LIVE_END) of an arena file carry the OFD locks of the processes
+ * attached to it, in every layout version. */
+#define NTS_SYNC_LIVE_END 65536
 enum { NTS_SYNC_SEMAPHORE = 1, NTS_SYNC_MUTEX = 2, NTS_SYNC_EVENT = 3 };
 enum { NTS_SYNC_EVENT_SET, NTS_SYNC_EVENT_RESET, NTS_SYNC_EVENT_PULSE };
 typedef struct nts_arena nts_arena;
 /* Every call returns 0 or an errno and runs without the GIL.  Objects are named by
- * slot (1-based) and must be referenced by this process (EBADF otherwise). */
+ * slot (1-based) and must be referenced by this process (EBADF otherwise).
+ * EUCLEAN: this process's view of the arena is damaged (an index or count read from
+ * it was out of range, the file shrank, or another process reclaimed our slot); every
+ * later call fails the same way and nts_sync_damage() says what was wrong. */
 size_t nts_sync_arena_size(void);
-int nts_sync_format(int fd);                  /* size and initialize a new arena file */
-int nts_sync_attach(int fd, nts_arena **out); /* map it; EPROTO if not an arena of this layout */
-void nts_sync_detach(nts_arena *a);           /* drop this process's references */
+int nts_sync_format(int fd); /* size a new arena file, reserve its first chunks, write its header */
+/* The header fields of an arena file of any layout (size: the file's, when it differs). */
+int nts_sync_layout(int fd, uint32_t *magic, uint32_t *version, uint64_t *size);
+int nts_sync_in_use(int fd, int *in_use); /* whether any process holds a liveness lock on it */
+/* Map it and claim a process slot; EPROTO if not an arena of this layout, ENOSPC if
+ * every process slot is taken.  Keeps a close-on-exec descriptor of its own (a new
+ * open file description, opened through /proc/self/fd) for the liveness lock. */
+int nts_sync_attach(int fd, nts_arena **out);
+void nts_sync_detach(nts_arena *a); /* drop this process's references */
+const char *nts_sync_damage(void);  /* NULL, or why the arena is damaged for this process */
 /* x, y: semaphore count, maximum; mutex owner, count; event manual, signaled.
- * EEXIST: the name belongs to another kind; ENOSPC: the arena is full. */
+ * EEXIST: the name belongs to another kind; ENOSPC: the arena (or its file system) is full. */
 int nts_sync_create(nts_arena *a, int kind, uint32_t x, uint32_t y, const char *name, size_t len, uint32_t *slot,
                     uint32_t *gen, int *created);
 int nts_sync_open(nts_arena *a, int kind, const char *name, size_t len, uint32_t *slot, uint32_t *gen);

@@ -1,29 +1,70 @@
 /* NT synchronization objects in shared memory (the `futex` sync backend).
  *
- * One arena file per user (the Python layer creates and opens it) holds every
- * object, every waiting thread's wait block and the name table; each process maps
- * it MAP_SHARED.  The algorithm is the ntsync driver's, moved to user space:
+ * One arena file per user (the Python layer creates, checks and opens it) holds
+ * every object, every waiting thread's wait block and the name index; each process
+ * maps it MAP_SHARED.  The algorithm is the ntsync driver's, moved to user space:
  *
- * - All object state changes under one robust, process-shared lock (a process
- *   that dies holding it costs its successor a pthread_mutex_consistent, not a
- *   deadlock).  With a single lock wait-all is atomic by construction.
+ * - All object state changes under one lock, a futex word in the header holding
+ *   its holder's identity (process slot and that slot's generation).  With a
+ *   single lock wait-all is atomic by construction.  A waiter that has waited a
+ *   while looks whether the holder's process is still alive, and takes the lock
+ *   over (and sweeps the dead) if not.
  * - A waiter queues one entry per object (wait-all entries and wait-any entries
  *   in separate FIFO lists), then sleeps with futex_waitv on its `signaled` word.
  *   A signaller that can satisfy a waiter acquires the object(s) on its behalf,
  *   unlinks it, stores the index into `signaled` and wakes it: hand-off, so state
  *   read right after a release already shows the waiter's acquisition, a pulse
  *   reaches exactly the current waiters, and a woken waiter never takes the lock.
- * - Abandonment: each thread that waits or owns holds a robust process-shared
- *   pthread mutex, its "token", for its whole life.  glibc puts it on the
- *   thread's robust list, so when the thread dies the kernel marks the token
- *   FUTEX_OWNER_DIED and wakes a waiter of it.  A mutex records the thread block
- *   that acquired it; waiters in other processes add the holder's token to their
- *   futex_waitv set and wake at once when the holder dies.  A thread that exits
- *   normally abandons its mutexes in a pthread key destructor.
+ * - Abandonment: a thread that waits or owns takes a block whose "token", a
+ *   robust process-shared pthread mutex, it initializes and locks once and never
+ *   unlocks.  glibc puts it on the thread's robust list, so when the thread ends,
+ *   however it ends, the kernel marks the token FUTEX_OWNER_DIED and wakes a
+ *   waiter of it.  A mutex records the thread block that acquired it; waiters in
+ *   other processes add the holder's token to their futex_waitv set and wake at
+ *   once when the holder dies.  A thread that exits normally abandons its mutexes
+ *   and gives its block back in a pthread key destructor; the block is reused only
+ *   once its token reads dead, so glibc never follows the list pointers of a token
+ *   (never unlocking one is what keeps pthread_mutex_unlock from writing through
+ *   pointers read from shared memory).
+ * - Liveness: a process owns a slot of the process table by holding an OFD lock
+ *   (fcntl F_OFD_SETLK) on byte <slot> of the arena file, through a descriptor it
+ *   keeps open, close-on-exec, for its life (an open file description of its own
+ *   that nothing maps: a mapping would keep the lock alive in forked children).  The kernel drops the lock when the
+ *   process dies, in whatever PID namespace, and when it execs; a process is dead
+ *   when F_OFD_GETLK finds no lock on its byte.  fork gives the child a slot (and
+ *   a descriptor of its own) that the parent claims for it before the fork.
  * - Lifetime: each process records its references in the arena; an object goes
  *   with its last reference, and a dead process's references, wait blocks and
  *   mutexes are reclaimed by the next process that registers (or finds the arena
- *   full).  fork passes the parent's references to the child atomically.
+ *   full, or takes the lock over from it).  fork passes the parent's references to
+ *   the child atomically.
+ *
+ * Trust.  Every process of the user can write the arena, so nothing read from it
+ * is trusted: each index and count is checked against its table before use, list
+ * walks check each step's back link (so they cannot loop) and hash probes stop
+ * after one lap, and the private arrays are indexed only by checked values.  A
+ * failed check marks this process's view *damaged*: the call fails with EUCLEAN,
+ * so does every later one, sleeping waiters of this process wake, and the process
+ * leaves the arena (it drops its liveness lock, so that the others reclaim what it
+ * held).  A SIGBUS inside the mapping (the file was truncated) maps private zero
+ * pages over it and does the same; every table reads as empty there.
+ *
+ * Storage.  The file is sparse; a table's pages are reserved (fallocate) in 64 KiB
+ * chunks as the table grows, before they are touched, so a full tmpfs yields
+ * ENOSPC, never a SIGBUS.
+ *
+ * Layout, version 2 (native-endian; entry 0 of each table is never used, 0 means
+ * "none" everywhere; each table starts on a 64 KiB boundary):
+ *   0          header: magic "NTSY", version, size (u64), lock, high-water marks, free lists
+ *   4096       process table   [NPROC + 1]  {in_use, gen, pid, pad}
+ *   OFF_HASH   name index      [NHASH] object slot, linear probing from the name's hash
+ *   OFF_OBJ    objects         [NOBJ + 1]
+ *   OFF_NAME   names           [NOBJ + 1]   {hash, len, bytes}, one per object slot
+ *   OFF_THR    thread blocks   [NTHR + 1]
+ *   OFF_REF    references      [NREF + 1]
+ * Byte i (1 <= i < NTS_SYNC_LIVE_END) of the file carries the liveness lock of
+ * process slot i, in every layout version: whatever the layout, a file is in use
+ * when one of those bytes is locked.
  *
  * Entry points return 0 or an errno and never touch Python: they may be called
  * without the GIL, by native loops too. */
@@ -31,6 +72,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/futex.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,24 +91,55 @@ struct nts_futex_waitv {
     uint32_t flags, reserved;
 };
 #define NTS_FUTEX2_SIZE_U32 0x02
+#define NTS_FUTEX2_PRIVATE FUTEX_PRIVATE_FLAG
 #define NTS_FUTEX_WAITV_MAX 128
 
 #define MAGIC 0x4e545359u /* "NTSY" */
-#define VERSION 1u
-#define NOBJ 16384u  /* objects */
-#define NTHR 4096u   /* threads that wait or own mutexes, at once */
-#define NREF 65536u  /* (process, object) references */
-#define NPROC 1024u  /* processes attached at once */
-#define NNAME 32768u /* name table slots: a power of two, twice NOBJ */
+#define NOBJ 16384u       /* objects */
+#define NTHR 4096u        /* threads that wait or own mutexes, at once */
+#define NREF 65536u       /* (process, object) references */
+#define NPROC 1024u       /* processes attached at once */
+#define NHASH 32768u      /* name index slots: a power of two, twice NOBJ */
 #define NQ (NTS_SYNC_MAX_WAIT + 1) /* entries per waiter: objects and the alert */
 #define WAITING 0xFFFFFFFFu
+#define CHUNK 65536u      /* storage is reserved this much at a time */
+
+/* The lock word: 0 when free, else the holder's identity, its process slot and the
+ * low bits of that slot's generation (which tell a process from the slot's previous
+ * holders), with LOCK_WAITERS set when someone may sleep on it. */
+#define LOCK_WAITERS 0x80000000u
+#define ID_GEN_BITS 20
+#define ID_GEN_MASK ((1u << ID_GEN_BITS) - 1)
+#define ID(proc, gen) (((proc) << ID_GEN_BITS) | ((gen) & ID_GEN_MASK))
+#define ID_PROC(id) (((id) & ~LOCK_WAITERS) >> ID_GEN_BITS)
+/* How long a waiter for the lock sleeps before it looks whether the holder lives. */
+#define LOCK_PATIENCE_NS 30000000
+
+struct header {
+    uint32_t magic, version;
+    uint64_t size;
+    uint32_t lock;
+    uint32_t obj_hw, obj_free, thr_hw, ref_hw, ref_free, proc_hw;
+};
+
+struct proc {
+    uint32_t in_use;
+    uint32_t gen; /* bumped by each process that claims the slot */
+    uint32_t pid; /* for display only: liveness is the OFD lock */
+    uint32_t pad;
+};
 
 struct obj {
-    uint32_t kind, gen, refs, name;
-    uint32_t x, y;                /* sem: count, max; mutex: owner, count; event: manual, signaled */
+    uint32_t kind, gen, refs, name; /* name: name-index slot + 1, 0 when unnamed */
+    uint32_t x, y;                  /* sem: count, max; mutex: owner, count; event: manual, signaled */
     uint32_t abandoned, holder, holder_gen;
     uint32_t any_head, any_tail, all_head, all_tail;
     uint32_t next_free, pad[2];
+};
+
+struct name {
+    uint32_t hash, len;
+    char bytes[NTS_SYNC_MAX_NAME + 1];
 };
 
 struct entry {
@@ -74,58 +147,53 @@ struct entry {
 };
 
 struct thr {
-    pthread_mutex_t token; /* held by the thread for its life: its death is visible in the word */
+    pthread_mutex_t token; /* locked by the thread for its life: its death is visible in the word */
     uint32_t gen, in_use, proc, tid;
-    uint32_t signaled;     /* futex: WAITING, or the index handed over */
-    uint32_t poke;         /* futex: bumped when a mutex we wait for changes holder */
-    uint32_t sleeping;     /* in futex_waitv (else spinning or running): whether a hand-off must wake */
-    uint32_t owner, all, count, alert, abandoned, held, queued, next_free;
+    uint32_t signaled; /* futex: WAITING, or the index handed over */
+    uint32_t poke;     /* futex: bumped when a mutex we wait for changes holder */
+    uint32_t sleeping; /* in futex_waitv (else spinning or running): whether a hand-off must wake */
+    uint32_t owner, all, count, alert, abandoned, held, queued;
     struct entry e[NQ];
 };
 
 struct ref {
-    uint32_t proc, obj, count, next_free;
+    uint32_t proc, obj, next_free, pad;
 };
 
-struct proc {
-    uint32_t pid, in_use;
-    uint64_t start; /* /proc/<pid>/stat starttime: a reused pid is another process */
-};
+#define ROUNDC(x) (((size_t)(x) + CHUNK - 1) & ~(size_t)(CHUNK - 1))
+#define OFF_PROC 4096u
+#define OFF_HASH ROUNDC(OFF_PROC + sizeof(struct proc) * (NPROC + 1))
+#define OFF_OBJ (OFF_HASH + ROUNDC(sizeof(uint32_t) * NHASH))
+#define OFF_NAME (OFF_OBJ + ROUNDC(sizeof(struct obj) * (NOBJ + 1)))
+#define OFF_THR (OFF_NAME + ROUNDC(sizeof(struct name) * (NOBJ + 1)))
+#define OFF_REF (OFF_THR + ROUNDC(sizeof(struct thr) * (NTHR + 1)))
+#define ARENA_SIZE (OFF_REF + ROUNDC(sizeof(struct ref) * (NREF + 1)))
 
-struct name {
-    uint32_t obj, hash, len;
-    char bytes[NTS_SYNC_MAX_NAME];
-};
-
-struct header {
-    uint32_t magic, version;
-    uint64_t size;
-    pthread_mutex_t lock;
-    uint32_t obj_hw, obj_free, thr_hw, thr_free, ref_hw, ref_free, proc_hw;
-};
-
-#define ROUND(x) (((x) + 4095) & ~(size_t)4095)
-#define OFF_OBJ ROUND(sizeof(struct header))
-#define OFF_THR (OFF_OBJ + ROUND(sizeof(struct obj) * (NOBJ + 1)))
-#define OFF_REF (OFF_THR + ROUND(sizeof(struct thr) * (NTHR + 1)))
-#define OFF_PROC (OFF_REF + ROUND(sizeof(struct ref) * (NREF + 1)))
-#define OFF_NAME (OFF_PROC + ROUND(sizeof(struct proc) * (NPROC + 1)))
-#define ARENA_SIZE (OFF_NAME + ROUND(sizeof(struct name) * NNAME))
+_Static_assert(sizeof(struct header) <= OFF_PROC, "the header fits its page");
+_Static_assert(NPROC < (1u << (31 - ID_GEN_BITS)) && NPROC < NTS_SYNC_LIVE_END, "slots fit the lock word and the liveness bytes");
+_Static_assert(sizeof(struct thr) <= CHUNK && sizeof(struct name) <= CHUNK, "one element fits a chunk");
 
 /* This process's view.  Indexes into the tables are 1-based; 0 means none. */
 struct nts_arena {
     char *base;
     struct header *h;
+    struct proc *p;
+    uint32_t *hash;
     struct obj *o;
+    struct name *n;
     struct thr *t;
     struct ref *r;
-    struct proc *p;
-    struct name *n;
-    pid_t pid;            /* the process `proc` was registered for (fork changes getpid) */
-    uint32_t proc;
+    int fd;        /* our own open file description, never mapped: it carries our liveness lock */
+    int fd_err;    /* why fd is -1 (a forked child that could not get one) */
+    uint32_t proc; /* our slot, 0 before we have one */
+    uint32_t gen;  /* its generation when we claimed it */
+    uint32_t me;   /* our lock identity, ID(proc, gen) */
     uint32_t my_rec[NOBJ + 1];   /* our reference record per object */
     uint32_t my_count[NOBJ + 1]; /* our references per object (private: fork copies it exactly) */
-    uint32_t *inflight;          /* records prepared for a child during fork */
+    /* fork: the slot, descriptor and references prepared for the child */
+    int child_fd;
+    uint32_t child_proc, child_gen;
+    uint32_t *inflight_obj, *inflight_ref;
     size_t ninflight;
 };
 
@@ -133,13 +201,86 @@ static nts_arena *g_arena;
 /* getpid() is a system call in glibc; the fork handler keeps this current instead
  * (a child made by a raw clone() without fork handlers must not use the arena). */
 static pid_t g_pid;
-static __thread uint32_t tls_thr;
+static __thread uint32_t tls_thr, tls_gen;
 static __thread pid_t tls_pid;
 static pthread_key_t g_thread_key;
 /* How long a waiter spins before sleeping, when there is another CPU for the
  * signaller to run on: a contended hand-off then costs a cache-line transfer, not
  * two context switches. */
 static unsigned g_spin;
+/* Held while this process's reference counts change, and across fork, so that the
+ * references prepared for a child are exactly those the child's copy counts. */
+static int g_refs_lock;
+/* Serializes (re)installing the SIGBUS handler. */
+static int g_install_lock;
+
+/* ---------------------------------------------------------------- damage */
+
+/* A private futex word: 0, then 1 once this process's view of the arena is damaged
+ * (every sleeping waiter of the process watches it). */
+static uint32_t g_damaged;
+static const char *g_damage;
+
+static int damaged(void) { return __atomic_load_n(&g_damaged, __ATOMIC_ACQUIRE) != 0; }
+
+/* Give up our process slot: the others then see us gone and reclaim what we held. */
+static void leave(nts_arena *a) {
+    if (a && a->proc && a->fd >= 0) {
+        struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = a->proc, .l_len = 1};
+        fcntl(a->fd, F_OFD_SETLK, &fl);
+    }
+}
+
+/* Mark this process's view damaged (the first reason stays); EUCLEAN.  Async-signal-safe. */
+static int damage(const char *why) {
+    const char *none = NULL;
+    __atomic_compare_exchange_n(&g_damage, &none, why, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    if (!__atomic_exchange_n(&g_damaged, 1, __ATOMIC_SEQ_CST)) {
+        syscall(SYS_futex, &g_damaged, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+        leave(g_arena);
+    }
+    return EUCLEAN;
+}
+
+const char *nts_sync_damage(void) { return damaged() ? g_damage : NULL; }
+
+static const char BAD_OBJ[] = "an object index read from the arena is out of range";
+static const char BAD_THR[] = "a thread-block index read from the arena is out of range";
+static const char BAD_QUEUE[] = "a wait queue in the arena is inconsistent";
+static const char BAD_NAMES[] = "the name index of the arena is inconsistent";
+static const char BAD_FREE[] = "a free list of the arena is broken";
+static const char BAD_HW[] = "a high-water mark of the arena is out of range";
+static const char BAD_COUNT[] = "a count read from the arena is out of range";
+static const char SWEPT[] = "the arena no longer lists this process: another process reclaimed its slot, as it does "
+                            "for a dead process (was the descriptor ntshim keeps on the arena closed, by "
+                            "os.closerange say?)";
+
+/* A SIGBUS inside the arena: the file shrank under us.  Zeros over the whole
+ * mapping, so that the access repeats and every table reads empty, and damaged. */
+static char *g_base;
+static void on_sigbus(int sig, siginfo_t *si, void *ctx);
+static nts_sigchain g_bus_chain = {.sig = SIGBUS, .handler = on_sigbus};
+
+static void on_sigbus(int sig, siginfo_t *si, void *ctx) {
+    int saved_errno = errno;
+    char *base = __atomic_load_n(&g_base, __ATOMIC_ACQUIRE), *addr = si->si_addr;
+    if (si->si_code > 0 && base && addr >= base && addr < base + ARENA_SIZE &&
+        mmap(base, ARENA_SIZE, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED) {
+        damage("the arena file was truncated while in use (a SIGBUS in its mapping)");
+        errno = saved_errno;
+        return;
+    }
+    nts_sigchain_pass(&g_bus_chain, si, ctx);
+    errno = saved_errno;
+}
+
+/* Ours on top (again: another handler may have been installed since). */
+static int install_sigbus(void) {
+    nts_lock(&g_install_lock);
+    int err = nts_sigchain_install(&g_bus_chain);
+    nts_unlock(&g_install_lock);
+    return err;
+}
 
 /* ---------------------------------------------------------------- futexes */
 
@@ -156,21 +297,186 @@ static int token_dead(struct thr *t) {
     return (w & FUTEX_OWNER_DIED) || (w & FUTEX_TID_MASK) == 0;
 }
 
+/* ---------------------------------------------------------------- checked access */
+
+/* One load of a value another process may change at any moment: a value checked and
+ * then used must be the same value (a plain load could be repeated by the compiler). */
+#define READ_ONCE(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+
+/* High-water marks, checked against the capacity (damaged and 0 beyond it). */
+static uint32_t hw_of(uint32_t *hw, uint32_t max) {
+    uint32_t v = READ_ONCE(*hw);
+    if (v <= max)
+        return v;
+    damage(BAD_HW);
+    return 0;
+}
+static uint32_t obj_hw(nts_arena *a) { return hw_of(&a->h->obj_hw, NOBJ); }
+static uint32_t thr_hw(nts_arena *a) { return hw_of(&a->h->thr_hw, NTHR); }
+static uint32_t ref_hw(nts_arena *a) { return hw_of(&a->h->ref_hw, NREF); }
+static uint32_t proc_hw(nts_arena *a) { return hw_of(&a->h->proc_hw, NPROC); }
+
+/* An index read from the arena: itself when it names a used entry (1..hw), else
+ * damaged and 0, whose entry exists in every table and belongs to nobody. */
+static uint32_t obj_index(nts_arena *a, uint32_t oi) {
+    if (oi >= 1 && oi <= obj_hw(a))
+        return oi;
+    damage(BAD_OBJ);
+    return 0;
+}
+static uint32_t thr_index(nts_arena *a, uint32_t ti) {
+    if (ti >= 1 && ti <= thr_hw(a))
+        return ti;
+    damage(BAD_THR);
+    return 0;
+}
+
+/* Wait-queue entries are numbered from 1 across all thread blocks. */
+#define ENTRY_THR(id) (((id) - 1) / NQ + 1)
+#define ENTRY_IDX(id) (((id) - 1) % NQ)
+static uint32_t entry_id(uint32_t thr, uint32_t i) { return (thr - 1) * NQ + i + 1; }
+static struct entry *entry_at(nts_arena *a, uint32_t id) {
+    if (id >= 1 && ENTRY_THR(id) <= thr_hw(a))
+        return &a->t[ENTRY_THR(id)].e[ENTRY_IDX(id)];
+    damage(BAD_QUEUE);
+    return &a->t[0].e[0];
+}
+
+/* Whether entry `id` can stand on object oi's wait-all (all) or wait-any list right
+ * after `prev` (0: at its head): a walk that checks every step this way visits each
+ * entry at most once (an entry's back link names one predecessor), in bounds. */
+static int entry_ok(nts_arena *a, uint32_t oi, int all, uint32_t id, uint32_t prev) {
+    if (id < 1 || ENTRY_THR(id) > thr_hw(a))
+        return !damage(BAD_QUEUE);
+    struct thr *t = &a->t[ENTRY_THR(id)];
+    struct entry *e = &t->e[ENTRY_IDX(id)];
+    uint32_t i = ENTRY_IDX(id), count = READ_ONCE(t->count);
+    int fits = t->in_use && t->queued && count <= NTS_SYNC_MAX_WAIT && (i < count || (i == count && t->alert));
+    if (!fits || e->obj != oi || !e->linked || e->prev != prev || (t->all && i < count) != all)
+        return !damage(BAD_QUEUE);
+    return 1;
+}
+
+/* ---------------------------------------------------------------- liveness */
+
+/* Whether another open file description holds the liveness lock of slot i (a
+ * description never conflicts with its own locks: not for our own slot). */
+static int slot_held(int fd, uint32_t i) {
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = i, .l_len = 1};
+    if (fd < 0 || fcntl(fd, F_OFD_GETLK, &fl) < 0)
+        return 1; /* cannot tell: never reclaim on doubt */
+    return fl.l_type != F_UNLCK;
+}
+
+static int process_dead(nts_arena *a, uint32_t pi) { return pi != a->proc && !slot_held(a->fd, pi); }
+
+/* Take a free process slot for description fd: the kernel's lock on byte i is the
+ * claim (nobody alive holds the slot, so its previous holder, if any, is dead).
+ * First the slots the table shows free, then the others (their holders may have
+ * died).  The slot and its new generation, or 0. */
+static uint32_t claim_slot(nts_arena *a, int fd, uint32_t *gen) {
+    for (uint32_t pass = 0; pass < 2; pass++)
+        for (uint32_t i = 1; i <= NPROC; i++) {
+            if ((load(&a->p[i].in_use) != 0) != pass)
+                continue;
+            struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = i, .l_len = 1};
+            if (fcntl(fd, F_OFD_SETLK, &fl) == 0) {
+                /* Ours alone now: the generation tells our lock identity from a
+                 * previous holder's that may still be in the lock word. */
+                *gen = __atomic_add_fetch(&a->p[i].gen, 1, __ATOMIC_ACQ_REL);
+                return i;
+            }
+        }
+    return 0;
+}
+
 /* ---------------------------------------------------------------- lock */
 
 static void gc_dead_processes(nts_arena *a);
+static void repair(nts_arena *a);
 
-static void arena_lock(nts_arena *a) {
-    int err = pthread_mutex_lock(&a->h->lock);
-    if (err == EOWNERDEAD) {
-        /* A process died inside a critical section.  Every step below leaves the
-         * tables walkable, so carry on, and reclaim what the dead left behind. */
-        pthread_mutex_consistent(&a->h->lock);
-        gc_dead_processes(a);
+/* Whether the holder named by a lock word that did not change for a while is gone. */
+static int holder_gone(nts_arena *a, uint32_t id) {
+    uint32_t pi = ID_PROC(id);
+    if ((id & ~LOCK_WAITERS) == a->me)
+        return 0; /* another thread of ours */
+    if ((load(&a->p[pi].gen) & ID_GEN_MASK) != (id & ID_GEN_MASK))
+        return 1; /* the slot has been claimed since by another process */
+    return process_dead(a, pi);
+}
+
+static int lock_slow(nts_arena *a) {
+    uint32_t *w = &a->h->lock;
+    for (;;) {
+        if (damaged())
+            return EUCLEAN;
+        uint32_t v = load(w), expected = 0;
+        if (!v) {
+            /* Others may sleep on it: keep the waiters bit, so that our unlock wakes one. */
+            if (__atomic_compare_exchange_n(w, &expected, a->me | LOCK_WAITERS, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+                return 0;
+            continue;
+        }
+        uint32_t pi = ID_PROC(v);
+        if (pi < 1 || pi > NPROC)
+            return damage("the arena lock word names no process");
+        if (!(v & LOCK_WAITERS)) {
+            expected = v;
+            if (!__atomic_compare_exchange_n(w, &expected, v | LOCK_WAITERS, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+                continue;
+            v |= LOCK_WAITERS;
+        }
+        struct timespec patience = {0, LOCK_PATIENCE_NS};
+        if (syscall(SYS_futex, w, FUTEX_WAIT, v, &patience, NULL, 0) == 0 || errno != ETIMEDOUT)
+            continue;
+        if (load(w) != v || !holder_gone(a, v))
+            continue;
+        /* Its holder died inside the lock: mend what it may have left half done, and
+         * reclaim what it left behind. */
+        expected = v;
+        if (__atomic_compare_exchange_n(w, &expected, a->me | LOCK_WAITERS, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+            repair(a);
+            gc_dead_processes(a);
+            return 0;
+        }
     }
 }
 
-static void arena_unlock(nts_arena *a) { pthread_mutex_unlock(&a->h->lock); }
+static int arena_lock(nts_arena *a) {
+    uint32_t expected = 0;
+    if (__atomic_compare_exchange_n(&a->h->lock, &expected, a->me, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+        return 0;
+    return lock_slow(a);
+}
+
+static void arena_unlock(nts_arena *a) {
+    uint32_t *w = &a->h->lock, v = a->me;
+    if (__atomic_compare_exchange_n(w, &v, 0, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+        return;
+    /* Waiters came, or the lock is no longer ours (taken over): never release another's. */
+    while ((v & ~LOCK_WAITERS) == a->me)
+        if (__atomic_compare_exchange_n(w, &v, 0, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED)) {
+            if (v & LOCK_WAITERS)
+                futex_wake(w, 1);
+            return;
+        }
+}
+
+/* The start of an entry point that works on the tables: EUCLEAN once damaged,
+ * EBADF before this process has a slot (it has no objects then), else locked. */
+static int begin(nts_arena *a) {
+    if (damaged())
+        return EUCLEAN;
+    if (!a->me)
+        return a->fd < 0 ? a->fd_err : EBADF;
+    return arena_lock(a);
+}
+
+/* Its end: unlock; damage found meanwhile wins over any other outcome. */
+static int done(nts_arena *a, int err) {
+    arena_unlock(a);
+    return damaged() ? EUCLEAN : err;
+}
 
 static int init_robust_shared(pthread_mutex_t *m) {
     pthread_mutexattr_t attr;
@@ -182,39 +488,19 @@ static int init_robust_shared(pthread_mutex_t *m) {
     return err;
 }
 
-/* ---------------------------------------------------------------- processes */
+/* ---------------------------------------------------------------- storage */
 
-static uint64_t process_start(pid_t pid) {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+/* Make sure element i of the table at `off` has storage, before anything touches it.
+ * A table grows one element at a time and its first chunk is reserved with the
+ * file, so everything up to the chunk boundary after element i-1 has storage. */
+static int reserve(nts_arena *a, size_t off, size_t size, uint32_t i) {
+    size_t have = ROUNDC(off + (size_t)i * size), need = off + ((size_t)i + 1) * size;
+    if (need <= have)
         return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = 0;
-    /* Field 22; the command name (field 2) may contain spaces, so count from its ')'. */
-    char *s = strrchr(buf, ')');
-    if (!s)
-        return 0;
-    for (int field = 2; field < 22 && s; field++)
-        s = strchr(s + 1, ' ');
-    return s ? strtoull(s + 1, NULL, 10) : 0;
+    return fallocate(a->fd, 0, (off_t)have, (off_t)(ROUNDC(need) - have)) ? errno : 0;
 }
 
-static int process_dead(struct proc *p) {
-    if (kill((pid_t)p->pid, 0) < 0 && errno == ESRCH)
-        return 1;
-    return process_start((pid_t)p->pid) != p->start;
-}
-
-/* ---------------------------------------------------------------- objects */
-
-static struct thr *thr_at(nts_arena *a, uint32_t i) { return &a->t[i]; }
-static struct entry *entry_at(nts_arena *a, uint32_t id) { return &a->t[(id - 1) / NQ + 1].e[(id - 1) % NQ]; }
-static uint32_t entry_id(uint32_t thr, uint32_t i) { return (thr - 1) * NQ + i + 1; }
+/* ---------------------------------------------------------------- names */
 
 static uint32_t name_hash(const char *s, size_t len) {
     uint32_t h = 2166136261u;
@@ -223,48 +509,66 @@ static uint32_t name_hash(const char *s, size_t len) {
     return h | 1; /* never 0 */
 }
 
+#define NEXT_SLOT(i) (((i) + 1) & (NHASH - 1))
+
+/* The object called s, or 0.  One lap of the index at most. */
 static uint32_t name_find(nts_arena *a, const char *s, size_t len, uint32_t hash) {
-    for (uint32_t i = hash & (NNAME - 1);; i = (i + 1) & (NNAME - 1)) {
-        struct name *n = &a->n[i];
-        if (!n->obj)
+    uint32_t i = hash & (NHASH - 1);
+    for (uint32_t lap = 0; lap < NHASH && !damaged(); lap++, i = NEXT_SLOT(i)) {
+        uint32_t oi = READ_ONCE(a->hash[i]);
+        if (!oi)
             return 0;
-        if (n->hash == hash && n->len == len && !memcmp(n->bytes, s, len))
-            return i + 1;
+        struct name *n = &a->n[oi = obj_index(a, oi)];
+        if (n->hash == hash && n->len == len && !memcmp(n->bytes, s, len)) {
+            if (a->o[oi].name != i + 1 || !a->o[oi].kind)
+                return !damage(BAD_NAMES);
+            return oi;
+        }
     }
+    damage(BAD_NAMES); /* no empty slot: the index holds at most half its size */
+    return 0;
 }
 
-static uint32_t name_insert(nts_arena *a, const char *s, size_t len, uint32_t hash, uint32_t obj) {
-    uint32_t i = hash & (NNAME - 1);
-    while (a->n[i].obj)
-        i = (i + 1) & (NNAME - 1);
-    a->n[i].hash = hash;
-    a->n[i].len = (uint32_t)len;
-    memcpy(a->n[i].bytes, s, len);
-    a->n[i].obj = obj;
-    return i + 1;
+static uint32_t name_insert(nts_arena *a, const char *s, size_t len, uint32_t hash, uint32_t oi) {
+    uint32_t i = hash & (NHASH - 1);
+    for (uint32_t lap = 0; lap < NHASH; lap++, i = NEXT_SLOT(i))
+        if (!a->hash[i]) {
+            struct name *n = &a->n[oi];
+            n->hash = hash;
+            n->len = (uint32_t)len;
+            memcpy(n->bytes, s, len);
+            a->hash[i] = oi;
+            return i + 1;
+        }
+    return !damage(BAD_NAMES);
 }
 
 /* Linear-probing delete without tombstones: move later members of the cluster back. */
 static void name_remove(nts_arena *a, uint32_t slot) {
-    uint32_t hole = slot - 1;
-    a->n[hole].obj = 0;
-    for (uint32_t i = (hole + 1) & (NNAME - 1); a->n[i].obj; i = (i + 1) & (NNAME - 1)) {
-        uint32_t home = a->n[i].hash & (NNAME - 1);
+    uint32_t hole = slot - 1, i = NEXT_SLOT(hole);
+    a->hash[hole] = 0;
+    for (uint32_t lap = 0, oi; lap < NHASH && (oi = READ_ONCE(a->hash[i])) && !damaged(); lap++, i = NEXT_SLOT(i)) {
+        uint32_t home = a->n[oi = obj_index(a, oi)].hash & (NHASH - 1);
         /* Move i into the hole unless its home lies cyclically in (hole, i]. */
         int stays = hole <= i ? (home > hole && home <= i) : (home > hole || home <= i);
         if (!stays) {
-            a->n[hole] = a->n[i];
-            a->o[a->n[hole].obj].name = hole + 1;
-            a->n[i].obj = 0;
+            a->hash[hole] = oi;
+            a->o[oi].name = hole + 1;
+            a->hash[i] = 0;
             hole = i;
         }
     }
 }
 
+/* ---------------------------------------------------------------- objects */
+
 static void obj_free(nts_arena *a, uint32_t i) {
     struct obj *o = &a->o[i];
-    if (o->name)
-        name_remove(a, o->name);
+    uint32_t slot = READ_ONCE(o->name);
+    if (slot && (slot > NHASH || a->hash[slot - 1] != i))
+        damage(BAD_NAMES);
+    else if (slot)
+        name_remove(a, slot);
     o->name = 0;
     o->kind = 0;
     o->gen++;
@@ -273,7 +577,10 @@ static void obj_free(nts_arena *a, uint32_t i) {
 }
 
 static void obj_unref(nts_arena *a, uint32_t i) {
-    if (--a->o[i].refs == 0)
+    struct obj *o = &a->o[i];
+    if (!o->refs || !o->kind)
+        damage(BAD_COUNT);
+    else if (--o->refs == 0)
         obj_free(a, i);
 }
 
@@ -288,67 +595,86 @@ static int is_signaled(struct obj *o, uint32_t owner) {
     }
 }
 
-static void link_entry(nts_arena *a, uint32_t *head, uint32_t *tail, uint32_t id) {
-    struct entry *e = entry_at(a, id);
-    e->prev = *tail;
+static void link_entry(nts_arena *a, uint32_t oi, int all, uint32_t id) {
+    struct obj *o = &a->o[oi];
+    uint32_t *head = all ? &o->all_head : &o->any_head, *tail = all ? &o->all_tail : &o->any_tail;
+    uint32_t last_id = READ_ONCE(*tail);
+    struct entry *e = &a->t[ENTRY_THR(id)].e[ENTRY_IDX(id)], *last = last_id ? entry_at(a, last_id) : NULL;
+    if (last ? last->next != 0 : *head != 0) {
+        damage(BAD_QUEUE);
+        return;
+    }
+    e->linked = 1;
+    e->prev = last_id;
     e->next = 0;
-    if (*tail)
-        entry_at(a, *tail)->next = id;
+    if (last)
+        last->next = id;
     else
         *head = id;
     *tail = id;
-    e->linked = 1;
 }
 
-static void unlink_entry(nts_arena *a, uint32_t *head, uint32_t *tail, uint32_t id) {
+static void unlink_entry(nts_arena *a, uint32_t oi, int all, uint32_t id) {
+    struct obj *o = &a->o[oi];
+    uint32_t *head = all ? &o->all_head : &o->any_head, *tail = all ? &o->all_tail : &o->any_tail;
     struct entry *e = entry_at(a, id);
-    if (e->prev)
-        entry_at(a, e->prev)->next = e->next;
+    uint32_t prev_id = READ_ONCE(e->prev), next_id = READ_ONCE(e->next);
+    struct entry *prev = prev_id ? entry_at(a, prev_id) : NULL, *next = next_id ? entry_at(a, next_id) : NULL;
+    if ((prev ? prev->next : *head) != id || (next ? next->prev : *tail) != id) {
+        damage(BAD_QUEUE);
+        return;
+    }
+    if (prev)
+        prev->next = next_id;
     else
-        *head = e->next;
-    if (e->next)
-        entry_at(a, e->next)->prev = e->prev;
+        *head = next_id;
+    if (next)
+        next->prev = prev_id;
     else
-        *tail = e->prev;
+        *tail = prev_id;
     e->linked = 0;
 }
 
 /* Take the waiter off every queue, dropping the references its wait held. */
 static void dequeue(nts_arena *a, uint32_t ti) {
-    struct thr *t = thr_at(a, ti);
+    struct thr *t = &a->t[ti];
     if (!t->queued)
         return;
-    for (uint32_t i = 0; i < t->count + (t->alert != 0); i++) {
+    uint32_t count = READ_ONCE(t->count);
+    if (count > NTS_SYNC_MAX_WAIT) {
+        damage(BAD_COUNT);
+        return;
+    }
+    for (uint32_t i = 0; i < count + (t->alert != 0) && !damaged(); i++) {
         struct entry *e = &t->e[i];
-        struct obj *o = &a->o[e->obj];
         if (!e->linked)
             continue;
-        int in_all = t->all && i < t->count;
-        unlink_entry(a, in_all ? &o->all_head : &o->any_head, in_all ? &o->all_tail : &o->any_tail, entry_id(ti, i));
-        obj_unref(a, e->obj);
+        uint32_t oi = obj_index(a, READ_ONCE(e->obj));
+        unlink_entry(a, oi, t->all && i < count, entry_id(ti, i));
+        obj_unref(a, oi);
     }
     t->queued = 0;
 }
 
 static void poke(nts_arena *a, uint32_t ti) {
-    struct thr *t = thr_at(a, ti);
+    struct thr *t = &a->t[ti];
     __atomic_add_fetch(&t->poke, 1, __ATOMIC_RELEASE);
     futex_wake(&t->poke, 1);
 }
 
 /* Waiters in other processes watch the token of a mutex's holder: tell them the
  * holder changed so they watch the new one. */
-static void poke_other_processes(nts_arena *a, struct obj *o, uint32_t holder_proc) {
-    for (int list = 0; list < 2; list++)
-        for (uint32_t id = list ? o->all_head : o->any_head; id; id = entry_at(a, id)->next) {
-            uint32_t ti = (id - 1) / NQ + 1;
-            if (thr_at(a, ti)->proc != holder_proc)
-                poke(a, ti);
-        }
+static void poke_other_processes(nts_arena *a, uint32_t oi, uint32_t holder_proc) {
+    struct obj *o = &a->o[oi];
+    for (int all = 0; all < 2; all++)
+        for (uint32_t id = READ_ONCE(*(all ? &o->all_head : &o->any_head)), prev = 0;
+             id && entry_ok(a, oi, all, id, prev); prev = id, id = READ_ONCE(entry_at(a, id)->next))
+            if (a->t[ENTRY_THR(id)].proc != holder_proc)
+                poke(a, ENTRY_THR(id));
 }
 
 static void acquire(nts_arena *a, uint32_t ti, uint32_t oi) {
-    struct thr *t = thr_at(a, ti);
+    struct thr *t = &a->t[ti];
     struct obj *o = &a->o[oi];
     switch (o->kind) {
     case NTS_SYNC_SEMAPHORE:
@@ -364,7 +690,7 @@ static void acquire(nts_arena *a, uint32_t ti, uint32_t oi) {
             o->holder = ti;
             o->holder_gen = t->gen;
             t->held++;
-            poke_other_processes(a, o, t->proc);
+            poke_other_processes(a, oi, t->proc);
         }
         break;
     default:
@@ -374,7 +700,7 @@ static void acquire(nts_arena *a, uint32_t ti, uint32_t oi) {
 }
 
 static void hand_over(nts_arena *a, uint32_t ti, uint32_t index) {
-    struct thr *t = thr_at(a, ti);
+    struct thr *t = &a->t[ti];
     dequeue(a, ti);
     /* Store, then look whether it sleeps; the waiter says it sleeps, then futex_waitv
      * looks at the word: with full fences one of the two sees the other's store. */
@@ -385,7 +711,7 @@ static void hand_over(nts_arena *a, uint32_t ti, uint32_t index) {
 }
 
 static int waiter_dead(nts_arena *a, uint32_t ti) {
-    if (!token_dead(thr_at(a, ti)))
+    if (!token_dead(&a->t[ti]))
         return 0;
     /* Its process died while it waited: nothing may be handed to it. */
     dequeue(a, ti);
@@ -394,14 +720,17 @@ static int waiter_dead(nts_arena *a, uint32_t ti) {
 
 /* 1 if the wait-all waiter was taken off the queues (satisfied or dead). */
 static int try_wake_all(nts_arena *a, uint32_t ti) {
-    struct thr *t = thr_at(a, ti);
+    struct thr *t = &a->t[ti];
     if (waiter_dead(a, ti))
         return 1;
-    for (uint32_t i = 0; i < t->count; i++)
-        if (!is_signaled(&a->o[t->e[i].obj], t->owner))
+    uint32_t count = READ_ONCE(t->count), objs[NTS_SYNC_MAX_WAIT];
+    if (count > NTS_SYNC_MAX_WAIT)
+        return !damage(BAD_COUNT);
+    for (uint32_t i = 0; i < count; i++)
+        if (!is_signaled(&a->o[objs[i] = obj_index(a, READ_ONCE(t->e[i].obj))], t->owner) || damaged())
             return 0;
-    for (uint32_t i = 0; i < t->count; i++)
-        acquire(a, ti, t->e[i].obj);
+    for (uint32_t i = 0; i < count; i++)
+        acquire(a, ti, objs[i]);
     hand_over(a, ti, 0);
     return 1;
 }
@@ -409,31 +738,49 @@ static int try_wake_all(nts_arena *a, uint32_t ti) {
 /* Serve the waiters of an object that may have become signaled: wait-all waiters
  * first, then wait-any waiters in order.  Taking a waiter off the queues unlinks
  * all its entries (a wait-any may name an object twice), so a walk restarts from
- * the head after each: the waiters it passed stay unsatisfied, order is kept. */
+ * the head after each: the waiters it passed stay unsatisfied, order is kept.
+ * Each restart follows the removal of an entry, so the walks end. */
 static void try_wake(nts_arena *a, uint32_t oi) {
     struct obj *o = &a->o[oi];
-    for (uint32_t id = o->all_head; id;)
-        id = try_wake_all(a, (id - 1) / NQ + 1) ? o->all_head : entry_at(a, id)->next;
-    for (uint32_t id = o->any_head; id;) {
-        uint32_t ti = (id - 1) / NQ + 1;
-        struct thr *t = thr_at(a, ti);
-        if (!is_signaled(o, t->owner)) {
+    for (uint32_t id = READ_ONCE(o->all_head), prev = 0; id && entry_ok(a, oi, 1, id, prev);) {
+        if (!try_wake_all(a, ENTRY_THR(id))) {
+            prev = id;
+            id = READ_ONCE(entry_at(a, id)->next);
+            continue;
+        }
+        if (entry_at(a, id)->linked) {
+            damage(BAD_QUEUE);
+            return;
+        }
+        id = READ_ONCE(o->all_head);
+        prev = 0;
+    }
+    for (uint32_t id = READ_ONCE(o->any_head), prev = 0; id && entry_ok(a, oi, 0, id, prev);) {
+        uint32_t ti = ENTRY_THR(id);
+        if (!is_signaled(o, a->t[ti].owner)) {
             if (o->kind != NTS_SYNC_MUTEX)
                 break; /* nobody else can take it either */
-            id = entry_at(a, id)->next; /* a mutex may still be signaled for another owner */
+            prev = id; /* a mutex may still be signaled for another owner */
+            id = READ_ONCE(entry_at(a, id)->next);
             continue;
         }
         if (!waiter_dead(a, ti)) {
             acquire(a, ti, oi);
-            hand_over(a, ti, (id - 1) % NQ);
+            hand_over(a, ti, ENTRY_IDX(id));
         }
-        id = o->any_head;
+        if (entry_at(a, id)->linked) {
+            damage(BAD_QUEUE);
+            return;
+        }
+        id = READ_ONCE(o->any_head);
+        prev = 0;
     }
 }
 
 static void drop_holder(nts_arena *a, struct obj *o) {
-    if (o->holder) {
-        struct thr *h = thr_at(a, o->holder);
+    uint32_t hi = READ_ONCE(o->holder);
+    if (hi) {
+        struct thr *h = &a->t[thr_index(a, hi)];
         if (h->gen == o->holder_gen && h->held)
             h->held--;
     }
@@ -451,8 +798,9 @@ static void abandon(nts_arena *a, uint32_t oi) {
 
 /* Abandon every mutex the thread holds. */
 static void abandon_thread(nts_arena *a, uint32_t ti) {
-    struct thr *t = thr_at(a, ti);
-    for (uint32_t i = 1; i <= a->h->obj_hw && t->held; i++) {
+    struct thr *t = &a->t[ti];
+    uint32_t hw = obj_hw(a);
+    for (uint32_t i = 1; i <= hw && t->held && !damaged(); i++) {
         struct obj *o = &a->o[i];
         if (o->kind == NTS_SYNC_MUTEX && o->y && o->holder == ti && o->holder_gen == t->gen)
             abandon(a, i);
@@ -464,11 +812,14 @@ static void check_holder(nts_arena *a, uint32_t oi) {
     struct obj *o = &a->o[oi];
     if (o->kind != NTS_SYNC_MUTEX || !o->y || !o->holder)
         return;
-    struct thr *h = thr_at(a, o->holder);
+    uint32_t hi = thr_index(a, READ_ONCE(o->holder));
+    struct thr *h = &a->t[hi];
+    if (!hi)
+        return;
     if (h->gen != o->holder_gen) {
         abandon(a, oi);
     } else if (token_dead(h)) {
-        abandon_thread(a, o->holder);
+        abandon_thread(a, hi);
         /* The kernel woke one watcher of the token; the others must look too. */
         futex_wake(token_word(h), INT32_MAX);
     }
@@ -477,122 +828,229 @@ static void check_holder(nts_arena *a, uint32_t oi) {
 /* ---------------------------------------------------------------- reclaiming */
 
 static void free_thread_block(nts_arena *a, uint32_t ti) {
-    struct thr *t = thr_at(a, ti);
+    struct thr *t = &a->t[ti];
     dequeue(a, ti);
     abandon_thread(a, ti);
     t->in_use = 0;
     t->gen++;
-    t->next_free = a->h->thr_free;
-    a->h->thr_free = ti;
 }
 
 static void free_ref(nts_arena *a, uint32_t ri) {
     struct ref *r = &a->r[ri];
-    uint32_t oi = r->obj;
+    uint32_t oi = obj_index(a, READ_ONCE(r->obj));
     r->proc = 0;
     r->next_free = a->h->ref_free;
     a->h->ref_free = ri;
-    obj_unref(a, oi);
+    if (oi)
+        obj_unref(a, oi);
 }
 
 static void release_process(nts_arena *a, uint32_t pi) {
-    for (uint32_t i = 1; i <= a->h->thr_hw; i++)
+    uint32_t thr = thr_hw(a), refs = ref_hw(a);
+    for (uint32_t i = 1; i <= thr && !damaged(); i++)
         if (a->t[i].in_use && a->t[i].proc == pi)
             free_thread_block(a, i);
-    for (uint32_t i = 1; i <= a->h->ref_hw; i++)
+    for (uint32_t i = 1; i <= refs && !damaged(); i++)
         if (a->r[i].proc == pi)
             free_ref(a, i);
     a->p[pi].in_use = 0;
 }
 
 static void gc_dead_processes(nts_arena *a) {
-    for (uint32_t i = 1; i <= a->h->proc_hw; i++)
-        if (a->p[i].in_use && i != a->proc && process_dead(&a->p[i]))
+    uint32_t hw = proc_hw(a);
+    for (uint32_t i = 1; i <= hw && !damaged(); i++)
+        if (a->p[i].in_use && process_dead(a, i))
             release_process(a, i);
+}
+
+/* Whether entry id may be on object oi's list `all`, by its own wait block's word
+ * (entry_ok without the back link, which a half-done change may have left stale). */
+static int entry_fits(nts_arena *a, uint32_t oi, int all, uint32_t id, uint32_t thrs) {
+    if (id < 1 || ENTRY_THR(id) > thrs)
+        return 0;
+    struct thr *t = &a->t[ENTRY_THR(id)];
+    uint32_t i = ENTRY_IDX(id), count = READ_ONCE(t->count);
+    return t->in_use && t->queued && count <= NTS_SYNC_MAX_WAIT && (i < count || (i == count && t->alert)) &&
+           t->e[i].obj == oi && t->e[i].linked && (t->all && i < count) == all;
+}
+
+/* After a process died inside the lock, what it was changing may be half done: a
+ * queue half linked, the name index half shifted, a count not yet updated.  Rebuild
+ * them from what cannot be half done (each wait block's entries, each object's own
+ * name, the reference records), keeping each queue's order as far as its links
+ * agree, then serve the waiters.  Lock held, after a takeover. */
+static void repair(nts_arena *a) {
+    uint32_t objs = obj_hw(a), thrs = thr_hw(a), refs = ref_hw(a);
+    uint8_t *seen = calloc((size_t)thrs * NQ + 1, 1);
+    if (!seen) {
+        damage("no memory to repair the arena after a process died inside its lock");
+        return;
+    }
+    for (uint32_t oi = 1; oi <= objs; oi++) {
+        struct obj *o = &a->o[oi];
+        o->refs = 0;
+        for (int all = 0; all < 2; all++) {
+            uint32_t *head = all ? &o->all_head : &o->any_head, last = 0;
+            for (uint32_t id = READ_ONCE(*head); entry_fits(a, oi, all, id, thrs) && !seen[id];
+                 id = READ_ONCE(a->t[ENTRY_THR(id)].e[ENTRY_IDX(id)].next)) {
+                seen[id] = 1;
+                a->t[ENTRY_THR(id)].e[ENTRY_IDX(id)].prev = last;
+                *(last ? &a->t[ENTRY_THR(last)].e[ENTRY_IDX(last)].next : head) = id;
+                last = id;
+            }
+            *(last ? &a->t[ENTRY_THR(last)].e[ENTRY_IDX(last)].next : head) = 0;
+            *(all ? &o->all_tail : &o->any_tail) = last;
+        }
+    }
+    /* Entries their block says are queued but that no walk reached go to the tail;
+     * each queued entry, and each reference record, holds a reference. */
+    for (uint32_t ti = 1; ti <= thrs; ti++) {
+        struct thr *t = &a->t[ti];
+        uint32_t count = READ_ONCE(t->count);
+        for (uint32_t i = 0; t->in_use && t->queued && count <= NTS_SYNC_MAX_WAIT && i < count + (t->alert != 0); i++) {
+            uint32_t oi = READ_ONCE(t->e[i].obj), id = entry_id(ti, i);
+            if (!t->e[i].linked)
+                continue;
+            if (oi < 1 || oi > objs || !a->o[oi].kind) {
+                t->e[i].linked = 0;
+                continue;
+            }
+            if (!seen[id]) {
+                t->e[i].linked = 0;
+                link_entry(a, oi, t->all && i < count, id);
+            }
+            a->o[oi].refs++;
+        }
+    }
+    free(seen);
+    for (uint32_t ri = 1; ri <= refs; ri++) {
+        uint32_t oi = READ_ONCE(a->r[ri].obj);
+        if (a->r[ri].proc && oi >= 1 && oi <= objs)
+            a->o[oi].refs++;
+    }
+    memset(a->hash, 0, sizeof(uint32_t) * NHASH);
+    for (uint32_t oi = 1; oi <= objs; oi++) {
+        struct obj *o = &a->o[oi];
+        char bytes[NTS_SYNC_MAX_NAME];
+        uint32_t len = READ_ONCE(a->n[oi].len);
+        if (o->kind && o->name && len <= NTS_SYNC_MAX_NAME) {
+            memcpy(bytes, a->n[oi].bytes, len);
+            o->name = name_insert(a, bytes, len, name_hash(bytes, len), oi);
+        } else {
+            o->name = 0;
+        }
+    }
+    for (uint32_t oi = 1; oi <= objs && !damaged(); oi++)
+        if (a->o[oi].kind && !a->o[oi].refs)
+            obj_free(a, oi); /* nobody references it any more */
+        else if (a->o[oi].kind)
+            try_wake(a, oi); /* a release may have been cut short before it served them */
+}
+
+/* Record slot pi (claimed by its process, or by us for a child) in the table,
+ * reclaiming first what its dead previous holder left.  Lock held. */
+static void enroll_slot(nts_arena *a, uint32_t pi, uint32_t pid) {
+    struct proc *p = &a->p[pi];
+    if (p->in_use)
+        release_process(a, pi);
+    p->pid = pid;
+    p->in_use = 1;
+    if (pi > proc_hw(a))
+        a->h->proc_hw = pi;
+}
+
+/* This process's slot, claimed on attach (and again by a forked child that could
+ * not be given one): 0, ENOSPC when every slot is held, or the lock's errors. */
+static int enroll(nts_arena *a) {
+    if (damaged())
+        return EUCLEAN;
+    if (a->me)
+        return 0;
+    if (a->fd < 0)
+        return a->fd_err;
+    uint32_t gen, pi = claim_slot(a, a->fd, &gen);
+    if (!pi)
+        return ENOSPC;
+    a->proc = pi;
+    a->gen = gen;
+    a->me = ID(pi, gen);
+    int err = arena_lock(a);
+    if (err)
+        return err;
+    enroll_slot(a, pi, (uint32_t)g_pid);
+    gc_dead_processes(a); /* a new process is a good moment to sweep */
+    return done(a, 0);
 }
 
 /* ---------------------------------------------------------------- allocation */
 
-/* Pop a free index, or extend the used part of a table (its pages are touched
- * only then: the file is sparse). */
-static uint32_t take(uint32_t *free_head, uint32_t *hw, uint32_t max, uint32_t *next_free_of_head) {
-    if (*free_head) {
-        uint32_t i = *free_head;
-        *free_head = *next_free_of_head;
+static uint32_t take_obj(nts_arena *a, int *err) {
+    uint32_t hw = obj_hw(a), i = READ_ONCE(a->h->obj_free);
+    if (i) {
+        uint32_t next = READ_ONCE(a->o[i <= hw ? i : 0].next_free);
+        if (i > hw || a->o[i].kind || next > hw)
+            return !damage(BAD_FREE);
+        a->h->obj_free = next;
         return i;
     }
-    return *hw < max ? ++*hw : 0;
+    if (hw >= NOBJ || damaged())
+        return 0;
+    if ((*err = reserve(a, OFF_OBJ, sizeof(struct obj), hw + 1)) ||
+        (*err = reserve(a, OFF_NAME, sizeof(struct name), hw + 1)))
+        return 0;
+    a->h->obj_hw = hw + 1;
+    return hw + 1;
 }
 
-#define TAKE(a, table, field, max)                                                                                    \
-    take(&(a)->h->field##_free, &(a)->h->field##_hw, (max),                                                          \
-         (a)->h->field##_free ? &(a)->table[(a)->h->field##_free].next_free : NULL)
-
-static uint32_t alloc_proc(nts_arena *a) {
-    for (int attempt = 0; attempt < 2; attempt++) {
-        for (uint32_t i = 1; i <= a->h->proc_hw; i++)
-            if (!a->p[i].in_use)
-                return i;
-        if (a->h->proc_hw < NPROC)
-            return ++a->h->proc_hw;
-        gc_dead_processes(a);
+static uint32_t take_ref(nts_arena *a, int *err) {
+    uint32_t hw = ref_hw(a), i = READ_ONCE(a->h->ref_free);
+    if (i) {
+        uint32_t next = READ_ONCE(a->r[i <= hw ? i : 0].next_free);
+        if (i > hw || a->r[i].proc || next > hw)
+            return !damage(BAD_FREE);
+        a->h->ref_free = next;
+        return i;
     }
-    return 0;
+    if (hw >= NREF || damaged() || (*err = reserve(a, OFF_REF, sizeof(struct ref), hw + 1)))
+        return 0;
+    a->h->ref_hw = hw + 1;
+    return hw + 1;
 }
 
-static uint32_t alloc_ref(nts_arena *a) {
-    uint32_t i = TAKE(a, r, ref, NREF);
-    if (!i) {
+/* A free entry, sweeping the dead when there is none; 0 with *err ENOSPC (or the
+ * error of reserving storage) when the table is full. */
+static uint32_t alloc_entry(nts_arena *a, uint32_t (*take)(nts_arena *, int *), int *err) {
+    *err = 0;
+    uint32_t i = take(a, err);
+    if (!i && !*err) {
         gc_dead_processes(a);
-        i = TAKE(a, r, ref, NREF);
+        i = take(a, err);
     }
+    if (!i && !*err)
+        *err = ENOSPC;
     return i;
 }
 
-/* This process's registration, made on first use and again in a forked child
- * (which then adopts the references its parent prepared for it).  Lock held. */
-static int register_process(nts_arena *a) {
-    pid_t pid = g_pid;
-    if (a->proc && a->pid == pid)
-        return 0;
-    uint32_t pi = alloc_proc(a);
-    if (!pi)
-        return EAGAIN;
-    a->p[pi].pid = (uint32_t)pid;
-    a->p[pi].start = process_start(pid);
-    a->p[pi].in_use = 1;
-    int child = a->proc != 0;
-    a->proc = pi;
-    a->pid = pid;
-    if (child) {
-        memset(a->my_rec, 0, sizeof a->my_rec);
-        for (size_t k = 0; k < a->ninflight; k++) {
-            struct ref *r = &a->r[a->inflight[k]];
-            r->proc = pi;
-            a->my_rec[r->obj] = a->inflight[k];
-        }
-        a->ninflight = 0;
-        for (uint32_t oi = 1; oi <= a->h->obj_hw; oi++)
-            if (!a->my_rec[oi])
-                a->my_count[oi] = 0; /* not passed on (the arena was full): gone for us */
-    }
-    gc_dead_processes(a); /* a new process is a good moment to sweep */
-    return 0;
-}
-
-/* One more reference of this process to object oi.  Lock held. */
-static int ref_object(nts_arena *a, uint32_t oi) {
-    if (!a->my_rec[oi]) {
-        uint32_t ri = alloc_ref(a);
-        if (!ri)
-            return ENOSPC;
-        a->r[ri].proc = a->proc;
+/* A new record of pi's references to oi.  Lock held. */
+static uint32_t new_ref(nts_arena *a, uint32_t pi, uint32_t oi, int *err) {
+    uint32_t ri = alloc_entry(a, take_ref, err);
+    if (ri) {
+        a->r[ri].proc = pi;
         a->r[ri].obj = oi;
-        a->r[ri].count = 0;
-        a->my_rec[oi] = ri;
         a->o[oi].refs++;
     }
-    a->r[a->my_rec[oi]].count++;
+    return ri;
+}
+
+/* One more reference of this process to object oi.  Lock and g_refs_lock held. */
+static int ref_object(nts_arena *a, uint32_t oi) {
+    if (!a->my_rec[oi]) {
+        int err;
+        uint32_t ri = new_ref(a, a->proc, oi, &err);
+        if (!ri)
+            return err;
+        a->my_rec[oi] = ri;
+    }
     a->my_count[oi]++;
     return 0;
 }
@@ -602,13 +1060,26 @@ static int ref_object(nts_arena *a, uint32_t oi) {
 static void thread_exit(void *value) {
     nts_arena *a = g_arena;
     uint32_t ti = (uint32_t)(uintptr_t)value;
-    if (!a || tls_pid != g_pid)
+    if (!a || tls_pid != g_pid || begin(a))
         return;
-    struct thr *t = thr_at(a, ti);
-    arena_lock(a);
-    free_thread_block(a, ti);
-    arena_unlock(a);
-    pthread_mutex_unlock(&t->token);
+    struct thr *t = &a->t[ti];
+    if (t->in_use && t->proc == a->proc && t->gen == tls_gen)
+        free_thread_block(a, ti);
+    done(a, 0);
+    /* The token stays locked: the kernel marks it dead as the thread ends, and only
+     * then is the block taken again. */
+}
+
+/* A block nobody uses whose token is dead (its last thread has ended), or a new one. */
+static uint32_t take_thr(nts_arena *a, int *err) {
+    uint32_t hw = thr_hw(a);
+    for (uint32_t i = 1; i <= hw; i++)
+        if (!a->t[i].in_use && token_dead(&a->t[i]))
+            return i;
+    if (hw >= NTHR || damaged() || (*err = reserve(a, OFF_THR, sizeof(struct thr), hw + 1)))
+        return 0;
+    a->h->thr_hw = hw + 1;
+    return hw + 1;
 }
 
 /* The calling thread's block, taken (and its token locked) on first use. */
@@ -618,36 +1089,29 @@ static int self_thread(nts_arena *a, uint32_t *out) {
         *out = tls_thr;
         return 0;
     }
-    arena_lock(a);
-    int err = register_process(a);
-    uint32_t ti = 0;
-    if (!err) {
-        ti = TAKE(a, t, thr, NTHR);
-        if (!ti) {
-            gc_dead_processes(a);
-            ti = TAKE(a, t, thr, NTHR);
-        }
-        if (!ti)
-            err = EAGAIN;
-        else if (ti > 0 && a->t[ti].gen == 0 && !a->t[ti].in_use && (err = init_robust_shared(&a->t[ti].token)) == 0)
-            a->t[ti].gen = 1; /* first use of this block */
-    }
-    if (!err) {
-        struct thr *t = thr_at(a, ti);
+    int err = enroll(a);
+    if (err || (err = begin(a)))
+        return err;
+    uint32_t ti = alloc_entry(a, take_thr, &err);
+    if (ti) {
+        struct thr *t = &a->t[ti];
+        /* Nobody's robust list holds a dead token: it is ours to initialize.  Locked
+         * once here, never unlocked (see the top of this file). */
+        if (init_robust_shared(&t->token) || pthread_mutex_trylock(&t->token))
+            err = damage("a thread token in the arena could not be taken");
+        t->gen += !t->gen; /* generations start at 1 */
         t->in_use = 1;
         t->proc = a->proc;
         t->tid = (uint32_t)syscall(SYS_gettid);
         t->held = 0;
         t->queued = 0;
+        t->count = 0;
+        t->alert = 0;
         store(&t->signaled, 0);
+        tls_gen = t->gen;
     }
-    arena_unlock(a);
-    if (err)
+    if ((err = done(a, err)))
         return err;
-    struct thr *t = thr_at(a, ti);
-    int lock = pthread_mutex_lock(&t->token);
-    if (lock == EOWNERDEAD) /* the block's previous thread died holding it */
-        pthread_mutex_consistent(&t->token);
     tls_thr = ti;
     tls_pid = pid;
     pthread_setspecific(g_thread_key, (void *)(uintptr_t)ti);
@@ -657,62 +1121,130 @@ static int self_thread(nts_arena *a, uint32_t *out) {
 
 /* ---------------------------------------------------------------- fork */
 
-/* Before fork: give the child its own references, so that nothing the child
- * inherits can disappear before it runs (the parent may close right away). */
+/* Before fork: claim a process slot for the child on a descriptor of its own, and
+ * give it its own references, so that nothing the child inherits can disappear
+ * before it runs (the parent may close right away).  If the child dies, or execs
+ * (the descriptor is close-on-exec), its slot is free and all of it is reclaimed. */
 static void fork_prepare(void) {
     nts_arena *a = g_arena;
-    if (!a || !a->proc || a->pid != g_pid)
+    if (!a)
         return;
-    arena_lock(a);
-    size_t n = 0;
-    for (uint32_t oi = 1; oi <= a->h->obj_hw; oi++) {
+    nts_lock(&g_refs_lock); /* until after the fork: the child's counts are these */
+    a->child_fd = -1;
+    a->child_proc = 0;
+    a->ninflight = 0;
+    if (a->fd < 0 || damaged())
+        return;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", a->fd);
+    a->child_fd = open(path, O_RDWR | O_CLOEXEC); /* a new open file description of the arena */
+    if (a->child_fd < 0) {
+        a->fd_err = errno;
+        return;
+    }
+    if (!a->me)
+        return; /* we have no objects to pass on */
+    uint32_t gen, pi = claim_slot(a, a->child_fd, &gen);
+    if (!pi || arena_lock(a))
+        return; /* the child has no slot (the table is full): it inherits no objects */
+    enroll_slot(a, pi, 0);
+    a->child_proc = pi;
+    a->child_gen = gen;
+    uint32_t hw = obj_hw(a);
+    for (uint32_t oi = 1; oi <= hw && !damaged(); oi++) {
         if (!a->my_count[oi])
             continue;
-        uint32_t ri = alloc_ref(a);
+        int err;
+        uint32_t ri = new_ref(a, pi, oi, &err);
         if (!ri)
-            break; /* the child reopens nothing beyond this: its ops on those report ENOENT */
-        a->r[ri].proc = a->proc; /* ours until the child adopts it; reclaimed with us otherwise */
-        a->r[ri].obj = oi;
-        a->r[ri].count = a->my_count[oi];
-        a->o[oi].refs++;
-        a->inflight[n++] = ri;
+            break; /* the child keeps only these: its operations on the others report EBADF */
+        a->inflight_obj[a->ninflight] = oi;
+        a->inflight_ref[a->ninflight++] = ri;
     }
-    a->ninflight = n;
     arena_unlock(a);
 }
 
 static void fork_parent(void) {
-    if (g_arena)
-        g_arena->ninflight = 0;
+    nts_arena *a = g_arena;
+    if (!a)
+        return;
+    if (a->child_fd >= 0)
+        close(a->child_fd); /* the child's now, with its slot (or nobody's, if fork failed) */
+    a->child_fd = -1;
+    a->ninflight = 0;
+    nts_unlock(&g_refs_lock);
 }
 
+/* In the child: only async-signal-safe calls. */
 static void fork_child(void) {
     nts_arena *a = g_arena;
     g_pid = getpid();
     tls_thr = 0; /* the parent thread's block is not ours */
     pthread_setspecific(g_thread_key, NULL);
-    if (!a || !a->ninflight)
+    if (!a)
         return;
-    arena_lock(a);
-    register_process(a);
-    arena_unlock(a);
+    /* The parent's description carries the parent's liveness: not ours to keep. */
+    if (a->child_fd >= 0 && dup3(a->child_fd, a->fd, O_CLOEXEC) >= 0) {
+        close(a->child_fd);
+    } else {
+        if (a->child_fd >= 0) {
+            a->fd_err = errno;
+            close(a->child_fd);
+        }
+        close(a->fd);
+        a->fd = -1;
+    }
+    a->child_fd = -1;
+    a->proc = a->fd >= 0 ? a->child_proc : 0;
+    a->gen = a->child_gen;
+    a->me = a->proc ? ID(a->proc, a->gen) : 0;
+    memset(a->my_rec, 0, sizeof a->my_rec);
+    if (a->proc)
+        for (size_t k = 0; k < a->ninflight; k++)
+            a->my_rec[a->inflight_obj[k]] = a->inflight_ref[k];
+    for (uint32_t oi = 1; oi <= NOBJ; oi++)
+        if (!a->my_rec[oi])
+            a->my_count[oi] = 0; /* not passed on: gone for us */
+    a->ninflight = 0;
+    if (a->proc && !damaged())
+        a->p[a->proc].pid = (uint32_t)g_pid;
+    nts_unlock(&g_refs_lock);
 }
 
 /* ---------------------------------------------------------------- entry points */
 
 int nts_sync_format(int fd) {
-    if (ftruncate(fd, (off_t)ARENA_SIZE) < 0)
+    /* The header, process table and name index, and the first chunk of each growing table. */
+    static const size_t first[] = {OFF_OBJ, OFF_NAME, OFF_THR, OFF_REF};
+    struct header h = {.magic = MAGIC, .version = NTS_SYNC_LAYOUT, .size = ARENA_SIZE};
+    if (ftruncate(fd, (off_t)ARENA_SIZE) < 0 || fallocate(fd, 0, 0, (off_t)OFF_OBJ) < 0)
         return errno;
-    void *m = mmap(NULL, ARENA_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (m == MAP_FAILED)
+    for (size_t i = 0; i < sizeof first / sizeof *first; i++)
+        if (fallocate(fd, 0, (off_t)first[i], CHUNK) < 0)
+            return errno;
+    ssize_t written = pwrite(fd, &h, sizeof h, 0);
+    return written < 0 ? errno : written == (ssize_t)sizeof h ? 0 : EIO;
+}
+
+int nts_sync_layout(int fd, uint32_t *magic, uint32_t *version, uint64_t *size) {
+    struct header h;
+    memset(&h, 0, sizeof h);
+    struct stat st;
+    if (fstat(fd, &st) < 0 || pread(fd, &h, sizeof h, 0) < 0)
         return errno;
-    struct header *h = m;
-    int err = init_robust_shared(&h->lock);
-    h->size = ARENA_SIZE;
-    h->version = VERSION;
-    __atomic_store_n(&h->magic, MAGIC, __ATOMIC_RELEASE);
-    munmap(m, ARENA_SIZE);
-    return err;
+    *magic = h.magic;
+    *version = h.version;
+    /* A file shorter than its header says is not of its layout either. */
+    *size = (uint64_t)st.st_size == h.size ? h.size : (uint64_t)st.st_size;
+    return 0;
+}
+
+int nts_sync_in_use(int fd, int *in_use) {
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 1, .l_len = NTS_SYNC_LIVE_END - 1};
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+        return errno;
+    *in_use = fl.l_type != F_UNLCK;
+    return 0;
 }
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -723,123 +1255,169 @@ static void init_once(void) {
     pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 
+static void arena_free(nts_arena *a) {
+    if (a->fd >= 0)
+        close(a->fd);
+    free(a->inflight_obj);
+    free(a->inflight_ref);
+    free(a);
+}
+
 int nts_sync_attach(int fd, nts_arena **out) {
-    struct stat st;
-    if (fstat(fd, &st) < 0)
-        return errno;
-    if ((uint64_t)st.st_size != ARENA_SIZE)
+    uint32_t magic, version;
+    uint64_t size;
+    int err = nts_sync_layout(fd, &magic, &version, &size);
+    if (err)
+        return err;
+    if (magic != MAGIC || version != NTS_SYNC_LAYOUT || size != ARENA_SIZE)
         return EPROTO;
-    char *m = mmap(NULL, ARENA_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (m == MAP_FAILED)
-        return errno;
-    struct header *h = (struct header *)m;
-    if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != MAGIC || h->version != VERSION || h->size != ARENA_SIZE) {
-        munmap(m, ARENA_SIZE);
-        return EPROTO;
-    }
+    if (g_arena)
+        return EBUSY;
     nts_arena *a = calloc(1, sizeof *a);
-    if (a)
-        a->inflight = calloc(NOBJ, sizeof *a->inflight);
-    if (!a || !a->inflight) {
-        free(a);
-        munmap(m, ARENA_SIZE);
+    if (!a)
         return ENOMEM;
+    /* The liveness lock lives on a description of its own that nothing maps: a
+     * mapping holds its description open, and fork copies mappings, so a lock on the
+     * mapped one would outlive a closed descriptor and survive in forked children. */
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    a->fd = open(path, O_RDWR | O_CLOEXEC);
+    a->fd_err = EBADF;
+    a->child_fd = -1;
+    a->inflight_obj = calloc(NOBJ, sizeof *a->inflight_obj);
+    a->inflight_ref = calloc(NOBJ, sizeof *a->inflight_ref);
+    if (a->fd < 0 || !a->inflight_obj || !a->inflight_ref) {
+        err = a->fd < 0 ? errno : ENOMEM;
+        arena_free(a);
+        return err;
+    }
+    char *m = mmap(NULL, ARENA_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) {
+        err = errno;
+        arena_free(a);
+        return err;
     }
     a->base = m;
-    a->h = h;
+    a->h = (struct header *)m;
+    a->p = (struct proc *)(m + OFF_PROC);
+    a->hash = (uint32_t *)(m + OFF_HASH);
     a->o = (struct obj *)(m + OFF_OBJ);
+    a->n = (struct name *)(m + OFF_NAME);
     a->t = (struct thr *)(m + OFF_THR);
     a->r = (struct ref *)(m + OFF_REF);
-    a->p = (struct proc *)(m + OFF_PROC);
-    a->n = (struct name *)(m + OFF_NAME);
     pthread_once(&g_once, init_once);
+    /* The file may shrink from now on: the handler first. */
+    __atomic_store_n(&g_base, m, __ATOMIC_RELEASE);
     g_arena = a;
-    *out = a;
-    return 0;
+    /* Damage found by the first sweep still attaches: every call then reports it. */
+    if ((err = install_sigbus()) == 0 && ((err = enroll(a)) == 0 || err == EUCLEAN)) {
+        *out = a;
+        return 0;
+    }
+    leave(a);
+    g_arena = NULL;
+    __atomic_store_n(&g_base, NULL, __ATOMIC_RELEASE);
+    munmap(m, ARENA_SIZE);
+    arena_free(a);
+    return err;
 }
 
 /* Drop every reference of this process (at interpreter exit). */
 void nts_sync_detach(nts_arena *a) {
-    arena_lock(a);
-    if (a->proc && a->pid == g_pid)
-        for (uint32_t oi = 1; oi <= a->h->obj_hw; oi++)
+    nts_lock(&g_refs_lock);
+    if (!begin(a)) {
+        uint32_t hw = obj_hw(a);
+        for (uint32_t oi = 1; oi <= hw && !damaged(); oi++)
             if (a->my_rec[oi]) {
-                free_ref(a, a->my_rec[oi]);
+                if (a->r[a->my_rec[oi]].proc == a->proc && a->r[a->my_rec[oi]].obj == oi)
+                    free_ref(a, a->my_rec[oi]);
                 a->my_rec[oi] = 0;
                 a->my_count[oi] = 0;
             }
-    arena_unlock(a);
+        done(a, 0);
+    }
+    nts_unlock(&g_refs_lock);
 }
 
+/* Whether slot oi is an object this process references (EBADF if not), of `kind`
+ * (0: any).  Lock held.  The arena must agree with our own books: a record that no
+ * longer names us means that our slot was reclaimed as a dead process's. */
 static int valid(nts_arena *a, uint32_t oi, int kind) {
-    return oi >= 1 && oi <= NOBJ && a->my_count[oi] && (!kind || a->o[oi].kind == (uint32_t)kind);
+    if (oi < 1 || oi > NOBJ || !a->my_count[oi])
+        return EBADF;
+    struct ref *r = &a->r[a->my_rec[oi]];
+    struct proc *p = &a->p[a->proc];
+    if (r->proc != a->proc || r->obj != oi || p->gen != a->gen || !p->in_use)
+        return damage(SWEPT);
+    if (!obj_index(a, oi) || !a->o[oi].kind)
+        return damage(BAD_OBJ);
+    return kind && a->o[oi].kind != (uint32_t)kind ? EBADF : 0;
 }
 
 int nts_sync_create(nts_arena *a, int kind, uint32_t x, uint32_t y, const char *name, size_t len, uint32_t *slot,
                     uint32_t *gen, int *created) {
     if (kind < NTS_SYNC_SEMAPHORE || kind > NTS_SYNC_EVENT || len > NTS_SYNC_MAX_NAME)
         return EINVAL;
+    int err = install_sigbus();
     uint32_t holder = 0;
-    if (kind == NTS_SYNC_MUTEX && y) {
-        int err = self_thread(a, &holder);
-        if (err)
-            return err;
+    if (!err && kind == NTS_SYNC_MUTEX && y)
+        err = self_thread(a, &holder);
+    if (err || (err = enroll(a)))
+        return err;
+    nts_lock(&g_refs_lock);
+    if ((err = begin(a))) {
+        nts_unlock(&g_refs_lock);
+        return err;
     }
-    arena_lock(a);
-    int err = register_process(a);
     uint32_t hash = name ? name_hash(name, len) : 0, oi = 0;
-    if (!err && name && (oi = name_find(a, name, len, hash)) != 0) {
-        oi = a->n[oi - 1].obj;
+    if (name && (oi = name_find(a, name, len, hash)) != 0) {
         if (a->o[oi].kind != (uint32_t)kind)
             err = EEXIST;
         else if (!(err = ref_object(a, oi)))
             *created = 0;
-    } else if (!err) {
-        oi = TAKE(a, o, obj, NOBJ);
-        if (!oi) {
-            gc_dead_processes(a);
-            oi = TAKE(a, o, obj, NOBJ);
+    } else if (!damaged() && (oi = alloc_entry(a, take_obj, &err)) != 0) {
+        struct obj *o = &a->o[oi];
+        uint32_t g = o->gen;
+        memset(o, 0, sizeof *o);
+        o->gen = g;
+        o->kind = (uint32_t)kind;
+        o->x = x;
+        o->y = y;
+        if (holder) {
+            o->holder = holder;
+            o->holder_gen = a->t[holder].gen;
+            a->t[holder].held++;
         }
-        if (!oi) {
-            err = ENOSPC;
-        } else {
-            struct obj *o = &a->o[oi];
-            uint32_t g = o->gen;
-            memset(o, 0, sizeof *o);
-            o->gen = g;
-            o->kind = (uint32_t)kind;
-            o->x = x;
-            o->y = y;
-            if (holder) {
-                o->holder = holder;
-                o->holder_gen = a->t[holder].gen;
-                a->t[holder].held++;
-            }
-            if ((err = ref_object(a, oi)) != 0)
-                obj_free(a, oi);
-            else {
-                if (name)
-                    o->name = name_insert(a, name, len, hash, oi);
-                *created = 1;
-            }
+        if ((err = ref_object(a, oi)) != 0)
+            obj_free(a, oi);
+        else {
+            if (name)
+                o->name = name_insert(a, name, len, hash, oi);
+            *created = 1;
         }
     }
     if (!err) {
         *slot = oi;
         *gen = a->o[oi].gen;
     }
-    arena_unlock(a);
+    err = done(a, err);
+    nts_unlock(&g_refs_lock);
     return err;
 }
 
 int nts_sync_open(nts_arena *a, int kind, const char *name, size_t len, uint32_t *slot, uint32_t *gen) {
-    arena_lock(a);
-    int err = register_process(a);
-    uint32_t ni = err ? 0 : name_find(a, name, len, name_hash(name, len));
-    if (!err && !ni)
+    int err = install_sigbus();
+    if (err || (err = enroll(a)))
+        return err;
+    nts_lock(&g_refs_lock);
+    if ((err = begin(a))) {
+        nts_unlock(&g_refs_lock);
+        return err;
+    }
+    uint32_t oi = len <= NTS_SYNC_MAX_NAME ? name_find(a, name, len, name_hash(name, len)) : 0;
+    if (!oi) {
         err = ENOENT;
-    if (!err) {
-        uint32_t oi = a->n[ni - 1].obj;
+    } else {
         if (a->o[oi].kind != (uint32_t)kind)
             err = EEXIST;
         else if (!(err = ref_object(a, oi))) {
@@ -847,53 +1425,57 @@ int nts_sync_open(nts_arena *a, int kind, const char *name, size_t len, uint32_t
             *gen = a->o[oi].gen;
         }
     }
-    arena_unlock(a);
+    err = done(a, err);
+    nts_unlock(&g_refs_lock);
     return err;
 }
 
 int nts_sync_ref(nts_arena *a, int kind, uint32_t slot, uint32_t gen) {
-    if (slot < 1 || slot > NOBJ)
-        return ENOENT;
-    arena_lock(a);
-    int err = register_process(a);
-    if (!err && (a->o[slot].kind != (uint32_t)kind || a->o[slot].gen != gen || !a->o[slot].refs))
+    int err = enroll(a);
+    if (err)
+        return err;
+    nts_lock(&g_refs_lock);
+    if ((err = begin(a))) {
+        nts_unlock(&g_refs_lock);
+        return err;
+    }
+    if (slot < 1 || slot > obj_hw(a) || a->o[slot].kind != (uint32_t)kind || a->o[slot].gen != gen ||
+        !a->o[slot].refs)
         err = ENOENT;
-    if (!err)
+    else
         err = ref_object(a, slot);
-    arena_unlock(a);
+    err = done(a, err);
+    nts_unlock(&g_refs_lock);
     return err;
 }
 
 int nts_sync_unref(nts_arena *a, uint32_t slot) {
-    arena_lock(a);
-    int err = register_process(a);
-    if (!err && !valid(a, slot, 0))
-        err = EBADF;
-    if (!err) {
-        a->my_count[slot]--;
-        uint32_t ri = a->my_rec[slot];
-        if (--a->r[ri].count == 0) {
-            a->my_rec[slot] = 0;
-            free_ref(a, ri);
-        }
+    nts_lock(&g_refs_lock);
+    int err = begin(a);
+    if (err) {
+        nts_unlock(&g_refs_lock);
+        return err;
     }
-    arena_unlock(a);
+    if (!(err = valid(a, slot, 0)) && --a->my_count[slot] == 0) {
+        free_ref(a, a->my_rec[slot]);
+        a->my_rec[slot] = 0;
+    }
+    err = done(a, err);
+    nts_unlock(&g_refs_lock);
     return err;
 }
 
 /* Run one operation on an object of this process under the lock. */
 #define OBJECT_OP(a, slot, kind, body)                                                                                \
     do {                                                                                                              \
-        arena_lock(a);                                                                                                \
-        int err_ = register_process(a);                                                                               \
-        if (!err_ && !valid(a, slot, kind))                                                                           \
-            err_ = EBADF;                                                                                             \
-        if (!err_) {                                                                                                  \
+        int err_ = begin(a);                                                                                          \
+        if (err_)                                                                                                     \
+            return err_;                                                                                              \
+        if (!(err_ = valid(a, slot, kind))) {                                                                         \
             struct obj *o = &(a)->o[slot];                                                                            \
             body                                                                                                      \
         }                                                                                                             \
-        arena_unlock(a);                                                                                              \
-        return err_;                                                                                                  \
+        return done(a, err_);                                                                                         \
     } while (0)
 
 int nts_sync_sem_release(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev) {
@@ -972,7 +1554,7 @@ int nts_sync_event_read(nts_arena *a, uint32_t slot, int *manual, int *signaled)
  * (wait-all), else the alert.  Lock held.  1 when acquired, *index set. */
 static int try_now(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32_t count, int all, uint32_t alert,
                    uint32_t *index) {
-    struct thr *t = thr_at(a, ti);
+    struct thr *t = &a->t[ti];
     if (all) {
         uint32_t i = 0;
         while (i < count && is_signaled(&a->o[slots[i]], t->owner))
@@ -999,18 +1581,23 @@ static int try_now(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32_t co
     return 0;
 }
 
-/* The futex words to sleep on: our own, our poke word, and the tokens of the
- * holders (in other processes) of the mutexes we wait for.  Lock held. */
-static size_t watch_set(nts_arena *a, uint32_t ti, struct nts_futex_waitv *w) {
-    struct thr *t = thr_at(a, ti);
+/* The futex words to sleep on: our own, our poke word, this process's damage word,
+ * and the tokens of the holders (in other processes) of the mutexes we wait for.
+ * Lock held. */
+static size_t watch_set(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32_t count, struct nts_futex_waitv *w) {
+    struct thr *t = &a->t[ti];
     size_t n = 0;
     w[n++] = (struct nts_futex_waitv){WAITING, (uintptr_t)&t->signaled, NTS_FUTEX2_SIZE_U32, 0};
     w[n++] = (struct nts_futex_waitv){load(&t->poke), (uintptr_t)&t->poke, NTS_FUTEX2_SIZE_U32, 0};
-    for (uint32_t i = 0; i < t->count && n < NTS_FUTEX_WAITV_MAX; i++) {
-        struct obj *o = &a->o[t->e[i].obj];
-        if (o->kind != NTS_SYNC_MUTEX || !o->y || !o->holder || thr_at(a, o->holder)->proc == t->proc)
+    w[n++] = (struct nts_futex_waitv){0, (uintptr_t)&g_damaged, NTS_FUTEX2_SIZE_U32 | NTS_FUTEX2_PRIVATE, 0};
+    for (uint32_t i = 0; i < count && n < NTS_FUTEX_WAITV_MAX; i++) {
+        struct obj *o = &a->o[slots[i]];
+        if (o->kind != NTS_SYNC_MUTEX || !o->y || !o->holder)
             continue;
-        uint32_t *word = token_word(thr_at(a, o->holder));
+        struct thr *h = &a->t[thr_index(a, READ_ONCE(o->holder))];
+        if (h->proc == t->proc)
+            continue;
+        uint32_t *word = token_word(h);
         /* The kernel wakes a token's waiters at its owner's death only if
          * FUTEX_WAITERS is set; setting it is harmless to glibc. */
         uint32_t v = __atomic_fetch_or(word, FUTEX_WAITERS, __ATOMIC_ACQ_REL) | FUTEX_WAITERS;
@@ -1027,19 +1614,17 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
         return EINVAL;
     uint32_t ti;
     int err = self_thread(a, &ti);
-    if (err)
+    if (err || (err = begin(a)))
         return err;
-    struct thr *t = thr_at(a, ti);
-    arena_lock(a);
+    struct thr *t = &a->t[ti];
+    if (!t->in_use || t->proc != a->proc || t->gen != tls_gen)
+        err = damage(SWEPT);
     for (uint32_t i = 0; i < count && !err; i++)
-        if (!valid(a, slots[i], 0))
-            err = EBADF;
-    if (!err && alert && !valid(a, alert, NTS_SYNC_EVENT))
-        err = EBADF;
-    if (err) {
-        arena_unlock(a);
-        return err;
-    }
+        err = valid(a, slots[i], 0);
+    if (!err && alert)
+        err = valid(a, alert, NTS_SYNC_EVENT);
+    if (err)
+        return done(a, err);
     for (uint32_t i = 0; i < count; i++)
         check_holder(a, slots[i]);
     t->owner = owner;
@@ -1049,31 +1634,27 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
     t->abandoned = 0;
     if (try_now(a, ti, slots, count, all, alert, index)) {
         *abandoned = (int)t->abandoned;
-        arena_unlock(a);
-        return 0;
+        return done(a, 0);
     }
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    if (deadline && (now.tv_sec > deadline->tv_sec || (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec))) {
-        arena_unlock(a);
-        return ETIMEDOUT;
-    }
+    if (deadline && (now.tv_sec > deadline->tv_sec || (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec)))
+        return done(a, ETIMEDOUT);
     /* Queue: one entry per object (and the alert), each holding a reference so
      * that closing the last handle during the wait frees nothing under us. */
     store(&t->signaled, WAITING);
-    for (uint32_t i = 0; i < count + (alert != 0); i++) {
-        uint32_t oi = i < count ? slots[i] : alert;
-        struct obj *o = &a->o[oi];
-        t->e[i].obj = oi;
-        int in_all = all && i < count;
-        link_entry(a, in_all ? &o->all_head : &o->any_head, in_all ? &o->all_tail : &o->any_tail, entry_id(ti, i));
-        o->refs++;
-    }
     t->queued = 1;
+    for (uint32_t i = 0; i < count + (alert != 0) && !damaged(); i++) {
+        uint32_t oi = i < count ? slots[i] : alert;
+        t->e[i].obj = oi;
+        link_entry(a, oi, all && i < count, entry_id(ti, i));
+        a->o[oi].refs++;
+    }
     for (unsigned spin = g_spin;; spin = 0) {
         struct nts_futex_waitv w[NTS_FUTEX_WAITV_MAX];
-        size_t n = watch_set(a, ti, w);
-        arena_unlock(a);
+        size_t n = watch_set(a, ti, slots, count, w);
+        if ((err = done(a, 0)))
+            return err;
         for (unsigned i = 0; i < spin && load(&t->signaled) == WAITING; i++)
             nts_cpu_relax();
         if (load(&t->signaled) != WAITING)
@@ -1083,22 +1664,21 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
         long r = n ? syscall(SYS_futex_waitv, w, n, 0, deadline, CLOCK_MONOTONIC) : -1;
         __atomic_store_n(&t->sleeping, 0, __ATOMIC_RELAXED);
         int why = n == 0 ? EAGAIN : r < 0 ? errno : 0;
+        if (why == EFAULT)
+            damage("a futex word of the arena could not be read");
+        if (damaged())
+            return EUCLEAN; /* this process left the arena: the others reclaim the wait */
         if (load(&t->signaled) != WAITING)
             break; /* handed over: the signaller did everything */
-        arena_lock(a);
+        if ((err = arena_lock(a)))
+            return err;
         if (load(&t->signaled) != WAITING) {
             arena_unlock(a);
             break;
         }
-        if (why == ETIMEDOUT || why == EINTR) {
+        if (why && why != EAGAIN) { /* ETIMEDOUT, EINTR, or a failure: nothing acquired */
             dequeue(a, ti);
-            arena_unlock(a);
-            return why;
-        }
-        if (why && why != EAGAIN) {
-            dequeue(a, ti);
-            arena_unlock(a);
-            return why;
+            return done(a, why);
         }
         for (uint32_t i = 0; i < count; i++)
             check_holder(a, slots[i]);
@@ -1109,7 +1689,10 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
     }
     *index = load(&t->signaled);
     *abandoned = (int)t->abandoned;
-    return 0;
+    /* The index came through shared memory: it must name what we waited for. */
+    if (all ? *index != 0 && !(alert && *index == count) : *index > count || (*index == count && !alert))
+        return damage(BAD_COUNT);
+    return damaged() ? EUCLEAN : 0;
 }
 
 size_t nts_sync_arena_size(void) { return ARENA_SIZE; }
@@ -1118,21 +1701,23 @@ void nts_sync_usage(nts_arena *a, uint32_t used[4], uint32_t capacity[4], uint32
     size_t max_tids = *ntids;
     *ntids = 0;
     memset(used, 0, 4 * sizeof *used);
-    arena_lock(a);
-    for (uint32_t i = 1; i <= a->h->obj_hw; i++)
-        used[0] += a->o[i].kind != 0;
-    for (uint32_t i = 1; i <= a->h->thr_hw; i++) {
-        used[1] += a->t[i].in_use;
-        if (a->t[i].in_use && a->proc && a->t[i].proc == a->proc && a->pid == g_pid && *ntids < max_tids)
-            tids[(*ntids)++] = a->t[i].tid;
-    }
-    for (uint32_t i = 1; i <= a->h->ref_hw; i++)
-        used[2] += a->r[i].proc != 0;
-    for (uint32_t i = 1; i <= a->h->proc_hw; i++)
-        used[3] += a->p[i].in_use;
-    arena_unlock(a);
     capacity[0] = NOBJ;
     capacity[1] = NTHR;
     capacity[2] = NREF;
     capacity[3] = NPROC;
+    if (begin(a))
+        return;
+    uint32_t objs = obj_hw(a), thrs = thr_hw(a), refs = ref_hw(a), procs = proc_hw(a);
+    for (uint32_t i = 1; i <= objs; i++)
+        used[0] += a->o[i].kind != 0;
+    for (uint32_t i = 1; i <= thrs; i++) {
+        used[1] += a->t[i].in_use != 0;
+        if (a->t[i].in_use && a->t[i].proc == a->proc && *ntids < max_tids)
+            tids[(*ntids)++] = a->t[i].tid;
+    }
+    for (uint32_t i = 1; i <= refs; i++)
+        used[2] += a->r[i].proc != 0;
+    for (uint32_t i = 1; i <= procs; i++)
+        used[3] += a->p[i].in_use != 0;
+    done(a, 0);
 }

@@ -6,7 +6,7 @@
  * threading.Lock.release does: they hold the arena lock for a few hundred
  * nanoseconds, and handing the GIL to the thread they wake and taking it back
  * would cost far more.  Creation and opening, which may sweep dead processes
- * (reading /proc), release it. */
+ * (a liveness query per process slot), release it. */
 #include "core.h"
 
 #include <errno.h>
@@ -53,6 +53,29 @@ static PyObject *py_format(PyObject *self, PyObject *args) {
         return NULL;
     int err = CALL(nts_sync_format(fd));
     return err ? fail(err, "sync arena format") : Py_NewRef(Py_None);
+}
+
+static PyObject *py_layout(PyObject *self, PyObject *args) {
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd))
+        return NULL;
+    uint32_t magic, version;
+    uint64_t size;
+    int err = nts_sync_layout(fd, &magic, &version, &size);
+    return err ? fail(err, "sync arena layout") : Py_BuildValue("IIK", magic, version, (unsigned long long)size);
+}
+
+static PyObject *py_in_use(PyObject *self, PyObject *args) {
+    int fd, in_use;
+    if (!PyArg_ParseTuple(args, "i", &fd))
+        return NULL;
+    int err = nts_sync_in_use(fd, &in_use);
+    return err ? fail(err, "sync arena liveness locks") : PyBool_FromLong(in_use);
+}
+
+static PyObject *py_damage(PyObject *self, PyObject *unused) {
+    const char *why = nts_sync_damage();
+    return why ? PyUnicode_FromString(why) : Py_NewRef(Py_None);
 }
 
 static PyObject *py_attach(PyObject *self, PyObject *args) {
@@ -296,7 +319,16 @@ PyMethodDef nts_sync_methods[] = {
     {"futex_waitv_errno", py_futex_waitv_errno, METH_NOARGS,
      "futex_waitv_errno() -> errno of an empty futex_waitv call: EINVAL where the call exists, ENOSYS where not"},
     {"sync_format", py_format, METH_VARARGS, "sync_format(fd): size and initialize a new sync arena file"},
-    {"sync_attach", py_attach, METH_VARARGS, "sync_attach(fd): map the sync arena (once per process)"},
+    {"sync_layout", py_layout, METH_VARARGS,
+     "sync_layout(fd) -> (magic, version, size) of an arena file of any layout (size: the file's if it differs)"},
+    {"sync_in_use", py_in_use, METH_VARARGS,
+     "sync_in_use(fd) -> whether any process holds a liveness lock on the arena file (any layout)"},
+    {"sync_attach", py_attach, METH_VARARGS,
+     "sync_attach(fd): map the sync arena and claim a process slot (once per process); "
+     "OSError EPROTO for another layout, ENOSPC when every process slot is taken"},
+    {"sync_damage", py_damage, METH_NOARGS,
+     "sync_damage() -> None, or why this process's view of the arena is damaged (every call then fails "
+     "with errno EUCLEAN)"},
     {"sync_usage", py_usage, METH_NOARGS,
      "sync_usage() -> {table: (used, capacity)} for objects, threads, references, processes, and "
      "thread_ids_here: the threads of this process that have a block (reclaims nothing)"},
@@ -326,6 +358,8 @@ int nts_sync_module_init(PyObject *m) {
                    PyModule_AddIntConstant(m, "SYNC_RESET", NTS_SYNC_EVENT_RESET) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_PULSE", NTS_SYNC_EVENT_PULSE) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_MAX_NAME", NTS_SYNC_MAX_NAME) < 0 ||
+                   PyModule_AddIntConstant(m, "SYNC_LAYOUT", NTS_SYNC_LAYOUT) < 0 ||
+                   PyModule_AddIntConstant(m, "SYNC_LIVE_END", NTS_SYNC_LIVE_END) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_ARENA_SIZE", (long)nts_sync_arena_size()) < 0
                ? -1
                : 0;
