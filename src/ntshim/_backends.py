@@ -19,6 +19,10 @@ class Availability:
     available: bool
     reason: str = ""
     notes: tuple[str, ...] = ()
+    #: Unavailable for a reason that belongs to this process or user (shared state that is
+    #: damaged, full or in conflict), not to the machine: other processes may be using this
+    #: backend, so automatic selection must stop here rather than pass to the next one.
+    stops_selection: bool = False
 
 
 _probes: dict[tuple[type, int], Availability] = {}

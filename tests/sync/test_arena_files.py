@@ -195,6 +195,31 @@ def test_an_arena_of_another_layout_in_use_is_refused_loudly(root: Path) -> None
     assert _attach(root).stdout.strip() == _current()  # once nobody uses it, it is replaced
 
 
+@pytest.mark.usefixtures("_futex")
+def test_a_refused_arena_stops_automatic_selection(root: Path) -> None:
+    """Processes still using the arena would not see objects made by the next backend (names
+    are per backend): automatic selection must refuse, not quietly pick the server."""
+    path = _other_layout(root, 99)
+    with _attached(path, 7):
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent("""
+                from ntshim import BackendUnavailable
+                from ntshim.sync import Event
+                try:
+                    event = Event(manual=True, name="shared-by-name")
+                except BackendUnavailable as e:
+                    print("refused", e.backend, "|", e.reason)
+                else:
+                    print("created on", event.backend)
+            """)],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, ROOT_ENV_VAR: str(root), "NTSHIM_SYNC_BACKEND": ""},
+        )
+    out = proc.stdout.strip()
+    assert out.startswith("refused futex |"), (out, proc.stderr)
+    assert "layout 99" in out and "NTSHIM_SYNC_BACKEND" in out
+
+
 # The first layout (ntshim up to commit 837cbc5): sync-v1-<size>.arena, a pid-based process
 # table.  Header: the process table's high-water mark at byte 80; the table at 6799360 (file
 # size 15601664), entries of {pid u32, in_use u32, start time u64 (/proc/<pid>/stat field 22)}.

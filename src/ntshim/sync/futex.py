@@ -397,7 +397,9 @@ class Futex(Backend):
         try:
             path = arena_path()
         except OSError as e:
-            return Availability(cls.name, False, f"cannot open the shared arena: {e}")
+            # Not a missing kernel feature: other processes of this user may use the arena, and
+            # would not see objects of the next backend (names are per backend).
+            return Availability(cls.name, False, f"cannot open the shared arena: {e}", stops_selection=True)
         return Availability(cls.name, True, notes=(f"arena {path}",))
 
     @classmethod

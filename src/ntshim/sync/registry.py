@@ -39,7 +39,10 @@ def check_name(backend: object) -> str | None:
 
 
 def choose(backend: object) -> type[Backend]:
-    """The requested backend if it is available, else the best available one."""
+    """The requested backend if it is available, else the best available one — passing over
+    a backend only when the machine lacks what it needs: one that fails for a reason of this
+    user's (its shared state damaged, full, or in use by another ntshim) stops the selection,
+    since processes that can use it would not see objects made with the next one."""
     name = check_name(backend)
     if name is not None:
         chosen = backend_class(name)
@@ -52,5 +55,11 @@ def choose(backend: object) -> type[Backend]:
         availability = backend_class(candidate).availability()
         if availability.available:
             return backend_class(candidate)
+        if availability.stops_selection:
+            raise BackendUnavailable(
+                candidate,
+                f"{availability.reason} (not passing to another backend: processes that use {candidate} would not "
+                f"see its objects; fix this, or choose a backend for every process with {ENV_VAR})",
+            )
         reasons.append(f"{candidate}: {availability.reason}")
     raise BackendUnavailable(None, "no sync backend works here: " + "; ".join(reasons))
