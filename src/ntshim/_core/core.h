@@ -73,9 +73,16 @@ void nts_unlock(int *word);
 typedef struct {
     int sig;
     void (*handler)(int, siginfo_t *, void *);
-    struct sigaction prev[2]; /* the action we pass foreign signals to: prev[current] */
-    int current;
-    pid_t passing[NTS_SIGCHAIN_THREADS]; /* threads inside that action now */
+    /* The action we pass foreign signals to, read by handlers under a sequence
+     * lock (odd while an install rewrites it). */
+    struct sigaction prev;
+    unsigned seq;
+    int prev_spent; /* prev had SA_RESETHAND and ran once: the default action from now on */
+    /* Threads inside that action now, and where their stack stood when they entered it. */
+    struct {
+        pid_t tid;
+        uintptr_t sp;
+    } passing[NTS_SIGCHAIN_THREADS];
 } nts_sigchain;
 /* Put c->handler on top for c->sig (unless it is there already), keeping the
  * action found as the one to pass to.  Callers serialize calls.  0 or an errno. */
