@@ -183,7 +183,8 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(m, "MADV_DONTNEED", MADV_DONTNEED) < 0 ||
         PyModule_AddIntConstant(m, "MADV_FREE", MADV_FREE) < 0 ||
         PyModule_AddIntConstant(m, "MADV_REMOVE", MADV_REMOVE) < 0 ||
-        PyModule_AddFunctions(m, nts_uffd_methods) < 0 || nts_uffd_module_init(m) < 0 || nts_mprotect_module_init(m) < 0 ||
+        PyModule_AddFunctions(m, nts_uffd_methods) < 0 || nts_uffd_module_init(m) < 0 ||
+        nts_mprotect_module_init(m) < 0 || nts_tracker_module_init(m) < 0 ||
         PyModule_AddFunctions(m, nts_sync_methods) < 0 || nts_sync_module_init(m) < 0 ||
         PyModule_AddFunctions(m, nts_placement_methods) < 0) {
         Py_DECREF(m);
