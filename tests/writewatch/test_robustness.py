@@ -38,7 +38,8 @@ def run_script(script: str, timeout: float, *python_options: str) -> subprocess.
 
 
 def assert_ran(proc: subprocess.CompletedProcess[str], last_line: str) -> None:
-    assert proc.returncode == 0, f"exit status {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}"
+    report = f"exit status {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, report
     assert proc.stdout.splitlines()[-1:] == [last_line], proc.stdout
 
 
@@ -232,6 +233,63 @@ def test_fork_while_another_thread_queries(kind: str) -> None:
     assert_ran(proc, "children that hung: 0")
 
 
+ATFORK_C = r"""
+/* Fork handlers of another library that write to memory a watch covers (glibc's own fork
+ * code does the same to malloc's arena headers, which can share a page with a watched
+ * heap buffer).  Registered before ntshim's, they run while ntshim holds its locks. */
+#include <pthread.h>
+
+static volatile char *target;
+static void prepare(void) { if (target) target[0]++; }
+static void parent(void) { if (target) target[1]++; }
+static void child(void) { if (target) target[2]++; }
+int atfork_register(void) { return pthread_atfork(prepare, parent, child); }
+void atfork_target(char *at) { target = at; }
+"""
+
+
+def compile_library(directory: Path, name: str, source: str) -> Path:
+    path, library = directory / f"{name}.c", directory / f"lib{name}.so"
+    path.write_text(source)
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(library), str(path)], check=True, timeout=120)
+    return library
+
+
+@pytest.mark.parametrize("kind", ["mprotect", "uffd-sync", "shadow"])
+def test_writes_to_a_watched_page_inside_fork(kind: str, tmp_path: Path) -> None:
+    """The thread inside fork() holds ntshim's locks from its prepare handler to its parent
+    and child handlers; a write to a watched page meanwhile (by glibc or by another
+    library's fork handlers) must be resolved, not kill the process or hang it."""
+    require_backend(kind)
+    library = compile_library(tmp_path, "atfork", ATFORK_C)
+    proc = run_script(
+        f"""
+        import ctypes, os
+        library = ctypes.CDLL({str(library)!r})
+        assert library.atfork_register() == 0  # before ntshim's: they run inside ntshim's
+        import ntshim
+        region = ntshim.alloc(4 * 4096, watch=True, backend={kind!r})
+        library.atfork_target(ctypes.c_void_p(region.write_watch.address))
+        for _ in range(20):
+            region.dirty(reset=True)
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os._exit(0 if list(region.dirty()) == [0] else 3)
+                except RuntimeError:  # the userfaultfd backends do not track a child
+                    os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            assert status == 0, status
+            assert list(region.dirty()) == [0]
+        print("forked")
+        """,
+        60,
+        "-X",
+        "faulthandler=0",
+    )
+    assert_ran(proc, "forked")
+
+
 def test_a_userfaultfd_tracker_refuses_a_forked_child() -> None:
     """A forked child does not have the parent's userfaultfd registration; even through the
     tracker itself (not only through WriteWatch) an operation there fails cleanly instead of
@@ -315,11 +373,7 @@ long barrier_faults(void) { return faults; }
 
 @pytest.fixture(scope="module")
 def barrier_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("barrier")
-    source, library = directory / "barrier.c", directory / "libbarrier.so"
-    source.write_text(BARRIER_C)
-    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(library), str(source)], check=True, timeout=120)
-    return library
+    return compile_library(tmp_path_factory.mktemp("barrier"), "barrier", BARRIER_C)
 
 
 @pytest.mark.parametrize("installed", ["before-the-first-watch", "after-a-watch"])
