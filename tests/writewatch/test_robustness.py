@@ -417,6 +417,84 @@ def test_another_librarys_write_barrier_gets_every_fault(barrier_library: Path, 
     assert_ran(proc, "barrier faults: 200")
 
 
+PROBE_C = r"""
+/* A memory prober, as garbage collectors and runtimes have: it tries a write and, when the
+ * write faults, its SIGSEGV handler leaves by siglongjmp instead of returning. */
+#include <setjmp.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+
+static struct sigaction prev;
+static sigjmp_buf env;
+static char *page;
+
+static void on_segv(int sig, siginfo_t *si, void *ctx)
+{
+    char *at = si->si_addr;
+    if (page && at >= page && at < page + 4096)
+        siglongjmp(env, 1);
+    if (prev.sa_flags & SA_SIGINFO)
+        prev.sa_sigaction(sig, si, ctx);
+    else if (prev.sa_handler == SIG_DFL)
+        signal(sig, SIG_DFL);
+    else if (prev.sa_handler != SIG_IGN)
+        prev.sa_handler(sig);
+}
+
+int probe_install(void)
+{
+    page = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED)
+        return -1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(SIGSEGV, &sa, &prev);
+}
+
+/* 1 if the byte can be written, 0 if the write faulted. */
+int probe_writable(int offset)
+{
+    if (sigsetjmp(env, 1))
+        return 0;
+    ((volatile char *)page)[offset] = 1;
+    return 1;
+}
+"""
+
+
+@pytest.mark.parametrize("faulthandler", [False, True])
+def test_a_handler_that_leaves_by_siglongjmp_gets_every_fault(tmp_path: Path, faulthandler: bool) -> None:
+    """A handler below ntshim's that leaves by siglongjmp (it never returns into ntshim's)
+    must still get the next fault of that thread, and every one after it.  faulthandler
+    adds an alternate signal stack, on which every delivery starts at the same place."""
+    require_backend("mprotect")
+    library = compile_library(tmp_path, "probe", PROBE_C)
+    proc = run_script(
+        f"""
+        import ctypes
+        import ntshim
+
+        probe = ctypes.CDLL({str(library)!r})
+        assert probe.probe_install() == 0
+        region = ntshim.alloc(4096, watch=True, backend="mprotect")  # ntshim's handler on top
+        faulted = 0
+        for i in range(100):
+            faulted += probe.probe_writable(i) == 0
+            memoryview(region)[i] = 1
+        assert list(region.dirty()) == [0]
+        print("probes that faulted:", faulted)
+        """,
+        60,
+        "-X",
+        f"faulthandler={int(faulthandler)}",
+    )
+    assert_ran(proc, "probes that faulted: 100")
+
+
 # ---- item 14: a sent SIGSEGV on the thread that holds the mprotect lock ---------------------
 
 
