@@ -118,7 +118,6 @@ def test_ending_an_mprotect_watch_while_threads_write(end: str) -> None:
         memory = mmap.mmap(-1, PAGES * PS)
         writers = _core.Writers(memoryview(memory), 2, random=True)
         deadline = time.monotonic() + 3
-        rounds = 0
         while time.monotonic() < deadline:
             watch = ntshim.watch(memory, backend="mprotect")
             watch.dirty(reset=True)
@@ -126,7 +125,6 @@ def test_ending_an_mprotect_watch_while_threads_write(end: str) -> None:
                 watch.close()
             else:
                 del watch  # the last reference: the watch closes as it is collected
-            rounds += 1
         writes, _ = writers.stop()
         assert writes > 0
         print("survived")
@@ -144,13 +142,12 @@ def test_an_undone_registration_lets_waiting_writers_run() -> None:
     require_backend("mprotect")
     proc = run_script(
         """
-        import errno, mmap, time
+        import ctypes, errno, mmap, time
         from ntshim import _core
 
         PS = 4096
         memory = mmap.mmap(-1, 3 * PS)
         base = _core.Pin(memory).address
-        import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         assert libc.munmap(base + PS, PS) == 0  # page 1 is a hole
