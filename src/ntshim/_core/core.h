@@ -73,9 +73,16 @@ void nts_unlock(int *word);
 typedef struct {
     int sig;
     void (*handler)(int, siginfo_t *, void *);
-    struct sigaction prev[2]; /* the action we pass foreign signals to: prev[current] */
-    int current;
-    pid_t passing[NTS_SIGCHAIN_THREADS]; /* threads inside that action now */
+    /* The action we pass foreign signals to, read by handlers under a sequence
+     * lock (odd while an install rewrites it). */
+    struct sigaction prev;
+    unsigned seq;
+    int prev_spent; /* prev had SA_RESETHAND and ran once: the default action from now on */
+    /* Threads inside that action now, and where their stack stood when they entered it. */
+    struct {
+        pid_t tid;
+        uintptr_t sp;
+    } passing[NTS_SIGCHAIN_THREADS];
 } nts_sigchain;
 /* Put c->handler on top for c->sig (unless it is there already), keeping the
  * action found as the one to pass to.  Callers serialize calls.  0 or an errno. */
@@ -93,21 +100,36 @@ extern PyTypeObject nts_mapping_type, nts_view_type, nts_pin_type;
 enum nts_tracker_kind { NTS_UFFD_ASYNC, NTS_UFFD_SYNC, NTS_MPROTECT, NTS_SHADOW };
 
 /* Per-page state byte: the owner's protection (PROT_READ|PROT_WRITE|PROT_EXEC in
- * the low three bits) and whether the page was written since its last reset. */
+ * the low three bits) and whether the page was written since its last reset.
+ * The three bits above are scratch for an operation that holds the lock. */
 #define NTS_PROT_MASK 0x07
 #define NTS_DIRTY 0x08
+#define NTS_SCRATCH_SHIFT 4
+
+/* A tracker's mutable bookkeeping: everything its lock holders, the mprotect
+ * fault handler and the uffd-sync fault thread write.  It lives in memory the
+ * tracker maps for itself, never in the Python object or on the malloc heap: a
+ * watch of a heap buffer also covers the rest of the buffer's first and last
+ * pages, which other heap blocks share, and a write there by a thread that holds
+ * the lock the fault's resolver needs (or by the resolver) would never finish. */
+typedef struct nts_book {
+    int lock;   /* the tracker's own lock; mprotect trackers share mprotect.c's instead */
+    int closed;
+    int listed; /* on the list of trackers whose locks fork() takes (tracker.c) */
+    struct nts_book *next, *prev;
+    size_t size; /* bytes mapped: this header, then the state bytes, then the pins */
+} nts_book;
 
 typedef struct nts_tracker {
     PyObject_HEAD
     int kind;
-    int closed;
     pid_t pid;          /* the process whose address space this tracks */
     uintptr_t base;
     size_t npages;
-    uint8_t *state;     /* npages bytes, see NTS_DIRTY */
-    uint16_t *pins;     /* open kernel-write windows per page; allocated on first use */
-    int *lock;          /* &own_lock, or the process-wide lock of the mprotect kind (mprotect.c) */
-    int own_lock;
+    nts_book *book;
+    int *lock;          /* &book->lock, or the process-wide lock of the mprotect kind (mprotect.c) */
+    uint8_t *state;     /* in book: npages bytes, see NTS_DIRTY */
+    uint16_t *pins;     /* in book: open kernel-write windows per page (mprotect, uffd-sync; else NULL) */
     /* userfaultfd */
     int uffd, pagemap, stop_fd, thread_started, handles_kernel_faults, populate;
     pthread_t thread;
@@ -115,12 +137,21 @@ typedef struct nts_tracker {
     uint8_t *shadow;
 } nts_tracker;
 
+/* This process's id, kept current across fork() without a system call. */
+extern pid_t nts_pid;
+
 extern PyTypeObject nts_tracker_type;
 /* What Tracker.dirty does, for native callers (no GIL needed): the written
  * pages of [first, first+count) into `out`, reset when `reset`; 0 or an errno
- * (EBADF once closed). */
+ * (EBADF once closed; ECHILD for a userfaultfd tracker in a forked child, where
+ * the registration belongs to the parent). */
 int nts_tracker_query(nts_tracker *t, size_t first, size_t count, int reset, size_t limit, nts_runs *out);
 nts_tracker *nts_tracker_alloc(int kind, uintptr_t base, size_t size, PyObject *prots);
+/* The mechanism is set up: mark the tracker open (and, if a forked child keeps
+ * using its own lock, have fork() take that lock from now on). */
+void nts_tracker_opened(nts_tracker *t);
+/* The fork() handlers for every kind of tracker; once per process. */
+int nts_tracker_module_init(PyObject *mod);
 
 /* Bring the kernel's protection of [first, first+n) in line with the pages'
  * state (tracker.c); the lock is held.  0 or an errno. */
@@ -136,7 +167,8 @@ int nts_uffd_sync_populate(nts_tracker *t, size_t first, size_t n, int prot);
 
 /* Stop tracking (marks the tracker closed) and restore the owner's protections. */
 void nts_mprotect_unregister(nts_tracker *t);
-/* Stop the fault thread and drop the registration (tracker already closed). */
+/* Drop the registration and stop the fault thread, if started (tracker closed,
+ * or not open yet). */
 void nts_uffd_sync_stop(nts_tracker *t);
 int nts_shadow_page_differs(nts_tracker *t, size_t page);
 void nts_shadow_capture(nts_tracker *t, size_t first, size_t n);
@@ -145,6 +177,11 @@ PyObject *nts_mprotect_tracker_new(PyObject *mod, PyObject *args);
 PyObject *nts_uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *kw);
 PyObject *nts_shadow_tracker_new(PyObject *mod, PyObject *args);
 int nts_mprotect_module_init(PyObject *mod);
+/* fork(): take the process-wide lock before (last of all tracker locks), give it
+ * back after, in the parent and in the child. */
+void nts_mprotect_fork_prepare(void);
+void nts_mprotect_fork_parent(void);
+void nts_mprotect_fork_child(void);
 
 /* ---- userfaultfd and pagemap (uffd.c) ---- */
 extern PyMethodDef nts_uffd_methods[];

@@ -109,27 +109,93 @@ static PyObject *core_madvise(PyObject *mod, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* "O&" converter: a Python int in [0, 2**64), as a uint64_t. */
+static int u64_arg(PyObject *obj, void *out)
+{
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "expected an int, not %.100s", Py_TYPE(obj)->tp_name);
+        return 0;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%R is outside [0, 2**64)", obj);
+        return 0;
+    }
+    *(uint64_t *)out = (uint64_t)v;
+    return 1;
+}
+
+/* Check runs (native uint64 [start, end) pairs) for expanding every step-th
+ * value plus `add`: whole multiples of step, ascending, not overlapping, with
+ * start + add and end + add within uint64.  Sets *values (how many there are)
+ * and returns 0, or returns -1 with ValueError set. */
+static int check_runs(const Py_buffer *runs, uint64_t add, uint64_t step, size_t *values)
+{
+    const uint64_t *r = runs->buf;
+    size_t n = (size_t)runs->len / sizeof *r, total = 0;
+    if (step == 0) {
+        PyErr_SetString(PyExc_ValueError, "granularity must be positive");
+        return -1;
+    }
+    if (runs->len % (2 * sizeof *r)) {
+        PyErr_Format(PyExc_ValueError, "runs must be native uint64 (start, end) pairs: %zd bytes is not a multiple "
+                     "of 16", runs->len);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i += 2) {
+        uint64_t start = r[i], end = r[i + 1];
+        const char *why = start % step || end % step ? "is not whole pages of the granularity"
+                          : start > end                   ? "ends before it starts"
+                          : i && start < r[i - 1]         ? "starts before the previous run ends (runs ascend, apart)"
+                          : end > UINT64_MAX - add        ? "passes 2**64 once the address is added"
+                                                          : NULL;
+        if (why) {
+            PyErr_Format(PyExc_ValueError, "run %zu [0x%llx, 0x%llx) %s", i / 2, (unsigned long long)start,
+                         (unsigned long long)end, why);
+            return -1;
+        }
+        /* Cannot wrap: the runs are disjoint ranges of uint64, so at most 2**64 / step values in all. */
+        total += (size_t)((end - start) / step);
+    }
+    *values = total;
+    return 0;
+}
+
+static PyObject *core_count_runs(PyObject *mod, PyObject *args)
+{
+    Py_buffer runs;
+    uint64_t add, step;
+    size_t values;
+    if (!PyArg_ParseTuple(args, "y*O&O&", &runs, u64_arg, &add, u64_arg, &step))
+        return NULL;
+    int bad = check_runs(&runs, add, step, &values);
+    PyBuffer_Release(&runs);
+    return bad ? NULL : PyLong_FromSize_t(values);
+}
+
 static PyObject *core_expand_runs(PyObject *mod, PyObject *args)
 {
     Py_buffer runs;
-    unsigned long long add, step;
-    if (!PyArg_ParseTuple(args, "y*KK", &runs, &add, &step))
+    uint64_t add, step;
+    size_t values;
+    if (!PyArg_ParseTuple(args, "y*O&O&", &runs, u64_arg, &add, u64_arg, &step))
         return NULL;
-    const uint64_t *r = runs.buf;
-    size_t nr = (size_t)runs.len / (2 * sizeof(uint64_t)), total = 0;
-    if (step == 0 || runs.len % (2 * sizeof(uint64_t))) {
+    if (check_runs(&runs, add, step, &values)) {
         PyBuffer_Release(&runs);
-        PyErr_SetString(PyExc_ValueError, "runs must be uint64 pairs and step positive");
         return NULL;
     }
-    for (size_t i = 0; i < nr; i++)
-        total += (r[2 * i + 1] - r[2 * i] + step - 1) / step;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(total * sizeof(uint64_t)));
+    PyObject *out = NULL;
+    if (values > (size_t)PY_SSIZE_T_MAX / sizeof(uint64_t))
+        PyErr_Format(PyExc_MemoryError, "%zu values do not fit in memory", values);
+    else
+        out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(values * sizeof(uint64_t)));
     if (out) {
+        const uint64_t *r = runs.buf;
         uint64_t *o = (uint64_t *)PyBytes_AS_STRING(out);
-        for (size_t i = 0; i < nr; i++)
-            for (uint64_t x = r[2 * i]; x < r[2 * i + 1]; x += step)
-                *o++ = x + add;
+        for (size_t i = 0; i < (size_t)runs.len / sizeof *r; i += 2)
+            for (uint64_t k = 0, n = (r[i + 1] - r[i]) / step; k < n; k++) /* counted: x += step could wrap */
+                *o++ = r[i] + k * step + add;
     }
     PyBuffer_Release(&runs);
     return out;
@@ -140,6 +206,8 @@ static PyMethodDef core_methods[] = {
     {"madvise", core_madvise, METH_VARARGS, "madvise(address, size, advice)"},
     {"expand_runs", core_expand_runs, METH_VARARGS,
      "expand_runs(runs, add, step) -> bytes of uint64: every step-th value of each [start, end) run, plus add"},
+    {"count_runs", core_count_runs, METH_VARARGS,
+     "count_runs(runs, add, step) -> int: how many values expand_runs would return; ValueError for runs it refuses"},
     {"mprotect_tracker", nts_mprotect_tracker_new, METH_VARARGS,
      "mprotect_tracker(address, size, prots) -> Tracker (write-protect + SIGSEGV)"},
     {"uffd_sync_tracker", (PyCFunction)(void (*)(void))nts_uffd_sync_tracker_new, METH_VARARGS | METH_KEYWORDS,
@@ -183,7 +251,8 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(m, "MADV_DONTNEED", MADV_DONTNEED) < 0 ||
         PyModule_AddIntConstant(m, "MADV_FREE", MADV_FREE) < 0 ||
         PyModule_AddIntConstant(m, "MADV_REMOVE", MADV_REMOVE) < 0 ||
-        PyModule_AddFunctions(m, nts_uffd_methods) < 0 || nts_uffd_module_init(m) < 0 || nts_mprotect_module_init(m) < 0 ||
+        PyModule_AddFunctions(m, nts_uffd_methods) < 0 || nts_uffd_module_init(m) < 0 ||
+        nts_mprotect_module_init(m) < 0 || nts_tracker_module_init(m) < 0 ||
         PyModule_AddFunctions(m, nts_sync_methods) < 0 || nts_sync_module_init(m) < 0 ||
         PyModule_AddFunctions(m, nts_placement_methods) < 0) {
         Py_DECREF(m);

@@ -9,18 +9,31 @@
 #include <ucontext.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <linux/futex.h>
 #include <sys/syscall.h>
 
 /* One lock guards the registry and the state of every mprotect tracker: the
  * signal handler must find the tracker and update it atomically.  A thread
- * holding it runs only our code, which never touches watched memory, so the
- * handler can never find its own thread holding it. */
+ * holding it runs only our code, which writes nothing but static memory and
+ * the trackers' books (tracker.c, "Lock discipline"), never watched memory, so
+ * the handler can never find its own thread holding it, with one exception:
+ * the thread inside fork(), which holds it from the prepare handler to the
+ * parent or child one while glibc and other fork handlers run (see
+ * lock_for_fault). */
 static int g_lock;
-static nts_tracker **g_reg; /* sorted by base; ranges never overlap */
+static nts_tracker **g_reg; /* mmap'd, sorted by base; ranges never overlap */
 static size_t g_nreg, g_cap;
+static int g_fork_held;          /* g_lock is held across fork() by g_fork_holder */
+static pthread_t g_fork_holder;
+/* Ranges whose watch ended recently (a ring), for faults that were waiting for
+ * the lock meanwhile: see resolve(). */
+#define RECENT 256
+static struct {
+    uintptr_t start, end;
+} g_recent[RECENT];
+static size_t g_recent_next;
 static void on_sigsegv(int sig, siginfo_t *si, void *ctx);
 static nts_sigchain g_chain = {.sig = SIGSEGV, .handler = on_sigsegv};
-static __thread sigset_t g_fork_mask;
 
 static int fault_is_write(const void *ctx)
 {
@@ -56,36 +69,101 @@ static nts_tracker *lookup(uintptr_t addr)
     return addr < t->base + t->npages * nts_page_size ? t : NULL;
 }
 
+/* Whether a write to addr would succeed now, without changing memory: futex
+ * FUTEX_WAKE_OP adds 0 to the word at addr atomically (no data race with a
+ * writer) and fails with EFAULT unless the page can be written; it wakes nobody
+ * (both counts are 0). */
+static int writable_now(uintptr_t addr)
+{
+    static int unused;
+    return syscall(SYS_futex, &unused, FUTEX_WAKE_OP_PRIVATE, 0, (void *)0, (int *)(addr & ~(uintptr_t)3),
+                   FUTEX_OP(FUTEX_OP_ADD, 0, FUTEX_OP_CMP_EQ, 0)) >= 0;
+}
+
+static int recently_unwatched(uintptr_t addr)
+{
+    for (size_t i = 0; i < RECENT; i++)
+        if (addr >= g_recent[i].start && addr < g_recent[i].end)
+            return 1;
+    return 0;
+}
+
+/* A write fault at addr, under the lock: 1 if it was ours and the write may run
+ * again, 0 to pass it on. */
+static int resolve(uintptr_t addr)
+{
+    nts_tracker *t = lookup(addr);
+    if (t) {
+        size_t i = (addr - t->base) / nts_page_size;
+        if (!(t->state[i] & PROT_WRITE)) /* the owner's protection forbids the write: a real fault */
+            return 0;
+        /* Our protection (or another thread lifted it already). */
+        t->state[i] |= NTS_DIRTY;
+        if (nts_mprotect_apply(t, i, 1, t->state[i] & NTS_PROT_MASK)) {
+            /* Splitting the mapping failed (vm.max_map_count): give the whole
+             * range back, reporting every page as written, which merges the
+             * mapping instead of splitting it. */
+            for (size_t k = 0; k < t->npages; k++)
+                t->state[k] |= NTS_DIRTY;
+            nts_tracker_sync_kernel(t, 0, t->npages);
+        }
+        return 1;
+    }
+    /* No watch covers addr now.  A write that faulted on a page of a watch that
+     * ended since (closed, freed, collected, or a registration undone) waited
+     * here for the lock meanwhile; the page has its owner's protection back and
+     * the write must simply run again.  Only ranges watched recently qualify:
+     * another library's fault goes to its handler every time, even when its page
+     * is writable by now (its handler may count the faults). */
+    return recently_unwatched(addr) && writable_now(addr);
+}
+
+/* Take g_lock in the handler: 1, or 0 when this thread already holds it because
+ * it is inside fork().  Between the prepare and the parent or child handlers,
+ * glibc (malloc's arena locks, which can share a page with a watched heap
+ * buffer) and the fork handlers registered before ours write memory; the fault
+ * is resolved under the forking thread's hold, which excludes every other
+ * thread.  pthread_self() names the thread in the child too. */
+static int lock_for_fault(void)
+{
+    if (__atomic_load_n(&g_fork_held, __ATOMIC_ACQUIRE) && pthread_equal(g_fork_holder, pthread_self()))
+        return 0;
+    nts_lock(&g_lock);
+    return 1;
+}
+
 static void on_sigsegv(int sig, siginfo_t *si, void *ctx)
 {
     int saved_errno = errno;
     /* Only a write fault can be ours; a sent SIGSEGV never is, and must not wait
      * for the lock (the thread it landed on may be holding it). */
     if (si->si_code == SEGV_ACCERR && fault_is_write(ctx)) {
-        uintptr_t addr = (uintptr_t)si->si_addr;
-        nts_lock(&g_lock);
-        nts_tracker *t = lookup(addr);
-        if (t) {
-            size_t i = (addr - t->base) / nts_page_size;
-            if (t->state[i] & PROT_WRITE) { /* our protection (or another thread fixed it already) */
-                t->state[i] |= NTS_DIRTY;
-                if (nts_mprotect_apply(t, i, 1, t->state[i] & NTS_PROT_MASK)) {
-                    /* Splitting the mapping failed (vm.max_map_count): give
-                     * the whole range back, reporting every page as written,
-                     * which merges the mapping instead of splitting it. */
-                    for (size_t k = 0; k < t->npages; k++)
-                        t->state[k] |= NTS_DIRTY;
-                    nts_tracker_sync_kernel(t, 0, t->npages);
-                }
-                nts_unlock(&g_lock);
-                errno = saved_errno;
-                return;
-            }
+        int locked = lock_for_fault(), ours = resolve((uintptr_t)si->si_addr);
+        if (locked)
+            nts_unlock(&g_lock);
+        if (ours) {
+            errno = saved_errno;
+            return;
         }
-        nts_unlock(&g_lock);
     }
     nts_sigchain_pass(&g_chain, si, ctx);
     errno = saved_errno;
+}
+
+/* Room for one more tracker.  The registry grows by mremap, not realloc: it is
+ * written under g_lock (see the lock discipline in tracker.c). */
+static int registry_reserve(void)
+{
+    if (g_nreg < g_cap)
+        return 0;
+    size_t cap = g_cap ? 2 * g_cap : nts_page_size / sizeof *g_reg;
+    void *r = g_reg ? mremap(g_reg, g_cap * sizeof *g_reg, cap * sizeof *g_reg, MREMAP_MAYMOVE)
+                    : mmap(NULL, cap * sizeof *g_reg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (r == MAP_FAILED)
+        return ENOMEM;
+    g_reg = r;
+    g_cap = cap;
+    return 0;
 }
 
 static int registry_insert(nts_tracker *t)
@@ -97,40 +175,38 @@ static int registry_insert(nts_tracker *t)
     if ((at < g_nreg && g_reg[at]->base < end) ||
         (at > 0 && g_reg[at - 1]->base + g_reg[at - 1]->npages * nts_page_size > t->base))
         return EEXIST;
-    if (g_nreg == g_cap) {
-        size_t cap = g_cap ? 2 * g_cap : 16;
-        nts_tracker **r = realloc(g_reg, cap * sizeof *r);
-        if (!r)
-            return ENOMEM;
-        g_reg = r;
-        g_cap = cap;
-    }
+    int err = registry_reserve();
+    if (err)
+        return err;
     memmove(g_reg + at + 1, g_reg + at, (g_nreg - at) * sizeof *g_reg);
     g_reg[at] = t;
     g_nreg++;
     return 0;
 }
 
+/* Stop tracking t (closed from now on) and give every page its owner's protection. */
 static void registry_remove(nts_tracker *t)
 {
+    t->book->closed = 1;
     for (size_t i = 0; i < g_nreg; i++)
         if (g_reg[i] == t) {
             memmove(g_reg + i, g_reg + i + 1, (g_nreg - i - 1) * sizeof *g_reg);
             g_nreg--;
-            return;
+            break;
         }
+    g_recent[g_recent_next].start = t->base;
+    g_recent[g_recent_next].end = t->base + t->npages * nts_page_size;
+    g_recent_next = (g_recent_next + 1) % RECENT;
+    for (size_t i = 0; i < t->npages; i++)
+        t->state[i] |= NTS_DIRTY;
+    nts_tracker_sync_kernel(t, 0, t->npages);
 }
 
 void nts_mprotect_unregister(nts_tracker *t)
 {
     nts_lock(&g_lock);
-    if (!t->closed) {
-        t->closed = 1;
+    if (!t->book->closed)
         registry_remove(t);
-        for (size_t i = 0; i < t->npages; i++) /* every page at its owner's protection */
-            t->state[i] |= NTS_DIRTY;
-        nts_tracker_sync_kernel(t, 0, t->npages);
-    }
     nts_unlock(&g_lock);
 }
 
@@ -156,14 +232,9 @@ PyObject *nts_mprotect_tracker_new(PyObject *mod, PyObject *args)
     if (!err)
         err = registry_insert(t);
     if (!err) {
-        t->closed = 0;
-        if ((err = nts_tracker_sync_kernel(t, 0, t->npages))) { /* undo: owner protections back */
-            t->closed = 1;
+        nts_tracker_opened(t);
+        if ((err = nts_tracker_sync_kernel(t, 0, t->npages))) /* undo: owner protections back */
             registry_remove(t);
-            for (size_t i = 0; i < t->npages; i++)
-                t->state[i] |= NTS_DIRTY;
-            nts_tracker_sync_kernel(t, 0, t->npages);
-        }
     }
     nts_unlock(&g_lock);
     if (err) {
@@ -175,35 +246,27 @@ PyObject *nts_mprotect_tracker_new(PyObject *mod, PyObject *args)
     return (PyObject *)t;
 }
 
-/* fork(): the child must not inherit a lock held by a thread it does not have. */
-static void fork_prepare(void)
+void nts_mprotect_fork_prepare(void)
 {
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &g_fork_mask);
     nts_lock(&g_lock);
+    g_fork_holder = pthread_self();
+    __atomic_store_n(&g_fork_held, 1, __ATOMIC_RELEASE);
 }
 
-static void fork_parent(void)
+void nts_mprotect_fork_parent(void)
 {
+    __atomic_store_n(&g_fork_held, 0, __ATOMIC_RELAXED);
     nts_unlock(&g_lock);
-    pthread_sigmask(SIG_SETMASK, &g_fork_mask, NULL);
 }
 
-static void fork_child(void)
+void nts_mprotect_fork_child(void)
 {
+    g_fork_held = 0;
     g_lock = 0;
-    pthread_sigmask(SIG_SETMASK, &g_fork_mask, NULL);
 }
 
 int nts_mprotect_module_init(PyObject *mod)
 {
-    static int done;
-    if (!done && pthread_atfork(fork_prepare, fork_parent, fork_child)) {
-        PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
-        return -1;
-    }
-    done = 1;
 #if defined(__x86_64__)
     return PyModule_AddIntConstant(mod, "MPROTECT_SUPPORTED", 1);
 #else

@@ -43,6 +43,6 @@ PyObject *nts_shadow_tracker_new(PyObject *mod, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     nts_shadow_capture(t, 0, t->npages);
     Py_END_ALLOW_THREADS
-    t->closed = 0;
+    nts_tracker_opened(t);
     return (PyObject *)t;
 }

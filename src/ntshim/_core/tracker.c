@@ -9,13 +9,37 @@
  * kernel-write window (for mprotect: and its owner lets it be written at all).
  * Fault handlers take the same lock, mark the page dirty and release it, so
  * "protect, then clear DIRTY" cannot lose a write: a write that lands after
- * the protection faults and waits for the lock. */
+ * the protection faults and waits for the lock.
+ *
+ * Lock discipline.  The lock of an mprotect tracker (the SIGSEGV handler needs
+ * it) and of a uffd-sync tracker (its fault thread needs it) is held only by
+ * code that writes nothing but the tracker's book (nts_book, mapped for it
+ * alone) and static memory: no malloc, no free, no Python.  Watched memory can
+ * hold anything else, heap blocks included, and a write there would wait for a
+ * fault resolver that waits for the lock.  Such a locked operation lets the lock
+ * go to grow its result (scan).  The locks of the other kinds are needed by no
+ * fault resolver, and their holders may allocate.  Nothing that holds a tracker
+ * lock ever waits for the GIL.
+ *
+ * fork() takes the locks a forked child keeps using (fork_prepare): the shadow
+ * trackers' own locks, then the mprotect kind's process-wide one, so that the
+ * child finds them free.  The userfaultfd kinds are not tracked in a child (the
+ * kernel drops their registration there) and refuse every operation but close
+ * there; their locks are left alone: the forking thread may write to a page a
+ * uffd-sync tracker protects, whose fault thread needs that tracker's lock. */
 #include "core.h"
 
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/mman.h>
+
+pid_t nts_pid;
+
+/* Trackers whose own lock fork() takes: the open shadow trackers. */
+static int g_list_lock;
+static nts_book *g_list;
+static sigset_t g_fork_mask;
 
 nts_tracker *nts_tracker_alloc(int kind, uintptr_t base, size_t size, PyObject *prots)
 {
@@ -33,43 +57,86 @@ nts_tracker *nts_tracker_alloc(int kind, uintptr_t base, size_t size, PyObject *
         PyBuffer_Release(&p);
         return NULL;
     }
+    /* The book: header, state bytes and, for the kinds with kernel-write windows,
+     * the pins.  Pages of it that are never written are never backed. */
+    int has_pins = kind == NTS_MPROTECT || kind == NTS_UFFD_SYNC;
+    size_t pins_at = (sizeof(nts_book) + npages + 1) & ~(size_t)1;
+    size_t book_size = pins_at + (has_pins ? npages * sizeof(uint16_t) : 0);
+    nts_book *book = mmap(NULL, book_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (book == MAP_FAILED) {
+        PyBuffer_Release(&p);
+        PyErr_Format(PyExc_MemoryError, "no memory for the bookkeeping of %zu watched pages", npages);
+        return NULL;
+    }
     nts_tracker *t = PyObject_New(nts_tracker, &nts_tracker_type);
     if (!t) {
+        munmap(book, book_size);
         PyBuffer_Release(&p);
         return NULL;
     }
+    book->size = book_size;
+    book->closed = 1; /* until the mechanism is set up: dealloc then only frees memory */
     t->kind = kind;
-    t->closed = 1; /* until the mechanism is set up: dealloc then only frees memory */
-    t->pid = getpid();
+    t->pid = nts_pid;
     t->base = base;
     t->npages = npages;
-    t->pins = NULL;
-    t->own_lock = 0;
-    t->lock = &t->own_lock;
+    t->book = book;
+    t->lock = &book->lock;
+    t->state = (uint8_t *)(book + 1);
+    t->pins = has_pins ? (uint16_t *)((char *)book + pins_at) : NULL;
     t->uffd = t->pagemap = t->stop_fd = -1;
     t->thread_started = t->handles_kernel_faults = t->populate = 0;
     t->shadow = NULL;
-    t->state = malloc(npages);
-    if (!t->state) {
-        PyBuffer_Release(&p);
-        Py_DECREF(t);
-        PyErr_NoMemory();
-        return NULL;
-    }
     for (size_t i = 0; i < npages; i++)
         t->state[i] = ((const uint8_t *)p.buf)[i] & NTS_PROT_MASK;
     PyBuffer_Release(&p);
     return t;
 }
 
-static int pinned(nts_tracker *t, size_t i) { return t->pins && t->pins[i]; }
+void nts_tracker_opened(nts_tracker *t)
+{
+    t->book->closed = 0;
+    if (t->kind != NTS_SHADOW)
+        return;
+    nts_lock(&g_list_lock);
+    t->book->next = g_list;
+    t->book->prev = NULL;
+    if (g_list)
+        g_list->prev = t->book;
+    g_list = t->book;
+    t->book->listed = 1;
+    nts_unlock(&g_list_lock);
+}
+
+static void unlist(nts_tracker *t)
+{
+    nts_book *b = t->book;
+    nts_lock(&g_list_lock);
+    if (b->listed) {
+        if (b->prev)
+            b->prev->next = b->next;
+        else
+            g_list = b->next;
+        if (b->next)
+            b->next->prev = b->prev;
+        b->listed = 0;
+    }
+    nts_unlock(&g_list_lock);
+}
+
+/* A userfaultfd tracker in a forked child: its registration (and, for uffd-async,
+ * its pagemap file) belong to the parent, whose memory an operation would change. */
+static int in_forked_child(nts_tracker *t)
+{
+    return (t->kind == NTS_UFFD_ASYNC || t->kind == NTS_UFFD_SYNC) && t->pid != nts_pid;
+}
 
 /* What the kernel should enforce on page i, given its state: for mprotect the
  * protection bits, for uffd-sync 1 (write-protected) or 0. */
 static int desired(nts_tracker *t, size_t i)
 {
     uint8_t s = t->state[i];
-    int prot = s & NTS_PROT_MASK, clean = !(s & NTS_DIRTY) && !pinned(t, i);
+    int prot = s & NTS_PROT_MASK, clean = !(s & NTS_DIRTY) && !t->pins[i];
     if (t->kind == NTS_MPROTECT) /* only a write the owner allows needs taking away */
         return clean && (prot & PROT_WRITE) ? (prot & ~PROT_WRITE) : prot;
     return clean; /* uffd write-protection is independent of the page's protection */
@@ -150,22 +217,26 @@ static int scan(nts_tracker *t, size_t first, size_t count, int reset, size_t li
         }
         if (reset && (err = reset_run(t, i, j - i)))
             break;
-        if (nts_runs_add(out, i * ps, j * ps)) {
+        /* A reset of the write-protecting kinds lets the lock go between runs: it
+         * lets waiting fault handlers in, so writers are not held up for the whole
+         * scan, and growing `out` may touch a watched heap page, whose fault needs
+         * the lock.  Each run was reset atomically; a page written meanwhile is
+         * reported by this scan if it lies ahead, else by the next. */
+        const int unlocked = reset && t->kind != NTS_SHADOW;
+        if (unlocked)
+            nts_unlock(t->lock);
+        int full = nts_runs_add(out, i * ps, j * ps);
+        if (unlocked)
+            nts_lock(t->lock);
+        if (full) {
             err = ENOMEM;
             if (reset)
                 mark_dirty(t, i, j - i);
             break;
         }
         i = j;
-        if (reset && t->kind != NTS_SHADOW) {
-            /* Let waiting fault handlers in between runs: writers are not held up
-             * for the whole scan.  Each run was reset atomically; a page written
-             * meanwhile is reported by this scan if it lies ahead, else by the next. */
-            nts_unlock(t->lock);
-            nts_lock(t->lock);
-            if (t->closed)
-                break;
-        }
+        if (unlocked && t->book->closed)
+            break;
     }
     if (err && reset) /* the caller gets nothing: what this call reset must be reported again */
         for (size_t k = 0; k < out->n; k += 2)
@@ -187,7 +258,7 @@ static int check_range(nts_tracker *t, Py_ssize_t f, Py_ssize_t c, size_t *first
 
 static int check_open(nts_tracker *t)
 {
-    if (!t->closed)
+    if (!t->book->closed)
         return 0;
     PyErr_SetString(PyExc_ValueError, "WriteWatch is closed");
     return -1;
@@ -203,12 +274,22 @@ typedef int (*locked_op)(nts_tracker *t, size_t first, size_t count, void *arg);
  * nothing that holds a tracker lock ever waits for the GIL. */
 #define KEEP_GIL_PAGES 1024
 
+static PyObject *forked_child_error(nts_tracker *t)
+{
+    return PyErr_Format(PyExc_RuntimeError,
+                        "this tracker was made in process %ld; a forked child cannot use it (the kernel drops "
+                        "userfaultfd registrations on fork)",
+                        (long)t->pid);
+}
+
 static PyObject *run_locked(nts_tracker *t, size_t first, size_t count, locked_op op, void *arg, const char *what)
 {
     int err = 0, closed;
+    if (in_forked_child(t))
+        return forked_child_error(t);
     PyThreadState *saved = count > KEEP_GIL_PAGES ? PyEval_SaveThread() : NULL;
     nts_lock(t->lock);
-    closed = t->closed;
+    closed = t->book->closed;
     if (!closed)
         err = op(t, first, count, arg);
     nts_unlock(t->lock);
@@ -231,14 +312,16 @@ int nts_tracker_query(nts_tracker *t, size_t first, size_t count, int reset, siz
 {
     int err;
     *out = (nts_runs){0};
+    if (in_forked_child(t))
+        return ECHILD;
     if (!reset && (t->kind == NTS_MPROTECT || t->kind == NTS_UFFD_SYNC)) {
         /* Reading needs no lock: bits turn dirty behind our back only (they are
          * cleared under the lock), and each bit read is the page's state at that
          * moment.  Without it a reader does not queue behind every faulting writer. */
-        return t->closed ? EBADF : scan(t, first, count, 0, limit, out);
+        return t->book->closed ? EBADF : scan(t, first, count, 0, limit, out);
     }
     nts_lock(t->lock);
-    if (t->closed)
+    if (t->book->closed)
         err = EBADF;
     else if (t->kind == NTS_UFFD_ASYNC)
         err = nts_pagemap_scan(t->pagemap, t->base, t->base + first * nts_page_size,
@@ -269,12 +352,16 @@ static PyObject *tracker_dirty(nts_tracker *t, PyObject *args)
         free(out.v);
         if (err == EBADF)
             return check_open(t), NULL;
+        if (err == ECHILD)
+            return forked_child_error(t);
         return err == ENOMEM ? PyErr_NoMemory() : nts_raise_errno(err, "write-protecting reset pages");
     }
     return nts_runs_finish(&out);
 }
 
 /* ---- protect: change the owner's protection, keeping dirty state exact ---- */
+
+#define OLD_PROT(state) ((state) >> NTS_SCRATCH_SHIFT & NTS_PROT_MASK)
 
 static int protect_op(nts_tracker *t, size_t first, size_t count, void *arg)
 {
@@ -283,10 +370,10 @@ static int protect_op(nts_tracker *t, size_t first, size_t count, void *arg)
     int err = 0;
     if (prot & ~NTS_PROT_MASK) /* as mprotect(2) answers bits it does not know */
         return EINVAL;
-    uint8_t *saved = malloc(count ? count : 1);
-    if (!saved)
-        return ENOMEM;
-    memcpy(saved, t->state + first, count);
+    /* The old protections wait in the state bytes' scratch bits, clear until now
+     * (no allocation under the lock: see the lock discipline). */
+    for (size_t i = first; i < first + count; i++)
+        t->state[i] |= (uint8_t)((t->state[i] & NTS_PROT_MASK) << NTS_SCRATCH_SHIFT);
     if (t->kind == NTS_SHADOW)
         /* Pages about to lose read access cannot be compared later: settle them
          * now, keeping a difference as pending dirty state. */
@@ -302,21 +389,21 @@ static int protect_op(nts_tracker *t, size_t first, size_t count, void *arg)
     } else {
         if (t->populate) /* pages gaining access from none must be mapped to be protectable */
             for (size_t i = first; !err && i < first + count; i++)
-                if (!(saved[i - first] & (PROT_READ | PROT_WRITE)) && (prot & (PROT_READ | PROT_WRITE)))
+                if (!(OLD_PROT(t->state[i]) & (PROT_READ | PROT_WRITE)) && (prot & (PROT_READ | PROT_WRITE)))
                     err = nts_uffd_sync_populate(t, i, 1, prot);
         if (!err && mprotect((void *)(t->base + first * ps), count * ps, prot))
             err = errno;
     }
-    if (err) { /* put the old protections back, keeping any dirty bit learnt meanwhile */
-        for (size_t i = 0; i < count; i++)
-            t->state[first + i] = (saved[i] & NTS_PROT_MASK) | (t->state[first + i] & NTS_DIRTY);
+    /* On failure, the old protections back, keeping any dirty bit learnt meanwhile. */
+    for (size_t i = first; i < first + count; i++)
+        t->state[i] = (uint8_t)(err ? OLD_PROT(t->state[i]) : t->state[i] & NTS_PROT_MASK) | (t->state[i] & NTS_DIRTY);
+    if (err) {
         if (t->kind == NTS_MPROTECT)
             nts_tracker_sync_kernel(t, first, count);
         else
             for (size_t i = first; i < first + count; i++)
                 mprotect((void *)(t->base + i * ps), ps, t->state[i] & NTS_PROT_MASK);
     }
-    free(saved);
     return err;
 }
 
@@ -348,8 +435,6 @@ static int kernel_write_op(nts_tracker *t, size_t first, size_t count, void *arg
     const int open_window = *(int *)arg;
     if (t->kind == NTS_SHADOW || t->kind == NTS_UFFD_ASYNC) /* the kernel's writes are seen: only mark */
         return mark_op(t, first, count, NULL);
-    if (!t->pins && !(t->pins = calloc(t->npages, sizeof *t->pins)))
-        return ENOMEM;
     for (size_t i = first; i < first + count; i++)
         if (open_window ? t->pins[i] == UINT16_MAX : t->pins[i] == 0)
             return open_window ? EOVERFLOW : NOT_OPEN;
@@ -420,12 +505,13 @@ static void tracker_teardown(nts_tracker *t)
         nts_mprotect_unregister(t);
         return;
     }
-    /* In a forked child no other thread can hold the lock for us: skip it. */
-    int own_process = t->pid == getpid(), was_closed;
+    /* A userfaultfd tracker's lock may have been held at fork(): in a forked child
+     * nobody else uses that tracker (in_forked_child), so skip the lock. */
+    int own_process = !in_forked_child(t), was_closed;
     if (own_process)
         nts_lock(t->lock);
-    was_closed = t->closed;
-    t->closed = 1;
+    was_closed = t->book->closed;
+    t->book->closed = 1;
     if (own_process)
         nts_unlock(t->lock);
     if (was_closed)
@@ -439,15 +525,17 @@ static void tracker_teardown(nts_tracker *t)
         }
         close(t->uffd);
         t->uffd = -1;
-    } else if (t->shadow) {
-        munmap(t->shadow, t->npages * nts_page_size);
+    } else {
+        unlist(t);
+        if (t->shadow)
+            munmap(t->shadow, t->npages * nts_page_size);
     }
     t->shadow = NULL;
 }
 
 static PyObject *tracker_close(nts_tracker *t, PyObject *unused)
 {
-    if (t->closed)
+    if (t->book->closed)
         Py_RETURN_NONE;
     Py_BEGIN_ALLOW_THREADS
     tracker_teardown(t);
@@ -457,14 +545,13 @@ static PyObject *tracker_close(nts_tracker *t, PyObject *unused)
 
 static void tracker_dealloc(nts_tracker *t)
 {
-    if (!t->closed)
+    if (!t->book->closed)
         tracker_teardown(t);
-    free(t->state);
-    free(t->pins);
+    munmap(t->book, t->book->size);
     PyObject_Free(t);
 }
 
-static PyObject *tracker_get_closed(nts_tracker *t, void *c) { return PyBool_FromLong(t->closed); }
+static PyObject *tracker_get_closed(nts_tracker *t, void *c) { return PyBool_FromLong(t->book->closed); }
 static PyObject *tracker_get_npages(nts_tracker *t, void *c) { return PyLong_FromSize_t(t->npages); }
 static PyObject *tracker_get_kernel_faults(nts_tracker *t, void *c)
 {
@@ -502,3 +589,60 @@ PyTypeObject nts_tracker_type = {
     .tp_methods = tracker_methods,
     .tp_getset = tracker_getset,
 };
+
+/* ---- fork(): the child must not inherit a lock held by a thread it does not have ---- */
+
+static void fork_prepare(void)
+{
+    /* Asynchronous signals wait, so that no handler runs on this thread while it
+     * holds the locks.  Faults stay deliverable: one taken with its signal blocked
+     * kills the process, and the mprotect handler resolves one that this thread
+     * takes while it holds the locks (nts_mprotect_fork_prepare). */
+    sigset_t async, saved;
+    sigfillset(&async);
+    sigdelset(&async, SIGSEGV);
+    sigdelset(&async, SIGBUS);
+    pthread_sigmask(SIG_BLOCK, &async, &saved);
+    /* The list lock first (it serializes forks); the shadow locks before the
+     * mprotect one, because a shadow lock holder may allocate and fault on a page
+     * an mprotect watch protects. */
+    nts_lock(&g_list_lock);
+    for (nts_book *b = g_list; b; b = b->next)
+        nts_lock(&b->lock);
+    nts_mprotect_fork_prepare();
+    g_fork_mask = saved;
+}
+
+static void fork_release(void)
+{
+    for (nts_book *b = g_list; b; b = b->next)
+        nts_unlock(&b->lock);
+    sigset_t saved = g_fork_mask;
+    nts_unlock(&g_list_lock);
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+}
+
+static void fork_parent(void)
+{
+    nts_mprotect_fork_parent();
+    fork_release();
+}
+
+static void fork_child(void)
+{
+    nts_pid = getpid();
+    nts_mprotect_fork_child();
+    fork_release();
+}
+
+int nts_tracker_module_init(PyObject *mod)
+{
+    static int done;
+    nts_pid = getpid();
+    if (!done && pthread_atfork(fork_prepare, fork_parent, fork_child)) {
+        PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
+        return -1;
+    }
+    done = 1;
+    return 0;
+}

@@ -92,9 +92,10 @@ int nts_pagemap_scan(int fd, uint64_t base, uint64_t start, uint64_t end, int re
         vec_len = (size_t)((end - start) / ps / 2 + 1);
     if (vec_len > 512)
         vec_len = 512;
-    struct nts_page_region *vec = malloc(vec_len * sizeof *vec);
-    if (!vec)
-        return ENOMEM;
+    /* On the stack, not the heap: the kernel fails to write into a page another
+     * watch protects (EFAULT), and a heap block can share a page with a watched
+     * buffer. */
+    struct nts_page_region vec[512];
     int err = 0;
     uint64_t pos = start, left = max_pages;
     while (pos < end) {
@@ -124,7 +125,6 @@ int nts_pagemap_scan(int fd, uint64_t base, uint64_t start, uint64_t end, int re
             break;
         pos = a.walk_end;
     }
-    free(vec);
     return err;
 }
 
@@ -203,7 +203,7 @@ PyObject *nts_uffd_async_tracker_new(PyObject *mod, PyObject *args, PyObject *kw
         Py_DECREF(t);
         return nts_raise_errno(err, "uffd-async: %s", step);
     }
-    t->closed = 0;
+    nts_tracker_opened(t);
     return (PyObject *)t;
 }
 

@@ -68,9 +68,10 @@ static void *fault_thread(void *arg)
 
 void nts_uffd_sync_stop(nts_tracker *t)
 {
-    if (t->pid == getpid()) { /* in a forked child the registration and thread belong to the parent */
+    if (t->pid == nts_pid) { /* in a forked child the registration and thread belong to the parent */
         struct uffdio_range r = {t->base, t->npages * nts_page_size};
-        ioctl(t->uffd, UFFDIO_UNREGISTER, &r); /* clears the protection, wakes blocked writers */
+        if (t->uffd >= 0)
+            ioctl(t->uffd, UFFDIO_UNREGISTER, &r); /* clears the protection, wakes blocked writers */
         if (t->thread_started) {
             uint64_t one = 1;
             if (write(t->stop_fd, &one, sizeof one) == sizeof one)
@@ -83,6 +84,25 @@ void nts_uffd_sync_stop(nts_tracker *t)
     if (t->stop_fd >= 0)
         close(t->stop_fd);
     t->uffd = t->stop_fd = -1;
+}
+
+static int start_fault_thread(nts_tracker *t)
+{
+    t->stop_fd = eventfd(0, EFD_CLOEXEC);
+    if (t->stop_fd < 0)
+        return errno;
+    /* The thread takes no signals: they belong to the application's threads. */
+    sigset_t all, saved;
+    pthread_attr_t attr;
+    sigfillset(&all);
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 1 << 16);
+    pthread_sigmask(SIG_BLOCK, &all, &saved);
+    int err = pthread_create(&t->thread, &attr, fault_thread, t);
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    pthread_attr_destroy(&attr);
+    t->thread_started = !err;
+    return err;
 }
 
 PyObject *nts_uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
@@ -102,6 +122,13 @@ PyObject *nts_uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
     t->populate = populate;
     int err = nts_uffd_setup(t, user_mode_only, features, UFFD_FEATURE_PAGEFAULT_FLAG_WP, &step);
     if (!err) {
+        /* Before anything is protected: pthread_create allocates, and a protected
+         * page (the rest of a watched heap buffer's first or last page) written
+         * with no thread to resolve the fault would block for ever. */
+        step = "starting the fault thread";
+        err = start_fault_thread(t);
+    }
+    if (!err) {
         step = "write-protecting the range";
         nts_lock(t->lock);
         for (size_t i = 0; populate && i < t->npages; i++)
@@ -110,33 +137,11 @@ PyObject *nts_uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
         err = nts_tracker_sync_kernel(t, 0, t->npages);
         nts_unlock(t->lock);
     }
-    if (!err) {
-        step = "starting the fault thread";
-        t->stop_fd = eventfd(0, EFD_CLOEXEC);
-        if (t->stop_fd < 0) {
-            err = errno;
-        } else {
-            /* The thread takes no signals: they belong to the application's threads. */
-            sigset_t all, saved;
-            pthread_attr_t attr;
-            sigfillset(&all);
-            pthread_attr_init(&attr);
-            pthread_attr_setstacksize(&attr, 1 << 16);
-            pthread_sigmask(SIG_BLOCK, &all, &saved);
-            err = pthread_create(&t->thread, &attr, fault_thread, t);
-            pthread_sigmask(SIG_SETMASK, &saved, NULL);
-            pthread_attr_destroy(&attr);
-            t->thread_started = !err;
-        }
-    }
-    if (err) { /* no thread runs yet: undo by hand (the tracker is still marked closed) */
-        if (t->uffd >= 0)
-            close(t->uffd); /* closing drops the registration */
-        if (t->stop_fd >= 0)
-            close(t->stop_fd);
+    if (err) { /* the tracker is still marked closed: undo by hand */
+        nts_uffd_sync_stop(t);
         Py_DECREF(t);
         return nts_raise_errno(err, "uffd-sync: %s", step);
     }
-    t->closed = 0;
+    nts_tracker_opened(t);
     return (PyObject *)t;
 }

@@ -19,13 +19,20 @@ class DirtyPages:
     __slots__ = ("_address", "_count", "_granularity", "_offsets", "_pairs", "_runs")
 
     def __init__(self, runs: bytes, address: int, granularity: int) -> None:
-        # Everything is derived on demand: a caller that only looks at the ranges, or
+        """``runs``: native uint64 ``(start, end)`` byte-offset pairs, ascending and apart,
+        whole multiples of ``granularity`` (bytes per page, positive); ``address``: where
+        offset 0 lies (an int in [0, 2**64), with every run's end still below 2**64 once
+        added).  Anything else raises ValueError (TypeError for wrong types)."""
+        if runs.__class__ is not bytes:  # held as given: it must not change under the checked count
+            runs = bytes(memoryview(runs))
+        # Checked in C, with overflow-checked arithmetic; it counts the pages as it goes.
+        self._count = _core.count_runs(runs, address, granularity)
+        # Everything else is derived on demand: a caller that only looks at the ranges, or
         # only resets, pays for nothing else.
         self._runs = runs
         self._address = address
         self._granularity = granularity
         self._pairs: array[int] | None = None
-        self._count = -1
         self._offsets: array[int] | None = None
 
     @property
@@ -61,9 +68,6 @@ class DirtyPages:
         return self._pairs
 
     def __len__(self) -> int:
-        if self._count < 0:
-            runs = self._run_array()
-            self._count = (sum(runs[1::2]) - sum(runs[0::2])) // self._granularity
         return self._count
 
     def __iter__(self) -> Iterator[int]:

@@ -1,0 +1,610 @@
+"""No crash, no hang: write watches on memory shared with the heap, watches ending while
+threads write, fork while a tracker is busy, other libraries' SIGSEGV handlers, sent signals,
+crafted DirtyPages (issue 11, items 1, 2, 5, 6, 7, 14).
+
+Every scenario that could crash or hang runs in a fresh interpreter with a timeout, so that
+a failure is reported as one, never takes pytest down, and a hang is named as a hang.
+"""
+
+from __future__ import annotations
+
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from required import require_backend
+
+import ntshim
+from ntshim import _core
+from ntshim.memory import PAGE_SIZE as PS
+
+
+def run_script(script: str, timeout: float, *python_options: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a new interpreter; fail, naming the hang, if it does not end in time."""
+    try:
+        return subprocess.run(
+            [sys.executable, *python_options, "-c", textwrap.dedent(script)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode(errors="replace")[-2000:]
+        pytest.fail(f"the process hung: no exit within {timeout} s; its output so far:\n{out}")
+
+
+def assert_ran(proc: subprocess.CompletedProcess[str], last_line: str) -> None:
+    report = f"exit status {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, report
+    assert proc.stdout.splitlines()[-1:] == [last_line], proc.stdout
+
+
+# ---- item 1: watching memory shared with the heap ---------------------------------------------
+
+HEAP_SCRIPT = """
+import ctypes, random, sys, threading
+import numpy as np
+import ntshim
+
+backend, rounds, PS = sys.argv[1], int(sys.argv[2]), 4096
+stop = False
+
+def churn():  # the heap changes under the watches: small objects come and go
+    junk = []
+    while not stop:
+        junk.append([bytearray(random.randrange(1, 3 * PS)) for _ in range(8)] + [object() for _ in range(32)])
+        del junk[:-16]
+
+threading.Thread(target=churn, daemon=True).start()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+rng = random.Random(11)
+kept = []
+for i in range(rounds):
+    n = rng.randrange(1, 3 * PS)  # 1..3 pages: the buffer shares its first and last page with the heap
+    # An arranged heap: small blocks on both sides of the buffer, freed just before the watch
+    # starts, so that the next small allocations (anyone's, ntshim's too) land on its pages.
+    around = [libc.malloc(size) for size in (16, 512)]
+    obj = (bytearray(n), np.zeros(n, dtype=np.uint8), (ctypes.c_char * n)())[i % 3]
+    around += [libc.malloc(size) for size in (16, 512)]
+    for block in around:
+        libc.free(block)
+    watch = ntshim.watch(obj, backend=backend)
+    with memoryview(obj).cast("B") as view:
+        view[rng.randrange(n)] = 1
+        watch.dirty(reset=True)
+        view[0] = 2
+        written = list(watch.dirty())
+    assert written[:1] == [0], (i, written)  # and maybe a page the heap shares, written by another thread
+    watch.close()
+    kept.append(obj)  # freed later, in another order
+    del kept[: -rng.randrange(1, 20)]
+stop = True
+print("rounds", rounds)
+"""
+
+
+def test_watching_heap_memory_never_hangs(backend: str) -> None:
+    """Item 1: a small bytearray, numpy array or ctypes array shares its partial pages with
+    the heap; watching it must not hang whatever ntshim or another thread allocates there."""
+    rounds = 500
+    proc = run_script(
+        f"import sys; sys.argv[1:] = [{backend!r}, '{rounds}']\n" + textwrap.dedent(HEAP_SCRIPT), timeout=60
+    )
+    assert_ran(proc, f"rounds {rounds}")
+
+
+# ---- item 2: a watch ends while threads write ---------------------------------------------------
+
+
+@pytest.mark.parametrize("end", ["close", "garbage-collection"])
+def test_ending_an_mprotect_watch_while_threads_write(end: str) -> None:
+    """Item 2: a writer that faulted on a protected page waits for the lock while the watch
+    ends; the page is writable again and the write must simply run, not crash the process."""
+    require_backend("mprotect")
+    proc = run_script(
+        f"""
+        import mmap, time
+        import ntshim
+        from ntshim import _core
+
+        PS, PAGES = 4096, 16
+        memory = mmap.mmap(-1, PAGES * PS)
+        writers = _core.Writers(memoryview(memory), 2, random=True)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            watch = ntshim.watch(memory, backend="mprotect")
+            watch.dirty(reset=True)
+            if {end!r} == "close":
+                watch.close()
+            else:
+                del watch  # the last reference: the watch closes as it is collected
+        writes, _ = writers.stop()
+        assert writes > 0
+        print("survived")
+        """,
+        timeout=60,
+    )
+    assert_ran(proc, "survived")
+
+
+def test_an_undone_registration_lets_waiting_writers_run() -> None:
+    """Item 2: a registration that fails half way gives the pages back (its undo path); a
+    writer that faulted on a page it had protected meanwhile must run again.  The failure is
+    real: the range has an unmapped page, which mprotect(2) refuses after protecting the
+    pages before it."""
+    require_backend("mprotect")
+    proc = run_script(
+        """
+        import ctypes, errno, mmap, time
+        from ntshim import _core
+
+        PS = 4096
+        memory = mmap.mmap(-1, 3 * PS)
+        base = _core.Pin(memory).address
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        assert libc.munmap(base + PS, PS) == 0  # page 1 is a hole
+        writers = _core.Writers(memoryview(memory)[:PS], 2, random=False)  # they write page 0 only
+        refused = 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:  # the backend's own entry point: the public API refuses a range with a hole up front
+                _core.mprotect_tracker(base, 3 * PS, bytes([3, 3, 3]))
+            except OSError as e:
+                assert e.errno == errno.ENOMEM, e
+                refused += 1
+        writes, _ = writers.stop()
+        assert refused > 0 and writes > 0
+        print("survived")
+        """,
+        timeout=60,
+    )
+    assert_ran(proc, "survived")
+
+
+def test_a_real_write_fault_after_a_watch_ends_still_crashes() -> None:
+    """The retry of item 2 is for pages that are writable again: a write to a page that its
+    owner made read-only is a real fault, and still reaches the default action."""
+    require_backend("mprotect")
+    proc = run_script(
+        """
+        import ctypes
+        import ntshim
+        region = ntshim.alloc(4 * 4096, watch=True, backend="mprotect")
+        address = region.write_watch.address
+        region.protect(0, 4096, "r")
+        region.write_watch.close()
+        print("closed", flush=True)
+        ctypes.memset(address, 1, 1)
+        print("wrote a read-only page")
+        """,
+        15,
+        "-X",
+        "faulthandler=0",
+    )
+    assert proc.returncode == -signal.SIGSEGV, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout == "closed\n"
+
+
+# ---- item 5: fork while a tracker's own lock is held ---------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["shadow", "mprotect"])
+def test_fork_while_another_thread_queries(kind: str) -> None:
+    """Item 5: a thread gets and resets a large watch (its lock held most of the time) while
+    the main thread forks; each child's first dirty() must return, not wait for ever for a
+    lock held by a thread the child does not have."""
+    require_backend(kind)
+    proc = run_script(
+        f"""
+        import os, signal, threading, time
+        import ntshim
+        from ntshim import _core
+
+        PS, PAGES = 4096, 4096
+        region = ntshim.alloc(PAGES * PS, watch=True, backend={kind!r})
+        writers = _core.Writers(memoryview(region), 1, random=True)
+        stop = False
+        def query():
+            while not stop:
+                region.dirty(reset=True)
+        thread = threading.Thread(target=query)
+        thread.start()
+        time.sleep(0.05)
+        hung = 0
+        for _ in range(40):
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(5)  # a child that hangs dies of SIGALRM
+                region.dirty(reset=True)
+                os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGALRM:
+                hung += 1
+            else:
+                assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        stop = True
+        thread.join()
+        writers.stop()
+        print("children that hung:", hung)
+        """,
+        timeout=240,
+    )
+    assert_ran(proc, "children that hung: 0")
+
+
+ATFORK_C = r"""
+/* Fork handlers of another library that write to memory a watch covers (glibc's own fork
+ * code does the same to malloc's arena headers, which can share a page with a watched
+ * heap buffer).  Registered before ntshim's, they run while ntshim holds its locks. */
+#include <pthread.h>
+
+static volatile char *target;
+static void prepare(void) { if (target) target[0]++; }
+static void parent(void) { if (target) target[1]++; }
+static void child(void) { if (target) target[2]++; }
+int atfork_register(void) { return pthread_atfork(prepare, parent, child); }
+void atfork_target(char *at) { target = at; }
+"""
+
+
+def compile_library(directory: Path, name: str, source: str) -> Path:
+    path, library = directory / f"{name}.c", directory / f"lib{name}.so"
+    path.write_text(source)
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(library), str(path)], check=True, timeout=120)
+    return library
+
+
+@pytest.mark.parametrize("kind", ["mprotect", "uffd-sync", "shadow"])
+def test_writes_to_a_watched_page_inside_fork(kind: str, tmp_path: Path) -> None:
+    """The thread inside fork() holds ntshim's locks from its prepare handler to its parent
+    and child handlers; a write to a watched page meanwhile (by glibc or by another
+    library's fork handlers) must be resolved, not kill the process or hang it."""
+    require_backend(kind)
+    library = compile_library(tmp_path, "atfork", ATFORK_C)
+    proc = run_script(
+        f"""
+        import ctypes, os
+        library = ctypes.CDLL({str(library)!r})
+        assert library.atfork_register() == 0  # before ntshim's: they run inside ntshim's
+        import ntshim
+        region = ntshim.alloc(4 * 4096, watch=True, backend={kind!r})
+        library.atfork_target(ctypes.c_void_p(region.write_watch.address))
+        for _ in range(20):
+            region.dirty(reset=True)
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os._exit(0 if list(region.dirty()) == [0] else 3)
+                except RuntimeError:  # the userfaultfd backends do not track a child
+                    os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            assert status == 0, status
+            assert list(region.dirty()) == [0]
+        print("forked")
+        """,
+        60,
+        "-X",
+        "faulthandler=0",
+    )
+    assert_ran(proc, "forked")
+
+
+def test_a_userfaultfd_tracker_refuses_a_forked_child() -> None:
+    """A forked child does not have the parent's userfaultfd registration; even through the
+    tracker itself (not only through WriteWatch) an operation there fails cleanly instead of
+    acting on the parent's memory or waiting for a lock held at fork."""
+    require_backend("uffd-sync")
+    proc = run_script(
+        """
+        import os
+        import ntshim
+        region = ntshim.alloc(4 * 4096, watch=True, backend="uffd-sync")
+        tracker = region.write_watch._tracker
+        pid = os.fork()
+        if pid == 0:
+            messages = []
+            for call in (lambda: tracker.dirty(0, 4, True, 0), lambda: tracker.mark(0, 1)):
+                try:
+                    call()
+                except RuntimeError as e:
+                    messages.append("forked child" in str(e))
+            tracker.close()
+            os._exit(0 if messages == [True, True] else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        memoryview(region)[0] = 1
+        assert list(region.dirty()) == [0]
+        print("refused")
+        """,
+        timeout=60,
+    )
+    assert_ran(proc, "refused")
+
+
+# ---- item 7: another library's SIGSEGV handler --------------------------------------------------
+
+BARRIER_C = r"""
+/* A garbage collector's write barrier, reduced: it write-protects a page of its own; its
+ * SIGSEGV handler unprotects the page and counts the fault, and hands any other fault to
+ * the action it found installed. */
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+
+static struct sigaction prev;
+static char *page;
+static long faults;
+
+static void on_segv(int sig, siginfo_t *si, void *ctx)
+{
+    char *at = si->si_addr;
+    if (page && at >= page && at < page + 4096) {
+        mprotect(page, 4096, PROT_READ | PROT_WRITE);
+        faults++;
+        return;
+    }
+    if (prev.sa_flags & SA_SIGINFO)
+        prev.sa_sigaction(sig, si, ctx);
+    else if (prev.sa_handler == SIG_DFL)
+        signal(sig, SIG_DFL); /* the fault repeats and kills */
+    else if (prev.sa_handler != SIG_IGN)
+        prev.sa_handler(sig);
+}
+
+int barrier_install(void)
+{
+    page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED)
+        return -1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(SIGSEGV, &sa, &prev);
+}
+
+void barrier_arm(void) { mprotect(page, 4096, PROT_READ); }
+void barrier_store(int offset, int value) { ((volatile char *)page)[offset] = (char)value; }
+long barrier_faults(void) { return faults; }
+"""
+
+
+@pytest.fixture(scope="module")
+def barrier_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_library(tmp_path_factory.mktemp("barrier"), "barrier", BARRIER_C)
+
+
+@pytest.mark.parametrize("installed", ["before-the-first-watch", "after-a-watch"])
+def test_another_librarys_write_barrier_gets_every_fault(barrier_library: Path, installed: str) -> None:
+    """Item 7: a fault that is not ntshim's goes to the previous handler every time, also
+    many times in a row at one address, and ntshim's own faults keep being tracked."""
+    require_backend("mprotect")
+    proc = run_script(
+        f"""
+        import ctypes
+        import ntshim
+
+        barrier = ctypes.CDLL({str(barrier_library)!r})
+        if {installed!r} == "after-a-watch":
+            first = ntshim.alloc(4096, watch=True, backend="mprotect")
+        assert barrier.barrier_install() == 0
+        # ntshim's handler on top (again, in the second case), the barrier's below it
+        region = ntshim.alloc(8 * 4096, watch=True, backend="mprotect")
+        for i in range(200):
+            barrier.barrier_arm()
+            barrier.barrier_store(64, i)  # the same address every time
+            assert barrier.barrier_faults() == i + 1, (i, barrier.barrier_faults())
+            memoryview(region)[(i % 8) * 4096] = 1
+            assert list(region.dirty(reset=True)) == [(i % 8) * 4096]
+        print("barrier faults:", barrier.barrier_faults())
+        """,
+        60,
+        "-X",
+        "faulthandler=0",
+    )
+    assert_ran(proc, "barrier faults: 200")
+
+
+PROBE_C = r"""
+/* A memory prober, as garbage collectors and runtimes have: it tries a write and, when the
+ * write faults, its SIGSEGV handler leaves by siglongjmp instead of returning. */
+#include <setjmp.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+
+static struct sigaction prev;
+static sigjmp_buf env;
+static char *page;
+
+static void on_segv(int sig, siginfo_t *si, void *ctx)
+{
+    char *at = si->si_addr;
+    if (page && at >= page && at < page + 4096)
+        siglongjmp(env, 1);
+    if (prev.sa_flags & SA_SIGINFO)
+        prev.sa_sigaction(sig, si, ctx);
+    else if (prev.sa_handler == SIG_DFL)
+        signal(sig, SIG_DFL);
+    else if (prev.sa_handler != SIG_IGN)
+        prev.sa_handler(sig);
+}
+
+int probe_install(void)
+{
+    page = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED)
+        return -1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(SIGSEGV, &sa, &prev);
+}
+
+/* 1 if the byte can be written, 0 if the write faulted. */
+int probe_writable(int offset)
+{
+    if (sigsetjmp(env, 1))
+        return 0;
+    ((volatile char *)page)[offset] = 1;
+    return 1;
+}
+"""
+
+
+@pytest.mark.parametrize("faulthandler", [False, True])
+def test_a_handler_that_leaves_by_siglongjmp_gets_every_fault(tmp_path: Path, faulthandler: bool) -> None:
+    """A handler below ntshim's that leaves by siglongjmp (it never returns into ntshim's)
+    must still get the next fault of that thread, and every one after it.  faulthandler
+    adds an alternate signal stack, on which every delivery starts at the same place."""
+    require_backend("mprotect")
+    library = compile_library(tmp_path, "probe", PROBE_C)
+    proc = run_script(
+        f"""
+        import ctypes
+        import ntshim
+
+        probe = ctypes.CDLL({str(library)!r})
+        assert probe.probe_install() == 0
+        region = ntshim.alloc(4096, watch=True, backend="mprotect")  # ntshim's handler on top
+        faulted = 0
+        for i in range(100):
+            faulted += probe.probe_writable(i) == 0
+            memoryview(region)[i] = 1
+        assert list(region.dirty()) == [0]
+        print("probes that faulted:", faulted)
+        """,
+        60,
+        "-X",
+        f"faulthandler={int(faulthandler)}",
+    )
+    assert_ran(proc, "probes that faulted: 100")
+
+
+# ---- item 14: a sent SIGSEGV on the thread that holds the mprotect lock ---------------------
+
+
+@pytest.mark.parametrize("faulthandler", [False, True])
+def test_a_sent_sigsegv_terminates_even_on_the_lock_holder(faulthandler: bool) -> None:
+    """Item 14: a thread spends nearly all its time holding the mprotect backend's lock
+    (protecting and releasing a large watch); SIGSEGV sent to it must terminate the process
+    by that signal, not deadlock in the handler."""
+    require_backend("mprotect")
+    proc = run_script(
+        """
+        import signal, threading, time
+        import ntshim
+
+        PAGES = 32768
+        region = ntshim.alloc(PAGES * 4096, watch=True, backend="mprotect")
+        watch = region.write_watch
+        with memoryview(region) as view:
+            for page in range(PAGES):
+                view[page * 4096] = 1  # populated: changing the protection takes a while
+        started = threading.Event()
+
+        def hold_the_lock():
+            started.set()
+            while True:
+                watch._mark(0, PAGES)  # every page written: the lock held across one long mprotect
+                watch.dirty(reset=True)  # every page reset: again
+
+        thread = threading.Thread(target=hold_the_lock, daemon=True)
+        thread.start()
+        started.wait()
+        time.sleep(0.2)
+        print("sending", flush=True)
+        signal.pthread_kill(thread.ident, signal.SIGSEGV)
+        time.sleep(1)  # the process ends here
+        watch.dirty(reset=True)  # and if it did not: is the lock free?
+        print("still running")
+        """,
+        30,
+        "-X",
+        f"faulthandler={int(faulthandler)}",
+    )
+    assert proc.returncode == -signal.SIGSEGV, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    assert proc.stdout == "sending\n"
+    if faulthandler:
+        assert "Fatal Python error: Segmentation fault" in proc.stderr
+
+
+# ---- item 6: DirtyPages and expand_runs refuse crafted runs -------------------------------------
+
+
+def runs(*values: int) -> bytes:
+    return struct.pack(f"={len(values)}Q", *values)
+
+
+CRAFTED = {
+    "not pairs": (runs(0, PS, 2 * PS), 0, PS, "ValueError"),
+    "ragged bytes": (runs(0, PS) + b"\x00", 0, PS, "ValueError"),
+    "reversed": (runs(2 * PS, PS), 0, PS, "ValueError"),
+    "huge reversed": (runs(PS, 0), 0, PS, "ValueError"),
+    "the last step wraps": (runs(2**64 - 10, 2**64 - 1), 0, PS, "ValueError"),
+    "not whole pages": (runs(0, PS + 1), 0, PS, "ValueError"),
+    "overlapping": (runs(0, 2 * PS, PS, 3 * PS), 0, PS, "ValueError"),
+    "descending": (runs(4 * PS, 5 * PS, 0, PS), 0, PS, "ValueError"),
+    "end overflows with the address": (runs(0, PS), 2**64 - PS, PS, "ValueError"),
+    "zero granularity": (runs(0, PS), 0, 0, "ValueError"),
+    "negative address": (runs(0, PS), -PS, PS, "ValueError"),
+    "too many pages for memory": (runs(0, 2**62), 0, 1, "MemoryError"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_crafted_runs_are_refused_cleanly(case: str) -> None:
+    """Item 6: runs that are not ascending, disjoint runs of whole pages, whose sizes
+    overflow, or that cannot fit in memory, are refused with a clean exception by the public
+    constructor and by the C expansion.  In a subprocess: before the fix some of them
+    overflowed a heap buffer."""
+    data, address, granularity, expected = CRAFTED[case]
+    proc = run_script(
+        f"""
+        import ntshim
+        from ntshim import _core
+        args = ({data!r}, {address}, {granularity})
+        outcomes = set()
+        for attempt in (lambda: ntshim.DirtyPages(*args).offsets, lambda: ntshim.DirtyPages(*args).addresses,
+                        lambda: _core.expand_runs(*args)):
+            try:
+                attempt()
+                outcomes.add("accepted")
+            except (ValueError, MemoryError, OverflowError) as e:
+                outcomes.add(type(e).__name__)
+        print(sorted(outcomes))
+        """,
+        timeout=60,
+    )
+    assert_ran(proc, str([expected]))
+
+
+def test_bad_argument_types_are_refused() -> None:
+    with pytest.raises(TypeError):
+        ntshim.DirtyPages(runs(0, PS), 0, float(PS))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        ntshim.DirtyPages("not bytes", 0, PS)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        ntshim.DirtyPages(runs(0, PS), None, PS)  # type: ignore[arg-type]
+
+
+def test_valid_runs_still_expand() -> None:
+    dirty = ntshim.DirtyPages(runs(0, PS, 3 * PS, 5 * PS), 0x10000, PS)
+    assert len(dirty) == 3
+    assert list(dirty.offsets) == [0, 3 * PS, 4 * PS]
+    assert list(dirty.addresses) == [0x10000, 0x10000 + 3 * PS, 0x10000 + 4 * PS]
+    assert dirty.ranges() == [(0, PS), (3 * PS, 5 * PS)]
+    assert _core.expand_runs(runs(2**64 - 2 * PS, 2**64 - PS), PS - 1, PS) == runs(2**64 - PS - 1)
+    assert len(ntshim.DirtyPages(runs(0, 2**62), 0, 1)) == 2**62  # counted without expanding
+    assert ntshim.DirtyPages(b"", 0, PS).offsets.tolist() == []
