@@ -259,6 +259,9 @@ def test_what_wait_any_accepts(objs: Objects) -> None:
     # 0 polls, inf waits forever (here: the manual event is signaled, so it returns at once)
     assert wait_all([objs.manual], math.inf, owner=OWNER) == 0
     assert wait_all([objs.manual], -0.0, owner=OWNER) == 0
+    # a finite timeout past any clock's reach (the fuzz test's 2**63 s) waits forever, as inf
+    for huge in (2**63, 1e300, 10**400):
+        assert wait_any([objs.manual], huge, owner=OWNER) == 0
 
 
 def test_wait_all_at_the_object_limit(sync_backend: str) -> None:

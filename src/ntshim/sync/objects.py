@@ -48,19 +48,24 @@ def _name(name: object) -> bytes | None:
     return encoded
 
 
+#: A deadline the kernel's clock never reaches (2**63 ns: 292 years of CLOCK_MONOTONIC).
+_NEVER_NS = 1 << 63
+
+
 def _deadline(timeout: object) -> int | None:
     """A timeout in seconds as an absolute CLOCK_MONOTONIC deadline in ns (None: never)."""
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
-    if math.isnan(timeout):
+    if isinstance(timeout, float) and math.isnan(timeout):
         raise ValueError("timeout must not be NaN")
     if timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds (None waits forever), got {timeout}")
-    if math.isinf(timeout):
+    if timeout >= _NEVER_NS / 1e9:  # inf, or a deadline past the clock's reach: wait forever
         return None
-    return time.monotonic_ns() + math.ceil(timeout * 1e9)
+    deadline = time.monotonic_ns() + math.ceil(timeout * 1e9)
+    return deadline if deadline < _NEVER_NS else None
 
 
 class SyncObject:
