@@ -35,7 +35,6 @@ import faulthandler
 import glob
 import itertools
 import json
-import math
 import mmap
 import os
 import pickle
@@ -66,6 +65,7 @@ from ntshim.memory import alias
 from ntshim.sync.server import LINGER_ENV_VAR
 from ntshim.sync.registry import ENV_VAR as SYNC_ENV_VAR
 from ntshim.sync.userdir import ROOT_ENV_VAR
+from ntshim.writewatch.registry import BY_NAME
 from ntshim.writewatch.registry import ENV_VAR as WW_ENV_VAR
 
 #: What a call may raise.  Everything else is a failure of the run.
@@ -90,7 +90,7 @@ EXCLUSIONS = {
     "dirtypages-overflow": "6: DirtyPages whose size arithmetic overflows (start > end, runs near 2**64, "
     "a granularity of 2**63 or more, or negative)",
     "arena-garbage": "8: bytes of garbage written into, or truncation of, the futex arena file",
-    "alias-export": "'Also': closing the source of a refused alias() in the except block",
+    "refused-export": "'Also': closing the source of a refused alias() or watch() in the except block",
     "dirtypages-granularity": "new: DirtyPages(runs, address, 0) answers len() with ZeroDivisionError",
     "server-huge-timeout": "new: a server-backend wait with a timeout past 2**64 ns raises struct.error",
 }
@@ -99,9 +99,15 @@ WW_BACKENDS = ("uffd-async", "uffd-sync", "mprotect", "shadow")
 SYNC_BACKENDS = tuple(ntshim.sync.registry.NAMES)
 U32 = 0xFFFFFFFF
 RING_SLOTS = 64  # records kept per thread
+#: What the two threads of a duel repeat on the hot region (Walker.duel).
+DUEL_ACTIONS = ("write", "read", "protect", "watch", "reset", "free", "fork")
 RECORD = 240  # bytes per record: "seq thread text", outcome in the last OUTCOME bytes
 OUTCOME = 28
-FORKS_PER_RUN = 6
+#: Pages of a region large enough that tracker calls on it release the GIL (more than
+#: tracker.c's KEEP_GIL_PAGES): then two threads can be in C on the same watch at once.
+BIG = 2048
+FORKS_PER_RUN = 16  # children that query everything
+DUEL_FORKS_PER_RUN = 64  # children of duels, that query the hot region
 #: Seconds a fork child may take for its calls, and that the whole run may overrun its
 #: budget, before they count as hung.
 FORK_BOUND = 6.0
@@ -110,6 +116,10 @@ HANG_BOUND = 12.0
 
 class Stop(Exception):
     """Raised inside a thread to end its walk after a failure was recorded."""
+
+
+class Broken(Exception):
+    """A documented promise was broken (raised inside a call: reported as a failure)."""
 
 
 class Failed:
@@ -246,12 +256,13 @@ class Run:
         # (Every choice is drawn whatever is excluded, so that exclusions leave the others alone.)
         self.damage_arena = plan.random() < 0.35 and "arena-garbage" not in self.exclude
         self.forks = 0 if "fork" in self.exclude else FORKS_PER_RUN
+        self.duel_forks = 0 if "fork" in self.exclude else DUEL_FORKS_PER_RUN
         # The defaults that backend=None (and ntshim.win32) use, by environment variable.
         self.ww_default = plan.choice((None, None, *WW_BACKENDS))
         self.sync_default = plan.choice(SYNC_BACKENDS)
         self.seconds = args.seconds
         self.max_calls = args.max_calls
-        self.ring = Ring(args.ring, self.threads)
+        self.ring = Ring(args.ring, 2 * self.threads)  # the walkers, then their duel partners
         self.shared = Pools(shared=True)
         self.stop = threading.Event()
         self.failures: list[str] = []
@@ -260,11 +271,14 @@ class Run:
         self.win32_allocations: list[int] = []
         self.win32_handles: list[int] = []
         self.arena_damaged = False
+        self.walkers: list[Walker] = []
         self.seq = itertools.count()
         self.outcomes: Counter[str] = Counter()
         self.watches: Counter[str] = Counter()  # backend -> watches started
         self.sync_objects: Counter[str] = Counter()  # backend -> objects created
-        self.tmp = tempfile.mkdtemp(prefix="ntshim-fuzz-")
+        # Files the walk maps (regular files: not in /dev/shm), next to the ring.
+        self.tmp = tempfile.mkdtemp(prefix="files-", dir=os.path.dirname(os.path.abspath(args.ring)))
+        atexit.register(shutil.rmtree, self.tmp, True)
         self.stem = f"fz{args.seed % 100000}-{os.getpid()}"
         self.start = time.monotonic()
         self.deadline = self.start + self.seconds
@@ -291,12 +305,9 @@ class Walker:
         self.rng = random.Random(f"{run.seed}:{thread}")
         self.own = Pools(shared=False)
         self.made = itertools.count()
-        self.ops: list[Callable[[], None]] = []
-        self.weights: list[float] = []
-        for name, weight in OPS:
-            self.ops.append(getattr(self, name))
-            self.weights.append(weight)
-        self.cum = list(itertools.accumulate(self.weights))
+        self.ops: list[Callable[[], None]] = [getattr(self, name) for name, _ in OPS]
+        self.cum_weights = list(itertools.accumulate(weight for _, weight in OPS))
+        self.partner: Walker | None = None  # the second thread of this walker's duels
 
     # ---- calling and checking ----------------------------------------------------------
 
@@ -344,24 +355,12 @@ class Walker:
         calls = 0
         try:
             while not run.stop.is_set() and calls < run.max_calls and time.monotonic() < run.deadline:
-                op = self.ops[self.pick_op()]
-                op()
+                self.rng.choices(self.ops, cum_weights=self.cum_weights)[0]()
                 calls += 1
         except Stop:
             pass
         except BaseException:  # a bug of the driver itself: report it as such
             run.fail(self.thread, "the fuzz driver itself failed:\n" + traceback.format_exc())
-
-    def pick_op(self) -> int:
-        x = self.rng.random() * self.cum[-1]
-        lo, hi = 0, len(self.cum) - 1
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.cum[mid] < x:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
 
     # ---- argument makers -----------------------------------------------------------------
 
@@ -384,7 +383,9 @@ class Walker:
         if rng.random() < 0.75 and isinstance(offset, int) and 0 <= offset < size:
             if rng.random() < 0.2:
                 return None
-            return rng.randint(1, size - offset) if rng.random() < 0.5 else P * rng.randint(1, max((size - offset) // P, 1))
+            if rng.random() < 0.5:
+                return rng.randint(1, size - offset)
+            return P * rng.randint(1, max((size - offset) // P, 1))
         return rng.choice((0, 1, size, size + 1, None, self.junk()))
 
     def protection(self) -> Any:
@@ -415,9 +416,12 @@ class Walker:
         return rng.choice(("eventfd", "bogus", 1, ""))
 
     def size(self) -> Any:
-        """Sizes that succeed (small, so nothing costs much), or fail however large."""
+        """Sizes that succeed (small, so nothing costs much, or now and then large enough
+        that calls on it release the GIL), or fail however large."""
         rng = self.rng
         if rng.random() < 0.8:
+            if rng.random() < 0.05:
+                return BIG * P
             return rng.choice((1, P - 1, P, P + 1, 2 * P, 3 * P + 5, 8 * P, 16 * P, rng.randint(1, 64 * P)))
         return rng.choice((0, -1, -P, 1 << 47, 1 << 60, 2**64, 2**64 + P, 4096.0, "4096", None, True, numpy.int32(P)))
 
@@ -464,7 +468,7 @@ class Walker:
             if region and rng.random() < 0.8:
                 self.call(f"{label}.commit", region.commit, 0, region.size, rng.choice(("rw", "rw", "r")))
         if region:
-            item = Item(label, region, "region")
+            item = Item(label, region, "region-shared" if kwargs.get("shared") is True else "region")
             if region.write_watch is not None:
                 self.run.watches[region.write_watch.backend] += 1
             pools.regions.put(rng, item)
@@ -483,7 +487,7 @@ class Walker:
             return
         pools, item = picked
         region = item.obj
-        size = self.safe_size(region)
+        size = region.size
         rng = self.rng
         offset = self.offset(size)
         length = self.length(size, offset)
@@ -491,18 +495,30 @@ class Walker:
         if pools.shared and self.excluded("protect-vs-view"):
             return
         if which < 0.5:
-            self.call(f"{item.label}.protect", region.protect, offset, length, self.protection())
+            protect = self.protection()
+            done = self.call(f"{item.label}.protect", region.protect, offset, length, protect)
+            committed = True
         elif which < 0.75:
-            self.call(f"{item.label}.commit", region.commit, offset, length, self.protection())
+            protect = self.protection()
+            done = self.call(f"{item.label}.commit", region.commit, offset, length, protect)
+            committed = True
         elif which < 0.9:
-            self.call(f"{item.label}.decommit", region.decommit, offset, length)
+            protect = "none"
+            done = self.call(f"{item.label}.decommit", region.decommit, offset, length)
+            committed = False
         else:
             self.call(f"{item.label}.discard", region.discard, offset, length)
-
-    @staticmethod
-    def safe_size(region: Any) -> int:
-        size = region.size
-        return size if size > 0 else P
+            return
+        if done is FAILED or pools.shared or item.kind == "alias":
+            return
+        # This thread alone changes the region: every page of the range says what was set.
+        last = offset + (region.size - offset if length is None else length) - 1
+        for at in (offset, last - last % P):
+            state = region.protection(at), region.committed(at)
+            self.expect(
+                state == (canonical(protect), committed),
+                f"{item.label}: page {at:#x} is {state} after setting {protect!r} on {offset:#x}+{length!r}",
+            )
 
     def region_query(self) -> None:
         picked = self.region()
@@ -510,7 +526,7 @@ class Walker:
             return
         _pools, item = picked
         region, rng = item.obj, self.rng
-        offset = self.offset(self.safe_size(region))
+        offset = self.offset(region.size)
         which = rng.randrange(6)
         if which == 0:
             self.call(f"{item.label}.protection", region.protection, offset)
@@ -529,11 +545,13 @@ class Walker:
         picked = self.region()
         if picked is None:
             return
-        _pools, item = picked
-        self.watch_calls(item.label, item.obj, self.safe_size(item.obj))
+        pools, item = picked
+        self.watch_calls(item.label, item.obj, item.obj.size, exclusive=not pools.shared and item.kind == "region")
 
-    def watch_calls(self, label: str, target: Any, size: int) -> None:
-        """dirty / reset / writing / close on a WriteWatch, or the same on a Region."""
+    def watch_calls(self, label: str, target: Any, size: int, exclusive: bool = False) -> None:
+        """dirty / reset / writing / close on a WriteWatch, or the same on a Region.
+        ``exclusive``: only this thread writes the memory (no other thread, no other
+        mapping of the same pages), so right after a reset nothing is dirty."""
         rng = self.rng
         offset = self.offset(size) if rng.random() < 0.5 else 0
         length = self.length(size, offset) if rng.random() < 0.5 else None
@@ -545,10 +563,17 @@ class Walker:
             if rng.random() < 0.3:
                 kwargs["limit"] = rng.choice((1, 2, 7, 1000, 0, -1, None, True, 2**64, 1.0))
             dirty = self.call(f"{label}.dirty", target.dirty, offset, length, **kwargs)
-            if dirty:
-                self.check_dirty_pages(dirty, size)
+            if dirty is FAILED:
+                return
+            self.check_dirty_pages(dirty, size)
+            limit = kwargs.get("limit")
+            if limit is not None:
+                self.expect(len(dirty) <= limit, f"{label}.dirty(limit={limit}) returned {len(dirty)} pages")
+            elif kwargs.get("reset") is True and exclusive:
+                self.expect_clean(label, target, offset, length)
         elif which < 0.6:
-            self.call(f"{label}.reset", target.reset, offset, length)
+            if self.call(f"{label}.reset", target.reset, offset, length) is not FAILED and exclusive:
+                self.expect_clean(label, target, offset, length)
         elif which < 0.85:
             self.call(f"{label}.writing", self.writing_block, target, offset, length)
         else:
@@ -559,6 +584,11 @@ class Walker:
                 self.call(f"{label}.kernel_writes_tracked", getattr, watch, "kernel_writes_tracked")
             else:
                 self.call(f"{label}.watch.close", watch.close)
+
+    def expect_clean(self, label: str, target: Any, offset: Any, length: Any) -> None:
+        again = self.call(f"{label}.dirty", target.dirty, offset, length)
+        if again is not FAILED:
+            self.expect(not again, f"{label}: {again} dirty right after a reset of {offset:#x}+{length!r}")
 
     def writing_block(self, target: Any, offset: Any, length: Any) -> None:
         rng = self.rng
@@ -580,7 +610,7 @@ class Walker:
             return
         listed = offsets.tolist()
         self.expect(listed == sorted(set(listed)), f"dirty offsets not ascending and unique: {listed[:8]}")
-        self.expect(all(o % P == 0 and 0 <= o < size for o in listed), f"dirty offsets outside the memory: {listed[:8]}")
+        self.expect(all(o % P == 0 and 0 <= o < size for o in listed), f"dirty offsets not in the memory: {listed[:8]}")
         self.expect(len(dirty) == len(listed), f"len(dirty) {len(dirty)} != {len(listed)} offsets")
         covered = [o for start, end in dirty.ranges() for o in range(start, end, P)]
         self.expect(covered == listed, "dirty.ranges() disagree with dirty.offsets")
@@ -654,6 +684,101 @@ class Walker:
                     f"{item.label} ({region.write_watch.backend}): page {page * P:#x} written, dirty says {dirty}",
                 )
 
+    def duel(self) -> None:
+        """Two threads repeat one race-prone call each on the hot region (the first slot of
+        the shared regions) for 10 to 50 ms, while the walk's other threads go on: every
+        byte written or read with the GIL released, protection changes, watches started and
+        closed, resets, the region freed (and replaced), fork (a child that queries it).
+        Races that need two calls to meet within microseconds meet within seconds so."""
+        rng = self.rng
+        deadline = time.monotonic() + rng.uniform(0.01, 0.05)
+        if self.partner is None:
+            self.partner = Walker(self.run, self.thread + self.run.threads)
+        mine, theirs = rng.choice(DUEL_ACTIONS), rng.choice(DUEL_ACTIONS)
+        partner = threading.Thread(target=self.partner.second, args=(theirs, deadline))
+        partner.start()
+        try:
+            self.hammer(mine, deadline)
+        finally:
+            partner.join()
+
+    def hammer(self, action: str, deadline: float) -> None:
+        """Repeat ``action`` on the hot region until ``deadline`` (the region of the moment:
+        the other side may free and replace it)."""
+        rng, slots = self.rng, self.run.shared.regions.slots
+        backend = rng.choice(WW_BACKENDS)
+        if (
+            (action == "protect" and self.excluded("protect-vs-view"))
+            or (action == "watch" and self.protecting(backend, False, True))
+            or (action == "free" and self.excluded("watch-vs-free"))
+        ):
+            return
+        while time.monotonic() < deadline:
+            item = slots[0]
+            if item is None or item.obj.closed:
+                slots[0] = self.hot_region()
+                continue
+            region, label = item.obj, item.label
+            if action == "write":
+                self.call(f"{label}.numpy", bulk, region, True)
+            elif action == "read":
+                self.call(f"{label}.read", self.read_export, region)
+            elif action == "protect":
+                self.call(f"{label}.protect", region.protect, 0, region.size, rng.choice(("none", "r", "rw")))
+            elif action == "watch":
+                self.call(f"{label}.watch+close", self.watch_cycle, region, backend)
+            elif action == "reset":
+                self.call(f"{label}.dirty", region.dirty, reset=True)
+            elif action == "free":
+                self.call(f"{label}.free", region.free)
+            else:
+                with self.run.lock:
+                    if self.run.duel_forks <= 0:
+                        return
+                    self.run.duel_forks -= 1
+                self.fork_child([region], [])
+
+    def second(self, action: str, deadline: float) -> None:
+        """The partner's side of a duel, in a thread of its own."""
+        try:
+            self.hammer(action, deadline)
+        except Stop:
+            pass
+        except BaseException:
+            self.run.fail(self.thread, "the fuzz driver itself failed:\n" + traceback.format_exc())
+
+    def hot_region(self) -> Item | None:
+        """A new region for the duels: large most of the time (large enough that calls on it
+        release the GIL: races need two threads in C at once), watched half of the time
+        (with a backend at random)."""
+        rng = self.rng
+        kwargs: dict[str, Any] = {"shared": rng.random() < 0.3}
+        if rng.random() < 0.5:
+            backend = rng.choice(WW_BACKENDS)
+            kwargs.update(watch=True, backend="uffd-async" if self.protecting(backend, False, True) else backend)
+        label = self.label("H")
+        region = self.call(f"{label}=alloc", ntshim.alloc, rng.choice((16, 256, BIG, BIG)) * P, **kwargs)
+        if not region:
+            return None
+        if region.write_watch is not None:
+            self.run.watches[region.write_watch.backend] += 1
+        return Item(label, region, "region-shared" if kwargs["shared"] else "region")
+
+    def read_export(self, region: Any) -> int:
+        view = region.view() if self.rng.random() < 0.5 else memoryview(region)
+        try:
+            return bulk(view, False)
+        finally:
+            view.release()
+
+    @staticmethod
+    def watch_cycle(region: Any, backend: str) -> None:
+        watch = ntshim.watch(region, backend=backend)
+        try:
+            watch.dirty(reset=True)
+        finally:
+            watch.close()
+
     # ---- exports -----------------------------------------------------------------------------
 
     def new_export(self) -> None:
@@ -665,7 +790,7 @@ class Walker:
         which = rng.random()
         label = self.label("X")
         if which < 0.4:
-            offset = self.offset(self.safe_size(region))
+            offset = self.offset(region.size)
             export = self.call(f"{label}={item.label}.view", region.view, offset, self.length(region.size, offset))
         elif which < 0.7:
             export = self.call(f"{label}=memoryview({item.label})", memoryview, region)
@@ -684,8 +809,10 @@ class Walker:
             return
         export, rng = item.obj, self.rng
         which = rng.random()
-        if which < 0.6:
+        if which < 0.4:
             self.call(f"{item.label}.write", self.poke, export)
+        elif which < 0.6:
+            self.call(f"{item.label}.numpy", bulk, export, rng.random() < 0.7)
         elif which < 0.8:
             if isinstance(export, memoryview):
                 self.call(f"{item.label}.release", export.release)
@@ -888,11 +1015,11 @@ class Walker:
             values = []
             for _ in range(rng.randint(1, 3)):
                 start = rng.choice((0, 1, P, 2**63, 2**64 - P))
-                end = rng.choice((0, P - 1, 2**61, 2**61 + 8, 2**62, 2**63, 2**64 - 1, 2**64 - P)) if rng.random() < 0.8 else start - 1
+                end = rng.choice((0, P - 1, 2**61, 2**61 + 8, 2**62, 2**63, 2**64 - 1, 2**64 - P, start - 1))
                 values += [start, end % 2**64]
         runs: Any = array.array("Q", values).tobytes()
         if rng.random() < 0.1:
-            runs = rng.choice((runs[:-1] if runs else b"\0", runs + b"\0" * 8, bytearray(runs), "runs", None, list(values)))
+            runs = rng.choice((runs[:-1] or b"\0", runs + b"\0" * 8, bytearray(runs), "runs", None, list(values)))
             expected = None
         dirty = self.call("DirtyPages", DirtyPages, runs, address, granularity)
         if dirty is FAILED:
@@ -950,7 +1077,7 @@ class Walker:
                 if source is FAILED:
                     return
         elif which < 0.75:
-            self.alias_refused()
+            self.refused_export()
             return
         elif which < 0.9:
             self.alias_fd(label, pools, kwargs)
@@ -959,7 +1086,7 @@ class Walker:
             source = rng.choice((-1, 99999, True, None, b"bytes", "str", 1.5))
         made = self.call(f"{label}=alias", alias, source, **kwargs)
         if made:
-            pools.regions.put(rng, Item(label, made, "region"))
+            pools.regions.put(rng, Item(label, made, "alias"))
 
     def alias_fd(self, label: str, pools: Pools, kwargs: dict[str, Any]) -> None:
         rng = self.rng
@@ -981,23 +1108,32 @@ class Walker:
         finally:
             os.close(fd)
         if made:
-            pools.regions.put(rng, Item(label, made, "region"))
+            pools.regions.put(rng, Item(label, made, "alias"))
 
-    def alias_refused(self) -> None:
-        """Private memory is refused; the refusal must let the source go (the user closes
-        their mmap in the except block)."""
-        mm = mmap.mmap(-1, 2 * P, flags=mmap.MAP_PRIVATE)
-        refused = self.call("alias(private mmap)", alias, mm)
-        if refused is not FAILED:
-            self.run.fail(self.thread, "alias() of private memory succeeded")
-            raise Stop
-        if self.excluded("alias-export"):
-            return
+    def refused_export(self) -> None:
+        """alias() refuses private memory, uffd-sync refuses a file mapping: the refusal must
+        let the source go at once (users close their mmap in the except block)."""
+        if self.rng.random() < 0.5:
+            mm = mmap.mmap(-1, 2 * P, flags=mmap.MAP_PRIVATE)
+            self.call("alias(private mmap), close", self.refused_then_close, mm, alias, mm)
+        else:
+            with open(os.path.join(self.run.tmp, self.label("F")), "wb+") as f:
+                f.truncate(2 * P)
+                mm = mmap.mmap(f.fileno(), 2 * P)
+            self.call("watch(file mmap, uffd-sync), close", self.refused_then_close, mm, ntshim.watch, mm,
+                      backend="uffd-sync")
+
+    def refused_then_close(self, mm: mmap.mmap, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         try:
-            mm.close()
-        except BufferError as e:
-            self.run.fail(self.thread, f"the source of a refused alias() stays exported: mmap.close() raised {e}")
-            raise Stop from None
+            function(*args, **kwargs)
+        except (ValueError, BackendUnavailable):
+            if not self.excluded("refused-export"):
+                try:
+                    mm.close()
+                except BufferError as e:
+                    raise Broken(f"the refused source stays exported while the exception lives: {e}") from None
+            raise
+        raise Broken(f"{function.__name__} accepted what it documents it refuses")
 
     # ---- sync objects -------------------------------------------------------------------------
 
@@ -1011,7 +1147,9 @@ class Walker:
         label = self.label("S")
 
         def u32() -> Any:
-            return rng.choice((0, 1, 2, 5, U32)) if rng.random() < 0.85 else rng.choice((-1, U32 + 1, True, 1.5, None, "3"))
+            if rng.random() < 0.85:
+                return rng.choice((0, 1, 2, 5, U32))
+            return rng.choice((-1, U32 + 1, True, 1.5, None, "3"))
 
         which = rng.random()
         if which < 0.3:
@@ -1074,7 +1212,8 @@ class Walker:
     def sync_wait(self) -> None:
         rng = self.rng
         pools = self.pools()
-        objects: Any = [item.obj for item in (pools.sync.pick(rng) for _ in range(rng.randint(1, 4))) if item is not None]
+        picked = (pools.sync.pick(rng) for _ in range(rng.randint(1, 4)))
+        objects: Any = [item.obj for item in picked if item is not None]
         if not objects:
             self.new_sync()
             return
@@ -1090,7 +1229,7 @@ class Walker:
             # A wait that may last forever, made to end: a signaled semaphore of its own
             # joins the objects, so the wait takes it if nothing before it is signaled.
             backend = objects[0].backend if not objects[0].closed else None
-            sentinel = self.call("Semaphore(1, 1)", ntshim.sync.Semaphore, 1, 1, backend=backend)
+            sentinel = self.call("sentinel=Semaphore", ntshim.sync.Semaphore, 1, 1, backend=backend)
             if sentinel is FAILED:
                 return
             objects.append(sentinel)
@@ -1110,16 +1249,26 @@ class Walker:
             return  # damaged state may read back as anything (it must still not crash)
         rng = self.rng
         backend = rng.choice(SYNC_BACKENDS)
-        sem = self.call("Semaphore(0, 5)", ntshim.sync.Semaphore, 0, 5, backend=backend)
+        sem = self.call("sem=Semaphore", ntshim.sync.Semaphore, 0, 5, backend=backend)
         if not sem:
             return
         with sem:
-            released = self.call("sem.release(2)", sem.release, 2)
-            taken = self.call("wait_any([sem])", ntshim.sync.wait_any, [sem], 0)
+            released = self.call("sem.release", sem.release, 2)
+            taken = self.call("wait_any", ntshim.sync.wait_any, [sem], 0)
             state = self.call("sem.read", sem.read)
             if FAILED not in (released, taken, state) and not self.run.arena_damaged:
-                self.expect((released, taken, state) == (0, 0, (1, 5)), f"{backend} semaphore: {released, taken, state}")
-        mutex = self.call("Mutex(count=1)", ntshim.sync.Mutex, count=1, backend=backend)
+                answers = released, taken, state
+                self.expect(answers == (0, 0, (1, 5)), f"{backend} semaphore: {answers}")
+        event = self.call("event=Event", ntshim.sync.Event, manual=True, backend=backend)
+        if not event:
+            return
+        with event:
+            answers = (self.call("event.set", event.set), self.call("wait_any", ntshim.sync.wait_any, [event], 0),
+                       self.call("event.read", event.read), self.call("event.reset", event.reset),
+                       self.call("event.read", event.read))
+            if FAILED not in answers and not self.run.arena_damaged:
+                self.expect(answers == (False, 0, (True, True), True, (True, False)), f"{backend} event: {answers}")
+        mutex = self.call("mutex=Mutex", ntshim.sync.Mutex, count=1, backend=backend)
         if not mutex:
             return
         with mutex:
@@ -1128,7 +1277,8 @@ class Walker:
             previous = self.call("mutex.unlock", mutex.unlock)
             after = self.call("mutex.read", mutex.read)
             if FAILED not in (state, previous, after) and not self.run.arena_damaged:
-                self.expect((state, previous, after) == ((me, 1), 1, (0, 0)), f"{backend} mutex: {state, previous, after}")
+                answers = state, previous, after
+                self.expect(answers == ((me, 1), 1, (0, 0)), f"{backend} mutex: {answers}")
 
     # ---- win32 ------------------------------------------------------------------------------
 
@@ -1233,7 +1383,9 @@ class Walker:
             if rng.random() < 0.4:
                 return None
             name = self.name()
-            return rng.choice((name, f"Local\\{name}", f"Global\\{name}", "a\\b", "Local\\", "")) if isinstance(name, str) else name
+            if not isinstance(name, str):
+                return name
+            return rng.choice((name, f"Local\\{name}", f"Global\\{name}", "a\\b", "Local\\", ""))
 
         made = FAILED
         if which < 0.1:
@@ -1245,7 +1397,9 @@ class Walker:
                              rng.choice((1, 5, 0, -1, 2**32 + 1)), wname())
         elif which < 0.33:
             opener = rng.choice((w32.OpenEventW, w32.OpenMutexW, w32.OpenSemaphoreW))
-            access = rng.choice((w32.SYNCHRONIZE, w32.GENERIC_ALL, w32.MAXIMUM_ALLOWED, w32.EVENT_ALL_ACCESS, 0, 1 << 31))
+            access = rng.choice(
+                (w32.SYNCHRONIZE, w32.GENERIC_ALL, w32.MAXIMUM_ALLOWED, w32.EVENT_ALL_ACCESS, 0, 1 << 31)
+            )
             made = self.call(opener.__name__, opener, access, rng.randrange(2), wname())
         elif which < 0.45:
             h = handle()
@@ -1281,15 +1435,23 @@ class Walker:
 
     def fork_op(self) -> None:
         """fork() while the other threads work; the child queries every watch and sync
-        object it inherited, then exits.  It must neither crash nor hang."""
+        object it inherited.  At most FORKS_PER_RUN, spread over the run (the k-th waits
+        for the k-th part of the time budget)."""
         run = self.run
         with run.lock:
-            if run.forks <= 0:
+            due = run.start + (FORKS_PER_RUN - run.forks) * run.seconds / (FORKS_PER_RUN + 1)
+            if run.forks <= 0 or time.monotonic() < due:
                 return
             run.forks -= 1
-        shared = run.shared
-        watches = [i.obj for i in shared.regions.items()] + [i.watch for i in shared.buffers.items() if i.watch]
-        objects = [i.obj for i in shared.sync.items()]
+        every = [run.shared, *(walker.own for walker in run.walkers)]
+        watches = [i.obj for pools in every for i in pools.regions.items()]
+        watches += [i.watch for pools in every for i in pools.buffers.items() if i.watch is not None]
+        self.fork_child(watches, [i.obj for pools in every for i in pools.sync.items()])
+
+    def fork_child(self, watches: list[Any], objects: list[Any]) -> None:
+        """Fork a child that calls dirty() on ``watches`` and read() on ``objects``, then
+        exits.  It must neither crash nor hang."""
+        run = self.run
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # "fork() of a multi-threaded process"
             pid = self.call("os.fork", os.fork)
@@ -1326,14 +1488,21 @@ class Walker:
             return
         path = paths[0]
         run.arena_damaged = True
-        if rng.random() < 0.1:
-            size = os.path.getsize(path)
-            at = self.call("arena.truncate", os.truncate, path, rng.randrange(size))
-        else:
-            with open(path, "r+b") as f:
-                at = rng.randrange(1 << 16) if rng.random() < 0.7 else rng.randrange(os.path.getsize(path))
-                f.seek(at)
-                self.call(f"arena.scribble@{at:#x}", f.write, rng.randbytes(rng.randint(1, 16)))
+        if rng.random() < 0.05:
+            self.call("arena.truncate", os.truncate, path, rng.randrange(os.path.getsize(path)))
+            return
+        # Change a few 8-byte words that are in use (indexes, counts, links, names: whatever
+        # the layout), to what damaged state looks like: zeros, all ones, random bits.
+        words = numpy.fromfile(path, numpy.uint64)
+        used = numpy.flatnonzero(words)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            for _ in range(rng.randint(1, 4)):
+                at = 8 * int(used[rng.randrange(len(used))]) if len(used) else 8 * rng.randrange(len(words))
+                value = rng.choice((0, 2**64 - 1, 0xFFFFFFFF, 1 << 31, rng.getrandbits(64), rng.getrandbits(16)))
+                self.call(f"arena.scribble@{at:#x}", os.pwrite, fd, value.to_bytes(8, "little"), at)
+        finally:
+            os.close(fd)
 
     def misc(self) -> None:
         rng = self.rng
@@ -1354,6 +1523,21 @@ class Walker:
                 self.call(f"pickle({picked[1].label})", pickle.dumps, picked[1].obj)
 
 
+def bulk(buffer: Any, write: bool) -> int:
+    """Add 1 to every byte of ``buffer`` (or sum them) in numpy, which releases the GIL for
+    the loop: the accesses run while other threads protect, watch, reset or close the memory."""
+    array = numpy.frombuffer(buffer, numpy.uint8)
+    if write:
+        numpy.add(array, 1, out=array)
+        return 0
+    return int(array.sum())
+
+
+def canonical(protect: str) -> str:
+    """How Region.protection() spells a protection given as ``protect``."""
+    return ntshim.memory.protection.format(ntshim.memory.protection.parse(protect))
+
+
 def buffer_address(obj: Any, index: int) -> int:
     """Address of byte ``index`` (of the flattened elements: element ``index`` for numpy)."""
     if isinstance(obj, numpy.ndarray):
@@ -1370,27 +1554,28 @@ def buffer_address(obj: Any, index: int) -> int:
 
 def in_child(watches: list[Any], objects: list[Any]) -> int:
     """What a fork child does: query everything it inherited.  Its exit status."""
-    for watch in watches:
+    calls = [(watch.dirty, dropped_at_fork(watch)) for watch in watches] + [(obj.read, False) for obj in objects]
+    for call, may_refuse in calls:
         try:
-            watch.dirty()
+            call()
         except ALLOWED:
             pass
         except RuntimeError as e:
-            if "forked child" not in str(e):  # the documented refusal of the userfaultfd backends
-                os.write(2, f"fork child: dirty() raised {e!r}\n".encode())
+            if not may_refuse:
+                os.write(2, f"fork child: {call.__qualname__}() raised {e!r}\n".encode())
                 return 3
         except BaseException as e:
-            os.write(2, f"fork child: dirty() raised {e!r}\n".encode())
-            return 3
-    for obj in objects:
-        try:
-            obj.read()
-        except ALLOWED:
-            pass
-        except BaseException as e:
-            os.write(2, f"fork child: read() raised {e!r}\n".encode())
+            os.write(2, f"fork child: {call.__qualname__}() raised {e!r}\n".encode())
             return 3
     return 0
+
+
+def dropped_at_fork(watch: Any) -> bool:
+    """Whether a watch (or watched region) is one the kernel drops in a fork child, which
+    then raises RuntimeError as documented (WriteWatch.dirty)."""
+    if isinstance(watch, ntshim.Region):
+        watch = watch.write_watch
+    return watch is not None and not BY_NAME[watch.backend].survives_fork
 
 
 #: Operations and their weights (calls per hundred, roughly).
@@ -1402,6 +1587,7 @@ OPS: tuple[tuple[str, float], ...] = (
     ("region_free", 2),
     ("region_watch", 3),
     ("region_write", 10),
+    ("duel", 0.5),
     ("new_export", 4),
     ("use_export", 5),
     ("new_buffer", 3),
@@ -1417,7 +1603,7 @@ OPS: tuple[tuple[str, float], ...] = (
     ("sync_invariants", 1),
     ("win32_memory", 4),
     ("win32_sync", 4),
-    ("fork_op", 0.3),
+    ("fork_op", 1),
     ("arena_damage", 0.3),
     ("misc", 1),
 )
@@ -1431,7 +1617,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="walking threads (default: the seed chooses)")
     parser.add_argument("--ring", default=None, help="file for the ring of last calls (default: a temporary file)")
     parser.add_argument("--root", default=None, help="NTSHIM_SYNC_ROOT of the run (default: a temporary directory)")
-    parser.add_argument("--exclude", default="", help="comma-separated known defects to avoid: " + ", ".join(EXCLUSIONS))
+    parser.add_argument(
+        "--exclude", default="", help="comma-separated known defects to avoid: " + ", ".join(EXCLUSIONS)
+    )
     args = parser.parse_args(argv)
     args.exclude = [name for name in args.exclude.split(",") if name]
     unknown = set(args.exclude) - set(EXCLUSIONS)
@@ -1472,8 +1660,8 @@ def main(argv: list[str]) -> int:
         f"excluded {sorted(run.exclude) or 'nothing'}; ring {args.ring}, sync root {root}",
         flush=True,
     )
-    walkers = [Walker(run, t) for t in range(run.threads)]
-    threads = [threading.Thread(target=w.walk, name=f"walker-{w.thread}", daemon=True) for w in walkers]
+    run.walkers = [Walker(run, t) for t in range(run.threads)]
+    threads = [threading.Thread(target=w.walk, name=f"walker-{w.thread}", daemon=True) for w in run.walkers]
     for thread in threads:
         thread.start()
     for thread in threads:

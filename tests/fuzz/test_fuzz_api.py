@@ -33,6 +33,7 @@ from fuzz_driver import HANG_BOUND, read_ring
 from required import BACKENDS, REQUIRED, SYNC_BACKENDS
 
 DRIVER = Path(__file__).with_name("fuzz_driver.py")
+REPOSITORY = Path(__file__).resolve().parents[2]
 #: Seeds whose walks differ in the defaults (write-watch backend uffd-async, mprotect, uffd-sync;
 #: sync backend server, futex), threads (3, 4, 3), switch interval, and arena damage (on in 1).
 FIXED_SEEDS = (1, 7, 12)
@@ -72,9 +73,15 @@ def _text(output: str | bytes | None) -> str:
 
 def _report(seed: int, what: str, stdout: str, stderr: str, ring: Path) -> str:
     """What went wrong, how to replay it, and the last calls of every thread."""
-    lines = [f"fuzz seed {seed}: {what}", f"replay: NTSHIM_FUZZ_SEED={seed} python3 -m pytest -q {Path(__file__).name}"]
-    lines.append(f"    or: python3 {DRIVER.relative_to(Path.cwd()) if DRIVER.is_relative_to(Path.cwd()) else DRIVER} "
-                 f"--seed {seed} --seconds {SECONDS}")
+    exclude = os.environ.get("NTSHIM_FUZZ_EXCLUDE")
+    here = Path(__file__).resolve().relative_to(REPOSITORY)
+    lines = [
+        f"fuzz seed {seed}: {what}",
+        f"replay: NTSHIM_FUZZ_SEED={seed}{f' NTSHIM_FUZZ_EXCLUDE={exclude}' if exclude else ''} "
+        f"python3 -m pytest -q {here}",
+        f"    or: python3 {here.with_name(DRIVER.name)} --seed {seed} --seconds {SECONDS}"
+        f"{f' --exclude {exclude}' if exclude else ''}",
+    ]
     if ring.exists():
         records = read_ring(str(ring))
         in_flight = [r for r in records if r[2].endswith("... in flight")]
