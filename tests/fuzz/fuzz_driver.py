@@ -1,23 +1,34 @@
 """A seeded random walk through ntshim's public API, run as a script in its own process.
 
-Several threads call ``ntshim.alloc/reserve/watch``, ``Region`` and ``WriteWatch`` methods,
-``DirtyPages`` built from crafted runs, ``ntshim.memory.alias``, ``ntshim.sync`` objects and
-waits, and a few ``ntshim.win32`` functions, with arguments that are often wrong (wrong
-types, negative, huge or unaligned numbers, bools where ints go, NaN timeouts) on objects
-that are often closed, freed or shared with the other threads.  Every call must return or
-raise one of the documented exception types (:data:`ALLOWED`); cheap invariants are checked
-on objects only one thread uses (bytes written read back, a page just written is reported
-dirty).  Anything else -- another exception, a broken invariant, a crash, a hang -- ends
-the run with exit status 1 (or the signal), the seed, and the last calls of every thread.
+Several threads call ``ntshim.alloc/reserve/watch``, ``Region`` and ``WriteWatch`` methods
+(every write-watch backend; regions, numpy arrays, bytearrays, mmaps, ctypes and array
+buffers), ``DirtyPages`` built from crafted runs, ``ntshim.memory.alias``, ``ntshim.sync``
+objects and waits (futex and server backends, named and unnamed), and ``ntshim.win32``
+memory, write-watch and synchronization functions, with arguments that are often wrong
+(wrong types, negative, huge or unaligned numbers, bools where ints go, NaN timeouts) on
+objects that are often closed, freed, exported or shared with the other threads.  Now and
+then two threads *duel* on one large region (the same race-prone call over and over with
+the GIL released: writes, reads, protect, watch and close, reset, free, fork) so that races
+meet within seconds; a fork child queries what it inherited; late in some runs the futex
+arena file is damaged the way another process of the user could.
+
+Every call must return or raise one of the documented exception types (:data:`ALLOWED`), a
+failing Win32 function must have set the last error, and cheap invariants hold on objects
+only one thread uses (bytes written read back, a page just written is reported dirty,
+nothing is dirty right after a reset, protections read back as set, sync objects answer as
+the ntsync rules say).  Anything else -- another exception, also from a finalizer, a broken
+invariant, a crash, a hang -- ends the run with exit status 1 (or the signal), the seed,
+every thread's stack (crash, hang) and the last calls of every thread.
 
 A run is reproducible in what each thread calls (thread ``t`` draws from
 ``random.Random(f"{seed}:{t}")``), not in how the threads interleave::
 
-    python3 tests/fuzz/fuzz_driver.py --seed 12345 [--seconds 5] [--exclude heap-watch,fork]
+    python3 tests/fuzz/fuzz_driver.py --seed 12345 [--seconds 4] [--exclude heap-watch,fork]
 
-``--exclude`` leaves out the operations that reach a known defect (see :data:`EXCLUSIONS`)
-so that the rest can be explored while that defect is open.  tests/fuzz/test_fuzz_api.py
-runs this script for a few seeds (``NTSHIM_FUZZ_SEED`` replays one).
+``--exclude`` leaves out the operations that reach a known defect (:data:`EXCLUSIONS`) so
+that the rest can be explored while that defect is open.  tests/fuzz/test_fuzz_api.py runs
+this script for a few seeds (``NTSHIM_FUZZ_SEED`` replays one, ``NTSHIM_FUZZ_EXCLUDE``
+passes exclusions).
 
 The last calls of each thread are kept in a ring of fixed-size records in a file (``--ring``)
 that the test reads after the process ended, however it ended: a record is written before
@@ -285,8 +296,7 @@ class Run:
 
     def fail(self, thread: int, text: str) -> None:
         message = f"FUZZ FAILURE (seed {self.seed}, thread {thread}): {text}"
-        with self.lock:
-            self.failures.append(message)
+        self.failures.append(message)  # (no lock: this runs in finalizers too, wherever they run)
         sys.stderr.write(message + "\n")
         sys.stderr.flush()
         self.stop.set()
@@ -465,9 +475,9 @@ class Walker:
                 kwargs["address"] = rng.choice((P, 1 << 16, 1 << 32, 1 << 46, 2**47, 2**64, P + 1, -P))
             label = self.label("R")
             region = self.call(f"{label}=reserve", ntshim.reserve, size, **kwargs)
-            if region and rng.random() < 0.8:
+            if region is not FAILED and rng.random() < 0.8:
                 self.call(f"{label}.commit", region.commit, 0, region.size, rng.choice(("rw", "rw", "r")))
-        if region:
+        if region is not FAILED:
             item = Item(label, region, "region-shared" if kwargs.get("shared") is True else "region")
             if region.write_watch is not None:
                 self.run.watches[region.write_watch.backend] += 1
@@ -644,7 +654,7 @@ class Walker:
         if self.protecting(backend, False, pools.shared):
             return
         watch = self.call(f"{item.label}.watch", ntshim.watch, item.obj, backend=backend)
-        if watch:
+        if watch is not FAILED:
             self.run.watches[watch.backend] += 1
 
     def region_write(self) -> None:
@@ -657,7 +667,7 @@ class Walker:
         region, rng = item.obj, self.rng
         if pools.shared:
             view = self.call(f"{item.label}.memoryview", memoryview, region)
-            if view:
+            if view is not FAILED:
                 with view:
                     if view.nbytes and not view.readonly:
                         i = rng.randrange(view.nbytes)
@@ -669,7 +679,7 @@ class Walker:
         if not region.committed(page * P) or "w" not in region.protection(page * P):
             return
         view = self.call(f"{item.label}.view", region.view, page * P, P)
-        if not view:
+        if view is FAILED:
             return
         with view:
             i = rng.randrange(P)
@@ -678,7 +688,7 @@ class Walker:
             self.expect(view[i] == value, f"{item.label}: byte {page * P + i:#x} reads {view[i]}, wrote {value}")
         if region.write_watch is not None:
             dirty = self.call(f"{item.label}.dirty", region.dirty, page * P, P)
-            if dirty:
+            if dirty is not FAILED:
                 self.expect(
                     list(dirty.offsets) == [page * P],
                     f"{item.label} ({region.write_watch.backend}): page {page * P:#x} written, dirty says {dirty}",
@@ -758,7 +768,7 @@ class Walker:
             kwargs.update(watch=True, backend="uffd-async" if self.protecting(backend, False, True) else backend)
         label = self.label("H")
         region = self.call(f"{label}=alloc", ntshim.alloc, rng.choice((16, 256, BIG, BIG)) * P, **kwargs)
-        if not region:
+        if region is FAILED:
             return None
         if region.write_watch is not None:
             self.run.watches[region.write_watch.backend] += 1
@@ -901,7 +911,7 @@ class Walker:
         if self.protecting(backend, item.kind in self.HEAP, pools.shared):
             return
         watch = self.call(f"{item.label}.watch", ntshim.watch, item.obj, backend=backend)
-        if watch:
+        if watch is not FAILED:
             self.run.watches[watch.backend] += 1
             LABELS[id(watch)] = f"W({item.label})", type(watch)
             item.watch, item.backend = watch, watch.backend  # the one there before is dropped
@@ -920,7 +930,7 @@ class Walker:
             self.call(f"{item.label}.write", obj.__setitem__, i, (int(obj[i]) + 1) % 100)
         else:
             view = self.call(f"{item.label}.memoryview", memoryview, obj)
-            if not view:
+            if view is FAILED:
                 return
             with view:
                 flat = view.cast("B")
@@ -937,7 +947,7 @@ class Walker:
             return
         page = (address - item.watch.address) // P * P
         dirty = self.call(f"{item.label}.watch.dirty", item.watch.dirty, page, P)
-        if dirty:
+        if dirty is not FAILED:
             self.expect(
                 list(dirty.offsets) == [page],
                 f"{item.label} ({item.kind}, {item.backend}): byte {i} at {address:#x} written, "
@@ -1021,9 +1031,13 @@ class Walker:
         if rng.random() < 0.1:
             runs = rng.choice((runs[:-1] or b"\0", runs + b"\0" * 8, bytearray(runs), "runs", None, list(values)))
             expected = None
+        if type(address) is not int or not 0 <= address <= 2**64 - 1 - (values[-1] if values else 0):
+            expected = None  # (an address the offsets cannot be added to may be refused)
         dirty = self.call("DirtyPages", DirtyPages, runs, address, granularity)
         if dirty is FAILED:
+            self.expect(expected is None, f"DirtyPages refused well-formed runs {values[:8]}")
             return
+        # Well-formed runs (expected is not None) answer every query, and exactly.
         which = rng.randrange(8)
         if which == 0:
             count = self.call("DirtyPages.len", len, dirty)
@@ -1031,16 +1045,18 @@ class Walker:
                 self.expect(count == len(expected), f"len(DirtyPages) = {count}, runs hold {len(expected)}")
         elif which == 1:
             offsets = self.call("DirtyPages.offsets", getattr, dirty, "offsets")
-            if offsets and expected is not None:
-                self.expect(offsets.tolist() == expected, "DirtyPages.offsets disagree with the runs")
+            if expected is not None:
+                self.expect(offsets is not FAILED and offsets.tolist() == expected, "DirtyPages.offsets")
         elif which == 2:
             addresses = self.call("DirtyPages.addresses", getattr, dirty, "addresses")
-            if addresses and expected is not None:
-                self.expect(addresses.tolist() == [(address + o) % 2**64 for o in expected], "DirtyPages.addresses")
+            if expected is not None:
+                wanted = [address + o for o in expected]
+                self.expect(addresses is not FAILED and addresses.tolist() == wanted, "DirtyPages.addresses")
         elif which == 3:
             ranges = self.call("DirtyPages.ranges", dirty.ranges)
-            if ranges and expected is not None:
-                self.expect([v for pair in ranges for v in pair] == values, "DirtyPages.ranges disagree with the runs")
+            if expected is not None:
+                pairs = [v for pair in ranges for v in pair] if ranges is not FAILED else None
+                self.expect(pairs == values, "DirtyPages.ranges disagree with the runs")
         elif which == 4:
             self.call("DirtyPages.iter", lambda: list(itertools.islice(dirty, 100)))
         elif which == 5:
@@ -1085,7 +1101,7 @@ class Walker:
         else:
             source = rng.choice((-1, 99999, True, None, b"bytes", "str", 1.5))
         made = self.call(f"{label}=alias", alias, source, **kwargs)
-        if made:
+        if made is not FAILED:
             pools.regions.put(rng, Item(label, made, "alias"))
 
     def alias_fd(self, label: str, pools: Pools, kwargs: dict[str, Any]) -> None:
@@ -1107,7 +1123,7 @@ class Walker:
             made = self.call(f"{label}=alias(fd)", alias, fd, **kwargs)
         finally:
             os.close(fd)
-        if made:
+        if made is not FAILED:
             pools.regions.put(rng, Item(label, made, "alias"))
 
     def refused_export(self) -> None:
@@ -1166,7 +1182,7 @@ class Walker:
         else:
             kind = rng.choice((ntshim.sync.Semaphore, ntshim.sync.Mutex, ntshim.sync.Event))
             obj = self.call(f"{label}={kind.__name__}.open", kind.open, self.name(), backend=backend)
-        if obj:
+        if obj is not FAILED:
             self.run.sync_objects[obj.backend] += 1
             item = Item(label, obj, type(obj).__name__)
             item.backend = obj.backend
@@ -1192,7 +1208,7 @@ class Walker:
             self.call(f"{label}.repr", repr, obj)
         elif which < 0.32:
             copy = self.call(f"{label}.pickle", lambda: pickle.loads(pickle.dumps(obj)))
-            if copy:
+            if copy is not FAILED:
                 self.pools().sync.put(rng, Item(self.label("S"), copy, type(copy).__name__))
         elif isinstance(obj, ntshim.sync.Semaphore):
             n = rng.choice((1, 1, 2, U32)) if rng.random() < 0.9 else rng.choice((0, -1, U32 + 1, True, None))
@@ -1250,7 +1266,7 @@ class Walker:
         rng = self.rng
         backend = rng.choice(SYNC_BACKENDS)
         sem = self.call("sem=Semaphore", ntshim.sync.Semaphore, 0, 5, backend=backend)
-        if not sem:
+        if sem is FAILED:
             return
         with sem:
             released = self.call("sem.release", sem.release, 2)
@@ -1260,7 +1276,7 @@ class Walker:
                 answers = released, taken, state
                 self.expect(answers == (0, 0, (1, 5)), f"{backend} semaphore: {answers}")
         event = self.call("event=Event", ntshim.sync.Event, manual=True, backend=backend)
-        if not event:
+        if event is FAILED:
             return
         with event:
             answers = (self.call("event.set", event.set), self.call("wait_any", ntshim.sync.wait_any, [event], 0),
@@ -1269,7 +1285,7 @@ class Walker:
             if FAILED not in answers and not self.run.arena_damaged:
                 self.expect(answers == (False, 0, (True, True), True, (True, False)), f"{backend} event: {answers}")
         mutex = self.call("mutex=Mutex", ntshim.sync.Mutex, count=1, backend=backend)
-        if not mutex:
+        if mutex is FAILED:
             return
         with mutex:
             me = threading.get_native_id()
@@ -1291,6 +1307,15 @@ class Walker:
             return rng.choice(allocations) + rng.choice((0, 0, 0, P, 2 * P, 1, 1 << 16))
         return rng.choice((None, 0, 1, P, 1 << 16, 2**47 - P, 2**47, 2**64 - 1, -1, ctypes.c_void_p(0), "x"))
 
+    def win32_call(self, label: str, failure: object, function: Callable[..., Any], *args: Any) -> Any:
+        """A Win32 function: when it returns its failure value, it has set this thread's
+        last error (GetLastError), as every Win32 function documents."""
+        w32.SetLastError(0)
+        result = self.call(label, function, *args)
+        if type(result) is type(failure) and result == failure:
+            self.expect(w32.GetLastError() != 0, f"{label} returned {failure!r} without setting the last error")
+        return result
+
     def win32_memory(self) -> None:
         """Win32 memory calls.  Every one goes through a lock of this driver (ntshim.win32
         serializes them anyway): an address a thread took from the list must not be freed
@@ -1308,7 +1333,7 @@ class Walker:
                                       w32.PAGE_READWRITE | w32.PAGE_GUARD, w32.PAGE_WRITECOPY, 0, rng.getrandbits(32)))
                 address = None if rng.random() < 0.6 else self.win32_address()
                 size = rng.choice((P, 16 * P, 1 << 16, 1, 0, 2**47, 2**64, -1, True))
-                base = self.call("VirtualAlloc", w32.VirtualAlloc, address, size, types, protect)
+                base = self.win32_call("VirtualAlloc", 0, w32.VirtualAlloc, address, size, types, protect)
                 if base and types & w32.MEM_RESERVE:
                     with self.run.lock:
                         self.run.win32_allocations.append(base)
@@ -1316,7 +1341,7 @@ class Walker:
                 address = self.win32_address()
                 free_type = rng.choice((w32.MEM_RELEASE, w32.MEM_RELEASE, w32.MEM_DECOMMIT, 0, w32.MEM_RESET))
                 size = 0 if free_type == w32.MEM_RELEASE and rng.random() < 0.8 else rng.choice((P, 0, 1, 1 << 20))
-                freed = self.call("VirtualFree", w32.VirtualFree, address, size, free_type)
+                freed = self.win32_call("VirtualFree", False, w32.VirtualFree, address, size, free_type)
                 if freed and free_type == w32.MEM_RELEASE and address in self.run.win32_allocations:
                     with self.run.lock:
                         self.run.win32_allocations.remove(address)
@@ -1325,10 +1350,11 @@ class Walker:
                 pointer = ctypes.byref(old) if isinstance(old, ctypes.c_uint32) and rng.random() < 0.8 else old
                 protect = rng.choice((w32.PAGE_READWRITE, w32.PAGE_READONLY, w32.PAGE_NOACCESS, w32.PAGE_EXECUTE,
                                       w32.PAGE_READWRITE | w32.PAGE_NOCACHE, rng.getrandbits(32)))
-                self.call("VirtualProtect", w32.VirtualProtect, self.win32_address(), rng.choice((P, 1, 2 * P, 0)),
-                          protect, pointer)
+                size = rng.choice((P, 1, 2 * P, 0))
+                address = self.win32_address()
+                self.win32_call("VirtualProtect", False, w32.VirtualProtect, address, size, protect, pointer)
             elif which < 0.7:
-                info = self.call("VirtualQuery", w32.VirtualQuery, self.win32_address())
+                info = self.win32_call("VirtualQuery", None, w32.VirtualQuery, self.win32_address())
                 if info:
                     self.expect(info.RegionSize > 0 or info.State == w32.MEM_FREE, "VirtualQuery: empty region")
             elif which < 0.85:
@@ -1337,13 +1363,16 @@ class Walker:
                 count = ctypes.c_uint64(rng.randint(0, length))
                 granularity = ctypes.c_uint32()
                 flags = rng.choice((0, w32.WRITE_WATCH_FLAG_RESET, 2))
-                result = self.call("GetWriteWatch", w32.GetWriteWatch, flags, self.win32_address(),
-                                   rng.choice((P, 16 * P, 1 << 16, 0)), addresses if rng.random() < 0.95 else None,
-                                   ctypes.byref(count), ctypes.byref(granularity) if rng.random() < 0.95 else None)
+                result = self.win32_call(
+                    "GetWriteWatch", U32, w32.GetWriteWatch, flags, self.win32_address(),
+                    rng.choice((P, 16 * P, 1 << 16, 0)), addresses if rng.random() < 0.95 else None,
+                    ctypes.byref(count), ctypes.byref(granularity) if rng.random() < 0.95 else None,
+                )
                 if result == 0:
                     self.expect(count.value <= length and granularity.value == P, "GetWriteWatch: count or granularity")
             elif which < 0.92:
-                self.call("ResetWriteWatch", w32.ResetWriteWatch, self.win32_address(), rng.choice((P, 1 << 16, 0, 1)))
+                size = rng.choice((P, 1 << 16, 0, 1))
+                self.win32_call("ResetWriteWatch", U32, w32.ResetWriteWatch, self.win32_address(), size)
             else:
                 self.win32_watch_invariant()
 
@@ -1389,41 +1418,43 @@ class Walker:
 
         made = FAILED
         if which < 0.1:
-            made = self.call("CreateEventW", w32.CreateEventW, None, rng.randrange(2), rng.randrange(2), wname())
+            manual, signaled = rng.randrange(2), rng.randrange(2)
+            made = self.win32_call("CreateEventW", 0, w32.CreateEventW, None, manual, signaled, wname())
         elif which < 0.18:
-            made = self.call("CreateMutexW", w32.CreateMutexW, None, rng.randrange(2), wname())
+            made = self.win32_call("CreateMutexW", 0, w32.CreateMutexW, None, rng.randrange(2), wname())
         elif which < 0.26:
-            made = self.call("CreateSemaphoreW", w32.CreateSemaphoreW, None, rng.choice((0, 1, 5, -1, 2**31)),
-                             rng.choice((1, 5, 0, -1, 2**32 + 1)), wname())
+            initial, maximum = rng.choice((0, 1, 5, -1, 2**31)), rng.choice((1, 5, 0, -1, 2**32 + 1))
+            made = self.win32_call("CreateSemaphoreW", 0, w32.CreateSemaphoreW, None, initial, maximum, wname())
         elif which < 0.33:
             opener = rng.choice((w32.OpenEventW, w32.OpenMutexW, w32.OpenSemaphoreW))
             access = rng.choice(
                 (w32.SYNCHRONIZE, w32.GENERIC_ALL, w32.MAXIMUM_ALLOWED, w32.EVENT_ALL_ACCESS, 0, 1 << 31)
             )
-            made = self.call(opener.__name__, opener, access, rng.randrange(2), wname())
+            made = self.win32_call(opener.__name__, 0, opener, access, rng.randrange(2), wname())
         elif which < 0.45:
             h = handle()
-            closed = self.call("CloseHandle", w32.CloseHandle, h)
+            closed = self.win32_call("CloseHandle", False, w32.CloseHandle, h)
             if closed and h in handles:
                 with self.run.lock:
                     if h in handles:
                         handles.remove(h)
         elif which < 0.6:
             op = rng.choice((w32.SetEvent, w32.ResetEvent, w32.PulseEvent, w32.ReleaseMutex))
-            self.call(op.__name__, op, handle())
+            self.win32_call(op.__name__, False, op, handle())
         elif which < 0.68:
             previous = ctypes.c_int32()
-            self.call("ReleaseSemaphore", w32.ReleaseSemaphore, handle(), rng.choice((1, 2, 0, -1, 2**31)),
-                      rng.choice((ctypes.byref(previous), None, previous)))
+            amount, out = rng.choice((1, 2, 0, -1, 2**31)), rng.choice((ctypes.byref(previous), None, previous))
+            self.win32_call("ReleaseSemaphore", False, w32.ReleaseSemaphore, handle(), amount, out)
         elif which < 0.84:
-            self.call("WaitForSingleObject", w32.WaitForSingleObject, handle(), rng.choice((0, 0, 1, 5)))
+            self.win32_call("WaitForSingleObject", U32, w32.WaitForSingleObject, handle(), rng.choice((0, 0, 1, 5)))
         else:
             count = rng.randint(1, 4)
             array_type = ctypes.c_void_p * count
             values = array_type(*[h if isinstance(h, int) and h >= 0 else 0 for h in (handle() for _ in range(count))])
             number = count if rng.random() < 0.9 else rng.choice((0, count + 1, 65, -1))
-            self.call("WaitForMultipleObjects", w32.WaitForMultipleObjects, number, values, rng.randrange(2),
-                      rng.choice((0, 1, 5)))
+            wait_all, milliseconds = rng.randrange(2), rng.choice((0, 1, 5))
+            function = w32.WaitForMultipleObjects
+            self.win32_call("WaitForMultipleObjects", U32, function, number, values, wait_all, milliseconds)
         if made:
             with self.run.lock:
                 handles.append(made)
@@ -1650,6 +1681,14 @@ def main(argv: list[str]) -> int:
     else:
         os.environ.pop(WW_ENV_VAR, None)
     sys.setswitchinterval(run.switch_interval)
+
+    def unraisable(info: Any) -> None:
+        # An exception in a finalizer (a watch, region or sync object collected) is lost to
+        # its caller: here it fails the run.
+        exception = "".join(traceback.format_exception(info.exc_type, info.exc_value, info.exc_traceback))
+        run.fail(-1, f"{info.err_msg or 'Exception ignored in'} {short(info.object)}:\n{exception}")
+
+    sys.unraisablehook = unraisable
     # A hang anywhere (a lock held in a signal handler, a wait that never ends) shows every
     # thread's stack and ends the process.
     faulthandler.dump_traceback_later(run.seconds + HANG_BOUND, exit=True)
@@ -1670,7 +1709,6 @@ def main(argv: list[str]) -> int:
             sys.stderr.write(f"FUZZ FAILURE (seed {run.seed}): {thread.name} did not finish (hang)\n")
             faulthandler.dump_traceback(all_threads=True)
             os._exit(2)
-    faulthandler.cancel_dump_traceback_later()
     summary = {
         "seed": run.seed,
         "calls": sum(run.outcomes.values()),
@@ -1682,7 +1720,9 @@ def main(argv: list[str]) -> int:
     }
     print("SUMMARY " + json.dumps(summary), flush=True)
     # Leave the objects to the interpreter's exit: finalizers of live watches, regions and
-    # sync objects run then, and must not crash either.
+    # sync objects run then, and must neither crash, nor hang, nor raise (the test reads
+    # stderr for failures reported from there).
+    faulthandler.dump_traceback_later(HANG_BOUND, exit=True)
     return 1 if run.failures else 0
 
 
