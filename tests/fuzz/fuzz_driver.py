@@ -803,11 +803,11 @@ class Walker:
             offset = self.offset(region.size)
             export = self.call(f"{label}={item.label}.view", region.view, offset, self.length(region.size, offset))
         elif which < 0.7:
-            export = self.call(f"{label}=memoryview({item.label})", memoryview, region)
+            export = self.call(f"{label}=memoryview", memoryview, region)
         elif which < 0.9:
-            export = self.call(f"{label}=numpy.frombuffer({item.label})", numpy.frombuffer, region, numpy.uint8)
+            export = self.call(f"{label}=numpy.frombuffer", numpy.frombuffer, region, numpy.uint8)
         else:
-            export = self.call(f"{label}=c_char.from_buffer({item.label})", ctypes.c_char.from_buffer, region)
+            export = self.call(f"{label}=c_char.from_buffer", ctypes.c_char.from_buffer, region)
         if export is not FAILED:
             pools.exports.put(rng, Item(label, export, "export"))
 
@@ -1551,7 +1551,7 @@ class Walker:
         else:
             picked = self.region()
             if picked is not None:
-                self.call(f"pickle({picked[1].label})", pickle.dumps, picked[1].obj)
+                self.call("pickle.dumps", pickle.dumps, picked[1].obj)
 
 
 def bulk(buffer: Any, write: bool) -> int:
