@@ -110,8 +110,13 @@ WW_BACKENDS = ("uffd-async", "uffd-sync", "mprotect", "shadow")
 SYNC_BACKENDS = tuple(ntshim.sync.registry.NAMES)
 U32 = 0xFFFFFFFF
 RING_SLOTS = 64  # records kept per thread
-#: What the two threads of a duel repeat on the hot region (Walker.duel).
+#: What the two threads of a duel repeat on the hot region (Walker.duel), and the pairs
+#: that half of the duels play: the races of issue 11 (a write faulting while its watch
+#: closes or its region is freed, a read through an export while protect() runs, a watch
+#: starting while the region is freed, fork while a watch's lock is held).
 DUEL_ACTIONS = ("write", "read", "protect", "watch", "reset", "free", "fork")
+RACE_PAIRS = (("write", "watch"), ("write", "free"), ("read", "protect"), ("watch", "free"), ("fork", "reset"),
+              ("fork", "watch"))
 RECORD = 240  # bytes per record: "seq thread text", outcome in the last OUTCOME bytes
 OUTCOME = 28
 #: Pages of a region large enough that tracker calls on it release the GIL (more than
@@ -696,15 +701,18 @@ class Walker:
 
     def duel(self) -> None:
         """Two threads repeat one race-prone call each on the hot region (the first slot of
-        the shared regions) for 10 to 50 ms, while the walk's other threads go on: every
+        the shared regions) for 10 to 60 ms, while the walk's other threads go on: every
         byte written or read with the GIL released, protection changes, watches started and
         closed, resets, the region freed (and replaced), fork (a child that queries it).
         Races that need two calls to meet within microseconds meet within seconds so."""
         rng = self.rng
-        deadline = time.monotonic() + rng.uniform(0.01, 0.05)
+        deadline = time.monotonic() + rng.uniform(0.01, 0.06)
         if self.partner is None:
             self.partner = Walker(self.run, self.thread + self.run.threads)
-        mine, theirs = rng.choice(DUEL_ACTIONS), rng.choice(DUEL_ACTIONS)
+        if rng.random() < 0.5:
+            mine, theirs = rng.sample(rng.choice(RACE_PAIRS), 2)
+        else:
+            mine, theirs = rng.choice(DUEL_ACTIONS), rng.choice(DUEL_ACTIONS)
         partner = threading.Thread(target=self.partner.second, args=(theirs, deadline))
         partner.start()
         try:
@@ -716,7 +724,7 @@ class Walker:
         """Repeat ``action`` on the hot region until ``deadline`` (the region of the moment:
         the other side may free and replace it)."""
         rng, slots = self.rng, self.run.shared.regions.slots
-        backend = rng.choice(WW_BACKENDS)
+        backend = rng.choice(("mprotect", *WW_BACKENDS))  # (its fault handler races most)
         if (
             (action == "protect" and self.excluded("protect-vs-view"))
             or (action == "watch" and self.protecting(backend, False, True))
@@ -767,7 +775,7 @@ class Walker:
             backend = rng.choice(WW_BACKENDS)
             kwargs.update(watch=True, backend="uffd-async" if self.protecting(backend, False, True) else backend)
         label = self.label("H")
-        region = self.call(f"{label}=alloc", ntshim.alloc, rng.choice((16, 256, BIG, BIG)) * P, **kwargs)
+        region = self.call(f"{label}=alloc", ntshim.alloc, rng.choice((16, BIG, BIG, 2 * BIG)) * P, **kwargs)
         if region is FAILED:
             return None
         if region.write_watch is not None:
@@ -783,6 +791,9 @@ class Walker:
 
     @staticmethod
     def watch_cycle(region: Any, backend: str) -> None:
+        """Close the region's watch if it has one, then start one, reset it and close it."""
+        if region.write_watch is not None:
+            region.write_watch.close()
         watch = ntshim.watch(region, backend=backend)
         try:
             watch.dirty(reset=True)
@@ -1618,7 +1629,7 @@ OPS: tuple[tuple[str, float], ...] = (
     ("region_free", 2),
     ("region_watch", 3),
     ("region_write", 10),
-    ("duel", 0.5),
+    ("duel", 0.75),
     ("new_export", 4),
     ("use_export", 5),
     ("new_buffer", 3),
