@@ -104,6 +104,8 @@ EXCLUSIONS = {
     "refused-export": "'Also': closing the source of a refused alias() or watch() in the except block",
     "dirtypages-granularity": "new: DirtyPages(runs, address, 0) answers len() with ZeroDivisionError",
     "server-huge-timeout": "new: a server-backend wait with a timeout past 2**64 ns raises struct.error",
+    "fork-hook-race": "new: the sync server client's before-fork hook raises RuntimeError (a WeakSet changed "
+    "size) when another thread makes or closes objects (reported from fork, not by it: this ignores the report)",
 }
 
 WW_BACKENDS = ("uffd-async", "uffd-sync", "mprotect", "shadow")
@@ -123,7 +125,7 @@ OUTCOME = 28
 #: tracker.c's KEEP_GIL_PAGES): then two threads can be in C on the same watch at once.
 BIG = 2048
 FORKS_PER_RUN = 16  # children that query everything
-DUEL_FORKS_PER_RUN = 64  # children of duels, that query the hot region
+DUEL_FORKS_PER_RUN = 160  # children of duels, that query the hot region
 #: Seconds a fork child may take for its calls, and that the whole run may overrun its
 #: budget, before they count as hung.
 FORK_BOUND = 6.0
@@ -219,30 +221,31 @@ LABELS: dict[int, tuple[str, type]] = {}
 class Item:
     """An object under test, with what the walk needs to know about it."""
 
-    __slots__ = ("address", "backend", "kind", "label", "obj", "watch")
+    __slots__ = ("backend", "kind", "label", "obj", "watch")
 
     def __init__(self, label: str, obj: Any, kind: str) -> None:
         self.label = label
         self.obj = obj
         self.kind = kind  # "region", "bytearray", "numpy", "mmap-shared", ...
         self.watch: Any = None  # the WriteWatch over a buffer
-        self.backend: str | None = None  # backend of that watch, or the sync object's
-        self.address = 0
+        self.backend: str | None = None  # the backend of that watch
         LABELS[id(obj)] = label, type(obj)
 
 
 class Pool:
     """A few slots of items; putting an item into a slot drops the one there (collected
-    if nothing else holds it: watches and regions are closed by their finalizers)."""
+    if nothing else holds it: watches and regions are closed by their finalizers).  The
+    first ``reserved`` slots are only picked from, never put into (the hot region)."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, reserved: int = 0) -> None:
         self.slots: list[Item | None] = [None] * slots
+        self.reserved = reserved
 
     def pick(self, rng: random.Random) -> Item | None:
         return self.slots[rng.randrange(len(self.slots))]
 
     def put(self, rng: random.Random, item: Item) -> None:
-        self.slots[rng.randrange(len(self.slots))] = item
+        self.slots[rng.randrange(self.reserved, len(self.slots))] = item
 
     def items(self) -> list[Item]:
         return [item for item in self.slots if item is not None]
@@ -251,7 +254,7 @@ class Pool:
 class Pools:
     def __init__(self, shared: bool) -> None:
         self.shared = shared
-        self.regions = Pool(6)
+        self.regions = Pool(7, reserved=1 if shared else 0)  # shared: slot 0 holds the hot region
         self.buffers = Pool(6)
         self.exports = Pool(6)
         self.sync = Pool(8)
@@ -792,8 +795,9 @@ class Walker:
     @staticmethod
     def watch_cycle(region: Any, backend: str) -> None:
         """Close the region's watch if it has one, then start one, reset it and close it."""
-        if region.write_watch is not None:
-            region.write_watch.close()
+        existing = region.write_watch  # (read once: another thread may close it meanwhile)
+        if existing is not None:
+            existing.close()
         watch = ntshim.watch(region, backend=backend)
         try:
             watch.dirty(reset=True)
@@ -1195,9 +1199,7 @@ class Walker:
             obj = self.call(f"{label}={kind.__name__}.open", kind.open, self.name(), backend=backend)
         if obj is not FAILED:
             self.run.sync_objects[obj.backend] += 1
-            item = Item(label, obj, type(obj).__name__)
-            item.backend = obj.backend
-            pools.sync.put(rng, item)
+            pools.sync.put(rng, Item(label, obj, type(obj).__name__))
 
     def sync_item(self) -> Item | None:
         item = self.pools().sync.pick(self.rng)
@@ -1511,7 +1513,7 @@ class Walker:
                 os.waitpid(pid, 0)
                 run.fail(self.thread, f"a fork child (pid {pid}) hung in its ntshim calls for {FORK_BOUND} s")
                 raise Stop
-            time.sleep(0.005)
+            time.sleep(0.001)
         if os.WIFSIGNALED(status):
             run.fail(self.thread, f"a fork child died of signal {os.WTERMSIG(status)}")
             raise Stop
@@ -1697,6 +1699,8 @@ def main(argv: list[str]) -> int:
         # An exception in a finalizer (a watch, region or sync object collected) is lost to
         # its caller: here it fails the run.
         exception = "".join(traceback.format_exception(info.exc_type, info.exc_value, info.exc_traceback))
+        if "fork-hook-race" in run.exclude and "before_fork" in exception:
+            return
         run.fail(-1, f"{info.err_msg or 'Exception ignored in'} {short(info.object)}:\n{exception}")
 
     sys.unraisablehook = unraisable

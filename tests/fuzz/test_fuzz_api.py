@@ -35,7 +35,8 @@ from required import BACKENDS, REQUIRED, SYNC_BACKENDS
 DRIVER = Path(__file__).with_name("fuzz_driver.py")
 REPOSITORY = Path(__file__).resolve().parents[2]
 #: Seeds whose walks differ in the defaults (write-watch backend uffd-async, mprotect, uffd-sync;
-#: sync backend server, futex), threads (3, 4, 3), switch interval, and arena damage (on in 1).
+#: sync backend server, futex, futex), threads (3, 4, 3) and switch interval; seed 1 damages the
+#: futex arena.
 FIXED_SEEDS = (1, 7, 12)
 SECONDS = float(os.environ.get("NTSHIM_FUZZ_SECONDS") or 4)
 #: Records of the ring shown when a walk fails (besides the calls still in flight).
