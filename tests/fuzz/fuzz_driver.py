@@ -1500,6 +1500,9 @@ class Walker:
             warnings.simplefilter("ignore", DeprecationWarning)  # "fork() of a multi-threaded process"
             pid = self.call("os.fork", os.fork)
         if pid == 0:
+            # A child that hangs must not outlive a parent that is gone (crashed, or killed
+            # by the test's bound) before it could kill the child itself.
+            signal.alarm(int(FORK_BOUND) + 4)
             os._exit(in_child(watches, objects))
         if pid is FAILED:
             return
@@ -1531,13 +1534,15 @@ class Walker:
         if not paths:
             return
         path = paths[0]
+        words = numpy.fromfile(path, numpy.uint64)
+        if not len(words):
+            return  # truncated to nothing already
         run.arena_damaged = True
         if rng.random() < 0.05:
-            self.call("arena.truncate", os.truncate, path, rng.randrange(os.path.getsize(path)))
+            self.call("arena.truncate", os.truncate, path, 8 * rng.randrange(len(words)))
             return
         # Change a few 8-byte words that are in use (indexes, counts, links, names: whatever
         # the layout), to what damaged state looks like: zeros, all ones, random bits.
-        words = numpy.fromfile(path, numpy.uint64)
         used = numpy.flatnonzero(words)
         fd = os.open(path, os.O_WRONLY)
         try:
