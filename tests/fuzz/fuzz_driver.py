@@ -112,6 +112,8 @@ WW_BACKENDS = ("uffd-async", "uffd-sync", "mprotect", "shadow")
 SYNC_BACKENDS = tuple(ntshim.sync.registry.NAMES)
 U32 = 0xFFFFFFFF
 RING_SLOTS = 64  # records kept per thread
+RECORD = 240  # bytes per record: "seq thread text", outcome in the last OUTCOME bytes
+OUTCOME = 28
 #: What the two threads of a duel repeat on the hot region (Walker.duel), and the pairs
 #: that half of the duels play: the races of issue 11 (a write faulting while its watch
 #: closes or its region is freed, a read through an export while protect() runs, a watch
@@ -119,8 +121,6 @@ RING_SLOTS = 64  # records kept per thread
 DUEL_ACTIONS = ("write", "read", "protect", "watch", "reset", "free", "fork")
 RACE_PAIRS = (("write", "watch"), ("write", "free"), ("read", "protect"), ("watch", "free"), ("fork", "reset"),
               ("fork", "watch"))
-RECORD = 240  # bytes per record: "seq thread text", outcome in the last OUTCOME bytes
-OUTCOME = 28
 #: Pages of a region large enough that tracker calls on it release the GIL (more than
 #: tracker.c's KEEP_GIL_PAGES): then two threads can be in C on the same watch at once.
 BIG = 2048
