@@ -48,10 +48,6 @@ def _name(name: object) -> bytes | None:
     return encoded
 
 
-#: A deadline the kernel's clock never reaches (2**63 ns: 292 years of CLOCK_MONOTONIC).
-_NEVER_NS = 1 << 63
-
-
 def _deadline(timeout: object) -> int | None:
     """A timeout in seconds as an absolute CLOCK_MONOTONIC deadline in ns (None: never)."""
     if timeout is None:
@@ -62,10 +58,12 @@ def _deadline(timeout: object) -> int | None:
         raise ValueError("timeout must not be NaN")
     if timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds (None waits forever), got {timeout}")
-    if timeout >= _NEVER_NS / 1e9:  # inf, or a deadline past the clock's reach: wait forever
+    if timeout == math.inf:
         return None
+    if timeout > threading.TIMEOUT_MAX:  # as threading's locks answer: the clock cannot count that far
+        raise OverflowError(f"timeout must be at most threading.TIMEOUT_MAX ({threading.TIMEOUT_MAX:g} s), got {timeout}")
     deadline = time.monotonic_ns() + math.ceil(timeout * 1e9)
-    return deadline if deadline < _NEVER_NS else None
+    return deadline if deadline < 1 << 63 else None  # past the clock's range: never reached
 
 
 class SyncObject:
