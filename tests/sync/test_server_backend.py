@@ -229,6 +229,50 @@ def test_there_is_no_eventfd_backend(monkeypatch: pytest.MonkeyPatch) -> None:
         Semaphore(0, 1)
 
 
+FORK_WHILE_THREADS_CHURN = textwrap.dedent("""
+    import os, sys, threading, time
+    from ntshim.sync import Event
+    # Live handles (fork prepares an anchor for the child), many, so that walking them takes
+    # a while; and frequent thread switches, so that other threads run during the walk.
+    keep = [Event(manual=True, backend="server") for _ in range(500)]
+    sys.setswitchinterval(1e-6)
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            Event(manual=True, backend="server").close()
+
+    threads = [threading.Thread(target=churn) for _ in range(3)]
+    for t in threads:
+        t.start()
+    end = time.monotonic() + 3
+    forks = 0
+    while time.monotonic() < end:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        forks += 1
+    stop.set()
+    for t in threads:
+        t.join()
+    print("forks", forks)
+""")
+
+
+def test_fork_while_other_threads_make_and_close_objects(private_root: dict[str, str]) -> None:
+    """The fork hook walks this process's handles while other threads add and drop some (it
+    raised "Set changed size during iteration", leaving the child without a prepared anchor;
+    found by the API fuzz test)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", FORK_WHILE_THREADS_CHURN], capture_output=True, text=True, timeout=60,
+        env={**os.environ, **private_root},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("forks "), proc.stdout
+    assert "Exception ignored" not in proc.stderr and "RuntimeError" not in proc.stderr, proc.stderr
+
+
 def test_clients_starting_at_once_share_one_server(private_root: dict[str, str]) -> None:
     go = Path(private_root[userdir.ROOT_ENV_VAR]) / "go"
     code = f"""

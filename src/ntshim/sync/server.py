@@ -589,9 +589,20 @@ class Client:
                 self._retake = False
                 self._retake_references(connection)
 
+    def live_handles(self) -> list[ServerHandle]:
+        """The handles not closed yet.  Walking a WeakSet while another thread adds or drops
+        a handle raises RuntimeError (the collector's removals wait, others do not); a lock
+        would have to be held across fork and could not be taken by finalizers that close
+        handles while one is walked: walk again instead."""
+        while True:
+            try:
+                return [h for h in self.handles if not h.closed]
+            except RuntimeError:
+                continue
+
     def _retake_references(self, connection: Connection) -> None:
         # Only ids of this server: a restarted one numbers its objects anew.
-        ids = [h.id for h in list(self.handles) if not h.closed and h.instance == self.instance]
+        ids = [h.id for h in self.live_handles() if h.instance == self.instance]
         if ids:
             data = frame(ADDREF, struct.pack(f"<{len(ids)}Q", *ids))
             status, _present = connection.call(data, ADDREF, "re-taking references after fork")
@@ -702,7 +713,7 @@ class Client:
     def before_fork(self) -> None:
         self.lock.acquire()
         self._child_anchor = None
-        if self.anchor is None or self.pid != os.getpid() or not any(not h.closed for h in list(self.handles)):
+        if self.anchor is None or self.pid != os.getpid() or not self.live_handles():
             return
         try:
             hello = frame(HELLO_PROC, HELLO_PROC_ARGS.pack(PROTOCOL_VERSION, os.getpid(), self.token))
@@ -738,7 +749,7 @@ class Client:
             # the parent's pending closes are not the child's to send.
             self.anchor = None
             self.pending.clear()
-            self._retake = any(not h.closed for h in list(self.handles))
+            self._retake = bool(self.live_handles())
 
 
 def _at_end(sock: socket.socket) -> bool:
