@@ -68,6 +68,14 @@ PyObject *nts_runs_finish(nts_runs *r);                       /* bytes; frees r 
 void nts_lock(int *word);
 void nts_unlock(int *word);
 
+/* Block every signal on this thread except the fault signals (SIGSEGV, SIGBUS,
+ * SIGILL, SIGFPE), saving the old mask in *saved.  For threads of ours and for
+ * pthread_create: asynchronous signals belong to the application's threads, but a
+ * fault must reach its handler (the mprotect watch's, faulthandler) where it
+ * happens: one taken with its signal blocked kills the process without a word, and
+ * glibc writes heap memory a watch may protect (a cached thread stack's DTV). */
+void nts_block_async_signals(sigset_t *saved);
+
 /* ---- Sharing a fault signal with the rest of the process (sigchain.c) ---- */
 #define NTS_SIGCHAIN_THREADS 16
 typedef struct {

@@ -81,6 +81,17 @@ void nts_unlock(int *word)
         futex(word, FUTEX_WAKE_PRIVATE, 1);
 }
 
+void nts_block_async_signals(sigset_t *saved)
+{
+    sigset_t async;
+    sigfillset(&async);
+    sigdelset(&async, SIGSEGV);
+    sigdelset(&async, SIGBUS);
+    sigdelset(&async, SIGILL);
+    sigdelset(&async, SIGFPE);
+    pthread_sigmask(SIG_BLOCK, &async, saved);
+}
+
 /* ---- Plain system calls ---- */
 
 static PyObject *core_mprotect(PyObject *mod, PyObject *args)

@@ -598,11 +598,8 @@ static void fork_prepare(void)
      * holds the locks.  Faults stay deliverable: one taken with its signal blocked
      * kills the process, and the mprotect handler resolves one that this thread
      * takes while it holds the locks (nts_mprotect_fork_prepare). */
-    sigset_t async, saved;
-    sigfillset(&async);
-    sigdelset(&async, SIGSEGV);
-    sigdelset(&async, SIGBUS);
-    pthread_sigmask(SIG_BLOCK, &async, &saved);
+    sigset_t saved;
+    nts_block_async_signals(&saved);
     /* The list lock first (it serializes forks); the shadow locks before the
      * mprotect one, because a shadow lock holder may allocate and fault on a page
      * an mprotect watch protects. */

@@ -91,13 +91,14 @@ static int start_fault_thread(nts_tracker *t)
     t->stop_fd = eventfd(0, EFD_CLOEXEC);
     if (t->stop_fd < 0)
         return errno;
-    /* The thread takes no signals: they belong to the application's threads. */
-    sigset_t all, saved;
+    /* The thread takes no asynchronous signals (they belong to the application's
+     * threads); it inherits the mask.  Faults stay deliverable, here too: creating
+     * it may write heap memory an mprotect watch protects. */
+    sigset_t saved;
     pthread_attr_t attr;
-    sigfillset(&all);
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, 1 << 16);
-    pthread_sigmask(SIG_BLOCK, &all, &saved);
+    nts_block_async_signals(&saved);
     int err = pthread_create(&t->thread, &attr, fault_thread, t);
     pthread_sigmask(SIG_SETMASK, &saved, NULL);
     pthread_attr_destroy(&attr);

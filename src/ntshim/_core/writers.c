@@ -54,11 +54,8 @@ int nts_writers_start(nts_writer_pool *pool, char *base, size_t npages, unsigned
         return ENOMEM;
     /* Writers take no asynchronous signals (Python handles those on its own
      * threads); faults on watched pages still reach the SIGSEGV handler. */
-    sigset_t block, saved;
-    sigfillset(&block);
-    sigdelset(&block, SIGSEGV);
-    sigdelset(&block, SIGBUS);
-    pthread_sigmask(SIG_BLOCK, &block, &saved);
+    sigset_t saved;
+    nts_block_async_signals(&saved);
     int err = 0;
     for (unsigned i = 0; i < nthreads && !err; i++) {
         pool->w[i].pool = pool;
