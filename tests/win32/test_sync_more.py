@@ -21,8 +21,11 @@ from ntshim import win32
 from ntshim.win32 import (
     ERROR_ACCESS_DENIED,
     ERROR_ALREADY_EXISTS,
+    ERROR_BUSY,
+    ERROR_FILE_CORRUPT,
     ERROR_FILE_NOT_FOUND,
     ERROR_FILENAME_EXCED_RANGE,
+    ERROR_GEN_FAILURE,
     ERROR_INVALID_HANDLE,
     ERROR_INVALID_NAME,
     ERROR_INVALID_PARAMETER,
@@ -405,13 +408,39 @@ def test_backend_out_of_room(monkeypatch: pytest.MonkeyPatch, error: BaseExcepti
     assert open_handle_count() == before
 
 
-def test_other_backend_errors_propagate(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise OSError(errno.EIO, "the server went away")
+BACKEND_FAILURES = [
+    (OSError(errno.EUCLEAN, "the sync arena is damaged"), ERROR_FILE_CORRUPT),
+    (OSError(errno.EBUSY, "the arena is in use by another layout"), ERROR_BUSY),
+    (PermissionError(errno.EACCES, "the per-user directory is refused"), ERROR_ACCESS_DENIED),
+    (ConnectionError("the sync server closed the connection"), ERROR_INVALID_HANDLE),
+    (OSError(errno.EIO, "anything else"), ERROR_GEN_FAILURE),
+]
 
-    monkeypatch.setattr(win32_sync, "Mutex", refuse)
-    with pytest.raises(OSError, match="server went away"):
-        win32.CreateMutexW(None, False, None)
+
+@pytest.mark.parametrize(("error", "code"), BACKEND_FAILURES, ids=lambda x: getattr(x, "strerror", None) or str(x))
+def test_backend_failures_are_win32_failures(monkeypatch: pytest.MonkeyPatch, error: OSError, code: int) -> None:
+    """A Win32 function fails with a last error whatever the backend raised (a damaged arena,
+    a refused directory, a vanished server): it never raises it (the API fuzz test found
+    OSError(EUCLEAN) escaping CreateEventW and WaitForSingleObject)."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise error
+
+    event = win32.CreateEventW(None, True, True, None)
+    try:
+        before = open_handle_count()
+        with monkeypatch.context() as patch:
+            patch.setattr(win32_sync, "Mutex", refuse)
+            assert fails(win32.CreateMutexW(None, False, None), code)
+            assert open_handle_count() == before
+            patch.setattr(win32_sync.Event, "set", refuse)
+            assert fails(win32.SetEvent(event), code)
+            patch.setattr(win32_sync, "wait_any", refuse)
+            assert win32.WaitForSingleObject(event, 0) == WAIT_FAILED
+            assert win32.GetLastError() == code
+        assert win32.WaitForSingleObject(event, 0) == WAIT_OBJECT_0  # the handle is fine afterwards
+    finally:
+        win32.CloseHandle(event)
 
 
 def test_bad_python_arguments_raise() -> None:

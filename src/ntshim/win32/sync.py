@@ -27,8 +27,11 @@ from .constants import (
     ACCESS_SYSTEM_SECURITY,
     ERROR_ACCESS_DENIED,
     ERROR_ALREADY_EXISTS,
+    ERROR_BUSY,
+    ERROR_FILE_CORRUPT,
     ERROR_FILE_NOT_FOUND,
     ERROR_FILENAME_EXCED_RANGE,
+    ERROR_GEN_FAILURE,
     ERROR_INVALID_HANDLE,
     ERROR_INVALID_NAME,
     ERROR_INVALID_PARAMETER,
@@ -204,7 +207,8 @@ os.register_at_fork(after_in_child=_table._after_fork_in_child)
 def _using(handle: object, kind: type[T], access: int) -> Iterator[T]:
     entry = _table.borrow([_handle_value(handle, "handle")], kind, access)[0]
     try:
-        yield cast(T, entry.obj)
+        with _object_errors():
+            yield cast(T, entry.obj)
     finally:
         _table.give_back([entry])
 
@@ -349,12 +353,26 @@ def _publish(obj: SyncObject, named: bool) -> int:
     return handle
 
 
-_OUT_OF_ROOM = {errno.ENOSPC, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+#: What the backends' OSErrors mean to a Win32 caller (by errno).  Out of room (the futex
+#: arena is full, the sync server has no descriptor left for another connection): Windows
+#: answers a full handle table or pool with ERROR_NOT_ENOUGH_MEMORY too.
+_ERRNO_CODES = {
+    errno.ENOSPC: ERROR_NOT_ENOUGH_MEMORY,
+    errno.ENOMEM: ERROR_NOT_ENOUGH_MEMORY,
+    errno.EMFILE: ERROR_NOT_ENOUGH_MEMORY,
+    errno.ENFILE: ERROR_NOT_ENOUGH_MEMORY,
+    errno.EUCLEAN: ERROR_FILE_CORRUPT,  # the shared arena is damaged
+    errno.EBUSY: ERROR_BUSY,  # the arena is in use by another ntshim layout
+    errno.EACCES: ERROR_ACCESS_DENIED,  # the per-user directory is refused
+    errno.EPERM: ERROR_ACCESS_DENIED,
+    errno.EBADF: ERROR_INVALID_HANDLE,  # the object is gone for this process
+}
 
 
 @contextmanager
 def _object_errors() -> Iterator[None]:
-    """ntshim.sync's answers as Win32 error codes."""
+    """ntshim.sync's answers as Win32 error codes: a Win32 function fails with a last error,
+    it never raises what the backend raised."""
     try:
         yield
     except NameKindError:  # the name belongs to an object of another kind
@@ -365,13 +383,10 @@ def _object_errors() -> Iterator[None]:
         raise Win32Error(ERROR_NOT_SUPPORTED) from None
     except MemoryError:
         raise Win32Error(ERROR_NOT_ENOUGH_MEMORY) from None
+    except ConnectionError:  # the sync server is gone, and the object with it
+        raise Win32Error(ERROR_INVALID_HANDLE) from None
     except OSError as e:
-        # The backend ran out of room (the futex arena is full, the sync server has no
-        # descriptor left for another connection): Windows answers a full handle table or
-        # pool this way too.
-        if e.errno in _OUT_OF_ROOM:
-            raise Win32Error(ERROR_NOT_ENOUGH_MEMORY) from None
-        raise
+        raise Win32Error(_ERRNO_CODES.get(e.errno, ERROR_GEN_FAILURE)) from None
 
 
 @win32_function(0)
@@ -532,14 +547,15 @@ def _wait(values: list[int], all_of_them: bool, milliseconds: int) -> int:
             # mechanisms.
             raise Win32Error(ERROR_NOT_SUPPORTED)
         timeout = None if milliseconds == INFINITE else milliseconds / 1000
-        try:
-            index = (wait_all if all_of_them else wait_any)(objects, timeout)
-        except TimeoutError:
-            return WAIT_TIMEOUT
-        except AbandonedError as abandoned:
-            # The mutex was acquired.  A wait-all reports WAIT_ABANDONED_0 itself, as the
-            # wineserver and ntsync do (the index ntshim.sync gives it is 0).
-            return WAIT_ABANDONED_0 + (abandoned.index or 0)
+        with _object_errors():
+            try:
+                index = (wait_all if all_of_them else wait_any)(objects, timeout)
+            except TimeoutError:
+                return WAIT_TIMEOUT
+            except AbandonedError as abandoned:
+                # The mutex was acquired.  A wait-all reports WAIT_ABANDONED_0 itself, as the
+                # wineserver and ntsync do (the index ntshim.sync gives it is 0).
+                return WAIT_ABANDONED_0 + (abandoned.index or 0)
         return WAIT_OBJECT_0 + index
     finally:
         _table.give_back(entries)
