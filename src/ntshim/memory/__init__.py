@@ -158,8 +158,11 @@ def watch(obj: Any, *, backend: str | None = None) -> WriteWatch:
     try:
         start = pin.address - pin.address % PAGE_SIZE
         end = -(-(pin.address + pin.nbytes) // PAGE_SIZE) * PAGE_SIZE
-        prots = maps.protections(start, end, PAGE_SIZE)
-        return WriteWatch(start, end - start, prots, backend, lambda: pin, pin.address - start)
+
+        def protections() -> bytes:  # read by WriteWatch once the range is claimed
+            return maps.protections(start, end, PAGE_SIZE)
+
+        return WriteWatch(start, end - start, protections, backend, lambda: pin, pin.address - start)
     except BaseException:
         pin.release()  # a refused watch holds no export: the caller may close the memory at once
         raise

@@ -32,7 +32,7 @@ class WriteWatch:
         self,
         address: int,
         size: int,
-        prots: bytes,
+        prots: bytes | Callable[[], bytes],
         backend: str | None,
         buffer: Callable[[], Any],
         buffer_offset: int,
@@ -40,8 +40,12 @@ class WriteWatch:
     ) -> None:
         watched.claim(address, address + size)
         try:
+            # Memory we do not own: its pages' protections as the kernel has them, read only
+            # now that the range is ours — before, another watch of a page it shares could
+            # still have it write-protected, and that would be taken for the owner's wish.
+            owner_prots = prots() if callable(prots) else prots
             self._tracker: Tracker | None
-            self._tracker, self._backend = open_tracker(address, size, prots, backend)
+            self._tracker, self._backend = open_tracker(address, size, owner_prots, backend)
         except BaseException:
             watched.release(address)
             raise
