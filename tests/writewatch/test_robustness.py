@@ -204,6 +204,52 @@ def test_a_watch_never_records_a_protection_another_watch_set() -> None:
     require_backend("mprotect")
     assert_ran(run_script(STALE_PROTECTION_SCRIPT, 60), "ok")
 
+
+FINALIZER_INSIDE_CLAIM_SCRIPT = """
+import bisect, mmap
+import ntshim
+
+PS = mmap.PAGESIZE
+kept, dropped = mmap.mmap(-1, PS), mmap.mmap(-1, PS)
+watch = ntshim.watch(kept, backend="shadow")
+
+
+class Holder:  # a watch that ends in a finalizer, as an object the collector frees does
+    def __init__(self):
+        self.watch = ntshim.watch(dropped, backend="shadow")
+
+    def __del__(self):
+        self.watch.close()
+
+
+doomed = [Holder()]
+real = bisect.bisect_right
+
+
+def bisect_right_while_a_finalizer_runs(*args):
+    doomed.clear()  # the collector picks this moment: inside claim, which holds its lock
+    return real(*args)
+
+
+bisect.bisect_right = bisect_right_while_a_finalizer_runs
+try:
+    ntshim.watch(kept, backend="shadow")
+except ValueError as e:
+    assert "overlaps" in str(e), e
+bisect.bisect_right = real
+again = ntshim.watch(dropped, backend="shadow")  # the finalizer's release took effect
+again.close()
+watch.close()
+print("ok")
+"""
+
+
+def test_a_watch_ending_in_a_finalizer_inside_another_watchs_claim() -> None:
+    """Watches end in finalizers (a Region or WriteWatch the collector frees), and the
+    collector runs at any allocation, also while a thread claims a range: the release must
+    not wait for the lock its own thread holds (found by the API fuzz test: a hang)."""
+    assert_ran(run_script(FINALIZER_INSIDE_CLAIM_SCRIPT, 30), "ok")
+
 # ---- item 2: a watch ends while threads write ---------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import collections
 import os
 import threading
 
@@ -64,23 +65,41 @@ def open_tracker(address: int, size: int, prots: bytes, backend: str | None) -> 
 class _WatchedRanges:
     """Address ranges under watch in this process.  Two watches over the same page would
     reset each other's state (and the userfaultfd backends cannot register a page twice),
-    so overlaps are refused."""
+    so overlaps are refused.
+
+    Watches also end in finalizers (a Region or WriteWatch the collector frees), and the
+    collector may run at any allocation — also inside :meth:`claim`, on the thread holding
+    the lock.  So :meth:`release` never waits for the lock: it queues the range, and whoever
+    holds the lock next applies the queue before looking for overlaps."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._starts: list[int] = []
         self._ends: list[int] = []
+        self._released: collections.deque[int] = collections.deque()  # appends are atomic
 
     def claim(self, start: int, end: int) -> None:
         with self._lock:
+            self._apply_releases()
             i = bisect.bisect_right(self._starts, start)
-            if (i > 0 and self._ends[i - 1] > start) or (i < len(self._starts) and self._starts[i] < end):
-                raise ValueError(f"memory {start:#x}-{end:#x} overlaps memory that is already watched")
-            self._starts.insert(i, start)
-            self._ends.insert(i, end)
+            overlaps = (i > 0 and self._ends[i - 1] > start) or (i < len(self._starts) and self._starts[i] < end)
+            if not overlaps:
+                self._starts.insert(i, start)
+                self._ends.insert(i, end)
+        if overlaps:
+            raise ValueError(f"memory {start:#x}-{end:#x} overlaps memory that is already watched")
 
     def release(self, start: int) -> None:
-        with self._lock:
+        self._released.append(start)
+        if self._lock.acquire(blocking=False):  # else its holder (maybe this very thread) applies it
+            try:
+                self._apply_releases()
+            finally:
+                self._lock.release()
+
+    def _apply_releases(self) -> None:
+        while self._released:
+            start = self._released.popleft()
             i = bisect.bisect_left(self._starts, start)
             if i < len(self._starts) and self._starts[i] == start:
                 del self._starts[i], self._ends[i]
