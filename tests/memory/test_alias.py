@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from required import require_backend
 
 import ntshim
 from ntshim.memory import PAGE_SIZE, Alias, alias, placement
@@ -152,3 +153,52 @@ def test_an_alias_refuses_commit_and_decommit() -> None:
         source[0] = 5
         assert memoryview(view)[0] == 5
     source.close()
+
+
+def _read_only_file(tmp_path: Path) -> int:
+    path = tmp_path / "data"
+    path.write_bytes(b"x" * PAGE_SIZE)
+    return os.open(path, os.O_RDONLY)
+
+
+@pytest.mark.parametrize("watched", [None, "mprotect", "shadow"])
+def test_an_alias_of_a_read_only_descriptor_cannot_be_made_writable(tmp_path: Path, watched: str | None) -> None:
+    """The source decides the most an alias can be.  Under an mprotect watch the kernel is
+    asked for write access only once a page is written, so the alias must know the limit
+    itself: protect("rw") is refused up front, as mprotect(2) refuses it without a watch, and
+    nothing changes (it was accepted, and the first write, or the watch's end, crashed: found
+    by the API fuzz test)."""
+    if watched is not None:
+        require_backend(watched)
+    fd = _read_only_file(tmp_path)
+    try:
+        with alias(fd) as view:
+            watch = ntshim.watch(view, backend=watched) if watched else None
+            with pytest.raises(PermissionError, match="does not allow writing"):
+                view.protect(0, PAGE_SIZE, "rw")
+            assert view.protection(0) == "r"
+            with memoryview(view) as buffer:
+                assert buffer.readonly and buffer[0] == ord("x")
+            view.protect(0, PAGE_SIZE, "none")  # less than the source allows works
+            view.protect(0, PAGE_SIZE, "r")
+            if watch is not None:
+                watch.close()
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("backend", ["uffd-async", "uffd-sync"])
+def test_userfaultfd_refuses_memory_that_can_never_be_written(tmp_path: Path, backend: str) -> None:
+    """A shared memory object opened read-only (shmem: userfaultfd's kind of memory otherwise):
+    a clean refusal that names the backends that can watch it, not a bare EPERM."""
+    require_backend(backend)
+    writer = os.memfd_create("ntshim-read-only")
+    os.ftruncate(writer, PAGE_SIZE)
+    fd = os.open(f"/proc/self/fd/{writer}", os.O_RDONLY)
+    try:
+        with alias(fd) as view:
+            with pytest.raises(ntshim.BackendUnavailable, match="can never be written.*mprotect and shadow"):
+                ntshim.watch(view, backend=backend)
+    finally:
+        os.close(fd)
+        os.close(writer)

@@ -36,6 +36,7 @@ typedef struct {
     size_t npages;
     uint8_t *prots;                /* PROT_* of each page */
     size_t unreadable, unwritable; /* pages whose prots lack PROT_READ, PROT_WRITE */
+    int max_prot;                  /* what the pages' source allows (an alias of a read-only file: no PROT_WRITE) */
     int busy;                      /* IDLE, CHANGING [change_first, +change_count) to change_prot, or FREEING */
     size_t change_first, change_count;
     int change_prot;
@@ -209,6 +210,7 @@ static PyObject *mapping_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     self->addr = p;
     self->size = size;
     self->npages = (size_t)size / nts_page_size;
+    self->max_prot = PROT_BITS;
     self->prots = PyMem_Malloc(self->npages);
     if (!self->prots) {
         Py_DECREF(self);
@@ -409,6 +411,15 @@ static PyObject *mapping_change_protection(Mapping *self, PyObject *args)
     }
     if (busy_check(self))
         return NULL;
+    if (prot & ~self->max_prot) {
+        /* The kernel would refuse it (EACCES), but a write watch may not ask the kernel
+         * until a page is written (mprotect keeps clean pages read-only): refuse here. */
+        int missing = prot & ~self->max_prot;
+        PyErr_Format(PyExc_PermissionError, "the source of these pages does not allow %s%s%s",
+                     missing & PROT_READ ? "reading " : "", missing & PROT_WRITE ? "writing " : "",
+                     missing & PROT_EXEC ? "executing " : "");
+        return NULL;
+    }
     const size_t lo = (size_t)first * nts_page_size, hi = (size_t)(first + count) * nts_page_size;
     for (Py_ssize_t i = 0; i < self->exports; i++) {
         export_range *r = &self->ranges[i];
@@ -447,7 +458,23 @@ static PyObject *mapping_change_protection(Mapping *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *mapping_limit_protection(Mapping *self, PyObject *arg)
+{
+    int prot = PyLong_AsLong(arg);
+    if (prot == -1 && PyErr_Occurred())
+        return NULL;
+    if (prot & ~PROT_BITS) {
+        PyErr_Format(PyExc_ValueError, "prot must be PROT_READ, PROT_WRITE and PROT_EXEC bits, got %d", prot);
+        return NULL;
+    }
+    self->max_prot = prot;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef mapping_methods[] = {
+    {"_limit_protection", (PyCFunction)mapping_limit_protection, METH_O,
+     "_limit_protection(prot): the most the pages may be given from now on (what their source allows); more is "
+     "refused with PermissionError"},
     {"_view", (PyCFunction)mapping_view, METH_VARARGS,
      "_view(first, count) -> View: a buffer over whole pages, counted as an export; read-only unless every page "
      "is writable, BufferError unless every page is readable"},

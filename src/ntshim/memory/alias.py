@@ -130,6 +130,9 @@ def _alias_fd(fd: int, below: int | None, address: int | None) -> Alias:
         view.free()
         raise
     _adopt(view, prot)
+    # A descriptor opened read-only can never give write access (mprotect(2) says EACCES);
+    # the view must know it, since a write watch may not ask the kernel before a write does.
+    view._limit_protection(prot | _core.PROT_EXEC)
     return view
 
 

@@ -23,6 +23,8 @@ _WANTED = _REQUIRED | _core.UFFD_FEATURE_PAGEFAULT_FLAG_WP | _core.UFFD_FEATURE_
 _REFUSALS = {
     errno.EINVAL: "userfaultfd cannot write-protect this mapping (driver mappings, VM_PFNMAP/VM_IO, "
     "cannot be watched by it); the shadow backend can",
+    errno.EPERM: "userfaultfd refuses memory that can never be written (a shared mapping of a file opened "
+    "read-only, or a read-only alias of one); mprotect and shadow can watch it",
     errno.EBUSY: ALREADY_REGISTERED,
 }
 

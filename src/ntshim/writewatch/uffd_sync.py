@@ -69,5 +69,7 @@ _REFUSALS = {
     errno.EINVAL: "userfaultfd write-protection covers anonymous, shmem (memfd, /dev/shm, shared anonymous) "
     "and hugetlbfs mappings only; this mapping is file-backed or special. "
     "uffd-async, mprotect and shadow can watch it",
+    errno.EPERM: "userfaultfd refuses memory that can never be written (a shared mapping of a file opened "
+    "read-only, or a read-only alias of one); mprotect and shadow can watch it",
     errno.EBUSY: ALREADY_REGISTERED,
 }
