@@ -284,6 +284,37 @@ def test_ending_an_mprotect_watch_while_threads_write(end: str) -> None:
     assert_ran(proc, "survived")
 
 
+@pytest.mark.parametrize("next_backend", ["uffd-sync", "uffd-async"])
+def test_an_mprotect_watch_followed_by_a_userfaultfd_one_while_threads_write(next_backend: str) -> None:
+    """A writer waiting for the lock while an mprotect watch ends may find, once it has it,
+    the page write-protected again by a userfaultfd watch started meanwhile: the kernel cannot
+    write it, yet the writer can (its write waits for that watch).  It must retry, not crash
+    (found by the API fuzz test)."""
+    require_backend("mprotect")
+    require_backend(next_backend)
+    proc = run_script(
+        f"""
+        import time
+        import ntshim
+        from ntshim import _core
+
+        region = ntshim.alloc(256 * 4096)
+        writers = _core.Writers(memoryview(region), 8, random=True)  # many: some always wait for the lock
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            for backend in ("mprotect", {next_backend!r}):
+                watch = ntshim.watch(region, backend=backend)
+                watch.dirty(reset=True)
+                watch.close()
+        writes, _ = writers.stop()
+        assert writes > 0
+        print("survived")
+        """,
+        timeout=60,
+    )
+    assert_ran(proc, "survived")
+
+
 def test_an_undone_registration_lets_waiting_writers_run() -> None:
     """Item 2: a registration that fails half way gives the pages back (its undo path); a
     writer that faulted on a page it had protected meanwhile must run again.  The failure is

@@ -32,6 +32,15 @@ static struct {
     uintptr_t start, end;
 } g_recent[RECENT];
 static size_t g_recent_next;
+static size_t g_ended; /* watches ended so far */
+/* The last such fault each thread was told to retry (a small table: a collision
+ * only costs a thread one more retry). */
+#define RETRIED 64
+static struct {
+    pid_t tid;
+    uintptr_t addr;
+    size_t ended;
+} g_retried[RETRIED];
 static void on_sigsegv(int sig, siginfo_t *si, void *ctx);
 static nts_sigchain g_chain = {.sig = SIGSEGV, .handler = on_sigsegv};
 
@@ -115,7 +124,25 @@ static int resolve(uintptr_t addr)
      * the write must simply run again.  Only ranges watched recently qualify:
      * another library's fault goes to its handler every time, even when its page
      * is writable by now (its handler may count the faults). */
-    return recently_unwatched(addr) && writable_now(addr);
+    if (!recently_unwatched(addr))
+        return 0;
+    if (writable_now(addr))
+        return 1;
+    /* Not writable for the kernel — which may still mean writable for the thread: a
+     * userfaultfd watch started since may have write-protected the page (a kernel
+     * access then fails; the thread's write waits for that watch's resolver).  Retry
+     * once; the same fault again on this thread, with no watch ended in between, is
+     * real. */
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    __typeof__(g_retried[0]) *last = &g_retried[(size_t)tid % RETRIED];
+    if (last->tid == tid && last->addr == addr && last->ended == g_ended) {
+        last->tid = 0;
+        return 0;
+    }
+    last->tid = tid;
+    last->addr = addr;
+    last->ended = g_ended;
+    return 1;
 }
 
 /* Take g_lock in the handler: 1, or 0 when this thread already holds it because
@@ -197,6 +224,7 @@ static void registry_remove(nts_tracker *t)
     g_recent[g_recent_next].start = t->base;
     g_recent[g_recent_next].end = t->base + t->npages * nts_page_size;
     g_recent_next = (g_recent_next + 1) % RECENT;
+    g_ended++;
     for (size_t i = 0; i < t->npages; i++)
         t->state[i] |= NTS_DIRTY;
     nts_tracker_sync_kernel(t, 0, t->npages);
