@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import mmap
+import os
 from collections.abc import Callable
 
 import pytest
@@ -53,7 +54,14 @@ def test_alias_of_a_buffer_off_a_page_boundary_releases_the_source() -> None:
 
 def test_alias_of_a_buffer_over_several_mappings_releases_the_source() -> None:
     mm = mmap.mmap(-1, 2 * P)
-    _core.mprotect(address_of(mm) + P, P, _core.PROT_READ)  # two mappings now
+    other = os.memfd_create("other")
+    try:
+        os.ftruncate(other, P)
+        # The second page now shows another object: two mappings under one buffer.  (A mapping
+        # split by protections alone is still one, and is aliased.)
+        _core.map_fd_onto(other, 0, P, _core.PROT_READ | _core.PROT_WRITE, address_of(mm) + P)
+    finally:
+        os.close(other)
     refuse_then_close(mm, lambda: alias(mm), ValueError, "several mappings")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import os
 import stat as stat_module
+from collections.abc import Callable
 from typing import Any
 
 from .. import _core, _kernel
@@ -88,18 +89,7 @@ def alias(source: Any, *, below: int | None = None, address: int | None = None) 
                 f"the buffer starts at {start:#x}, not on a page boundary: alias the whole mapping instead"
             )
         size = -(-nbytes // PAGE_SIZE) * PAGE_SIZE
-        mapping = maps.mapping_at(start)
-        if not isinstance(mapping, maps.Mapping):
-            raise ValueError(f"nothing is mapped at {start:#x}")  # noqa: TRY004 - the address is at fault
-        _lo, hi, prot, shared, path = mapping
-        if start + size > hi:
-            raise ValueError("the buffer spans several mappings; alias each mapping on its own")
-        if not shared:
-            raise ValueError(
-                f"the buffer is private memory ({path or 'anonymous'}): private pages belong to one mapping and are "
-                "copied on write, so they cannot be shown twice. Put the data in shared memory (mmap.mmap(-1, size), "
-                "a memfd, a file mapped with MAP_SHARED) and alias that"
-            )
+        path, prot = _shared_pages(start, start + size)
         view = _placeholder(size, below, address)
         try:
             _core.alias_onto(start, size, view.address)
@@ -110,8 +100,52 @@ def alias(source: Any, *, below: int | None = None, address: int | None = None) 
                 "mapped by a driver (VM_PFNMAP) cannot be aliased: ask the driver to map it at the address you need "
                 "(as VK_EXT_map_memory_placed does)"
             ) from None
-    _adopt(view, prot)
+    try:
+        _adopt(view, prot, None)  # None: mprotect, the duplicate has the first piece's access
+    except BaseException:
+        view.free()
+        raise
     return view
+
+
+def _shared_pages(start: int, end: int) -> tuple[str, int]:
+    """The file (a path, "" when anonymous) whose pages ``[start, end)`` map, shared and in
+    order, and the access their owner gives them; ValueError saying why they cannot be
+    aliased.
+
+    The range may be several mappings in /proc/self/maps and still be one: ``protect()`` and
+    an ``mprotect`` write watch split a mapping wherever protections differ, and
+    ``mremap(old_size=0)`` duplicates from the first piece onwards, through the same file.
+    The kernel's protections are no guide to the owner's: a write watch may have taken write
+    access from any page, at any moment.  The owner's access is what the source's writable
+    export promises — reading and writing every page — plus execution where all of it has it.
+    """
+    pieces = []
+    for mapping in maps.mappings():
+        if mapping.end <= start:
+            continue
+        if mapping.start >= end or (pieces and mapping.start != pieces[-1].end) or (
+            not pieces and mapping.start > start
+        ):
+            break
+        pieces.append(mapping)
+    if not pieces or pieces[0].start > start:
+        raise ValueError(f"nothing is mapped at {start:#x}")
+    first = pieces[0]
+    if not first.shared:
+        raise ValueError(
+            f"the buffer is private memory ({first.path or 'anonymous'}): private pages belong to one mapping and are "
+            "copied on write, so they cannot be shown twice. Put the data in shared memory (mmap.mmap(-1, size), "
+            "a memfd, a file mapped with MAP_SHARED) and alias that"
+        )
+    one_object = all(
+        piece.shared and piece.file == first.file and piece.offset - first.offset == piece.start - first.start
+        for piece in pieces
+    )
+    if not one_object or pieces[-1].end < end:
+        raise ValueError("the buffer spans several mappings; alias each mapping on its own")
+    executable = all(piece.prot & _core.PROT_EXEC for piece in pieces)
+    return first.path, _core.PROT_READ | _core.PROT_WRITE | (_core.PROT_EXEC if executable else 0)
 
 
 def _alias_fd(fd: int, below: int | None, address: int | None) -> Alias:
@@ -129,16 +163,17 @@ def _alias_fd(fd: int, below: int | None, address: int | None) -> Alias:
     except OSError:
         view.free()
         raise
-    _adopt(view, prot)
+    _adopt(view, prot, _mapped_so_already)
     # A descriptor opened read-only can never give write access (mprotect(2) says EACCES);
     # the view must know it, since a write watch may not ask the kernel before a write does.
     view._limit_protection(prot | _core.PROT_EXEC)
     return view
 
 
-def _adopt(view: Alias, prot: int) -> None:
-    """The placeholder is now the alias: every page mapped with the source's access."""
-    view._change_protection(0, len(view._committed), prot, _mapped_so_already)
+def _adopt(view: Alias, prot: int, apply: Callable[[int, int, int], None] | None) -> None:
+    """The placeholder is now the alias: every page with the owner's access ``prot``, which
+    ``apply`` gives them (None: ``mprotect``)."""
+    view._change_protection(0, len(view._committed), prot, apply)
     view._committed[:] = b"\x01" * len(view._committed)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -14,6 +15,8 @@ class Mapping(NamedTuple):
     prot: int
     shared: bool  # MAP_SHARED ('s' in the permissions), else private
     path: str  # empty for anonymous memory
+    offset: int  # where the mapping starts in its file (0 for anonymous memory)
+    file: tuple[int, int]  # (device, inode) of the file mapped; (0, 0) for anonymous memory
 
 
 def mappings() -> Iterator[Mapping]:
@@ -24,7 +27,16 @@ def mappings() -> Iterator[Mapping]:
             lo_text, hi_text = fields[0].split("-")
             prot = sum(bit for bit, letter, flag in zip((READ, WRITE, EXEC), "rwx", fields[1]) if flag == letter)
             path = fields[5].strip() if len(fields) > 5 else ""
-            yield Mapping(int(lo_text, 16), int(hi_text, 16), prot, fields[1][3] == "s", path)
+            major, minor = fields[3].split(":")
+            yield Mapping(
+                int(lo_text, 16),
+                int(hi_text, 16),
+                prot,
+                fields[1][3] == "s",
+                path,
+                int(fields[2], 16),
+                (os.makedev(int(major, 16), int(minor, 16)), int(fields[4])),
+            )
 
 
 def protections(start: int, end: int, page: int) -> bytes:
@@ -34,7 +46,7 @@ def protections(start: int, end: int, page: int) -> bytes:
     """
     out = bytearray()
     cursor = start
-    for lo, hi, prot, _shared, _path in mappings():
+    for lo, hi, prot, *_ in mappings():
         if hi <= cursor:
             continue
         if lo > cursor or cursor >= end:

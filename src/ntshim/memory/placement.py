@@ -44,7 +44,7 @@ def _gaps() -> list[tuple[int, int]]:
     """Free ranges of the address space, ascending, as ``[start, end)``."""
     out = []
     cursor = mmap_min_addr()
-    for lo, hi, _prot, _shared, _path in maps.mappings():
+    for lo, hi, *_ in maps.mappings():
         lo = min(lo, USER_SPACE_END)  # [vsyscall] lies beyond the user address space
         if lo > cursor:
             out.append((cursor, lo))

@@ -439,7 +439,7 @@ def VirtualQuery(address: int | None) -> MEMORY_BASIC_INFORMATION | None:
             return info
     found = maps.mapping_at(start)
     if isinstance(found, maps.Mapping):  # someone else's mapping: the program, Python, a library
-        lo, hi, prot, _shared, path = found
+        lo, hi, prot, _shared, path, *_ = found
         info.AllocationBase = lo
         info.AllocationProtect = info.Protect = _FROM_LINUX.get(prot, PAGE_NOACCESS)
         info.RegionSize = hi - start
