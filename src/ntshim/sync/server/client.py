@@ -445,7 +445,7 @@ class Client:
         self.local = threading.local()
         self.handles: weakref.WeakSet[ServerHandle] = weakref.WeakSet()
         #: Ids of handles that were garbage-collected: CLOSE frames for the next request.
-        self.pending: collections.deque[int] = collections.deque()
+        self.closes_to_send: collections.deque[int] = collections.deque()
         #: Every connection opened in this process, for a fork child to close its copies.
         self.connections: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         #: Made just before fork for the child (see before_fork).
@@ -528,7 +528,7 @@ class Client:
                 # dead (their instance differs); new objects work.
                 self.anchor.close()
                 self.anchor = None
-                self.pending.clear()
+                self.closes_to_send.clear()
             self._ensure_anchor()
         hello = frame(
             HELLO_THREAD,
@@ -549,30 +549,25 @@ class Client:
             pool.remove(connection)
         connection.close()
 
-    def _pending_frames(self) -> bytes:
-        if not self.pending:
+    def _close_frames(self) -> bytes:
+        if not self.closes_to_send:
             return b""
         ids = []
         with contextlib.suppress(IndexError):
             while True:
-                ids.append(self.pending.popleft())
+                ids.append(self.closes_to_send.popleft())
         return frame(CLOSE, object_ids(ids))
 
     def call(self, data: bytes, what: str) -> tuple[int, bytes]:
-        """One request (a frame) and its reply: ``(status, payload)``."""
+        """One request (a frame) and its reply: ``(status, payload)``.  A WAIT blocks until
+        the server answers, and is cancelled there if the caller is interrupted meanwhile
+        (:meth:`ServerConnection.wait`)."""
+        op = data[4]
         connection = self.connection()
         try:
-            return connection.call(self._pending_frames() + data, data[4], what)
-        except (ConnectionError, OSError) as exc:
-            self.drop(connection)
-            if isinstance(exc, ProtocolError):
-                raise
-            raise ServerGone(f"{what}: lost the connection to the sync server ({exc})") from exc
-
-    def wait(self, data: bytes, what: str) -> tuple[int, bytes]:
-        connection = self.connection()
-        try:
-            return connection.wait(self._pending_frames() + data, what)
+            if op == WAIT:
+                return connection.wait(self._close_frames() + data, what)
+            return connection.call(self._close_frames() + data, op, what)
         except (ConnectionError, OSError) as exc:
             self.drop(connection)
             if isinstance(exc, ProtocolError):
@@ -581,11 +576,11 @@ class Client:
 
     def release(self, oid: int) -> None:
         """Drop one reference, now (another process may be about to look the name up)."""
-        self.pending.append(oid)
+        self.closes_to_send.append(oid)
         connection = None
         try:
             connection = self.connection()
-            connection.send(self._pending_frames())
+            connection.send(self._close_frames())
         except (ConnectionError, OSError):
             if connection is not None:
                 self.drop(connection)  # the server is gone, and with it the reference
@@ -630,7 +625,7 @@ class Client:
             # No prepared anchor: the child takes one reference per live handle itself, so
             # the parent's pending closes are not the child's to send.
             self.anchor = None
-            self.pending.clear()
+            self.closes_to_send.clear()
             self._retake = bool(self.live_handles())
 
 
@@ -697,7 +692,7 @@ class ServerHandle:
         if not self._closed:
             self._closed = True
             try:
-                CLIENT.pending.append(self.id)
+                CLIENT.closes_to_send.append(self.id)
             except Exception:  # noqa: BLE001, S110 - at interpreter exit module globals may be gone already
                 pass
 
@@ -801,7 +796,7 @@ class Server(Backend):
             if getattr(handle, "instance", None) != CLIENT.instance:
                 raise _gone(handle.kind)
         data = wait_frame(ids, wait_all, deadline, owner, alert.key if alert is not None else None)
-        status, payload = CLIENT.wait(data, "wait_all" if wait_all else "wait_any")
+        status, payload = CLIENT.call(data, "wait_all" if wait_all else "wait_any")
         raise_status(status, "wait_all" if wait_all else "wait_any")
         index, abandoned = WAIT_REPLY.unpack(payload)
         return index, bool(abandoned)

@@ -147,7 +147,7 @@ class ClientConnection:
         self.closed = False
         #: The wait in progress, and the last satisfied one until the client moves on
         #: (CANCEL gives it back), with the records the wait references.
-        self.pending: Waiter | None = None
+        self.pending_wait: Waiter | None = None
         self.last_wait: Waiter | None = None
         self.wait_records: list[Record] = []
         self.writing = False
@@ -426,9 +426,9 @@ class SyncServer:
             self.epoll.unregister(fd)
         connection.sock.close()
         connection.out.clear()
-        if connection.pending is not None:
-            self.model.cancel(connection.pending)
-            connection.pending = None
+        if connection.pending_wait is not None:
+            self.model.cancel(connection.pending_wait)
+            connection.pending_wait = None
         connection.last_wait = None
         self._release_wait_records(connection)
         self.model.abandon_holder(connection)
@@ -680,7 +680,7 @@ class SyncServer:
     # ----- waits -------------------------------------------------------------------
 
     def _wait(self, connection: ClientConnection, op: int, payload: memoryview) -> None:
-        if connection.pending is not None:
+        if connection.pending_wait is not None:
             raise BadRequest("a second wait while one is pending")
         flags, owner, deadline, count = WAIT_REQUEST.unpack_from(payload)
         has_alert = bool(flags & WAIT_ALERT)
@@ -712,19 +712,19 @@ class SyncServer:
             self._release_wait_records(connection)
             self._reply(connection, op, E_TIMEOUT)
             return
-        connection.pending = waiter
+        connection.pending_wait = waiter
         if flags & WAIT_DEADLINE:
             self.timer_seq += 1
             heapq.heappush(self.timers, (deadline, self.timer_seq, waiter))
             if len(self.timers) > 1024 and len(self.timers) > 4 * len(self.connections):
                 # Satisfied waits leave their deadlines behind; drop them now and then.
-                self.timers = [t for t in self.timers if cast(ClientConnection, t[2].tag).pending is t[2]]
+                self.timers = [t for t in self.timers if cast(ClientConnection, t[2].tag).pending_wait is t[2]]
                 heapq.heapify(self.timers)
 
     def _on_satisfied(self, waiter: Waiter) -> None:
         connection = cast(ClientConnection, waiter.tag)
-        if connection.pending is waiter:
-            connection.pending = None
+        if connection.pending_wait is waiter:
+            connection.pending_wait = None
         connection.last_wait = waiter
         self._reply(connection, WAIT, OK, WAIT_REPLY.pack(waiter.signaled, waiter.abandoned))
 
@@ -733,16 +733,16 @@ class SyncServer:
         while self.timers and self.timers[0][0] <= now:
             _, _, waiter = heapq.heappop(self.timers)
             connection = cast(ClientConnection, waiter.tag)
-            if connection.pending is waiter and self.model.cancel(waiter):
-                connection.pending = None
+            if connection.pending_wait is waiter and self.model.cancel(waiter):
+                connection.pending_wait = None
                 self._release_wait_records(connection)
                 self._reply(connection, WAIT, E_TIMEOUT)
 
     def _cancel(self, connection: ClientConnection, op: int, payload: memoryview) -> None:
-        waiter = connection.pending
+        waiter = connection.pending_wait
         if waiter is not None:
             self.model.cancel(waiter)
-            connection.pending = None
+            connection.pending_wait = None
             self._release_wait_records(connection)
             self._reply(connection, WAIT, E_CANCELLED)
             self._reply(connection, op, OK, bytes((CANCEL_CANCELLED,)) + CANCEL_COUNTS.pack(0, 0))
