@@ -14,7 +14,7 @@ order, written against the public API:
 - the C waits pass the current time as their deadline, i.e. they poll: ``timeout=0``;
 - the owner ids of the C test (123, 456) are explicit ``owner=`` arguments;
 - "a thread waits and the main thread checks that it has not returned yet"
-  (``wait_for_thread(thread, 100) == ETIMEDOUT``) is :meth:`Waiter.still_waiting`, and
+  (``wait_for_thread(thread, 100) == ETIMEDOUT``) is :meth:`WaiterThread.still_waiting`, and
   ``pthread_tryjoin_np == EBUSY`` right after a signal is the same check;
 - where the C test reads an object right after the signal that woke a waiter (the driver
   completes the waiter's acquisition inside the signalling ioctl), the signal and the read
@@ -30,17 +30,15 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from ntshim.sync import AbandonedError, Event, Mutex, Semaphore, wait_all, wait_any
 
-from .conftest import BOUND, Waiter, sidelined
+from .helpers import BOUND, StartWaiter, sidelined
 
 U32_MAX = 0xFFFFFFFF
-StartWaiter = Callable[[Callable[[], Any]], Waiter]
 
 
 def test_semaphore_state(sync_backend: str) -> None:

@@ -19,9 +19,8 @@ import pytest
 from ntshim.sync import AbandonedError, Event, Mutex, Semaphore, wait_all, wait_any
 from ntshim.sync.userdir import ROOT_ENV_VAR, user_directory
 
-from .conftest import BOUND, Child, Waiter
+from .helpers import BOUND, Child, StartWaiter
 
-StartWaiter = Callable[[Callable[[], Any]], Waiter]
 START_METHODS = ["fork", "spawn"]
 
 

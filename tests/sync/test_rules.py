@@ -13,15 +13,14 @@ import pytest
 
 from ntshim.sync import AbandonedError, Event, Mutex, Semaphore, wait_all, wait_any
 
-from .conftest import SETTLE, Waiter, sidelined
+from .helpers import SETTLE, StartWaiter, WaiterThread, sidelined
 
-StartWaiter = Callable[[Callable[[], Any]], Waiter]
 #: Timeout of the waits a signal must satisfy.  A backend that hands signals over satisfies
 #: them when the signal comes, long before this; one that loses the signal fails after it.
 MISSED = 1.0
 
 
-def blocked(waiters: StartWaiter, count: int, call: Callable[[], Any]) -> list[Waiter]:
+def blocked(waiters: StartWaiter, count: int, call: Callable[[], Any]) -> list[WaiterThread]:
     """``count`` waiters running ``call``, queued in order: each is seen blocked before the
     next starts (so their order in the object's queue is known)."""
     started = []
@@ -32,11 +31,11 @@ def blocked(waiters: StartWaiter, count: int, call: Callable[[], Any]) -> list[W
     return started
 
 
-def returned(group: list[Waiter]) -> list[bool]:
+def returned(group: list[WaiterThread]) -> list[bool]:
     return [w.returned.is_set() for w in group]
 
 
-def all_waiting(group: list[Waiter]) -> bool:
+def all_waiting(group: list[WaiterThread]) -> bool:
     """Every waiter of ``group`` (all started before this call) still blocked after one
     settling time."""
     return group[0].still_waiting() and not any(returned(group))

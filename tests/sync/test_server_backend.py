@@ -27,20 +27,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from required import require_sync_backend
 
 from ntshim.errors import AbandonedError, NameKindError
 from ntshim.sync import Event, Mutex, Semaphore, userdir, wait_all, wait_any
-from ntshim.sync import server as srv
-from ntshim.sync.model import Model
-from ntshim.sync.model import Waiter as ModelWaiter
+from ntshim.sync.server import client, protocol
+from ntshim.sync.server.model import Model, Waiter
 
-from .conftest import BOUND, Waiter
-
-StartWaiter = Callable[[Callable[[], Any]], Waiter]
+from .helpers import BOUND, StartWaiter
 
 
 @pytest.fixture(autouse=True)
@@ -114,7 +110,7 @@ def test_rollback_of_an_abandoned_mutex_abandons_it_again() -> None:
 
 
 def test_rollback_hands_over_to_the_next_waiter() -> None:
-    woken: list[ModelWaiter] = []
+    woken: list[Waiter] = []
     model = Model(woken.append)
     sem = model.create("semaphore", (1, 1))
     first = model.wait([sem], False, owner=1)
@@ -134,7 +130,7 @@ def test_rollback_keeps_a_unit_that_no_longer_fits() -> None:
 
 
 def test_abandon_holder_abandons_only_what_that_holder_took() -> None:
-    woken: list[ModelWaiter] = []
+    woken: list[Waiter] = []
     model = Model(woken.append)
     held = model.create("mutex", (3, 2), holder="thread-a")
     other = model.create("mutex", (4, 1), holder="thread-b")
@@ -164,7 +160,7 @@ def private_root() -> Iterator[dict[str, str]]:
     """An environment with its own per-user directory, hence its own server, which leaves
     0.3 s after its last client.  A short path: socket paths are limited to 107 bytes."""
     with tempfile.TemporaryDirectory(prefix="nts", dir="/tmp") as root:
-        env = {userdir.ROOT_ENV_VAR: root, srv.LINGER_ENV_VAR: "0.3"}
+        env = {userdir.ROOT_ENV_VAR: root, protocol.LINGER_ENV_VAR: "0.3"}
         yield env
         # Let its server leave (it unlinks its socket) before the directory goes.
         until(lambda: not _socket_path(env).exists())
@@ -172,14 +168,14 @@ def private_root() -> Iterator[dict[str, str]]:
 
 SHOW_SERVER = textwrap.dedent("""
     import socket, struct
-    from ntshim.sync.server import CLIENT
+    from ntshim.sync.server.client import CLIENT
     pid = struct.unpack("3i", CLIENT.anchor.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
     print(CLIENT.server_instance(), pid)
 """)
 
 
 def _socket_path(env: dict[str, str]) -> Path:
-    return Path(env[userdir.ROOT_ENV_VAR]) / f"ntshim-{os.geteuid()}" / srv.SOCKET_NAME
+    return Path(env[userdir.ROOT_ENV_VAR]) / f"ntshim-{os.geteuid()}" / protocol.SOCKET_NAME
 
 
 def test_server_starts_on_demand_and_leaves_when_idle(private_root: dict[str, str]) -> None:
@@ -278,7 +274,7 @@ def test_clients_starting_at_once_share_one_server(private_root: dict[str, str])
     code = f"""
         import os, time
         from ntshim.sync import Event
-        from ntshim.sync.server import CLIENT
+        from ntshim.sync.server.client import CLIENT
         e = Event(manual=True, name='shared', backend='server')
         print(CLIENT.server_instance(), e.created, flush=True)
         while not os.path.exists({str(go)!r}):
@@ -304,7 +300,7 @@ def test_a_killed_server_is_replaced_and_its_objects_report_it(private_root: dic
     code = """
         import socket, struct, sys
         from ntshim.sync import Semaphore
-        from ntshim.sync.server import CLIENT, ServerGone
+        from ntshim.sync.server.client import CLIENT, ServerGone
         old = Semaphore(1, 2, backend='server')
         print(struct.unpack("3i", CLIENT.anchor.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0],
               flush=True)
@@ -335,7 +331,7 @@ def test_a_killed_server_is_replaced_and_its_objects_report_it(private_root: dic
 
 
 def process_hello() -> bytes:
-    return srv.frame(srv.HELLO_PROC, srv.HELLO_PROC_ARGS.pack(srv.PROTOCOL_VERSION, os.getpid(), 0))
+    return protocol.frame(protocol.HELLO_PROC, protocol.HELLO_PROC_REQUEST.pack(protocol.PROTOCOL_VERSION, os.getpid(), 0))
 
 
 def raw_connection(
@@ -344,19 +340,19 @@ def raw_connection(
     """A socket to the server of ``directory`` (default: the one this test process uses),
     with a process hello done, or with ``thread=(process token, tid)`` a thread hello."""
     if directory is None:
-        srv.CLIENT.server_instance()  # make sure it runs
+        client.CLIENT.server_instance()  # make sure it runs
         directory = userdir.user_directory()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(BOUND)
-    sock.connect(os.path.join(directory, srv.SOCKET_NAME))
+    sock.connect(os.path.join(directory, protocol.SOCKET_NAME))
     if thread is not None:
         token, tid = thread
-        hello_args = srv.HELLO_THREAD_ARGS.pack(srv.PROTOCOL_VERSION, os.getpid(), tid, token)
-        sock.sendall(srv.frame(srv.HELLO_THREAD, hello_args))
-        assert read_reply(sock)[:2] == (srv.HELLO_THREAD, srv.OK)
+        hello_args = protocol.HELLO_THREAD_REQUEST.pack(protocol.PROTOCOL_VERSION, os.getpid(), tid, token)
+        sock.sendall(protocol.frame(protocol.HELLO_THREAD, hello_args))
+        assert read_reply(sock)[:2] == (protocol.HELLO_THREAD, protocol.OK)
     elif hello:
         sock.sendall(process_hello())
-        assert read_reply(sock)[:2] == (srv.HELLO_PROC, srv.OK)
+        assert read_reply(sock)[:2] == (protocol.HELLO_PROC, protocol.OK)
     return sock
 
 
@@ -369,7 +365,7 @@ def read_reply(sock: socket.socket) -> tuple[int, int, bytes]:
             data += chunk
         return data
 
-    (length,) = srv.HEADER.unpack(exactly(4))
+    (length,) = protocol.FRAME_LENGTH.unpack(exactly(4))
     body = exactly(length)
     return body[0], body[1], body[2:]
 
@@ -391,11 +387,11 @@ def dropped(sock: socket.socket) -> bool:
     [
         pytest.param(b"\xff\xff\xff\xff" + b"x" * 16, id="huge-length"),
         pytest.param(b"\x00\x00\x00\x00", id="empty-frame"),
-        pytest.param(srv.frame(0x7E, b"abc"), id="unknown-op"),
-        pytest.param(srv.frame(srv.SEM_READ, b"\x01\x02"), id="short-payload"),
-        pytest.param(srv.frame(srv.WAIT, srv.WAIT_HEAD.pack(0, 1, 0, 200)), id="wait-claims-200-objects"),
-        pytest.param(srv.frame(srv.HELLO_PROC, srv.HELLO_PROC_ARGS.pack(99, 1, 0)), id="second-hello-bad-version"),
-        pytest.param(srv.frame(srv.CREATE, srv.CREATE_HEAD.pack(9, 0, 1)), id="bad-kind"),
+        pytest.param(protocol.frame(0x7E, b"abc"), id="unknown-op"),
+        pytest.param(protocol.frame(protocol.SEM_READ, b"\x01\x02"), id="short-payload"),
+        pytest.param(protocol.frame(protocol.WAIT, protocol.WAIT_REQUEST.pack(0, 1, 0, 200)), id="wait-claims-200-objects"),
+        pytest.param(protocol.frame(protocol.HELLO_PROC, protocol.HELLO_PROC_REQUEST.pack(99, 1, 0)), id="second-hello-bad-version"),
+        pytest.param(protocol.frame(protocol.CREATE, protocol.CREATE_REQUEST.pack(9, 0, 1)), id="bad-kind"),
     ],
 )
 def test_a_malformed_client_loses_only_its_connection(garbage: bytes) -> None:
@@ -472,25 +468,25 @@ def test_descriptors_a_client_passes_never_reach_the_server(
     # Issue 11, item 11: a client of the same user could kill the server with SIGBUS or
     # freeze it through descriptors it passed.  The server takes no descriptors any more:
     # the kernel discards what comes with a frame, so none can be used, and none piles up.
-    monkeypatch.setenv(srv.LINGER_ENV_VAR, "0.3")
+    monkeypatch.setenv(protocol.LINGER_ENV_VAR, "0.3")
     directory = _socket_path(private_root).parent
     directory.mkdir(mode=0o700)
-    keeper, payload = srv.open_connection(process_hello(), str(directory))  # starts a private server
+    keeper, payload = client.open_connection(process_hello(), str(directory))  # starts a private server
     witness = keeper.sock
     witness.settimeout(BOUND)
-    token = srv.TWO_U64.unpack_from(payload)[0]
+    token = protocol.HELLO_PROC_REPLY.unpack_from(payload)[0]
     pid = server_pid(witness)
     with contextlib.ExitStack() as stack:
         stack.callback(keeper.close)
-        _, status, created = answered(witness, srv.frame(srv.CREATE, srv.CREATE_HEAD.pack(0, 1, 5)), "create", pid)
-        assert status == srv.OK
-        read_witness = srv.frame(srv.SEM_READ, srv.U64.pack(srv.ID_CREATED.unpack(created)[0]))
+        _, status, created = answered(witness, protocol.frame(protocol.CREATE, protocol.CREATE_REQUEST.pack(0, 1, 5)), "create", pid)
+        assert status == protocol.OK
+        read_witness = protocol.frame(protocol.SEM_READ, protocol.OBJECT_ID.pack(protocol.CREATE_REPLY.unpack(created)[0]))
         baseline = len(server_descriptors(pid))
 
         fds, strike = hostile_descriptors(attack, stack)
         hostile = raw_connection(directory=str(directory))
         stack.callback(hostile.close)
-        send_with_descriptors(hostile, srv.frame(FORMER_EFD_CREATE, srv.CREATE_HEAD.pack(1, 1, 1)), fds)
+        send_with_descriptors(hostile, protocol.frame(FORMER_EFD_CREATE, protocol.CREATE_REQUEST.pack(1, 1, 1)), fds)
         with contextlib.suppress(ConnectionError):
             hostile.recv(4096)  # the old server's answer; now the end of the connection (an unknown op)
         strike()
@@ -498,7 +494,7 @@ def test_descriptors_a_client_passes_never_reach_the_server(
         # read every mutex block it held and wrote the token of the holder's mutexes.
         thread = raw_connection(directory=str(directory), thread=(token, HOSTILE_TID))
         thread.close()
-        assert answered(witness, read_witness, f"after the {attack}", pid) == (srv.SEM_READ, srv.OK, srv.II.pack(1, 5))
+        assert answered(witness, read_witness, f"after the {attack}", pid) == (protocol.SEM_READ, protocol.OK, protocol.SEM_STATE.pack(1, 5))
 
         # Ordinary requests carrying descriptors are answered as if they carried none, and
         # nothing that was passed stays open in the server.
@@ -506,7 +502,7 @@ def test_descriptors_a_client_passes_never_reach_the_server(
         stack.callback(stuffer.close)
         for _ in range(16):
             send_with_descriptors(stuffer, read_witness, fds)
-            assert read_reply(stuffer) == (srv.SEM_READ, srv.OK, srv.II.pack(1, 5))
+            assert read_reply(stuffer) == (protocol.SEM_READ, protocol.OK, protocol.SEM_STATE.pack(1, 5))
         kept = [t for t in server_descriptors(pid) if t.startswith(("memfd:", "pipe:", "anon_inode:[eventfd]"))]
         assert not kept, f"the server holds descriptors a client passed: {kept}"
         hostile.close()
@@ -516,7 +512,7 @@ def test_descriptors_a_client_passes_never_reach_the_server(
 
 def test_a_request_before_hello_is_refused() -> None:
     sock = raw_connection(hello=False)
-    sock.sendall(srv.frame(srv.SEM_READ, srv.U64.pack(1)))
+    sock.sendall(protocol.frame(protocol.SEM_READ, protocol.OBJECT_ID.pack(1)))
     assert dropped(sock)
     sock.close()
 
@@ -525,13 +521,13 @@ def test_a_client_that_vanishes_mid_frame_or_mid_wait_leaves_no_trace() -> None:
     sem = Semaphore(0, 2, backend="server")
     # Half a frame, then gone.
     sock = raw_connection()
-    sock.sendall(srv.frame(srv.SEM_RELEASE, srv.ID_U32.pack(sem._handle.key, 1))[:7])
+    sock.sendall(protocol.frame(protocol.SEM_RELEASE, protocol.OBJECT_ID_AND_ARGUMENT.pack(sem._handle.key, 1))[:7])
     sock.close()
     # A wait that was still pending when its client went: cancelled, so the next unit
     # released is not swallowed by a dead waiter.
     sock = raw_connection()
-    sock.sendall(srv.pack_wait([sem._handle.key], False, None, 77, None))
-    sock.sendall(srv.frame(srv.SEM_READ, srv.U64.pack(sem._handle.key)))  # a second request behind it
+    sock.sendall(protocol.wait_frame([sem._handle.key], False, None, 77, None))
+    sock.sendall(protocol.frame(protocol.SEM_READ, protocol.OBJECT_ID.pack(sem._handle.key)))  # a second request behind it
     time.sleep(0.05)
     sock.close()
     time.sleep(0.05)
@@ -544,14 +540,14 @@ def test_invalid_requests_with_good_framing_get_an_error_and_keep_the_connection
     # A wait_all naming an object twice, and an object id that does not exist.
     sem = Semaphore(1, 1, backend="server")
     key = sem._handle.key
-    sock.sendall(srv.pack_wait([key, key], True, None, 5, None))
-    assert read_reply(sock)[:2] == (srv.WAIT, srv.E_INVALID)
-    sock.sendall(srv.frame(srv.SEM_READ, srv.U64.pack(0xDEAD_BEEF_0000)))
-    assert read_reply(sock)[:2] == (srv.SEM_READ, srv.E_NOENT)
-    sock.sendall(srv.frame(srv.MUTEX_READ, srv.U64.pack(key)))  # a semaphore read as a mutex
-    assert read_reply(sock)[:2] == (srv.MUTEX_READ, srv.E_NOENT)
-    sock.sendall(srv.frame(srv.SEM_READ, srv.U64.pack(key)))
-    assert read_reply(sock) == (srv.SEM_READ, srv.OK, srv.II.pack(1, 1))
+    sock.sendall(protocol.wait_frame([key, key], True, None, 5, None))
+    assert read_reply(sock)[:2] == (protocol.WAIT, protocol.E_INVALID)
+    sock.sendall(protocol.frame(protocol.SEM_READ, protocol.OBJECT_ID.pack(0xDEAD_BEEF_0000)))
+    assert read_reply(sock)[:2] == (protocol.SEM_READ, protocol.E_NOENT)
+    sock.sendall(protocol.frame(protocol.MUTEX_READ, protocol.OBJECT_ID.pack(key)))  # a semaphore read as a mutex
+    assert read_reply(sock)[:2] == (protocol.MUTEX_READ, protocol.E_NOENT)
+    sock.sendall(protocol.frame(protocol.SEM_READ, protocol.OBJECT_ID.pack(key)))
+    assert read_reply(sock) == (protocol.SEM_READ, protocol.OK, protocol.SEM_STATE.pack(1, 1))
     sock.close()
     assert sem.read() == (1, 1)
 
@@ -560,7 +556,7 @@ def test_a_client_that_never_reads_is_dropped_not_waited_for() -> None:
     sem = Semaphore(1, 1, backend="server")
     sock = raw_connection()
     sock.setblocking(False)
-    request = srv.frame(srv.SEM_READ, srv.U64.pack(sem._handle.key)) * 512
+    request = protocol.frame(protocol.SEM_READ, protocol.OBJECT_ID.pack(sem._handle.key)) * 512
     sent = 0
     end = time.monotonic() + BOUND
     with pytest.raises((BrokenPipeError, ConnectionResetError)):
@@ -569,7 +565,7 @@ def test_a_client_that_never_reads_is_dropped_not_waited_for() -> None:
                 sent += sock.send(request)
             except BlockingIOError:
                 time.sleep(0.001)
-    assert sent > srv.MAX_BODY
+    assert sent > protocol.MAX_BODY
     sock.close()
     assert sem.read() == (1, 1)  # everyone else was served meanwhile
 
@@ -577,29 +573,29 @@ def test_a_client_that_never_reads_is_dropped_not_waited_for() -> None:
 def test_cancel_gives_back_a_wait_satisfied_before_the_client_read_it() -> None:
     sem = Semaphore(1, 1, backend="server")
     mutex = Mutex(backend="server")
-    thread = raw_connection(thread=(srv.CLIENT.token, 1))  # attached to this process like a thread's
-    thread.sendall(srv.pack_wait([sem._handle.key, mutex._handle.key], True, None, 42, None))
+    thread = raw_connection(thread=(client.CLIENT.token, 1))  # attached to this process like a thread's
+    thread.sendall(protocol.wait_frame([sem._handle.key, mutex._handle.key], True, None, 42, None))
     time.sleep(0.05)  # satisfied at once; the reply sits unread
     assert sem.read() == (0, 1) and mutex.read() == (42, 1)
-    thread.sendall(srv.frame(srv.CANCEL))
-    assert read_reply(thread) == (srv.WAIT, srv.OK, srv.IB.pack(0, 0))
+    thread.sendall(protocol.frame(protocol.CANCEL))
+    assert read_reply(thread) == (protocol.WAIT, protocol.OK, protocol.WAIT_REPLY.pack(0, 0))
     op, status, payload = read_reply(thread)
-    assert (op, status, payload[0]) == (srv.CANCEL, srv.OK, srv.CANCEL_GIVEN_BACK)
-    assert srv.II.unpack_from(payload, 1) == (2, 0)
+    assert (op, status, payload[0]) == (protocol.CANCEL, protocol.OK, protocol.CANCEL_GIVEN_BACK)
+    assert protocol.CANCEL_COUNTS.unpack_from(payload, 1) == (2, 0)
     assert sem.read() == (1, 1) and mutex.read() == (0, 0)
     # Nothing left to cancel.
-    thread.sendall(srv.frame(srv.CANCEL))
-    assert read_reply(thread)[2][0] == srv.CANCEL_NOTHING
+    thread.sendall(protocol.frame(protocol.CANCEL))
+    assert read_reply(thread)[2][0] == protocol.CANCEL_NOTHING
     thread.close()
 
 
 def test_a_thread_hello_with_an_unknown_process_is_refused() -> None:
-    srv.CLIENT.server_instance()
+    client.CLIENT.server_instance()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(BOUND)
-    sock.connect(os.path.join(userdir.user_directory(), srv.SOCKET_NAME))
-    sock.sendall(srv.frame(srv.HELLO_THREAD, srv.HELLO_THREAD_ARGS.pack(srv.PROTOCOL_VERSION, 1, 1, 12345)))
-    assert read_reply(sock)[:2] == (srv.HELLO_THREAD, srv.E_UNKNOWN_PROCESS)
+    sock.connect(os.path.join(userdir.user_directory(), protocol.SOCKET_NAME))
+    sock.sendall(protocol.frame(protocol.HELLO_THREAD, protocol.HELLO_THREAD_REQUEST.pack(protocol.PROTOCOL_VERSION, 1, 1, 12345)))
+    assert read_reply(sock)[:2] == (protocol.HELLO_THREAD, protocol.E_UNKNOWN_PROCESS)
     sock.close()
 
 
@@ -738,11 +734,11 @@ def test_a_thread_exit_closes_its_connection_and_abandons_its_mutex() -> None:
 
 def test_a_thread_exit_closes_its_connections_at_once() -> None:
     event = Event(manual=True, backend="server")
-    seen: list[srv.Connection] = []
+    seen: list[client.ServerConnection] = []
 
     def use() -> None:
         event.read()
-        seen.append(srv.CLIENT.connection())
+        seen.append(client.CLIENT.connection())
 
     thread = threading.Thread(target=use)
     thread.start()
@@ -820,24 +816,24 @@ def test_an_interruption_after_the_wait_was_satisfied_gives_it_back(alarm: Calla
     # The interruption lands when the wait has been satisfied but its reply is not read:
     # the handler runs on the way out of the blocking receive.
     sem = Semaphore(0, 1, backend="server")
-    original = srv.Connection.receive
+    original = client.ServerConnection.receive
 
-    def late_receive(self: srv.Connection) -> bytes:
+    def late_receive(self: client.ServerConnection) -> bytes:
         body = original(self)
-        if body[:1] == bytes((srv.WAIT,)) and body[1] == srv.OK and not hasattr(late_receive, "done"):
+        if body[:1] == bytes((protocol.WAIT,)) and body[1] == protocol.OK and not hasattr(late_receive, "done"):
             late_receive.done = True  # type: ignore[attr-defined]
-            self._buffer[:0] = srv.HEADER.pack(len(body)) + body  # unread again
+            self._buffer[:0] = protocol.FRAME_LENGTH.pack(len(body)) + body  # unread again
             raise Interrupt
         return body
 
     releaser = threading.Timer(0.1, lambda: sem.release(1))
     releaser.start()
     try:
-        srv.Connection.receive = late_receive  # type: ignore[method-assign]
+        client.ServerConnection.receive = late_receive  # type: ignore[method-assign]
         with pytest.raises(Interrupt) as caught:
             wait_any([sem], BOUND)
     finally:
-        srv.Connection.receive = original  # type: ignore[method-assign]
+        client.ServerConnection.receive = original  # type: ignore[method-assign]
         releaser.join()
     assert any("given back" in note for note in getattr(caught.value, "__notes__", []))
     assert sem.read() == (1, 1)
@@ -863,13 +859,13 @@ class SendThenFail:
     lands between the request and its reply."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.original = srv.Connection.send
-        monkeypatch.setattr(srv.Connection, "send", self)
+        self.original = client.ServerConnection.send
+        monkeypatch.setattr(client.ServerConnection, "send", self)
 
-    def __get__(self, connection: srv.Connection, owner: type) -> Callable[..., None]:
+    def __get__(self, connection: client.ServerConnection, owner: type) -> Callable[..., None]:
         def send(data: bytes) -> None:
             self.original(connection, data)
-            srv.Connection.send = self.original  # type: ignore[method-assign]
+            client.ServerConnection.send = self.original  # type: ignore[method-assign]
             raise Interrupt
 
         return send
@@ -881,7 +877,7 @@ def test_a_request_cut_short_is_settled_before_the_next(monkeypatch: pytest.Monk
     with pytest.raises(Interrupt):
         sem.release(2)  # done by the server; its reply left unread
     assert sem.read() == (2, 5)  # not the stale release reply: the connection was settled
-    assert srv.CLIENT.connection() is srv.CLIENT.local.pool[0]
+    assert client.CLIENT.connection() is client.CLIENT.local.pool[0]
 
 
 def test_a_wait_cut_short_after_its_send_gives_back_what_it_took(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -963,7 +959,7 @@ def test_a_fork_child_keeps_what_it_inherited_even_if_the_parent_closes_at_once(
         try:
             os.read(ready[0], 1)  # the parent has closed its handle by now
             assert sem.read() == (0, 5)
-            assert srv.CLIENT.anchor is not None and srv.CLIENT.pid == os.getpid()
+            assert client.CLIENT.anchor is not None and client.CLIENT.pid == os.getpid()
             sem.release(2)
             again = Semaphore.open(name, backend="server")
             assert again.read() == (2, 5)
@@ -981,7 +977,7 @@ def test_a_fork_child_keeps_what_it_inherited_even_if_the_parent_closes_at_once(
 def test_a_fork_child_uses_connections_of_its_own() -> None:
     event = Event(manual=True, backend="server")
     event.read()  # this thread's connection exists
-    parent_connection = srv.CLIENT.local.pool[0]
+    parent_connection = client.CLIENT.local.pool[0]
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
@@ -989,7 +985,7 @@ def test_a_fork_child_uses_connections_of_its_own() -> None:
         try:
             assert parent_connection.closed  # its copy was closed at once
             event.set()
-            assert srv.CLIENT.connection() is not parent_connection
+            assert client.CLIENT.connection() is not parent_connection
             code = 0
         finally:
             os._exit(code)
@@ -1047,9 +1043,9 @@ def test_a_pickled_object_closed_since_is_gone() -> None:
     sem.close()
     with pytest.raises(FileNotFoundError):
         pickle.loads(data)
-    instance, oid = srv.CLIENT.server_instance(), 1
+    instance, oid = client.CLIENT.server_instance(), 1
     with pytest.raises(FileNotFoundError):  # a state from another server
-        srv.Server.from_state("semaphore", (instance ^ 1, oid))
+        client.Server.from_state("semaphore", (instance ^ 1, oid))
 
 
 def test_a_wait_keeps_its_objects_alive_when_their_last_handle_closes(waiters: StartWaiter) -> None:

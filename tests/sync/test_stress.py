@@ -21,7 +21,7 @@ from typing import Any
 
 from ntshim.sync import Event, Mutex, Semaphore, wait_all, wait_any
 
-from .conftest import BOUND, Child
+from .helpers import BOUND, Child
 
 PROCESSES = 3
 THREADS = 4

@@ -27,10 +27,24 @@ from typing import Any, Literal, Protocol
 
 from .._backends import Availability, ProbedBackend, forget_probes
 
-__all__ = ["KINDS", "MAX_WAIT_OBJECTS", "U32_MAX", "Availability", "Backend", "Handle", "Kind", "forget_probes"]
+__all__ = [
+    "KINDS",
+    "MAX_WAIT_OBJECTS",
+    "U32_MAX",
+    "Availability",
+    "Backend",
+    "Handle",
+    "InitialState",
+    "Kind",
+    "forget_probes",
+]
 
 Kind = Literal["semaphore", "mutex", "event"]
 KINDS: tuple[Kind, ...] = ("semaphore", "mutex", "event")
+#: A new object's state, two unsigned 32-bit numbers whose meaning depends on the kind:
+#: semaphore ``(count, maximum)``; mutex ``(owner, count)`` (both 0: unowned); event
+#: ``(manual, signaled)`` as 0/1.
+InitialState = tuple[int, int]
 
 #: Most objects one wait may name (Windows' MAXIMUM_WAIT_OBJECTS, ntsync's NTSYNC_MAX_WAIT_COUNT).
 MAX_WAIT_OBJECTS = 64
@@ -100,13 +114,13 @@ class Backend(ProbedBackend):
 
     @classmethod
     @abc.abstractmethod
-    def create(cls, kind: Kind, params: tuple[int, ...], name: bytes | None) -> tuple[Handle, bool]:
-        """Create an object, or with a name open the existing one of that name.
+    def create(cls, kind: Kind, initial: InitialState, name: bytes | None) -> tuple[Handle, bool]:
+        """Create an object in the state ``initial`` (see :data:`InitialState`), or with a
+        name open the existing one of that name.
 
-        ``params``: semaphore ``(count, maximum)``; mutex ``(owner, count)`` (owner 0 and
-        count 0 for unowned); event ``(manual, signaled)`` as 0/1.  ``name`` is UTF-8, at
-        most :data:`~ntshim.sync.objects.MAX_NAME_BYTES` bytes.  Returns the handle and
-        whether it was created (False: the name existed, ``params`` ignored).  Raises
+        ``name`` is UTF-8, at most :data:`~ntshim.sync.objects.MAX_NAME_BYTES` bytes.
+        Returns the handle and whether it was created (False: the name existed, ``initial``
+        ignored).  Raises
         NameKindError if the name belongs to another kind of object.
         """
 

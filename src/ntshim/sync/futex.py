@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from .. import _core, _kernel
 from ..errors import NameKindError
-from .backend import Availability, Backend, Handle, Kind
+from .backend import Availability, Backend, Handle, InitialState, Kind
 from .userdir import ROOT_ENV_VAR, user_directory
 
 _KIND_CODES: dict[str, int] = {
@@ -403,11 +403,10 @@ class Futex(Backend):
         return Availability(cls.name, True, notes=(f"arena {path}",))
 
     @classmethod
-    def create(cls, kind: Kind, params: tuple[int, ...], name: bytes | None) -> tuple[Handle, bool]:
+    def create(cls, kind: Kind, initial: InitialState, name: bytes | None) -> tuple[Handle, bool]:
         arena_path()
         try:
-            x, y = params
-            slot, gen, created = _core.sync_create(_KIND_CODES[kind], x, y, name)
+            slot, gen, created = _core.sync_create(_KIND_CODES[kind], *initial, name)
         except FileExistsError:
             raise NameKindError(f"the name {name!r} belongs to an object of another kind, not a {kind}") from None
         except OSError as e:

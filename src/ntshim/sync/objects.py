@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from .._arguments import as_int
 from ..errors import AbandonedError
 from . import registry
-from .backend import MAX_WAIT_OBJECTS, U32_MAX, Backend, Handle, Kind
+from .backend import MAX_WAIT_OBJECTS, U32_MAX, Backend, Handle, InitialState, Kind
 
 #: Longest name, in bytes of UTF-8.
 MAX_NAME_BYTES = 255
@@ -78,10 +78,10 @@ class SyncObject:
     _handle: Handle
     _backend: type[Backend]
 
-    def _start(self, backend: object, params: tuple[int, ...], name: object) -> None:
+    def _start(self, backend: object, initial: InitialState, name: object) -> None:
         encoded = _name(name)
         chosen = registry.choose(backend)
-        self._handle, self.created = chosen.create(self.kind, params, encoded)
+        self._handle, self.created = chosen.create(self.kind, initial, encoded)
         self._backend = chosen
         self._name: str | None = name if isinstance(name, str) else None
 
@@ -191,10 +191,10 @@ class Mutex(SyncObject):
         if count == 0:
             if owner is not None:
                 raise ValueError("an owner was given for an unowned mutex (count 0); pass count=1 to own it")
-            params = (0, 0)
+            initial = (0, 0)
         else:
-            params = (_owner(owner), count)
-        self._start(backend, params, name)
+            initial = (_owner(owner), count)
+        self._start(backend, initial, name)
 
     def unlock(self, owner: int | None = None) -> int:
         """Release one level of ownership; return the previous count.  PermissionError, and

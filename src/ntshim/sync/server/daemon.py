@@ -1,19 +1,18 @@
-"""The sync server process: ``python3 -m ntshim.sync._server_main <directory>``.
+"""The sync server process: ``python3 -m ntshim.sync.server.daemon <directory>``.
 
-Started by the first client that finds none (see :mod:`ntshim.sync.server`, which also
-documents the protocol): it forks itself into the background, where it binds and listens on
-``<directory>/server.sock``; the launching process exits as soon as the socket listens (so
-the client can connect at once and keeps no zombie).  The server then serves
-every client of this user from one thread: an epoll loop over non-blocking sockets,
-a heap of wait deadlines, and the ntsync model (:mod:`ntshim.sync.model`).
+Started by the first client that finds none (:mod:`ntshim.sync.server.client`; the protocol
+is docs/sync-protocol.md): it forks itself into the background, where it binds and listens
+on ``<directory>/server.sock``; the launching process exits as soon as the socket listens
+(so the client can connect at once and keeps no zombie).  The server then serves every
+client of this user from one thread: an epoll loop over non-blocking sockets, a heap of
+wait deadlines, and the ntsync model (:mod:`ntshim.sync.server.model`).
 
 A client that sends something malformed, floods without reading, or vanishes only loses its
 own connection.  The server takes no descriptors from clients (it reads with ``recv``: the
 kernel discards any passed with a frame), so none can make it block or fault.  Out of
-descriptors itself, it refuses new clients with a reply that says so (see
-:mod:`ntshim.sync.server`).  When the last client has been gone for the linger time, the
-server unlinks its socket (under the start lock, so no client can start a second server
-meanwhile) and exits.
+descriptors itself, it refuses new clients with a reply that says so (REFUSED).  When the
+last client has been gone for the linger time, the server unlinks its socket (under the
+start lock, so no client can start a second server meanwhile) and exits.
 """
 
 from __future__ import annotations
@@ -35,18 +34,20 @@ import traceback
 from collections.abc import Callable
 from typing import cast
 
-from .backend import MAX_WAIT_OBJECTS, U32_MAX, Kind
-from .model import Model, SyncObject, Waiter
-from .server import (
+from ..backend import MAX_WAIT_OBJECTS, U32_MAX, InitialState, Kind
+from .model import Model, ObjectState, Waiter
+from .protocol import (
     ADDREF,
-    BB,
     CANCEL,
     CANCEL_CANCELLED,
+    CANCEL_COUNTS,
     CANCEL_GIVEN_BACK,
     CANCEL_NOTHING,
     CLOSE,
     CREATE,
-    CREATE_HEAD,
+    CREATE_REPLY,
+    CREATE_REQUEST,
+    DEFAULT_LINGER,
     E_CANCELLED,
     E_INVALID,
     E_KIND,
@@ -60,41 +61,43 @@ from .server import (
     EVENT_READ,
     EVENT_RESET,
     EVENT_SET,
-    HEADER,
+    EVENT_STATE,
+    FRAME_LENGTH,
     HELLO_PROC,
-    HELLO_PROC_ARGS,
+    HELLO_PROC_REPLY,
+    HELLO_PROC_REQUEST,
     HELLO_THREAD,
-    HELLO_THREAD_ARGS,
-    IB,
-    ID_CREATED,
-    ID_U32,
-    II,
-    IIB,
-    KIND_ID,
+    HELLO_THREAD_REPLY,
+    HELLO_THREAD_REQUEST,
     KINDS_BY_CODE,
     LINGER_ENV_VAR,
     LOCK_NAME,
     MAX_BODY,
     MUTEX_KILL,
     MUTEX_READ,
+    MUTEX_STATE,
     MUTEX_UNLOCK,
+    OBJECT_ID,
+    OBJECT_ID_AND_ARGUMENT,
     OK,
     OPEN,
     OPEN_ID,
+    OPEN_ID_REQUEST,
+    OPEN_REQUEST,
+    PREVIOUS_COUNT,
     PROTOCOL_VERSION,
     REFUSAL,
     REFUSED,
     SEM_READ,
     SEM_RELEASE,
+    SEM_STATE,
     SOCKET_NAME,
-    TWO_U64,
-    U32,
-    U64,
     WAIT,
     WAIT_ALERT,
     WAIT_ALL,
     WAIT_DEADLINE,
-    WAIT_HEAD,
+    WAIT_REPLY,
+    WAIT_REQUEST,
     reply_frame,
 )
 
@@ -122,7 +125,7 @@ class Record:
 
     __slots__ = ("id", "kind", "name", "obj", "refs")
 
-    def __init__(self, oid: int, kind: Kind, name: bytes | None, obj: SyncObject) -> None:
+    def __init__(self, oid: int, kind: Kind, name: bytes | None, obj: ObjectState) -> None:
         self.id = oid
         self.kind: Kind = kind
         self.name = name
@@ -130,7 +133,7 @@ class Record:
         self.obj = obj
 
 
-class Connection:
+class ClientConnection:
     """The server's side of one client connection."""
 
     def __init__(self, sock: socket.socket) -> None:
@@ -144,7 +147,7 @@ class Connection:
         self.closed = False
         #: The wait in progress, and the last satisfied one until the client moves on
         #: (CANCEL gives it back), with the records the wait references.
-        self.pending: Waiter | None = None
+        self.pending_wait: Waiter | None = None
         self.last_wait: Waiter | None = None
         self.wait_records: list[Record] = []
         self.writing = False
@@ -161,8 +164,8 @@ class SyncServer:
         self.epoll = select.epoll()
         self.epoll.register(listener.fileno(), select.EPOLLIN)
         listener.setblocking(False)
-        self.connections: set[Connection] = set()
-        self.by_fd: dict[int, Connection] = {}
+        self.connections: set[ClientConnection] = set()
+        self.by_fd: dict[int, ClientConnection] = {}
         self.processes: dict[int, Process] = {}
         self.records: dict[int, Record] = {}
         self.names: dict[bytes, Record] = {}
@@ -174,12 +177,12 @@ class SyncServer:
         self.accept_complaint = 0.0
         #: A descriptor kept free: closed to accept a client it must refuse (see _refuse).
         self.reserve = _open_reserve()
-        self.handlers: dict[int, Callable[[Connection, int, memoryview], None]] = {
+        self.handlers: dict[int, Callable[[ClientConnection, int, memoryview], None]] = {
             HELLO_PROC: self._hello_process,
             HELLO_THREAD: self._hello_thread,
             CREATE: self._create,
             OPEN: self._open,
-            OPEN_ID: self._open_id,
+            OPEN_ID: self._open,
             ADDREF: self._addref,
             CLOSE: self._close_refs,
             SEM_RELEASE: self._object_op,
@@ -250,7 +253,7 @@ class SyncServer:
                 self._pause(f"accept: {exc}")
                 return
             sock.setblocking(False)
-            connection = Connection(sock)
+            connection = ClientConnection(sock)
             self.connections.add(connection)
             self.idle_since = None
             self.by_fd[sock.fileno()] = connection
@@ -315,7 +318,7 @@ class SyncServer:
 
     # ----- input -------------------------------------------------------------------
 
-    def _read(self, connection: Connection) -> None:
+    def _read(self, connection: ClientConnection) -> None:
         try:
             # recv(), never recvmsg() with room for ancillary data: descriptors a client
             # passes are closed by the kernel, unseen (the protocol has none).
@@ -336,7 +339,7 @@ class SyncServer:
         offset = 0
         try:
             while len(buffer) - offset >= 4:
-                (length,) = HEADER.unpack_from(buffer, offset)
+                (length,) = FRAME_LENGTH.unpack_from(buffer, offset)
                 if not 1 <= length <= MAX_BODY:
                     raise BadRequest(f"frame length {length}")
                 if len(buffer) - offset < 4 + length:
@@ -360,7 +363,7 @@ class SyncServer:
         elif offset < len(buffer):
             connection.rbuf += buffer[offset:]
 
-    def _dispatch(self, connection: Connection, body: memoryview) -> None:
+    def _dispatch(self, connection: ClientConnection, body: memoryview) -> None:
         op = body[0]
         handler = self.handlers.get(op)
         if handler is None:
@@ -375,7 +378,7 @@ class SyncServer:
 
     # ----- output ------------------------------------------------------------------
 
-    def _reply(self, connection: Connection, op: int, status: int, payload: bytes = b"") -> None:
+    def _reply(self, connection: ClientConnection, op: int, status: int, payload: bytes = b"") -> None:
         if connection.closed:
             return
         data = reply_frame(op, status, payload)
@@ -386,7 +389,7 @@ class SyncServer:
             return
         self._flush(connection)
 
-    def _flush(self, connection: Connection) -> None:
+    def _flush(self, connection: ClientConnection) -> None:
         while connection.out:
             data = connection.out[0]
             try:
@@ -408,7 +411,7 @@ class SyncServer:
 
     # ----- connection end ----------------------------------------------------------
 
-    def _drop(self, connection: Connection, why: str | None = None) -> None:
+    def _drop(self, connection: ClientConnection, why: str | None = None) -> None:
         """Forget a connection: cancel its wait, abandon the mutexes its thread held, and
         if it was a process's anchor, drop the process's references."""
         if connection.closed:
@@ -423,9 +426,9 @@ class SyncServer:
             self.epoll.unregister(fd)
         connection.sock.close()
         connection.out.clear()
-        if connection.pending is not None:
-            self.model.cancel(connection.pending)
-            connection.pending = None
+        if connection.pending_wait is not None:
+            self.model.cancel(connection.pending_wait)
+            connection.pending_wait = None
         connection.last_wait = None
         self._release_wait_records(connection)
         self.model.abandon_holder(connection)
@@ -443,7 +446,7 @@ class SyncServer:
 
     # ----- references --------------------------------------------------------------
 
-    def _new_record(self, kind: Kind, name: bytes | None, obj: SyncObject) -> Record:
+    def _new_record(self, kind: Kind, name: bytes | None, obj: ObjectState) -> Record:
         record = Record(self.next_id, kind, name, obj)
         self.next_id += 1
         self.records[record.id] = record
@@ -464,22 +467,22 @@ class SyncServer:
             del self.names[record.name]
         self.model.destroy(record.obj)
 
-    def _release_wait_records(self, connection: Connection) -> None:
+    def _release_wait_records(self, connection: ClientConnection) -> None:
         records, connection.wait_records = connection.wait_records, []
         for record in records:
             self._unref(record)
 
-    def _live_process(self, connection: Connection) -> Process:
+    def _live_process(self, connection: ClientConnection) -> Process:
         process = connection.process
         assert process is not None  # checked in _dispatch
         return process
 
     # ----- hello -------------------------------------------------------------------
 
-    def _hello_process(self, connection: Connection, op: int, payload: memoryview) -> None:
+    def _hello_process(self, connection: ClientConnection, op: int, payload: memoryview) -> None:
         if connection.process is not None:
             raise BadRequest("second hello")
-        version, pid, clone = HELLO_PROC_ARGS.unpack(payload)
+        version, pid, clone = HELLO_PROC_REQUEST.unpack(payload)
         if version != PROTOCOL_VERSION:
             raise BadRequest(f"protocol version {version}, this server speaks {PROTOCOL_VERSION}")
         token = secrets.randbits(63) | 1
@@ -500,12 +503,12 @@ class SyncServer:
         connection.process = process
         connection.anchor = True
         connection.pid = pid
-        self._reply(connection, op, OK, TWO_U64.pack(token, self.instance))
+        self._reply(connection, op, OK, HELLO_PROC_REPLY.pack(token, self.instance))
 
-    def _hello_thread(self, connection: Connection, op: int, payload: memoryview) -> None:
+    def _hello_thread(self, connection: ClientConnection, op: int, payload: memoryview) -> None:
         if connection.process is not None:
             raise BadRequest("second hello")
-        version, pid, _tid, token = HELLO_THREAD_ARGS.unpack(payload)
+        version, pid, _tid, token = HELLO_THREAD_REQUEST.unpack(payload)
         if version != PROTOCOL_VERSION:
             raise BadRequest(f"protocol version {version}, this server speaks {PROTOCOL_VERSION}")
         process = self.processes.get(token)
@@ -514,7 +517,7 @@ class SyncServer:
             return
         connection.process = process
         connection.pid = pid
-        self._reply(connection, op, OK, U64.pack(self.instance))
+        self._reply(connection, op, OK, HELLO_THREAD_REPLY.pack(self.instance))
 
     # ----- names and references ----------------------------------------------------
 
@@ -534,11 +537,11 @@ class SyncServer:
             raise BadRequest(f"kind {code}")
         return kind
 
-    def _create(self, connection: Connection, op: int, payload: memoryview) -> None:
+    def _create(self, connection: ClientConnection, op: int, payload: memoryview) -> None:
         process = self._live_process(connection)
-        code, first, second = CREATE_HEAD.unpack_from(payload)
+        code, *initial = CREATE_REQUEST.unpack_from(payload)
         kind = self._kind(code)
-        name = self._name(payload[CREATE_HEAD.size :])
+        name = self._name(payload[CREATE_REQUEST.size :])
         if not process.alive:
             self._reply(connection, op, E_UNKNOWN_PROCESS)
             return
@@ -549,70 +552,68 @@ class SyncServer:
                     self._reply(connection, op, E_KIND)
                     return
                 self._ref(process, existing)
-                self._reply(connection, op, OK, ID_CREATED.pack(existing.id, 0))
+                self._reply(connection, op, OK, CREATE_REPLY.pack(existing.id, 0))
                 return
-        if not self._valid_params(kind, first, second):
+        state = cast(InitialState, tuple(initial))
+        if not self._valid_initial_state(kind, state):
             self._reply(connection, op, E_INVALID)
             return
-        record = self._new_record(kind, name, self.model.create(kind, (first, second), holder=connection))
+        record = self._new_record(kind, name, self.model.create(kind, state, holder=connection))
         self._ref(process, record)
-        self._reply(connection, op, OK, ID_CREATED.pack(record.id, 1))
+        self._reply(connection, op, OK, CREATE_REPLY.pack(record.id, 1))
 
     @staticmethod
-    def _valid_params(kind: Kind, first: int, second: int) -> bool:
+    def _valid_initial_state(kind: Kind, initial: InitialState) -> bool:
         if kind == "semaphore":
-            return 0 < second and first <= second
+            count, maximum = initial
+            return 0 < maximum and count <= maximum
         if kind == "mutex":
-            return (first == 0) == (second == 0)
-        return first in (0, 1) and second in (0, 1)
+            owner, count = initial
+            return (owner == 0) == (count == 0)
+        manual, signaled = initial
+        return manual in (0, 1) and signaled in (0, 1)
 
-    def _open(self, connection: Connection, op: int, payload: memoryview) -> None:
+    def _open(self, connection: ClientConnection, op: int, payload: memoryview) -> None:
+        """OPEN (an object by name; the reply carries its id) and OPEN_ID (by id, as a pickled
+        handle reopens it; the reply carries nothing): one more reference of the process to
+        an existing object of the kind asked for."""
         process = self._live_process(connection)
-        kind = self._kind(payload[0])
-        name = self._name(payload[1:])
-        record = self.names.get(name) if name is not None else None
-        status = self._check_record(record, kind, process)
-        if record is None or status != OK:
-            self._reply(connection, op, status)
-            return
-        self._ref(process, record)
-        self._reply(connection, op, OK, U64.pack(record.id))
-
-    def _check_record(self, record: Record | None, kind: Kind, process: Process) -> int:
+        if op == OPEN:
+            (code,) = OPEN_REQUEST.unpack_from(payload)
+            kind = self._kind(code)
+            name = self._name(payload[OPEN_REQUEST.size :])
+            record = self.names.get(name) if name is not None else None
+        else:
+            code, oid = OPEN_ID_REQUEST.unpack(payload)
+            kind = self._kind(code)
+            record = self.records.get(oid)
         if not process.alive:
-            return E_UNKNOWN_PROCESS
-        if record is None:
-            return E_NOENT
-        if record.kind != kind:
-            return E_KIND
-        return OK
-
-    def _open_id(self, connection: Connection, op: int, payload: memoryview) -> None:
-        process = self._live_process(connection)
-        code, oid = KIND_ID.unpack(payload)
-        record = self.records.get(oid)
-        status = self._check_record(record, self._kind(code), process)
-        if record is not None and status == OK:
+            self._reply(connection, op, E_UNKNOWN_PROCESS)
+        elif record is None:
+            self._reply(connection, op, E_NOENT)
+        elif record.kind != kind:
+            self._reply(connection, op, E_KIND)
+        else:
             self._ref(process, record)
-        self._reply(connection, op, status)
+            self._reply(connection, op, OK, OBJECT_ID.pack(record.id) if op == OPEN else b"")
 
-    def _addref(self, connection: Connection, op: int, payload: memoryview) -> None:
+    def _addref(self, connection: ClientConnection, op: int, payload: memoryview) -> None:
         process = self._live_process(connection)
-        if len(payload) % 8:
+        if len(payload) % OBJECT_ID.size:
             raise BadRequest("ADDREF payload")
         present = bytearray()
-        for (oid,) in struct.iter_unpack("<Q", payload):
+        for (oid,) in OBJECT_ID.iter_unpack(payload):
             record = self.records.get(oid)
             if record is not None and process.alive:
                 self._ref(process, record)
             present.append(record is not None)
         self._reply(connection, op, OK, bytes(present))
 
-    def _close_refs(self, connection: Connection, op: int, payload: memoryview) -> None:
+    def _close_refs(self, connection: ClientConnection, op: int, payload: memoryview) -> None:
         process = self._live_process(connection)
-        if len(payload) % 8:
+        if len(payload) % OBJECT_ID.size:
             raise BadRequest("CLOSE payload")
-        for (oid,) in struct.iter_unpack("<Q", payload):
+        for (oid,) in OBJECT_ID.iter_unpack(payload):
             held = process.refs.get(oid, 0)
             if not held:
                 continue  # not this process's reference: ignore, never underflow another's
@@ -626,19 +627,19 @@ class SyncServer:
 
     # ----- operations on one object ------------------------------------------------
 
-    def _object(self, oid: int, kind: Kind) -> SyncObject | None:
+    def _object(self, oid: int, kind: Kind) -> ObjectState | None:
         record = self.records.get(oid)
         if record is None or record.kind != kind:
             return None
         return record.obj
 
-    def _object_op(self, connection: Connection, op: int, payload: memoryview) -> None:
+    def _object_op(self, connection: ClientConnection, op: int, payload: memoryview) -> None:
         model = self.model
         if op in (SEM_RELEASE, MUTEX_UNLOCK, MUTEX_KILL):
-            oid, arg = ID_U32.unpack(payload)
+            oid, argument = OBJECT_ID_AND_ARGUMENT.unpack(payload)
         else:
-            (oid,) = U64.unpack(payload)
-            arg = 0
+            (oid,) = OBJECT_ID.unpack(payload)
+            argument = 0
         kind: Kind = "semaphore" if op in (SEM_RELEASE, SEM_READ) else "mutex" if op <= MUTEX_READ else "event"
         obj = self._object(oid, kind)
         if obj is None:
@@ -646,20 +647,20 @@ class SyncServer:
             return
         try:
             if op == SEM_RELEASE:
-                result = U32.pack(model.sem_release(obj, arg))
+                result = PREVIOUS_COUNT.pack(model.sem_release(obj, argument))
             elif op == SEM_READ:
-                result = II.pack(*model.sem_read(obj))
+                result = SEM_STATE.pack(*model.sem_read(obj))
             elif op == MUTEX_UNLOCK:
-                if not arg:
+                if not argument:
                     raise BadRequest("owner 0")
-                result = U32.pack(model.mutex_unlock(obj, arg))
+                result = PREVIOUS_COUNT.pack(model.mutex_unlock(obj, argument))
             elif op == MUTEX_KILL:
-                if not arg:
+                if not argument:
                     raise BadRequest("owner 0")
-                model.mutex_kill(obj, arg)
+                model.mutex_kill(obj, argument)
                 result = b""
             elif op == MUTEX_READ:
-                result = IIB.pack(*model.mutex_read(obj))
+                result = MUTEX_STATE.pack(*model.mutex_read(obj))
             elif op == EVENT_SET:
                 result = bytes((model.event_set(obj),))
             elif op == EVENT_RESET:
@@ -667,7 +668,7 @@ class SyncServer:
             elif op == EVENT_PULSE:
                 result = bytes((model.event_pulse(obj),))
             else:
-                result = BB.pack(*model.event_read(obj))
+                result = EVENT_STATE.pack(*model.event_read(obj))
         except OverflowError:
             self._reply(connection, op, E_OVERFLOW)
             return
@@ -678,13 +679,13 @@ class SyncServer:
 
     # ----- waits -------------------------------------------------------------------
 
-    def _wait(self, connection: Connection, op: int, payload: memoryview) -> None:
-        if connection.pending is not None:
+    def _wait(self, connection: ClientConnection, op: int, payload: memoryview) -> None:
+        if connection.pending_wait is not None:
             raise BadRequest("a second wait while one is pending")
-        flags, owner, deadline, count = WAIT_HEAD.unpack_from(payload)
+        flags, owner, deadline, count = WAIT_REQUEST.unpack_from(payload)
         has_alert = bool(flags & WAIT_ALERT)
-        ids = struct.unpack_from(f"<{count + has_alert}Q", payload, WAIT_HEAD.size)
-        if len(payload) != WAIT_HEAD.size + 8 * (count + has_alert):
+        ids = struct.unpack_from(f"<{count + has_alert}Q", payload, WAIT_REQUEST.size)
+        if len(payload) != WAIT_REQUEST.size + OBJECT_ID.size * (count + has_alert):
             raise BadRequest("WAIT payload length")
         records = [self.records.get(oid) for oid in ids]
         valid = (
@@ -711,49 +712,49 @@ class SyncServer:
             self._release_wait_records(connection)
             self._reply(connection, op, E_TIMEOUT)
             return
-        connection.pending = waiter
+        connection.pending_wait = waiter
         if flags & WAIT_DEADLINE:
             self.timer_seq += 1
             heapq.heappush(self.timers, (deadline, self.timer_seq, waiter))
             if len(self.timers) > 1024 and len(self.timers) > 4 * len(self.connections):
                 # Satisfied waits leave their deadlines behind; drop them now and then.
-                self.timers = [t for t in self.timers if cast(Connection, t[2].tag).pending is t[2]]
+                self.timers = [t for t in self.timers if cast(ClientConnection, t[2].tag).pending_wait is t[2]]
                 heapq.heapify(self.timers)
 
     def _on_satisfied(self, waiter: Waiter) -> None:
-        connection = cast(Connection, waiter.tag)
-        if connection.pending is waiter:
-            connection.pending = None
+        connection = cast(ClientConnection, waiter.tag)
+        if connection.pending_wait is waiter:
+            connection.pending_wait = None
         connection.last_wait = waiter
-        self._reply(connection, WAIT, OK, IB.pack(waiter.signaled, waiter.abandoned))
+        self._reply(connection, WAIT, OK, WAIT_REPLY.pack(waiter.signaled, waiter.abandoned))
 
     def _expire_timers(self) -> None:
         now = time.monotonic_ns()
         while self.timers and self.timers[0][0] <= now:
             _, _, waiter = heapq.heappop(self.timers)
-            connection = cast(Connection, waiter.tag)
-            if connection.pending is waiter and self.model.cancel(waiter):
-                connection.pending = None
+            connection = cast(ClientConnection, waiter.tag)
+            if connection.pending_wait is waiter and self.model.cancel(waiter):
+                connection.pending_wait = None
                 self._release_wait_records(connection)
                 self._reply(connection, WAIT, E_TIMEOUT)
 
-    def _cancel(self, connection: Connection, op: int, payload: memoryview) -> None:
-        waiter = connection.pending
+    def _cancel(self, connection: ClientConnection, op: int, payload: memoryview) -> None:
+        waiter = connection.pending_wait
         if waiter is not None:
             self.model.cancel(waiter)
-            connection.pending = None
+            connection.pending_wait = None
             self._release_wait_records(connection)
             self._reply(connection, WAIT, E_CANCELLED)
-            self._reply(connection, op, OK, bytes((CANCEL_CANCELLED,)) + II.pack(0, 0))
+            self._reply(connection, op, OK, bytes((CANCEL_CANCELLED,)) + CANCEL_COUNTS.pack(0, 0))
             return
         waiter = connection.last_wait
         if waiter is not None:
             connection.last_wait = None
             given = self.model.rollback(waiter)
             self._release_wait_records(connection)
-            self._reply(connection, op, OK, bytes((CANCEL_GIVEN_BACK,)) + II.pack(given.returned, given.kept))
+            self._reply(connection, op, OK, bytes((CANCEL_GIVEN_BACK,)) + CANCEL_COUNTS.pack(given.returned, given.kept))
             return
-        self._reply(connection, op, OK, bytes((CANCEL_NOTHING,)) + II.pack(0, 0))
+        self._reply(connection, op, OK, bytes((CANCEL_NOTHING,)) + CANCEL_COUNTS.pack(0, 0))
 
 
 def _open_reserve() -> int:
@@ -766,7 +767,7 @@ def _open_reserve() -> int:
 
 def _serve(directory: str) -> int:
     path = os.path.join(directory, SOCKET_NAME)
-    linger = float(os.environ.get(LINGER_ENV_VAR) or 2.0)
+    linger = float(os.environ.get(LINGER_ENV_VAR) or DEFAULT_LINGER)
     ready_read, ready_write = os.pipe()
     if os.fork():
         # The launcher: return once the server listens (or has failed), so the client that
@@ -806,7 +807,7 @@ def _serve(directory: str) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python3 -m ntshim.sync._server_main <directory>", file=sys.stderr)
+        print("usage: python3 -m ntshim.sync.server.daemon <directory>", file=sys.stderr)
         return 2
     return _serve(argv[1])
 

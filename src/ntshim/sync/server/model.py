@@ -28,14 +28,14 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
-from .backend import U32_MAX, Kind
+from ..backend import U32_MAX, InitialState, Kind
 
 #: Waiter states besides "satisfied with index i" (>= 0).
 PENDING = -1
 CANCELLED = -2
 
 
-class SyncObject:
+class ObjectState:
     """One semaphore, mutex or event with its two wait queues.
 
     Queues are dicts used as ordered sets (insertion order is FIFO order; removal is O(1)).
@@ -90,7 +90,7 @@ class Entry:
 
     __slots__ = ("index", "obj", "waiter")
 
-    def __init__(self, waiter: Waiter, obj: SyncObject, index: int) -> None:
+    def __init__(self, waiter: Waiter, obj: ObjectState, index: int) -> None:
         self.waiter = waiter
         self.obj = obj
         self.index = index
@@ -109,7 +109,7 @@ class Waiter:
     entries: list[Entry] = field(default_factory=list)
     signaled: int = PENDING
     abandoned: bool = False
-    acquired: list[tuple[SyncObject, bool]] = field(default_factory=list)
+    acquired: list[tuple[ObjectState, bool]] = field(default_factory=list)
     #: Free for the owner of the model (the server keeps its connection here).
     tag: object = None
 
@@ -134,37 +134,37 @@ class Model:
         #: Called once for each waiter as it is satisfied (its acquisition already done).
         self.notify: Callable[[Waiter], None] = notify or (lambda waiter: None)
         #: holder -> mutexes it took from unowned and still owns.
-        self._held: dict[Hashable, set[SyncObject]] = {}
+        self._held: dict[Hashable, set[ObjectState]] = {}
 
     # ----- objects -----------------------------------------------------------------
 
-    def create(self, kind: Kind, params: tuple[int, int], holder: Hashable | None = None) -> SyncObject:
-        """A new object; ``params`` as in :meth:`ntshim.sync.backend.Backend.create`,
+    def create(self, kind: Kind, initial: InitialState, holder: Hashable | None = None) -> ObjectState:
+        """A new object in the state ``initial`` (:data:`~ntshim.sync.backend.InitialState`),
         assumed valid.  An owned mutex is held by ``holder``."""
-        obj = SyncObject(kind)
-        first, second = params
+        obj = ObjectState(kind)
         if kind == "semaphore":
-            obj.count, obj.maximum = first, second
+            obj.count, obj.maximum = initial
         elif kind == "mutex":
-            obj.owner, obj.count = first, second
+            obj.owner, obj.count = initial
             if obj.count:
                 self._hold(obj, holder)
         else:
-            obj.manual, obj.signaled = bool(first), bool(second)
+            manual, signaled = initial
+            obj.manual, obj.signaled = bool(manual), bool(signaled)
         return obj
 
-    def destroy(self, obj: SyncObject) -> None:
+    def destroy(self, obj: ObjectState) -> None:
         """Forget an object nobody references any more (no waiter can be queued on it: a
         wait references its objects)."""
         assert not obj.any_waiters and not obj.all_waiters, "destroying an object with waiters"
         self._unhold(obj)
 
-    def _hold(self, mutex: SyncObject, holder: Hashable | None) -> None:
+    def _hold(self, mutex: ObjectState, holder: Hashable | None) -> None:
         mutex.holder = holder
         if holder is not None:
             self._held.setdefault(holder, set()).add(mutex)
 
-    def _unhold(self, mutex: SyncObject) -> None:
+    def _unhold(self, mutex: ObjectState) -> None:
         holder, mutex.holder = mutex.holder, None
         if holder is not None:
             held = self._held.get(holder)
@@ -175,7 +175,7 @@ class Model:
 
     # ----- acquisition -------------------------------------------------------------
 
-    def _take(self, waiter: Waiter, obj: SyncObject) -> None:
+    def _take(self, waiter: Waiter, obj: ObjectState) -> None:
         """Consume ``obj`` for ``waiter`` (it is signaled for the waiter's owner)."""
         abandoned = False
         if obj.kind == "semaphore":
@@ -212,12 +212,12 @@ class Model:
                 self._take(waiter, obj)
             self._satisfy(waiter, 0)
 
-    def _try_wake_all_obj(self, obj: SyncObject) -> None:
+    def _try_wake_all_obj(self, obj: ObjectState) -> None:
         # A snapshot: satisfied waiters leave the queue as we go.
         for entry in list(obj.all_waiters):
             self._try_wake_all(entry.waiter)
 
-    def _try_wake_any(self, obj: SyncObject) -> None:
+    def _try_wake_any(self, obj: ObjectState) -> None:
         for entry in list(obj.any_waiters):
             waiter = entry.waiter
             if obj.kind == "semaphore":
@@ -234,7 +234,7 @@ class Model:
                 self._take(waiter, obj)
                 self._satisfy(waiter, entry.index)
 
-    def _signal(self, obj: SyncObject) -> None:
+    def _signal(self, obj: ObjectState) -> None:
         """``obj`` may have become signaled: wait-all waiters first, then wait-any."""
         self._try_wake_all_obj(obj)
         self._try_wake_any(obj)
@@ -243,10 +243,10 @@ class Model:
 
     def wait(
         self,
-        objects: Sequence[SyncObject],
+        objects: Sequence[ObjectState],
         wait_all: bool,
         owner: int,
-        alert: SyncObject | None = None,
+        alert: ObjectState | None = None,
         holder: Hashable | None = None,
         tag: object = None,
     ) -> Waiter:
@@ -315,7 +315,7 @@ class Model:
 
     # ----- operations --------------------------------------------------------------
 
-    def sem_release(self, sem: SyncObject, count: int) -> int:
+    def sem_release(self, sem: ObjectState, count: int) -> int:
         previous = sem.count
         if previous + count > sem.maximum:  # the maximum is at most U32_MAX: overflow too
             raise OverflowError(f"releasing {count} would take the count past the maximum ({sem.maximum})")
@@ -324,10 +324,10 @@ class Model:
         return previous
 
     @staticmethod
-    def sem_read(sem: SyncObject) -> tuple[int, int]:
+    def sem_read(sem: ObjectState) -> tuple[int, int]:
         return sem.count, sem.maximum
 
-    def mutex_unlock(self, mutex: SyncObject, owner: int) -> int:
+    def mutex_unlock(self, mutex: ObjectState, owner: int) -> int:
         if mutex.owner != owner:
             raise PermissionError(f"owner {owner} does not own this mutex")
         previous = mutex.count
@@ -338,12 +338,12 @@ class Model:
         self._signal(mutex)
         return previous
 
-    def mutex_kill(self, mutex: SyncObject, owner: int) -> None:
+    def mutex_kill(self, mutex: ObjectState, owner: int) -> None:
         if mutex.owner != owner:
             raise PermissionError(f"owner {owner} does not own this mutex")
         self._abandon(mutex)
 
-    def _abandon(self, mutex: SyncObject) -> None:
+    def _abandon(self, mutex: ObjectState) -> None:
         mutex.abandoned = True
         mutex.owner = 0
         mutex.count = 0
@@ -361,10 +361,10 @@ class Model:
         return len(mutexes)
 
     @staticmethod
-    def mutex_read(mutex: SyncObject) -> tuple[int, int, bool]:
+    def mutex_read(mutex: ObjectState) -> tuple[int, int, bool]:
         return mutex.owner, mutex.count, mutex.abandoned
 
-    def event_set(self, event: SyncObject, pulse: bool = False) -> bool:
+    def event_set(self, event: ObjectState, pulse: bool = False) -> bool:
         previous = event.signaled
         event.signaled = True
         self._signal(event)
@@ -372,14 +372,14 @@ class Model:
             event.signaled = False
         return previous
 
-    def event_pulse(self, event: SyncObject) -> bool:
+    def event_pulse(self, event: ObjectState) -> bool:
         return self.event_set(event, pulse=True)
 
     @staticmethod
-    def event_reset(event: SyncObject) -> bool:
+    def event_reset(event: ObjectState) -> bool:
         previous, event.signaled = event.signaled, False
         return previous
 
     @staticmethod
-    def event_read(event: SyncObject) -> tuple[bool, bool]:
+    def event_read(event: ObjectState) -> tuple[bool, bool]:
         return event.manual, event.signaled

@@ -1,100 +1,8 @@
-"""The ``server`` backend: one server process per user owns every object and its waiters
-(the wineserver design); clients ask it over a Unix socket.  Slow next to shared memory (a
-round trip per operation), but every operation is one step of one single-threaded state
-machine (:mod:`ntshim.sync.model`), which makes it the reference for correctness.
+"""The client side of the ``server`` backend: connections to the per-user server (started
+on first use), the per-process client that keeps them across threads and fork, and the
+backend class, whose handles turn each operation into one round trip.
 
-Processes and connections
--------------------------
-The server listens on ``server.sock`` in the per-user directory
-(:func:`ntshim.sync.userdir.user_directory`, mode 0700: only this user can connect).  The
-first client that finds no server starts one, holding ``server.lock`` (flock) so that two
-clients never start two; the server exits by itself a few seconds (``NTSHIM_SYNC_SERVER_LINGER``,
-default 2) after its last client left.
-
-Each process opens one *anchor* connection, which holds the process's references to objects:
-when the process dies the kernel closes it and the server drops them (an object and its name
-go with the last reference).  Each thread opens its own connection for its requests, so that
-one thread's blocking wait does not hold up another's; a mutex remembers the thread
-connection that acquired it, and when that connection closes (the thread exited: its
-thread-local connection is closed as the thread ends; or the process died) while the mutex
-is still owned, the server abandons it and hands it on as ``kill`` would.  (A signal
-handler that uses sync objects while its thread is in a request gets a second connection
-of that thread: frames of two requests never interleave on one socket.)
-
-A wait's deadline is kept by the server (CLOCK_MONOTONIC is one clock for all processes).
-If the client is interrupted while it waits (KeyboardInterrupt, an exception raised by a
-signal handler), it sends CANCEL: a wait still pending is dropped, and a wait the server
-had satisfied before the client could read the answer is *given back* (each object it took
-released as its owner would), so an interrupted wait never leaves the caller holding
-something it does not know of; the exception carries a note saying which happened.
-
-A forked child must not use its parent's sockets.  Just before ``os.fork()``, a process that
-has live handles opens a new anchor that *copies* its references; the child adopts it (the
-parent closes its copy), so the objects a child inherits stay alive even if the parent
-closes them at once.  The child closes every other inherited connection and opens its own.
-
-Protocol
---------
-Little-endian, length-prefixed frames on a stream socket::
-
-    request:  u32 length | u8 op | payload            (length counts op + payload)
-    reply:    u32 length | u8 op | u8 status | payload (op echoes the request's)
-
-Each connection sends one request and reads its reply before the next (one round trip per
-operation), except that CLOSE has no reply (handles dropped by the garbage collector are
-closed by CLOSE frames sent ahead of the next request) and CANCEL follows a request whose
-reply was not read (an interrupted wait; a request cut short by an exception).  Frames
-carry no descriptors: the server reads with ``recv``, so the kernel discards any that a
-client passes (``SCM_RIGHTS``) before the server could see, use or keep them.
-
-============ ==== ============================================== ==============================
-op           code request payload                                reply payload
-============ ==== ============================================== ==============================
-HELLO_PROC   0x01 u32 version, u32 pid, u64 clone (0, or the     u64 process token, u64 server
-                  token of the process whose references to copy) instance
-HELLO_THREAD 0x02 u32 version, u32 pid, u32 tid, u64 process     u64 server instance
-                  token
-CREATE       0x10 u8 kind, u32 p0, u32 p1, name (the rest;       u64 id, u8 created
-                  empty: unnamed)
-OPEN         0x11 u8 kind, name                                  u64 id
-OPEN_ID      0x12 u8 kind, u64 id                                (none)
-ADDREF       0x13 u64 id * n                                     u8 present * n
-CLOSE        0x14 u64 id * n                                     no reply
-SEM_RELEASE  0x20 u64 id, u32 count                              u32 previous
-SEM_READ     0x21 u64 id                                         u32 count, u32 maximum
-MUTEX_UNLOCK 0x22 u64 id, u32 owner                              u32 previous
-MUTEX_KILL   0x23 u64 id, u32 owner                              (none)
-MUTEX_READ   0x24 u64 id                                         u32 owner, u32 count, u8
-                                                                 abandoned
-EVENT_SET    0x25 u64 id                                         u8 previous
-EVENT_RESET  0x26 u64 id                                         u8 previous
-EVENT_PULSE  0x27 u64 id                                         u8 previous
-EVENT_READ   0x28 u64 id                                         u8 manual, u8 signaled
-WAIT         0x30 u8 flags (1 all, 2 alert, 4 deadline), u32     u32 index, u8 abandoned
-                  owner, u64 deadline (CLOCK_MONOTONIC ns), u8
-                  n, u64 id * n, [u64 alert id]
-CANCEL       0x31 (none).  Ends this connection's request in     u8 outcome (0 cancelled, 1
-                  flight: a pending wait's reply comes first     given back, 2 nothing), u32
-                  (status cancelled); a satisfied wait whose     returned, u32 kept
-                  reply is unread is given back
-REFUSED      0x00 never sent by a client: the server's only frame u32 server pid, u32
-                  on a connection it accepted with its last      descriptor limit, u32
-                  descriptor only to say it cannot serve it      connections, u32 processes,
-                  (status 9), closing it at once                 u32 linger (ms)
-============ ==== ============================================== ==============================
-
-Kinds: 0 semaphore, 1 mutex, 2 event.  Statuses: 0 ok, 1 no such object (FileNotFoundError),
-2 name of another kind (NameKindError), 3 not the owner (PermissionError), 4 overflow
-(OverflowError), 5 timed out (TimeoutError), 6 cancelled, 7 invalid request (the server
-keeps the connection), 8 unknown process (the server restarted since), 9 out of descriptors
-(OSError EMFILE, see REFUSED).  Frames that cannot be parsed make the server drop the
-connection, and nothing else.
-
-The server raises its soft ``RLIMIT_NOFILE`` to the hard limit it inherited from the process
-that started it (it cannot go past that hard limit) and keeps one descriptor in reserve:
-when ``accept`` fails for want of descriptors, it closes the reserve, accepts the next
-client with it, sends REFUSED, closes that connection and opens the reserve again, so a
-client beyond the limit learns why at once instead of waiting in the accept backlog.
+The protocol, and what each connection is for, is docs/sync-protocol.md.
 """
 
 from __future__ import annotations
@@ -113,98 +21,71 @@ import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import NameKindError
-from . import userdir
-from .backend import Availability, Backend, Handle, Kind
-
-PROTOCOL_VERSION = 1
-SOCKET_NAME = "server.sock"
-LOCK_NAME = "server.lock"
-LOG_NAME = "server.log"
-LINGER_ENV_VAR = "NTSHIM_SYNC_SERVER_LINGER"
-DEFAULT_LINGER = 2.0
-#: Largest frame body either side accepts.
-MAX_BODY = 1 << 16
-
-KIND_CODES: dict[Kind, int] = {"semaphore": 0, "mutex": 1, "event": 2}
-KINDS_BY_CODE: dict[int, Kind] = {code: kind for kind, code in KIND_CODES.items()}
-
-# Opcodes.
-REFUSED = 0x00
-HELLO_PROC = 0x01
-HELLO_THREAD = 0x02
-CREATE = 0x10
-OPEN = 0x11
-OPEN_ID = 0x12
-ADDREF = 0x13
-CLOSE = 0x14
-SEM_RELEASE = 0x20
-SEM_READ = 0x21
-MUTEX_UNLOCK = 0x22
-MUTEX_KILL = 0x23
-MUTEX_READ = 0x24
-EVENT_SET = 0x25
-EVENT_RESET = 0x26
-EVENT_PULSE = 0x27
-EVENT_READ = 0x28
-WAIT = 0x30
-CANCEL = 0x31
-
-# Wait flags.
-WAIT_ALL = 1
-WAIT_ALERT = 2
-WAIT_DEADLINE = 4
-
-# Statuses.
-OK = 0
-E_NOENT = 1
-E_KIND = 2
-E_PERM = 3
-E_OVERFLOW = 4
-E_TIMEOUT = 5
-E_CANCELLED = 6
-E_INVALID = 7
-E_UNKNOWN_PROCESS = 8
-E_NO_DESCRIPTORS = 9
-
-# CANCEL outcomes.
-CANCEL_CANCELLED = 0
-CANCEL_GIVEN_BACK = 1
-CANCEL_NOTHING = 2
-
-HEADER = struct.Struct("<I")
-REPLY_HEAD = struct.Struct("<BB")
-U8 = struct.Struct("<B")
-U32 = struct.Struct("<I")
-U64 = struct.Struct("<Q")
-ID_U32 = struct.Struct("<QI")
-KIND_ID = struct.Struct("<BQ")
-CREATE_HEAD = struct.Struct("<BII")
-WAIT_HEAD = struct.Struct("<BIQB")
-HELLO_PROC_ARGS = struct.Struct("<IIQ")
-HELLO_THREAD_ARGS = struct.Struct("<IIIQ")
-TWO_U64 = struct.Struct("<QQ")
-ID_CREATED = struct.Struct("<QB")
-II = struct.Struct("<II")
-IIB = struct.Struct("<IIB")
-BB = struct.Struct("<BB")
-IB = struct.Struct("<IB")
-#: REFUSED's payload: server pid, descriptor limit, connections, processes, linger in ms.
-REFUSAL = struct.Struct("<IIIII")
-
-# Whole request frames for the frequent operations, packed in one call.
-_FRAME_ID = struct.Struct("<IBQ")
-_FRAME_ID_U32 = struct.Struct("<IBQI")
-
-
-def frame(op: int, payload: bytes = b"") -> bytes:
-    """One request frame."""
-    return HEADER.pack(len(payload) + 1) + bytes((op,)) + payload
-
-
-def reply_frame(op: int, status: int, payload: bytes = b"") -> bytes:
-    """One reply frame."""
-    return HEADER.pack(len(payload) + 2) + REPLY_HEAD.pack(op, status) + payload
+from ...errors import NameKindError
+from .. import userdir
+from ..backend import Availability, Backend, Handle, InitialState, Kind
+from .protocol import (
+    ADDREF,
+    CANCEL,
+    CANCEL_CANCELLED,
+    CANCEL_COUNTS,
+    CANCEL_GIVEN_BACK,
+    CANCEL_NOTHING,
+    CLOSE,
+    CREATE,
+    CREATE_REPLY,
+    CREATE_REQUEST,
+    DEFAULT_LINGER,
+    E_KIND,
+    E_NO_DESCRIPTORS,
+    E_NOENT,
+    E_OVERFLOW,
+    E_PERM,
+    E_TIMEOUT,
+    E_UNKNOWN_PROCESS,
+    EVENT_PULSE,
+    EVENT_READ,
+    EVENT_RESET,
+    EVENT_SET,
+    EVENT_STATE,
+    FRAME_LENGTH,
+    HELLO_PROC,
+    HELLO_PROC_REPLY,
+    HELLO_PROC_REQUEST,
+    HELLO_THREAD,
+    HELLO_THREAD_REPLY,
+    HELLO_THREAD_REQUEST,
+    KIND_CODES,
+    LINGER_ENV_VAR,
+    LOCK_NAME,
+    LOG_NAME,
+    MAX_BODY,
+    MUTEX_KILL,
+    MUTEX_READ,
+    MUTEX_STATE,
+    MUTEX_UNLOCK,
+    OBJECT_ARGUMENT_REQUEST_FRAME,
+    OBJECT_ID,
+    OBJECT_REQUEST_FRAME,
+    OK,
+    OPEN,
+    OPEN_ID,
+    OPEN_ID_REQUEST,
+    OPEN_REQUEST,
+    PREVIOUS_COUNT,
+    PROTOCOL_VERSION,
+    REFUSAL,
+    REFUSED,
+    SEM_READ,
+    SEM_RELEASE,
+    SEM_STATE,
+    SOCKET_NAME,
+    WAIT,
+    WAIT_REPLY,
+    frame,
+    object_ids,
+    wait_frame,
+)
 
 
 class ProtocolError(ConnectionError):
@@ -255,7 +136,7 @@ def raise_status(status: int, what: str) -> None:
 # ----- connections ---------------------------------------------------------------------
 
 
-class Connection:
+class ServerConnection:
     """One socket to the server, used by one thread at a time: frames out, frames in."""
 
     def __init__(self, sock: socket.socket) -> None:
@@ -275,7 +156,7 @@ class Connection:
         buffer = self._buffer
         while True:
             if len(buffer) >= 4:
-                (length,) = HEADER.unpack_from(buffer)
+                (length,) = FRAME_LENGTH.unpack_from(buffer)
                 if not 2 <= length <= MAX_BODY:
                     raise ProtocolError(f"bad reply length {length}")
                 if len(buffer) >= 4 + length:
@@ -411,8 +292,8 @@ def _cancel_note(wait_reply: bytes | None, cancel_reply: bytes) -> str:
     if outcome == CANCEL_CANCELLED:
         return "ntshim.sync: the interrupted wait was cancelled; it acquired nothing"
     if outcome == CANCEL_GIVEN_BACK:
-        returned, kept = II.unpack_from(cancel_reply, 3)
-        index = IB.unpack_from(wait_reply, 2)[0] if wait_reply and len(wait_reply) >= 7 else None
+        returned, kept = CANCEL_COUNTS.unpack_from(cancel_reply, 3)
+        index = WAIT_REPLY.unpack_from(wait_reply, 2)[0] if wait_reply and len(wait_reply) >= 7 else None
         note = (
             f"ntshim.sync: the interrupted wait had just been satisfied (index {index}); "
             f"what it acquired was given back ({returned} object(s) released"
@@ -467,14 +348,15 @@ def _start_server(directory: str, path: str) -> None:
     once that listens, so no client is left with a zombie to reap."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # a server that was killed leaves its socket behind
-    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # The directory ntshim/ is in (ntshim/sync/server/client.py): the server runs this very ntshim.
+    package_parent = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, os.pardir))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-    env["NTSHIM_SYNC_SERVER_LINGER"] = str(_linger())
+    env[LINGER_ENV_VAR] = str(_linger())
     log_path = os.path.join(directory, LOG_NAME)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ntshim.sync._server_main", directory],
+            [sys.executable, "-m", "ntshim.sync.server.daemon", directory],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -500,7 +382,7 @@ def _start_server(directory: str, path: str) -> None:
         )
 
 
-def open_connection(hello: bytes, directory: str | None = None) -> tuple[Connection, bytes]:
+def open_connection(hello: bytes, directory: str | None = None) -> tuple[ServerConnection, bytes]:
     """Connect to this user's server (starting it if there is none) and say hello; returns
     the connection and the hello reply's payload."""
     directory = directory or userdir.user_directory()
@@ -517,7 +399,7 @@ def open_connection(hello: bytes, directory: str | None = None) -> tuple[Connect
                     except (FileNotFoundError, ConnectionRefusedError):
                         _start_server(directory, path)
                         sock = _connect_socket(path)
-            connection = Connection(sock)
+            connection = ServerConnection(sock)
             try:
                 status, payload = connection.hello(hello)
             except BaseException:
@@ -538,7 +420,7 @@ def open_connection(hello: bytes, directory: str | None = None) -> tuple[Connect
 # ----- the per-process client ----------------------------------------------------------
 
 
-class ThreadConnections(list[Connection]):
+class ThreadConnections(list[ServerConnection]):
     """One thread's connections, kept in a thread-local slot and referenced from nowhere
     else: when the thread ends its locals are cleared, and this closes the connections
     (whoever else still holds one), so the server abandons the mutexes the thread owned."""
@@ -557,17 +439,17 @@ class Client:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.lock = threading.RLock()
-        self.anchor: Connection | None = None
+        self.anchor: ServerConnection | None = None
         self.token = 0
         self.instance = 0
         self.local = threading.local()
         self.handles: weakref.WeakSet[ServerHandle] = weakref.WeakSet()
         #: Ids of handles that were garbage-collected: CLOSE frames for the next request.
-        self.pending: collections.deque[int] = collections.deque()
+        self.closes_to_send: collections.deque[int] = collections.deque()
         #: Every connection opened in this process, for a fork child to close its copies.
-        self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self.connections: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         #: Made just before fork for the child (see before_fork).
-        self._child_anchor: Connection | None = None
+        self._child_anchor: ServerConnection | None = None
         self._child_token = 0
         #: A child forked without a prepared anchor re-takes its references on connection.
         self._retake = False
@@ -580,9 +462,9 @@ class Client:
         with self.lock:
             if self.anchor is not None:
                 return
-            hello = frame(HELLO_PROC, HELLO_PROC_ARGS.pack(PROTOCOL_VERSION, os.getpid(), 0))
+            hello = frame(HELLO_PROC, HELLO_PROC_REQUEST.pack(PROTOCOL_VERSION, os.getpid(), 0))
             connection, payload = open_connection(hello)
-            self.token, self.instance = TWO_U64.unpack_from(payload)
+            self.token, self.instance = HELLO_PROC_REPLY.unpack_from(payload)
             self.connections.add(connection)
             self.anchor = connection
             if self._retake:
@@ -600,11 +482,11 @@ class Client:
             except RuntimeError:
                 continue
 
-    def _retake_references(self, connection: Connection) -> None:
+    def _retake_references(self, connection: ServerConnection) -> None:
         # Only ids of this server: a restarted one numbers its objects anew.
         ids = [h.id for h in self.live_handles() if h.instance == self.instance]
         if ids:
-            data = frame(ADDREF, struct.pack(f"<{len(ids)}Q", *ids))
+            data = frame(ADDREF, object_ids(ids))
             status, _present = connection.call(data, ADDREF, "re-taking references after fork")
             raise_status(status, "re-taking references after fork")
 
@@ -612,7 +494,7 @@ class Client:
         self._ensure_anchor()
         return self.instance
 
-    def connection(self) -> Connection:
+    def connection(self) -> ServerConnection:
         """A connection of this thread that is not in a request, opened on first use.
 
         Usually the thread's one connection; a second one only when a signal handler uses
@@ -639,58 +521,53 @@ class Client:
         pool.append(connection)
         return connection
 
-    def _open_thread_connection(self) -> Connection:
+    def _open_thread_connection(self) -> ServerConnection:
         with self.lock:
             if self.anchor is not None and _at_end(self.anchor.sock):
                 # The server was killed: start afresh.  Handles of the old server stay
                 # dead (their instance differs); new objects work.
                 self.anchor.close()
                 self.anchor = None
-                self.pending.clear()
+                self.closes_to_send.clear()
             self._ensure_anchor()
         hello = frame(
             HELLO_THREAD,
-            HELLO_THREAD_ARGS.pack(PROTOCOL_VERSION, os.getpid(), threading.get_native_id(), self.token),
+            HELLO_THREAD_REQUEST.pack(PROTOCOL_VERSION, os.getpid(), threading.get_native_id(), self.token),
         )
         connection, payload = open_connection(hello)
-        (instance,) = U64.unpack_from(payload)
+        (instance,) = HELLO_THREAD_REPLY.unpack_from(payload)
         if instance != self.instance:
             connection.close()
             raise ServerGone("the sync server restarted since this process connected; its objects are gone")
         self.connections.add(connection)
         return connection
 
-    def drop(self, connection: Connection) -> None:
+    def drop(self, connection: ServerConnection) -> None:
         """Close a connection that failed and forget it."""
-        pool: list[Connection] = getattr(self.local, "pool", [])
+        pool: list[ServerConnection] = getattr(self.local, "pool", [])
         if connection in pool:
             pool.remove(connection)
         connection.close()
 
-    def _pending_frames(self) -> bytes:
-        if not self.pending:
+    def _close_frames(self) -> bytes:
+        if not self.closes_to_send:
             return b""
         ids = []
         with contextlib.suppress(IndexError):
             while True:
-                ids.append(self.pending.popleft())
-        return frame(CLOSE, struct.pack(f"<{len(ids)}Q", *ids))
+                ids.append(self.closes_to_send.popleft())
+        return frame(CLOSE, object_ids(ids))
 
     def call(self, data: bytes, what: str) -> tuple[int, bytes]:
-        """One request (a frame) and its reply: ``(status, payload)``."""
+        """One request (a frame) and its reply: ``(status, payload)``.  A WAIT blocks until
+        the server answers, and is cancelled there if the caller is interrupted meanwhile
+        (:meth:`ServerConnection.wait`)."""
+        op = data[4]
         connection = self.connection()
         try:
-            return connection.call(self._pending_frames() + data, data[4], what)
-        except (ConnectionError, OSError) as exc:
-            self.drop(connection)
-            if isinstance(exc, ProtocolError):
-                raise
-            raise ServerGone(f"{what}: lost the connection to the sync server ({exc})") from exc
-
-    def wait(self, data: bytes, what: str) -> tuple[int, bytes]:
-        connection = self.connection()
-        try:
-            return connection.wait(self._pending_frames() + data, what)
+            if op == WAIT:
+                return connection.wait(self._close_frames() + data, what)
+            return connection.call(self._close_frames() + data, op, what)
         except (ConnectionError, OSError) as exc:
             self.drop(connection)
             if isinstance(exc, ProtocolError):
@@ -699,11 +576,11 @@ class Client:
 
     def release(self, oid: int) -> None:
         """Drop one reference, now (another process may be about to look the name up)."""
-        self.pending.append(oid)
+        self.closes_to_send.append(oid)
         connection = None
         try:
             connection = self.connection()
-            connection.send(self._pending_frames())
+            connection.send(self._close_frames())
         except (ConnectionError, OSError):
             if connection is not None:
                 self.drop(connection)  # the server is gone, and with it the reference
@@ -716,9 +593,9 @@ class Client:
         if self.anchor is None or self.pid != os.getpid() or not self.live_handles():
             return
         try:
-            hello = frame(HELLO_PROC, HELLO_PROC_ARGS.pack(PROTOCOL_VERSION, os.getpid(), self.token))
+            hello = frame(HELLO_PROC, HELLO_PROC_REQUEST.pack(PROTOCOL_VERSION, os.getpid(), self.token))
             connection, payload = open_connection(hello)
-            token, instance = TWO_U64.unpack_from(payload)
+            token, instance = HELLO_PROC_REPLY.unpack_from(payload)
             if instance != self.instance:
                 connection.close()
                 return
@@ -748,7 +625,7 @@ class Client:
             # No prepared anchor: the child takes one reference per live handle itself, so
             # the parent's pending closes are not the child's to send.
             self.anchor = None
-            self.pending.clear()
+            self.closes_to_send.clear()
             self._retake = bool(self.live_handles())
 
 
@@ -815,7 +692,7 @@ class ServerHandle:
         if not self._closed:
             self._closed = True
             try:
-                CLIENT.pending.append(self.id)
+                CLIENT.closes_to_send.append(self.id)
             except Exception:  # noqa: BLE001, S110 - at interpreter exit module globals may be gone already
                 pass
 
@@ -830,53 +707,38 @@ class ServerHandle:
         return payload
 
     def sem_release(self, count: int) -> int:
-        return U32.unpack(self._op(_FRAME_ID_U32, SEM_RELEASE, count))[0]
+        return PREVIOUS_COUNT.unpack(self._op(OBJECT_ARGUMENT_REQUEST_FRAME, SEM_RELEASE, count))[0]
 
     def sem_read(self) -> tuple[int, int]:
-        count, maximum = II.unpack(self._op(_FRAME_ID, SEM_READ))
+        count, maximum = SEM_STATE.unpack(self._op(OBJECT_REQUEST_FRAME, SEM_READ))
         return count, maximum
 
     def mutex_unlock(self, owner: int) -> int:
-        return U32.unpack(self._op(_FRAME_ID_U32, MUTEX_UNLOCK, owner))[0]
+        return PREVIOUS_COUNT.unpack(self._op(OBJECT_ARGUMENT_REQUEST_FRAME, MUTEX_UNLOCK, owner))[0]
 
     def mutex_kill(self, owner: int) -> None:
-        self._op(_FRAME_ID_U32, MUTEX_KILL, owner)
+        self._op(OBJECT_ARGUMENT_REQUEST_FRAME, MUTEX_KILL, owner)
 
     def mutex_read(self) -> tuple[int, int, bool]:
-        owner, count, abandoned = IIB.unpack(self._op(_FRAME_ID, MUTEX_READ))
+        owner, count, abandoned = MUTEX_STATE.unpack(self._op(OBJECT_REQUEST_FRAME, MUTEX_READ))
         return owner, count, bool(abandoned)
 
     def event_set(self) -> bool:
-        return bool(self._op(_FRAME_ID, EVENT_SET)[0])
+        return bool(self._op(OBJECT_REQUEST_FRAME, EVENT_SET)[0])
 
     def event_reset(self) -> bool:
-        return bool(self._op(_FRAME_ID, EVENT_RESET)[0])
+        return bool(self._op(OBJECT_REQUEST_FRAME, EVENT_RESET)[0])
 
     def event_pulse(self) -> bool:
-        return bool(self._op(_FRAME_ID, EVENT_PULSE)[0])
+        return bool(self._op(OBJECT_REQUEST_FRAME, EVENT_PULSE)[0])
 
     def event_read(self) -> tuple[bool, bool]:
-        manual, signaled = BB.unpack(self._op(_FRAME_ID, EVENT_READ))
+        manual, signaled = EVENT_STATE.unpack(self._op(OBJECT_REQUEST_FRAME, EVENT_READ))
         return bool(manual), bool(signaled)
 
 
 def _gone(kind: str) -> ServerGone:
     return ServerGone(f"{kind}: the sync server that held this object was killed; the object is gone")
-
-
-_wait_structs: dict[tuple[int, bool], struct.Struct] = {}
-
-
-def pack_wait(ids: Sequence[int], wait_all: bool, deadline: int | None, owner: int, alert: int | None) -> bytes:
-    key = (len(ids), alert is not None)
-    packer = _wait_structs.get(key)
-    if packer is None:
-        packer = _wait_structs[key] = struct.Struct(f"<IBBIQB{len(ids) + (alert is not None)}Q")
-    flags = (WAIT_ALL if wait_all else 0) | (WAIT_ALERT if alert is not None else 0)
-    if deadline is not None:
-        flags |= WAIT_DEADLINE
-    extra = (alert,) if alert is not None else ()
-    return packer.pack(packer.size - 4, WAIT, flags, owner, max(deadline or 0, 0), len(ids), *ids, *extra)
 
 
 class Server(Backend):
@@ -898,26 +760,25 @@ class Server(Backend):
         return Availability(cls.name, True, notes=(f"socket {os.path.join(directory, SOCKET_NAME)}",))
 
     @classmethod
-    def create(cls, kind: Kind, params: tuple[int, ...], name: bytes | None) -> tuple[Handle, bool]:
-        first, second = params
-        data = frame(CREATE, CREATE_HEAD.pack(KIND_CODES[kind], first, second) + (name or b""))
+    def create(cls, kind: Kind, initial: InitialState, name: bytes | None) -> tuple[Handle, bool]:
+        data = frame(CREATE, CREATE_REQUEST.pack(KIND_CODES[kind], *initial) + (name or b""))
         status, payload = CLIENT.call(data, f"create {kind}")
         raise_status(status, f"create {kind} {name!r}" if name else f"create {kind}")
-        oid, created = ID_CREATED.unpack(payload)
+        oid, created = CREATE_REPLY.unpack(payload)
         return ServerHandle(kind, oid), bool(created)
 
     @classmethod
     def open(cls, kind: Kind, name: bytes) -> Handle:
-        status, payload = CLIENT.call(frame(OPEN, U8.pack(KIND_CODES[kind]) + name), f"open {kind}")
+        status, payload = CLIENT.call(frame(OPEN, OPEN_REQUEST.pack(KIND_CODES[kind]) + name), f"open {kind}")
         raise_status(status, f"open {kind} {name!r}")
-        return ServerHandle(kind, U64.unpack(payload)[0])
+        return ServerHandle(kind, OBJECT_ID.unpack(payload)[0])
 
     @classmethod
     def from_state(cls, kind: Kind, state: Any) -> Handle:
         instance, oid = state
         if instance != CLIENT.server_instance():
             raise FileNotFoundError(f"{kind} {oid}: the sync server that held it has exited since")
-        status, _ = CLIENT.call(frame(OPEN_ID, KIND_ID.pack(KIND_CODES[kind], oid)), f"reopen {kind}")
+        status, _ = CLIENT.call(frame(OPEN_ID, OPEN_ID_REQUEST.pack(KIND_CODES[kind], oid)), f"reopen {kind}")
         raise_status(status, f"reopen {kind} {oid}")
         return ServerHandle(kind, oid)
 
@@ -934,10 +795,10 @@ class Server(Backend):
         for handle in [*handles, alert] if alert is not None else handles:
             if getattr(handle, "instance", None) != CLIENT.instance:
                 raise _gone(handle.kind)
-        data = pack_wait(ids, wait_all, deadline, owner, alert.key if alert is not None else None)
-        status, payload = CLIENT.wait(data, "wait_all" if wait_all else "wait_any")
+        data = wait_frame(ids, wait_all, deadline, owner, alert.key if alert is not None else None)
+        status, payload = CLIENT.call(data, "wait_all" if wait_all else "wait_any")
         raise_status(status, "wait_all" if wait_all else "wait_any")
-        index, abandoned = IB.unpack(payload)
+        index, abandoned = WAIT_REPLY.unpack(payload)
         return index, bool(abandoned)
 
 
