@@ -25,9 +25,9 @@ import abc
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
-from .._backends import Availability, ProbedBackend, forget_probes
+from .._backends import Availability, ProbedBackend
 
-__all__ = ["KINDS", "MAX_WAIT_OBJECTS", "U32_MAX", "Availability", "Backend", "Handle", "Kind", "forget_probes"]
+__all__ = ["KINDS", "MAX_WAIT_OBJECTS", "U32_MAX", "Availability", "Backend", "Handle", "Kind"]
 
 Kind = Literal["semaphore", "mutex", "event"]
 KINDS: tuple[Kind, ...] = ("semaphore", "mutex", "event")
