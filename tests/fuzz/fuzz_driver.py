@@ -73,11 +73,11 @@ from ntshim import DirtyPages
 from ntshim.errors import AbandonedError, BackendUnavailable
 from ntshim.memory import PAGE_SIZE as P
 from ntshim.memory import alias
-from ntshim.sync.server import LINGER_ENV_VAR
 from ntshim.sync.registry import ENV_VAR as SYNC_ENV_VAR
+from ntshim.sync.server import LINGER_ENV_VAR
 from ntshim.sync.userdir import ROOT_ENV_VAR
-from ntshim.writewatch.registry import backend_class
 from ntshim.writewatch.registry import ENV_VAR as WW_ENV_VAR
+from ntshim.writewatch.registry import backend_class
 
 #: What a call may raise.  Everything else is a failure of the run.
 ALLOWED: tuple[type[BaseException], ...] = (

@@ -6,8 +6,7 @@ from typing import Any
 
 from .. import _core, _kernel
 from .._arguments import as_int
-from ..writewatch import WriteWatch
-from ..writewatch import registry
+from ..writewatch import WriteWatch, registry
 from . import maps, placement, protection
 from .alias import Alias, alias
 from .limit import AddressSpaceLimit, limit_address_space
