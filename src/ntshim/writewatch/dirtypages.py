@@ -42,6 +42,12 @@ class DirtyPages:
         self._offsets: array[int] | None = None
 
     @property
+    def runs(self) -> bytes:
+        """The runs as given: native uint64 ``(start, end)`` byte-offset pairs, what the
+        constructor takes back (``DirtyPages(d.runs, d.address, d.granularity) == d``)."""
+        return self._runs
+
+    @property
     def address(self) -> int:
         """Address that offsets count from (the watched memory's first page)."""
         return self._address
