@@ -72,3 +72,9 @@ def test_memoryview_views_the_offsets_without_a_copy() -> None:
         assert view.tolist() == []
     with pytest.raises(TypeError, match="not writable"):
         (ctypes.c_char * 8).from_buffer(dirty)
+
+
+def test_the_runs_rebuild_an_equal_answer() -> None:
+    dirty = _dirty(0, PS, 3 * PS, 5 * PS)
+    assert dirty.runs == array("Q", [0, PS, 3 * PS, 5 * PS]).tobytes()
+    assert ntshim.DirtyPages(dirty.runs, dirty.address, dirty.granularity) == dirty
