@@ -48,7 +48,9 @@ def test_no_backend_left_names_the_refusals_or_else_why_none_was_available() -> 
         refusing.select(None, lambda chosen: chosen.serve())
     assert e.value.backend is None
     missing = _family(_backend("a", available=False), _backend("b", available=False))
-    with pytest.raises(ntshim.BackendUnavailable, match=r"^no test backend works here: a: a is missing; b: b is missing$"):
+    with pytest.raises(
+        ntshim.BackendUnavailable, match=r"^no test backend works here: a: a is missing; b: b is missing$"
+    ):
         missing.select(None)
 
 

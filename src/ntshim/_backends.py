@@ -60,8 +60,9 @@ class Family(Generic[B]):
     available one.  Backends are loaded on first use (``load`` maps a name to its class), so
     that naming a family costs no import."""
 
-    def __init__(self, label: str, env_var: str, names: Sequence[str], load: Callable[[str], type[B]], *,
-                 exhausted: str) -> None:
+    def __init__(
+        self, label: str, env_var: str, names: Sequence[str], load: Callable[[str], type[B]], *, exhausted: str
+    ) -> None:
         self.label = label
         self.env_var = env_var
         #: Best first: automatic selection takes the first that is available (and accepts the request).
@@ -133,7 +134,9 @@ class Family(Generic[B]):
             except BackendUnavailable as e:
                 refusals.append(str(e))
         # Why the backends that were tried refused; only if none could be tried, why none was available.
-        raise BackendUnavailable(None, f"no {self.label} backend {self._exhausted}: " + "; ".join(refusals or unavailable))
+        raise BackendUnavailable(
+            None, f"no {self.label} backend {self._exhausted}: " + "; ".join(refusals or unavailable)
+        )
 
 
 def refresh() -> None:

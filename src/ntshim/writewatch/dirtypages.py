@@ -83,7 +83,7 @@ class DirtyPages:
         """The offsets as a numpy uint64 array viewing :attr:`offsets` (read-only), or a copy
         when ``copy`` is true or ``dtype`` differs; ``copy=False`` with another dtype raises
         ValueError, as numpy asks.  (numpy 1.x passes no ``copy``.)"""
-        import numpy  # a test dependency only: imported when numpy itself asks
+        import numpy  # ntshim does not depend on numpy: only numpy calls this
 
         view = numpy.frombuffer(self.offsets, dtype=numpy.uint64)
         view.flags.writeable = False  # an answer, not a buffer: writing would change offsets

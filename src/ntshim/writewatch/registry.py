@@ -14,6 +14,7 @@ from .shadow import Shadow
 from .uffd_async import UffdAsync
 from .uffd_sync import UffdSync
 
+#: Best first: automatic selection takes the first that is available and accepts the memory.
 _CLASSES: dict[str, type[Backend]] = {b.name: b for b in (UffdAsync, UffdSync, Mprotect, Shadow)}
 FAMILY: Family[Backend] = Family(
     "write-watch", "NTSHIM_WRITEWATCH_BACKEND", tuple(_CLASSES), _CLASSES.__getitem__, exhausted="can watch this memory"
