@@ -6,34 +6,35 @@ sync backends (``SYNC_BACKENDS``); their names are distinct."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
+from ntshim._backends import Family
 from ntshim.sync import registry as sync_registry
 from ntshim.writewatch import registry
 
-BACKENDS = [b.name for b in registry.ORDER]
+BACKENDS = list(registry.NAMES)
 SYNC_BACKENDS = list(sync_registry.NAMES)
 REQUIRED = {name.strip() for name in os.environ.get("NTSHIM_REQUIRE", "").split(",") if name.strip()}
 
 
-def _skip_or_fail(kind: str, name: str, available: bool, reason: str) -> None:
-    if available:
+def _require(family: Family[Any], kind: str, name: str) -> None:
+    availability = family.backend_class(name).availability()
+    if availability.available:
         return
     if name in REQUIRED:
-        pytest.fail(f"{kind}backend {name} is required here (NTSHIM_REQUIRE) but unavailable: {reason}")
-    pytest.skip(f"{kind}backend {name} unavailable: {reason}")
+        pytest.fail(f"{kind}backend {name} is required here (NTSHIM_REQUIRE) but unavailable: {availability.reason}")
+    pytest.skip(f"{kind}backend {name} unavailable: {availability.reason}")
 
 
 def require_backend(name: str) -> None:
     """Skip when write-watch backend ``name`` is unavailable here, with the reason, unless
     NTSHIM_REQUIRE lists it."""
-    availability = registry.BY_NAME[name].availability()
-    _skip_or_fail("", name, availability.available, availability.reason)
+    _require(registry.FAMILY, "", name)
 
 
 def require_sync_backend(name: str) -> None:
     """The same for sync backend ``name``.  A backend module that fails to import is a bug,
     not an unavailable feature: the ImportError propagates and the test errors."""
-    availability = sync_registry.backend_class(name).availability()
-    _skip_or_fail("sync ", name, availability.available, availability.reason)
+    _require(sync_registry.FAMILY, "sync ", name)

@@ -10,15 +10,17 @@ fastest mechanism the running kernel offers, with honest fallbacks::
 
 NT synchronization objects (events, semaphores, mutexes, wait-any / wait-all across
 processes, abandoned mutexes) are in :mod:`ntshim.sync`; the Win32 API itself in
-:mod:`ntshim.win32`.  See ``ntshim info`` for what this machine supports.
+:mod:`ntshim.win32`.  See ``ntshim info`` for what this machine supports; ``ntshim.refresh()``
+probes the kernel and every backend again (after changing credentials or a sysctl).
 """
 
 from __future__ import annotations
 
+from ._backends import refresh
 from .errors import BackendUnavailable
 from .memory import Region, alloc, reserve, watch
 from .writewatch import DirtyPages, WriteWatch, backends
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailable", "DirtyPages", "Region", "WriteWatch", "__version__", "alloc", "backends", "reserve", "watch"]
+__all__ = ["BackendUnavailable", "DirtyPages", "Region", "WriteWatch", "__version__", "alloc", "backends", "refresh", "reserve", "watch"]

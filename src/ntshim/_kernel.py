@@ -2,7 +2,7 @@
 
 Backends ask here instead of probing on their own, so that ``ntshim info`` and the
 backends always agree.  Results are kept per process id, so a forked child probes again
-by itself; ``refresh()`` forgets them (after changing credentials, for instance).
+by itself; ``ntshim.refresh()`` forgets them (after changing credentials, for instance).
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ def futex_waitv() -> tuple[bool, str]:
     return False, f"futex_waitv probe failed: {os.strerror(err)}"
 
 
-def refresh() -> None:
-    """Forget the probe results; the next question probes again."""
+def forget_probes() -> None:
+    """Forget the probe results; the next question probes again (:func:`ntshim.refresh`)."""
     _userfaultfd.cache_clear()
     futex_waitv.cache_clear()
 

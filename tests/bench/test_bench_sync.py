@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from required import require_sync_backend
 
 from ntshim import _core
 from ntshim.bench import sync as sy
@@ -29,6 +30,7 @@ def bench(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("processes", [False, True])
 def test_every_subject_on_both_tests_json_and_plot(tmp_path: Path, processes: bool) -> None:
+    require_sync_backend("futex")  # the targets compare futex with the floors
     proc = bench(
         "--iterations", "2000", "--seconds", "0.1", "--repeat", "2", "--json", "out.json", "--plot", "out.png",
         *(["--processes"] if processes else []), tmp_path=tmp_path,
@@ -52,6 +54,7 @@ def test_every_subject_on_both_tests_json_and_plot(tmp_path: Path, processes: bo
 
 
 def test_one_test_one_backend(tmp_path: Path) -> None:
+    require_sync_backend("server")
     proc = bench("--test", "zigzag", "--backend", "server", "--seconds", "0.1", "--repeat", "1", "--json", "o.json",
                  tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -68,6 +71,7 @@ def test_unknown_backend_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mechanism", [*sy.FLOORS, *sy.NATIVE])
 @pytest.mark.parametrize("processes", [False, True])
 def test_native_loops_really_alternate(mechanism: str, processes: bool) -> None:
+    require_sync_backend("futex")  # the loops run on futex objects' slots
     keep = [Semaphore(1, 1, backend="futex"), Event(manual=False, backend="futex"), Event(manual=False, backend="futex")]
     slots = tuple(o._handle.slot for o in keep)  # type: ignore[attr-defined]
     code = {**sy.FLOORS, **sy.NATIVE}[mechanism]

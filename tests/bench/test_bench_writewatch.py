@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from required import require_backend
 
 from ntshim.bench import writewatch as ww
 from ntshim.writewatch import registry
@@ -59,6 +60,7 @@ def test_one_row_every_subject_json_and_plot(tmp_path: Path) -> None:
 
 
 def test_quick_run_covers_the_seed_rows(tmp_path: Path) -> None:
+    require_backend("uffd-async")
     proc = bench("--quick", "--backend", "uffd-async", "--seconds", "0.05", "--json", "q.json", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     data = json.loads((tmp_path / "q.json").read_text())

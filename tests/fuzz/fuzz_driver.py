@@ -76,8 +76,8 @@ from ntshim.memory import alias
 from ntshim.sync.registry import ENV_VAR as SYNC_ENV_VAR
 from ntshim.sync.server.protocol import LINGER_ENV_VAR
 from ntshim.sync.userdir import ROOT_ENV_VAR
-from ntshim.writewatch.registry import BY_NAME
 from ntshim.writewatch.registry import ENV_VAR as WW_ENV_VAR
+from ntshim.writewatch.registry import backend_class
 
 #: What a call may raise.  Everything else is a failure of the run.
 ALLOWED: tuple[type[BaseException], ...] = (
@@ -1624,7 +1624,7 @@ def dropped_at_fork(watch: Any) -> bool:
     then raises RuntimeError as documented (WriteWatch.dirty)."""
     if isinstance(watch, ntshim.Region):
         watch = watch.write_watch
-    return watch is not None and not BY_NAME[watch.backend].survives_fork
+    return watch is not None and not backend_class(watch.backend).survives_fork
 
 
 #: Operations and their weights (calls per hundred, roughly).

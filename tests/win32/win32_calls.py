@@ -56,6 +56,11 @@ def get_write_watch(flags: int, base: int | None, size: int, count: int = 64, bu
     return WatchResult(ret, n.value, returned, granularity.value, win32.GetLastError())
 
 
+def offsets(result: WatchResult, base: int) -> list[int]:
+    """The pages a GetWriteWatch answer returned, as byte offsets from ``base``."""
+    return [a - base for a in result.addresses]
+
+
 def query(address: int) -> win32.MEMORY_BASIC_INFORMATION:
     info = win32.VirtualQuery(address)
     assert info is not None, f"VirtualQuery({address:#x}) failed: {win32.GetLastError()}"

@@ -80,13 +80,11 @@ def test_automatic_choice_skips_a_backend_that_cannot_watch_the_memory(
     from required import require_backend
 
     from ntshim.writewatch import registry
-    from ntshim.writewatch.uffd_async import UffdAsync
-    from ntshim.writewatch.uffd_sync import UffdSync
 
     require_backend("uffd-sync")
     # Pretend uffd-async is missing: uffd-sync is next, refuses file mappings, mprotect takes it.
-    monkeypatch.setattr(registry, "ORDER", tuple(b for b in registry.ORDER if b is not UffdAsync))
-    assert registry.ORDER[0] is UffdSync
+    monkeypatch.setattr(registry.FAMILY, "names", tuple(n for n in registry.NAMES if n != "uffd-async"))
+    assert registry.FAMILY.names[0] == "uffd-sync"
     with ntshim.memory.watch(file_mapping) as w:
         assert w.backend == "mprotect"
 

@@ -60,7 +60,7 @@ def test_forked_child_keeps_running_and_the_parent_keeps_its_state(backend: str)
 
         result = run_in_child(child)
         assert result["ok"], result
-        if registry.BY_NAME[backend].survives_fork:
+        if registry.backend_class(backend).survives_fork:
             # The child has its own copy of the tracking state: the parent's write, then its own.
             assert result == {"ok": True, "tracked": True, "pages": list(range(16))}
         else:
@@ -132,8 +132,8 @@ def test_uffd_async_works_for_an_unprivileged_user() -> None:
     def child() -> dict:
         if os.geteuid() == 0:
             _as_unprivileged_user()
-        registry.refresh()  # probe again with the new credentials
-        availability = registry.BY_NAME["uffd-async"].availability()
+        ntshim.refresh()  # probe again with the new credentials
+        availability = registry.backend_class("uffd-async").availability()
         if not availability.available:
             return {"available": False, "reason": availability.reason}
         with ntshim.alloc(8 * PS, watch=True, backend="uffd-async") as region:
@@ -170,7 +170,7 @@ def test_uffd_sync_limited_to_user_faults_needs_the_writing_window() -> None:
 
     def child() -> dict:
         _as_unprivileged_user()
-        registry.refresh()
+        ntshim.refresh()
         with ntshim.alloc(8 * PS, watch=True, backend="uffd-sync") as region:
             tracked = region.write_watch.kernel_writes_tracked
             read_end, write_end = os.pipe()

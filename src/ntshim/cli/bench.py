@@ -185,9 +185,9 @@ class BenchCommand:
                 if not b.available:
                     console.print(f"[yellow]{b.backend} skipped: {b.reason}[/yellow]")  # type: ignore[attr-defined]
             return available
-        if args.backend not in registry.BY_NAME:
-            raise SystemExit(f"ntshim bench: unknown backend {args.backend!r}; choose from all, {', '.join(registry.BY_NAME)}")
-        availability = registry.BY_NAME[args.backend].availability()
+        if args.backend not in registry.NAMES:
+            raise SystemExit(f"ntshim bench: unknown backend {args.backend!r}; choose from all, {', '.join(registry.NAMES)}")
+        availability = registry.backend_class(args.backend).availability()
         if not availability.available:
             raise SystemExit(f"ntshim bench: {args.backend} is unavailable here: {availability.reason}")
         return [args.backend]

@@ -6,10 +6,10 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from .. import _kernel
+from .._backends import Family
 from ..memory import placement
 from ..sync import registry as sync_registry
 from ..writewatch import registry
@@ -24,13 +24,9 @@ class InfoCommand:
 
     def run(self, args: argparse.Namespace) -> int:
         report = _kernel.machine()
-        report["writewatch"] = self._section(
-            registry.backends(), registry.ENV_VAR, lambda name: registry.BY_NAME[name].summary
-        )
+        report["writewatch"] = self._section(registry.FAMILY)
         report["placement"] = placement.capabilities()
-        report["sync"] = self._section(
-            sync_registry.backends(), sync_registry.ENV_VAR, lambda name: sync_registry.backend_class(name).summary
-        )
+        report["sync"] = self._section(sync_registry.FAMILY)
         if args.json:
             json.dump(report, sys.stdout, indent=2)
             print()
@@ -39,10 +35,11 @@ class InfoCommand:
         return 0
 
     @staticmethod
-    def _section(backends: list[Any], env_var: str, summary: Callable[[str], str]) -> dict[str, Any]:
+    def _section(family: Family[Any]) -> dict[str, Any]:
         """One family of backends: which serves by default, and each with why (not)."""
+        backends = family.backends()
         default = next((b.backend for b in backends if b.available), None)
-        forced = os.environ.get(env_var) or None
+        forced = os.environ.get(family.env_var) or None
         return {
             "default": forced or default,
             "forced_by_environment": forced,
@@ -52,7 +49,7 @@ class InfoCommand:
                     "available": b.available,
                     "reason": b.reason,
                     "notes": list(b.notes),
-                    "summary": summary(b.backend),
+                    "summary": family.backend_class(b.backend).summary,
                 }
                 for b in backends
             ],

@@ -6,8 +6,7 @@ from typing import Any
 
 from .. import _core, _kernel
 from .._arguments import as_int
-from ..writewatch import WriteWatch
-from ..writewatch.registry import check_backend
+from ..writewatch import WriteWatch, registry
 from . import maps, placement, protection
 from .alias import Alias, alias
 from .limit import AddressSpaceLimit, limit_address_space
@@ -108,7 +107,7 @@ def _map(
     if backend is not None and not watch:
         raise ValueError("backend= chooses a write-watch backend: it needs watch=True")
     if watch:
-        check_backend(backend)
+        registry.FAMILY.requested(backend)
     rounded = -(-size // PAGE_SIZE) * PAGE_SIZE
     bound = placement.check_below(below, rounded, address)
     region = placement.map_placed(
@@ -137,7 +136,7 @@ def watch(obj: Any, *, backend: str | None = None) -> WriteWatch:
     move nor be freed while it lives (``mmap.close()`` raises BufferError); ``close()``
     stops tracking and leaves the memory as it was.
     """
-    check_backend(backend)
+    registry.FAMILY.requested(backend)
     if isinstance(obj, Region):
         return obj._start_watch(backend)
     try:

@@ -25,7 +25,7 @@ import abc
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
-from .._backends import Availability, ProbedBackend, forget_probes
+from .._backends import Availability, ProbedBackend
 
 __all__ = [
     "KINDS",
@@ -36,7 +36,6 @@ __all__ = [
     "Handle",
     "InitialState",
     "Kind",
-    "forget_probes",
 ]
 
 Kind = Literal["semaphore", "mutex", "event"]

@@ -80,7 +80,7 @@ class SyncObject:
 
     def _start(self, backend: object, initial: InitialState, name: object) -> None:
         encoded = _name(name)
-        chosen = registry.choose(backend)
+        chosen = registry.FAMILY.select(backend)
         self._handle, self.created = chosen.create(self.kind, initial, encoded)
         self._backend = chosen
         self._name: str | None = name if isinstance(name, str) else None
@@ -98,7 +98,7 @@ class SyncObject:
         encoded = _name(name)
         if encoded is None:
             raise TypeError("name must be a str")
-        chosen = registry.choose(backend)
+        chosen = registry.FAMILY.select(backend)
         return cls._wrap(chosen, chosen.open(cls.kind, encoded), name, False)
 
     @property

@@ -59,12 +59,25 @@ def write(pointer_target: Any, value: int) -> None:
     pointer_target.value = value
 
 
-def store_addresses(pointer: object, values: list[int]) -> None:
-    """Write ``values`` into a ``PVOID *`` output array (a ctypes array, pointer or byref)."""
+def store_addresses(pointer: object, addresses: bytes) -> None:
+    """Copy ``addresses`` (native uint64 values) into a ``PVOID *`` output array (a ctypes
+    array or pointer of pointer-sized elements, or byref of such an array) in one copy.  An
+    array too short for them raises IndexError before anything is written; a pointer, as in
+    C, is trusted to point at room enough."""
     array = target(pointer, "addresses") if not isinstance(pointer, ctypes._Pointer) else pointer
-    element = getattr(array, "_type_", None)
-    for i, value in enumerate(values):
-        if isinstance(element, type) and issubclass(element, ctypes._Pointer):
-            array[i] = ctypes.cast(value, element)
-        else:
-            array[i] = value
+    if not isinstance(array, (ctypes.Array, ctypes._Pointer)):
+        raise TypeError(f"addresses must be a ctypes array or pointer of pointers, not {type(array).__name__}")
+    if ctypes.sizeof(array._type_) != ctypes.sizeof(ctypes.c_void_p):
+        raise TypeError(f"addresses must hold pointer-sized elements, not {array._type_.__name__}")
+    count = len(addresses) // ctypes.sizeof(ctypes.c_void_p)
+    if count == 0:
+        return
+    if isinstance(array, ctypes.Array):
+        if count > len(array):
+            raise IndexError(f"addresses holds {len(array)} entries, the answer has {count}")
+        destination = ctypes.addressof(array)
+    else:
+        destination = ctypes.cast(array, ctypes.c_void_p).value or 0
+        if not destination:
+            raise ValueError("NULL pointer access")
+    ctypes.memmove(destination, addresses, len(addresses))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import _core
 from . import arguments
 from .constants import ERROR_INVALID_PARAMETER, ERROR_NOACCESS, WRITE_WATCH_FAILURE, WRITE_WATCH_FLAG_RESET
 from .lasterror import Win32Error, win32_function
@@ -50,7 +51,8 @@ def GetWriteWatch(
         dirty = allocation.region.dirty(start - allocation.base, end - start, reset=reset, limit=limit)
         if reset and allocation.latched is not None:
             _forget_latched(allocation, dirty.ranges())
-    arguments.store_addresses(addresses, list(dirty.addresses))
+    # The addresses are made once, in C, and copied once, into the caller's array.
+    arguments.store_addresses(addresses, _core.expand_runs(dirty.runs, dirty.address, dirty.granularity))
     arguments.write(count_target, len(dirty))
     arguments.write(granularity_target, PAGE)
     return 0

@@ -15,7 +15,7 @@ The best available one that can watch the memory is chosen unless ``backend=`` o
 from ..errors import BackendUnavailable
 from .backend import Availability
 from .dirtypages import DirtyPages
-from .registry import ENV_VAR, backends, refresh
+from .registry import ENV_VAR, backends
 from .watch import WriteWatch
 
-__all__ = ["ENV_VAR", "Availability", "BackendUnavailable", "DirtyPages", "WriteWatch", "backends", "refresh"]
+__all__ = ["ENV_VAR", "Availability", "BackendUnavailable", "DirtyPages", "WriteWatch", "backends"]

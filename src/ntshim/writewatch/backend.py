@@ -5,9 +5,9 @@ from __future__ import annotations
 import abc
 from typing import ClassVar, Protocol
 
-from .._backends import Availability, ProbedBackend, forget_probes
+from .._backends import Availability, ProbedBackend
 
-__all__ = ["ALREADY_REGISTERED", "Availability", "Backend", "Tracker", "forget_probes"]
+__all__ = ["ALREADY_REGISTERED", "Availability", "Backend", "Tracker"]
 
 
 class Tracker(Protocol):

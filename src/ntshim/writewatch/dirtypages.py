@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterator
+from typing import Any
 
 from .. import _core
 
@@ -14,6 +15,11 @@ class DirtyPages:
     ``len()`` counts pages; ``offsets`` and ``addresses`` are ``array('Q')`` of page starts
     (byte offsets from the watched memory's start, and absolute addresses); ``ranges()``
     gives the runs as half-open ``(start, end)`` byte offsets.  Iterating yields offsets.
+
+    The offsets are exported without a copy, read-only: ``numpy.asarray(dirty)`` is a uint64
+    view of ``offsets`` (``__array__``), and on Python 3.12+ ``memoryview(dirty)`` is one too
+    (the buffer protocol, PEP 688).  Before 3.12 a Python class cannot export a buffer: use
+    ``memoryview(dirty.offsets)``.
     """
 
     __slots__ = ("_address", "_count", "_granularity", "_offsets", "_pairs", "_runs")
@@ -34,6 +40,12 @@ class DirtyPages:
         self._granularity = granularity
         self._pairs: array[int] | None = None
         self._offsets: array[int] | None = None
+
+    @property
+    def runs(self) -> bytes:
+        """The runs as given: native uint64 ``(start, end)`` byte-offset pairs, what the
+        constructor takes back (``DirtyPages(d.runs, d.address, d.granularity) == d``)."""
+        return self._runs
 
     @property
     def address(self) -> int:
@@ -66,6 +78,25 @@ class DirtyPages:
         if self._pairs is None:
             self._pairs = array("Q", self._runs)
         return self._pairs
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any:
+        """The offsets as a numpy uint64 array viewing :attr:`offsets` (read-only), or a copy
+        when ``copy`` is true or ``dtype`` differs; ``copy=False`` with another dtype raises
+        ValueError, as numpy asks.  (numpy 1.x passes no ``copy``.)"""
+        import numpy  # ntshim does not depend on numpy: only numpy calls this
+
+        view = numpy.frombuffer(self.offsets, dtype=numpy.uint64)
+        view.flags.writeable = False  # an answer, not a buffer: writing would change offsets
+        if dtype is not None and numpy.dtype(dtype) != view.dtype:
+            if copy is False:
+                raise ValueError(f"DirtyPages offsets are uint64: they cannot be {numpy.dtype(dtype)} without a copy")
+            return view.astype(dtype)
+        return view.copy() if copy else view
+
+    def __buffer__(self, flags: int) -> memoryview:
+        """The offsets' memory, read-only, for ``memoryview(dirty)`` (Python 3.12+; a request
+        for a writable buffer fails there with BufferError)."""
+        return memoryview(self.offsets).toreadonly()
 
     def __len__(self) -> int:
         return self._count

@@ -7,59 +7,24 @@ import collections
 import os
 import threading
 
-from .. import _kernel
-from .._backends import requested_name
-from ..errors import BackendUnavailable
-from .backend import Availability, Backend, Tracker, forget_probes
+from .._backends import Family
+from .backend import Backend, Tracker
 from .mprotect import Mprotect
 from .shadow import Shadow
 from .uffd_async import UffdAsync
 from .uffd_sync import UffdSync
 
 #: Best first: automatic selection takes the first that is available and accepts the memory.
-ORDER: tuple[type[Backend], ...] = (UffdAsync, UffdSync, Mprotect, Shadow)
-BY_NAME: dict[str, type[Backend]] = {b.name: b for b in ORDER}
-ENV_VAR = "NTSHIM_WRITEWATCH_BACKEND"
-
-
-def backends() -> list[Availability]:
-    """Every write-watch backend, best first, with whether it works here and why not."""
-    return [b.availability() for b in ORDER]
-
-
-def refresh() -> None:
-    """Probe the kernel and the backends again on next use."""
-    _kernel.refresh()
-    forget_probes()
-
-
-def _requested(backend: str | None) -> str | None:
-    return requested_name(backend, ENV_VAR, BY_NAME, "write-watch")
-
-
-def check_backend(backend: str | None) -> None:
-    """Validate a backend argument before any work is done (bad names fail early)."""
-    _requested(backend)
+_CLASSES: dict[str, type[Backend]] = {b.name: b for b in (UffdAsync, UffdSync, Mprotect, Shadow)}
+FAMILY: Family[Backend] = Family(
+    "write-watch", "NTSHIM_WRITEWATCH_BACKEND", tuple(_CLASSES), _CLASSES.__getitem__, exhausted="can watch this memory"
+)
+ENV_VAR, NAMES, backend_class, backends = FAMILY.env_var, FAMILY.names, FAMILY.backend_class, FAMILY.backends
 
 
 def open_tracker(address: int, size: int, prots: bytes, backend: str | None) -> tuple[Tracker, type[Backend]]:
     """Start tracking with the requested backend, or the best one that accepts this memory."""
-    name = _requested(backend)
-    if name is not None:
-        chosen = BY_NAME[name]
-        availability = chosen.availability()
-        if not availability.available:
-            raise BackendUnavailable(name, availability.reason)
-        return chosen.track(address, size, prots), chosen
-    refusals = []
-    for candidate in ORDER:
-        if not candidate.availability().available:
-            continue
-        try:
-            return candidate.track(address, size, prots), candidate
-        except BackendUnavailable as e:
-            refusals.append(str(e))
-    raise BackendUnavailable(None, "no write-watch backend can watch this memory: " + "; ".join(refusals))
+    return FAMILY.select(backend, lambda chosen: (chosen.track(address, size, prots), chosen))
 
 
 class _WatchedRanges:
