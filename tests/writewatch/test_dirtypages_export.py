@@ -61,9 +61,16 @@ def test_numpy_views_a_real_watch_answer() -> None:
         assert (np.asarray(dirty) // PS).tolist() == [1, 2, 40]
 
 
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="a Python class exports a buffer from Python 3.12 on (PEP 688)")
 def test_memoryview_views_the_offsets_without_a_copy() -> None:
+    """From Python 3.12 (PEP 688) DirtyPages itself exports the buffer; before, a Python class
+    cannot, and ``dirty.offsets`` (an ``array('Q')``) is the buffer to view."""
     dirty = _dirty(0, PS, 3 * PS, 5 * PS)
+    if sys.version_info < (3, 12):
+        with pytest.raises(TypeError):
+            memoryview(dirty)
+        with memoryview(dirty.offsets) as view:
+            assert view.format == "Q" and view.tolist() == [0, 3 * PS, 4 * PS]
+        return
     with memoryview(dirty) as view:
         assert view.format == "Q" and view.itemsize == 8 and view.readonly
         assert view.tolist() == [0, 3 * PS, 4 * PS]
