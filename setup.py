@@ -7,8 +7,10 @@ setup(
     ext_modules=[
         Extension(
             "ntshim._core",
-            sources=sorted(glob("src/ntshim/_core/*.c")),
-            depends=["src/ntshim/_core/core.h"],
+            # One directory per subsystem (common, memory, writewatch, sync), one header each.
+            sources=sorted(glob("src/ntshim/_core/*/*.c")),
+            depends=sorted(glob("src/ntshim/_core/*/*.h")),
+            include_dirs=["src/ntshim/_core"],
             extra_compile_args=["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
             extra_link_args=["-pthread"],

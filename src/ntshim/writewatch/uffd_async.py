@@ -5,7 +5,7 @@ clears the page's uffd-wp bit, inside the page fault, with no message and no thr
 ours.  A query is one PAGEMAP_SCAN walk that reports written pages and, when resetting,
 write-protects exactly those pages in the same atomic step.  Writes the kernel makes on
 our behalf (read(2) into watched memory) are tracked the same way.  The mechanism is in
-C (``_core/uffd.c``, ``_core/tracker.c``).
+C (``_core/writewatch/uffd.c``, ``_core/writewatch/tracker.c``).
 """
 
 from __future__ import annotations

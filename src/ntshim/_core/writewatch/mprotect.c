@@ -2,7 +2,7 @@
  * write raises SIGSEGV, whose handler marks the page dirty and gives the write
  * back.  Faults this backend does not own go to the handler installed before
  * it (Python's faulthandler, a debugger's, or the default action). */
-#include "core.h"
+#include "tracker.h"
 
 #include <errno.h>
 #include <string.h>
@@ -238,7 +238,7 @@ void nts_mprotect_unregister(nts_tracker *t)
     nts_unlock(&g_lock);
 }
 
-PyObject *nts_mprotect_tracker_new(PyObject *mod, PyObject *args)
+static PyObject *mprotect_tracker_new(PyObject *mod, PyObject *args)
 {
     unsigned long long base, size;
     PyObject *prots;
@@ -292,6 +292,12 @@ void nts_mprotect_fork_child(void)
     g_fork_held = 0;
     g_lock = 0;
 }
+
+PyMethodDef nts_mprotect_methods[] = {
+    {"mprotect_tracker", mprotect_tracker_new, METH_VARARGS,
+     "mprotect_tracker(address, size, prots) -> Tracker (write-protect + SIGSEGV)"},
+    {NULL},
+};
 
 int nts_mprotect_module_init(PyObject *mod)
 {

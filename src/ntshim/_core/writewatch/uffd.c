@@ -2,7 +2,7 @@
  * backend's mechanism.  The kernel resolves write faults itself
  * (UFFD_FEATURE_WP_ASYNC) and PAGEMAP_SCAN reads and re-protects the written
  * pages in one atomic walk, so nothing of ours runs on the write path. */
-#include "core.h"
+#include "tracker.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -177,7 +177,7 @@ int nts_uffd_setup(nts_tracker *t, int user_mode_only, uint64_t features, uint64
  * kernel keeps the dirty state (tracker.c reads it with nts_pagemap_scan).
  * User-mode-only is enough, and needs no privilege: in asynchronous mode the
  * kernel resolves every fault itself, kernel-mode ones included. */
-PyObject *nts_uffd_async_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
+static PyObject *uffd_async_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
 {
     unsigned long long base, size, features;
     PyObject *prots;
@@ -215,7 +215,7 @@ PyMethodDef nts_uffd_methods[] = {
     {"uffd_writeprotect", uffd_writeprotect, METH_VARARGS, "uffd_writeprotect(fd, address, size, protect)"},
     {"pagemap_scan", (PyCFunction)(void (*)(void))pagemap_scan, METH_VARARGS | METH_KEYWORDS,
      "pagemap_scan(fd, base, start, end, reset, max_pages=0, vec_len=0) -> bytes of uint64 [start, end) runs"},
-    {"uffd_async_tracker", (PyCFunction)(void (*)(void))nts_uffd_async_tracker_new, METH_VARARGS | METH_KEYWORDS,
+    {"uffd_async_tracker", (PyCFunction)(void (*)(void))uffd_async_tracker_new, METH_VARARGS | METH_KEYWORDS,
      "uffd_async_tracker(address, size, prots, *, features, pagemap_fd) -> Tracker"},
     {NULL},
 };

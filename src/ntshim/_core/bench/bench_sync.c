@@ -17,7 +17,7 @@
  *   zigzag     auto events A and B; side 1 sets A and waits B, side 2 waits A
  *              and sets B, for `amount` ns; result: round trips
  */
-#include "core.h"
+#include "bench.h"
 
 #include <errno.h>
 #include <linux/futex.h>

@@ -2,7 +2,7 @@
  * by page.  Nothing is protected, so it works on memory that cannot be
  * write-protected and costs nothing on the write path; it reports a page whose
  * bytes differ from the copy, so a write of the value already there is missed. */
-#include "core.h"
+#include "tracker.h"
 
 #include <errno.h>
 #include <string.h>
@@ -22,7 +22,7 @@ void nts_shadow_capture(nts_tracker *t, size_t first, size_t n)
             memcpy(t->shadow + i * nts_page_size, page_at(t->base, i), nts_page_size);
 }
 
-PyObject *nts_shadow_tracker_new(PyObject *mod, PyObject *args)
+static PyObject *shadow_tracker_new(PyObject *mod, PyObject *args)
 {
     unsigned long long base, size;
     PyObject *prots;
@@ -46,3 +46,9 @@ PyObject *nts_shadow_tracker_new(PyObject *mod, PyObject *args)
     nts_tracker_opened(t);
     return (PyObject *)t;
 }
+
+PyMethodDef nts_shadow_methods[] = {
+    {"shadow_tracker", shadow_tracker_new, METH_VARARGS,
+     "shadow_tracker(address, size, prots) -> Tracker (content comparison against a copy)"},
+    {NULL},
+};

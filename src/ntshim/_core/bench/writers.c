@@ -4,7 +4,7 @@
  * time them (bench.c drives the same pool under its kernel floors).  Thread k
  * writes at byte 64*k of a page (its own cache line), and every store changes
  * the page's contents (which the shadow backend needs to see it). */
-#include "core.h"
+#include "bench.h"
 
 #include <errno.h>
 #include <time.h>

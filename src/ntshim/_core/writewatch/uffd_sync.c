@@ -3,7 +3,7 @@
  * queues a message; a thread of ours marks the page dirty and releases it,
  * which wakes the writer.  Writes the kernel makes (read(2) into the page) are
  * resolved the same way unless the fd is limited to user-mode faults. */
-#include "core.h"
+#include "tracker.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -106,7 +106,7 @@ static int start_fault_thread(nts_tracker *t)
     return err;
 }
 
-PyObject *nts_uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
+static PyObject *uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
 {
     unsigned long long base, size, features;
     PyObject *prots;
@@ -146,3 +146,9 @@ PyObject *nts_uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
     nts_tracker_opened(t);
     return (PyObject *)t;
 }
+
+PyMethodDef nts_uffd_sync_methods[] = {
+    {"uffd_sync_tracker", (PyCFunction)(void (*)(void))uffd_sync_tracker_new, METH_VARARGS | METH_KEYWORDS,
+     "uffd_sync_tracker(address, size, prots, *, user_mode_only, features, populate) -> Tracker"},
+    {NULL},
+};

@@ -27,7 +27,7 @@
  * kernel drops their registration there) and refuse every operation but close
  * there; their locks are left alone: the forking thread may write to a page a
  * uffd-sync tracker protects, whose fault thread needs that tracker's lock. */
-#include "core.h"
+#include "tracker.h"
 
 #include <errno.h>
 #include <string.h>
@@ -632,9 +632,14 @@ static void fork_child(void)
     fork_release();
 }
 
-int nts_tracker_module_init(PyObject *mod)
+int nts_writewatch_module_init(PyObject *mod)
 {
     static int done;
+    if (PyType_Ready(&nts_tracker_type) < 0 || PyModule_AddObjectRef(mod, "Tracker", (PyObject *)&nts_tracker_type) < 0 ||
+        PyModule_AddFunctions(mod, nts_uffd_methods) < 0 || PyModule_AddFunctions(mod, nts_uffd_sync_methods) < 0 ||
+        PyModule_AddFunctions(mod, nts_mprotect_methods) < 0 || PyModule_AddFunctions(mod, nts_shadow_methods) < 0 ||
+        nts_uffd_module_init(mod) < 0 || nts_mprotect_module_init(mod) < 0)
+        return -1;
     nts_pid = getpid();
     if (!done && pthread_atfork(fork_prepare, fork_parent, fork_child)) {
         PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
