@@ -4,7 +4,7 @@
 #include "memory/memory.h"
 #include "sync/sync.h"
 #include "writewatch/writewatch.h"
-#include "bench/bench.h"
+#include "capi.h"
 
 #include <errno.h>
 #include <unistd.h>
@@ -137,15 +137,6 @@ static PyMethodDef core_methods[] = {
      "expand_runs(runs, add, step) -> bytes of uint64: every step-th value of each [start, end) run, plus add"},
     {"count_runs", core_count_runs, METH_VARARGS,
      "count_runs(runs, add, step) -> int: how many values expand_runs would return; ValueError for runs it refuses"},
-    {"floor_writewatch", (PyCFunction)(void (*)(void))nts_floor_writewatch, METH_VARARGS | METH_KEYWORDS,
-     "floor_writewatch(kind, pages, threads, random, delay_ns, duration_ns, reset) -> "
-     "(writes, write_ns, get_ns, reset_ns, reported): a write-watch mechanism driven by minimal C"},
-    {"native_reader", nts_native_reader, METH_VARARGS,
-     "native_reader(tracker, delay_ns, duration_ns, reset) -> (get_ns, reset_ns, reported): "
-     "the tracker queried from C every delay, as a native caller would"},
-    {"bench_sync", nts_bench_sync, METH_VARARGS,
-     "bench_sync(mechanism, test, processes, amount, (sem, a, b) slots) -> (elapsed_ns, round_trips): "
-     "the contended-wait or zigzag loop in C (mechanism 0 floor-futex, 1 floor-eventfd, 2 ntshim futex)"},
     {NULL},
 };
 
@@ -153,18 +144,22 @@ static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT, "ntshim._core", "ntshim's kernel mechanisms; see ntshim/_core/*/*.h.", -1, core_methods,
 };
 
+/* For ntshim._bench (capi.h). */
+static const nts_capi core_capi = {
+    &nts_tracker_type, nts_tracker_query, nts_sync_py_arena, nts_sync_wait, nts_sync_sem_release, nts_sync_event_op,
+};
+
 PyMODINIT_FUNC PyInit__core(void)
 {
     nts_page_size = (size_t)sysconf(_SC_PAGESIZE);
     if (PyType_Ready(&nts_mapping_type) < 0 || PyType_Ready(&nts_pin_type) < 0 ||
-        PyType_Ready(&nts_view_type) < 0 || PyType_Ready(&nts_writers_type) < 0)
+        PyType_Ready(&nts_view_type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&core_module);
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "Mapping", (PyObject *)&nts_mapping_type) < 0 ||
         PyModule_AddObjectRef(m, "Pin", (PyObject *)&nts_pin_type) < 0 ||
-        PyModule_AddObjectRef(m, "Writers", (PyObject *)&nts_writers_type) < 0 ||
         PyModule_AddIntConstant(m, "PAGE_SIZE", (long)nts_page_size) < 0 ||
         PyModule_AddIntConstant(m, "PROT_NONE", PROT_NONE) < 0 ||
         PyModule_AddIntConstant(m, "PROT_READ", PROT_READ) < 0 ||
@@ -175,6 +170,12 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(m, "MADV_REMOVE", MADV_REMOVE) < 0 ||
         nts_writewatch_module_init(m) < 0 || nts_sync_module_init(m) < 0 ||
         PyModule_AddFunctions(m, nts_placement_methods) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *capi = PyCapsule_New((void *)&core_capi, NTS_CAPI_NAME, NULL);
+    if (!capi || PyModule_AddObject(m, "_C_API", capi) < 0) { /* steals capi only on success */
+        Py_XDECREF(capi);
         Py_DECREF(m);
         return NULL;
     }

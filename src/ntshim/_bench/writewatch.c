@@ -246,7 +246,7 @@ PyObject *nts_native_reader(PyObject *mod, PyObject *args)
     PyObject *obj;
     unsigned long long delay_ns, duration_ns;
     int reset;
-    if (!PyArg_ParseTuple(args, "O!KKp", &nts_tracker_type, &obj, &delay_ns, &duration_ns, &reset))
+    if (!PyArg_ParseTuple(args, "O!KKp", nts_core->tracker_type, &obj, &delay_ns, &duration_ns, &reset))
         return NULL;
     nts_tracker *t = (nts_tracker *)obj;
     PyObject *pages = PyObject_GetAttrString(obj, "npages"); /* the tracker's layout is writewatch's own */
@@ -263,13 +263,13 @@ PyObject *nts_native_reader(PyObject *mod, PyObject *args)
         sleep_until(tick = next_tick(tick, delay_ns));
         nts_runs runs;
         uint64_t t0 = nts_now_ns();
-        err = nts_tracker_query(t, 0, npages, reset, 0, &runs);
+        err = nts_core->tracker_query(t, 0, npages, reset, 0, &runs);
         uint64_t t1 = nts_now_ns();
         for (size_t i = 0; i + 1 < runs.n; i += 2)
             reported += (runs.v[i + 1] - runs.v[i]) / nts_page_size;
         free(runs.v);
         if (!err && !reset) {
-            err = nts_tracker_query(t, 0, npages, 1, 0, &runs);
+            err = nts_core->tracker_query(t, 0, npages, 1, 0, &runs);
             free(runs.v);
         }
         get_ns[ngets] = t1 - t0;
