@@ -55,7 +55,8 @@ static int fault_is_write(const void *ctx)
 #endif
 }
 
-int nts_mprotect_apply(nts_tracker *t, size_t first, size_t n, int prot)
+/* Give the pages `prot`. */
+static int mprotect_apply(nts_tracker *t, size_t first, size_t n, int prot)
 {
     if (mprotect((void *)(t->base + first * nts_page_size), n * nts_page_size, prot))
         return errno;
@@ -108,7 +109,7 @@ static int resolve(uintptr_t addr)
             return 0;
         /* Our protection (or another thread lifted it already). */
         t->state[i] |= NTS_DIRTY;
-        if (nts_mprotect_apply(t, i, 1, t->state[i] & NTS_PROT_MASK)) {
+        if (mprotect_apply(t, i, 1, t->state[i] & NTS_PROT_MASK)) {
             /* Splitting the mapping failed (vm.max_map_count): give the whole
              * range back, reporting every page as written, which merges the
              * mapping instead of splitting it. */
@@ -230,13 +231,33 @@ static void registry_remove(nts_tracker *t)
     nts_tracker_sync_kernel(t, 0, t->npages);
 }
 
-void nts_mprotect_unregister(nts_tracker *t)
+/* Only a write the owner allows needs taking away. */
+static int mprotect_want(int prot, int clean)
 {
-    nts_lock(&g_lock);
-    if (!t->book->closed)
-        registry_remove(t);
-    nts_unlock(&g_lock);
+    return clean && (prot & PROT_WRITE) ? (prot & ~PROT_WRITE) : prot;
 }
+
+/* The kernel's protection is derived from the owner's: bring it in line. */
+static int mprotect_protect(nts_tracker *t, size_t first, size_t n, int prot)
+{
+    return nts_tracker_sync_kernel(t, first, n);
+}
+
+static void mprotect_restore(nts_tracker *t, size_t first, size_t n)
+{
+    nts_tracker_sync_kernel(t, first, n);
+}
+
+const nts_ww_ops nts_mprotect_ops = {
+    .protects = 1,
+    .want = mprotect_want,
+    .apply = mprotect_apply,
+    .rearm = nts_tracker_sync_kernel,
+    .discarded = nts_tracker_sync_kernel,
+    .protect = mprotect_protect,
+    .restore = mprotect_restore,
+    .close_locked = registry_remove, /* t->lock is g_lock */
+};
 
 static PyObject *mprotect_tracker_new(PyObject *mod, PyObject *args)
 {
@@ -248,7 +269,7 @@ static PyObject *mprotect_tracker_new(PyObject *mod, PyObject *args)
     PyErr_SetString(PyExc_NotImplementedError, "the mprotect backend decodes write faults only on x86-64");
     return NULL;
 #endif
-    nts_tracker *t = nts_tracker_alloc(NTS_MPROTECT, (uintptr_t)base, (size_t)size, prots);
+    nts_tracker *t = nts_tracker_alloc(&nts_mprotect_ops, (uintptr_t)base, (size_t)size, prots);
     if (!t)
         return NULL;
     int err;

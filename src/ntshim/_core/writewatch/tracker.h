@@ -5,7 +5,7 @@
 
 #include "writewatch/writewatch.h"
 
-enum nts_tracker_kind { NTS_UFFD_ASYNC, NTS_UFFD_SYNC, NTS_MPROTECT, NTS_SHADOW };
+typedef struct nts_ww_ops nts_ww_ops;
 
 /* Per-page state byte: the owner's protection (PROT_READ|PROT_WRITE|PROT_EXEC in
  * the low three bits) and whether the page was written since its last reset.
@@ -13,6 +13,8 @@ enum nts_tracker_kind { NTS_UFFD_ASYNC, NTS_UFFD_SYNC, NTS_MPROTECT, NTS_SHADOW 
 #define NTS_PROT_MASK 0x07
 #define NTS_DIRTY 0x08
 #define NTS_SCRATCH_SHIFT 4
+/* The protection a page had before the operation that holds the lock changed it. */
+#define NTS_OLD_PROT(state) ((state) >> NTS_SCRATCH_SHIFT & NTS_PROT_MASK)
 
 /* A tracker's mutable bookkeeping: everything its lock holders, the mprotect
  * fault handler and the uffd-sync fault thread write.  It lives in memory the
@@ -30,7 +32,7 @@ typedef struct nts_book {
 
 struct nts_tracker {
     PyObject_HEAD
-    int kind;
+    const nts_ww_ops *ops; /* the mechanism */
     pid_t pid;          /* the process whose address space this tracks */
     uintptr_t base;
     size_t npages;
@@ -48,30 +50,63 @@ struct nts_tracker {
 /* This process's id, kept current across fork() without a system call. */
 extern pid_t nts_pid;
 
-nts_tracker *nts_tracker_alloc(int kind, uintptr_t base, size_t size, PyObject *prots);
+/* What each mechanism does for tracker.c, which keeps the lock discipline and the
+ * per-page bookkeeping and calls these with the tracker's lock held (unless said
+ * otherwise); each returns 0 or an errno.  Optional hooks may be NULL. */
+struct nts_ww_ops {
+    /* Write-protecting mechanisms (mprotect, uffd-sync): the kernel's protection
+     * follows the state bytes (clean pages protected), fault resolvers take the
+     * lock (tracker.c, "Lock discipline"), pages have kernel-write windows, and a
+     * query that does not reset reads the state bytes without the lock. */
+    int protects;
+    /* The registration belongs to the process that made it (userfaultfd): a forked
+     * child refuses every operation but close. */
+    int fork_bound;
+    /* protects: what the kernel should enforce on a page of owner protection `prot`
+     * (clean: not written since its reset and in no kernel-write window), and
+     * enforcing it on [first, first+n). */
+    int (*want)(int prot, int clean);
+    int (*apply)(nts_tracker *t, size_t first, size_t n, int want);
+    /* The pages became clean (DIRTY cleared by a reset): watch them again.  NULL
+     * with query. */
+    int (*rearm)(nts_tracker *t, size_t first, size_t n);
+    /* The same after MADV_DONTNEED dropped the pages' contents (they read as zero)
+     * and with them the protection the kernel kept. */
+    int (*discarded)(nts_tracker *t, size_t first, size_t n);
+    /* Optional: a page of readable state whose dirtiness only a comparison shows
+     * (shadow); the scan asks it of every page not marked dirty. */
+    int (*differs)(nts_tracker *t, size_t page);
+    /* Optional: the query itself, when the kernel keeps the dirty state (uffd-async). */
+    int (*query)(nts_tracker *t, size_t first, size_t count, int reset, size_t limit, nts_runs *out);
+    /* Optional: count the pages as written where the kernel keeps the state (uffd-async:
+     * tracker.c keeps no DIRTY bits then). */
+    int (*mark)(nts_tracker *t, size_t first, size_t n);
+    /* Owner protections: before the state bytes change (optional; shadow settles pages
+     * losing read access), the change itself (the state bytes hold `prot`, the old one
+     * in NTS_OLD_PROT), and bringing the kernel back to the state bytes after a failure. */
+    void (*before_protect)(nts_tracker *t, size_t first, size_t n, int prot);
+    int (*protect)(nts_tracker *t, size_t first, size_t n, int prot);
+    void (*restore)(nts_tracker *t, size_t first, size_t n);
+    /* Closing, once.  close_locked (optional) runs under the lock as the tracker turns
+     * closed; close after it, without the lock (in a forked child too, for the
+     * fork-bound: it must leave the parent's registration alone). */
+    void (*close_locked)(nts_tracker *t);
+    void (*close)(nts_tracker *t);
+};
+extern const nts_ww_ops nts_mprotect_ops, nts_uffd_async_ops, nts_uffd_sync_ops, nts_shadow_ops;
+
+nts_tracker *nts_tracker_alloc(const nts_ww_ops *ops, uintptr_t base, size_t size, PyObject *prots);
 /* The mechanism is set up: mark the tracker open (and, if a forked child keeps
  * using its own lock, have fork() take that lock from now on). */
 void nts_tracker_opened(nts_tracker *t);
 
 /* Bring the kernel's protection of [first, first+n) in line with the pages'
- * state (tracker.c); the lock is held.  0 or an errno. */
+ * state (ops->want, ops->apply); the lock is held.  0 or an errno. */
 int nts_tracker_sync_kernel(nts_tracker *t, size_t first, size_t n);
-
-/* Mechanism hooks, lock held, 0 or an errno.  mprotect: give the pages `prot`;
- * uffd-sync: write-protect them (wp=1) or release them (wp=0). */
-int nts_mprotect_apply(nts_tracker *t, size_t first, size_t n, int prot);
-int nts_uffd_sync_apply(nts_tracker *t, size_t first, size_t n, int wp);
-/* uffd-sync without UFFD_FEATURE_WP_UNPOPULATED: map pages that are gaining
- * access so that the kernel can write-protect them. */
-int nts_uffd_sync_populate(nts_tracker *t, size_t first, size_t n, int prot);
-
-/* Stop tracking (marks the tracker closed) and restore the owner's protections. */
-void nts_mprotect_unregister(nts_tracker *t);
-/* Drop the registration and stop the fault thread, if started (tracker closed,
- * or not open yet). */
-void nts_uffd_sync_stop(nts_tracker *t);
-int nts_shadow_page_differs(nts_tracker *t, size_t page);
-void nts_shadow_capture(nts_tracker *t, size_t first, size_t n);
+/* For mechanisms whose kernel protection is the owner's (uffd-*, shadow): give
+ * [first, first+n) the protection `prot`; give each page its state's protection back. */
+int nts_tracker_protect_owner(nts_tracker *t, size_t first, size_t n, int prot);
+void nts_tracker_restore_owner(nts_tracker *t, size_t first, size_t n);
 
 /* Each mechanism's module functions (its tracker constructor, its probes) and
  * constants, added by nts_writewatch_module_init. */

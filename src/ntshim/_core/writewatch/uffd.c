@@ -173,6 +173,44 @@ int nts_uffd_setup(nts_tracker *t, int user_mode_only, uint64_t features, uint64
     return ioctl(t->uffd, UFFDIO_REGISTER, &r) ? errno : 0;
 }
 
+static int uffd_async_query(nts_tracker *t, size_t first, size_t count, int reset, size_t limit, nts_runs *out)
+{
+    return nts_pagemap_scan(t->pagemap, t->base, t->base + first * nts_page_size,
+                            t->base + (first + count) * nts_page_size, reset, limit, 0, out);
+}
+
+/* A page without its uffd-wp bit reads as written. */
+static int uffd_async_mark(nts_tracker *t, size_t first, size_t n)
+{
+    return nts_uffd_writeprotect(t->uffd, t->base + first * nts_page_size, n * nts_page_size, 0);
+}
+
+/* Dropped pages lose their uffd-wp bits and would read as written. */
+static int uffd_async_discarded(nts_tracker *t, size_t first, size_t n)
+{
+    return nts_uffd_writeprotect(t->uffd, t->base + first * nts_page_size, n * nts_page_size, 1);
+}
+
+static void uffd_async_close(nts_tracker *t)
+{
+    if (t->pid == nts_pid) { /* in a forked child the registration is the parent's */
+        struct uffdio_range r = {t->base, t->npages * nts_page_size};
+        ioctl(t->uffd, UFFDIO_UNREGISTER, &r);
+    }
+    close(t->uffd);
+    t->uffd = -1;
+}
+
+const nts_ww_ops nts_uffd_async_ops = {
+    .fork_bound = 1,
+    .query = uffd_async_query,
+    .mark = uffd_async_mark,
+    .discarded = uffd_async_discarded,
+    .protect = nts_tracker_protect_owner,
+    .restore = nts_tracker_restore_owner,
+    .close = uffd_async_close,
+};
+
 /* The uffd-async backend's tracker: registration and protection only; the
  * kernel keeps the dirty state (tracker.c reads it with nts_pagemap_scan).
  * User-mode-only is enough, and needs no privilege: in asynchronous mode the
@@ -185,7 +223,7 @@ static PyObject *uffd_async_tracker_new(PyObject *mod, PyObject *args, PyObject 
     static char *kwlist[] = {"address", "size", "prots", "features", "pagemap_fd", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kw, "KKO$Ki", kwlist, &base, &size, &prots, &features, &pagemap))
         return NULL;
-    nts_tracker *t = nts_tracker_alloc(NTS_UFFD_ASYNC, (uintptr_t)base, (size_t)size, prots);
+    nts_tracker *t = nts_tracker_alloc(&nts_uffd_async_ops, (uintptr_t)base, (size_t)size, prots);
     if (!t)
         return NULL;
     const char *step;
