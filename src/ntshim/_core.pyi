@@ -1,5 +1,6 @@
 # Types of the C extension ntshim._core (sources in src/ntshim/_core/).  Internal API:
-# every function does one kernel-facing job and raises OSError(errno, ...) on failure.
+# every function does one kernel-facing job and raises OSError(errno, ...) on failure; where Python
+# needs to know which step failed, OSError.filename names it (the system call or ioctl: "UFFDIO_REGISTER").
 
 from array import array
 from collections.abc import Callable

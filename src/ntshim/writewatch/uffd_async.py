@@ -47,7 +47,7 @@ class UffdAsync(Backend):
         try:
             return _core.uffd_async_tracker(address, size, prots, features=features, pagemap_fd=_kernel.pagemap_fd())
         except OSError as e:
-            if "UFFDIO_REGISTER" in str(e) and e.errno in _REFUSALS:
+            if e.filename == "UFFDIO_REGISTER" and e.errno in _REFUSALS:
                 raise BackendUnavailable(cls.name, _REFUSALS[e.errno]) from e
             if e.errno == errno.EOPNOTSUPP:
                 raise BackendUnavailable(cls.name, "the kernel accepted UFFDIO_API but dropped WP_ASYNC") from e
@@ -72,7 +72,7 @@ def _self_test(name: str) -> Availability:
     except BackendUnavailable as e:
         return Availability(name, False, e.reason)
     except OSError as e:
-        if "PAGEMAP_SCAN" in str(e) and e.errno in (errno.ENOTTY, errno.EINVAL):
+        if e.filename == "PAGEMAP_SCAN" and e.errno in (errno.ENOTTY, errno.EINVAL):
             return Availability(name, False, "PAGEMAP_SCAN ioctl on /proc/self/pagemap is missing (Linux 6.7+)")
         return Availability(name, False, f"self-test failed: {e}")
     finally:

@@ -11,20 +11,35 @@
 
 size_t nts_page_size;
 
-PyObject *nts_raise_errno(int err, const char *fmt, ...)
+static PyObject *raise_errno(int err, const char *step, const char *fmt, va_list ap)
 {
     char what[256];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
-    va_end(ap);
     PyObject *msg = PyUnicode_FromFormat("%s: %s", what, strerror(err));
-    PyObject *args = msg ? Py_BuildValue("(iN)", err, msg) : NULL;
+    PyObject *args = !msg ? NULL : step ? Py_BuildValue("(iNs)", err, msg, step) : Py_BuildValue("(iN)", err, msg);
     if (args) {
-        /* OSError.__new__ turns (errno, text) into the errno's own subclass. */
+        /* OSError.__new__ turns (errno, text[, filename]) into the errno's own subclass. */
         PyErr_SetObject(PyExc_OSError, args);
         Py_DECREF(args);
     }
+    return NULL;
+}
+
+PyObject *nts_raise_errno(int err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    raise_errno(err, NULL, fmt, ap);
+    va_end(ap);
+    return NULL;
+}
+
+PyObject *nts_raise_errno_step(int err, const char *step, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    raise_errno(err, step, fmt, ap);
+    va_end(ap);
     return NULL;
 }
 

@@ -57,6 +57,10 @@ extern size_t nts_page_size;
 /* Raise OSError(err, "<what>: <strerror>"); the OSError constructor maps errno
  * to the matching subclass (PermissionError, FileNotFoundError, ...). */
 PyObject *nts_raise_errno(int err, const char *fmt, ...);
+/* The same with the failing step as data: OSError.filename is `step` (the system
+ * call or ioctl that failed, "UFFDIO_REGISTER"), for Python to branch on with the
+ * errno instead of reading the message. */
+PyObject *nts_raise_errno_step(int err, const char *step, const char *fmt, ...);
 
 /* A growing list of [start, end) byte ranges that merges touching ranges, the
  * compact form every dirty-page query returns (as bytes of uint64 pairs). */

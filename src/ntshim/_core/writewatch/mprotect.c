@@ -250,6 +250,7 @@ static void mprotect_restore(nts_tracker *t, size_t first, size_t n)
 
 const nts_ww_ops nts_mprotect_ops = {
     .protects = 1,
+    .query_step = "mprotect",
     .want = mprotect_want,
     .apply = mprotect_apply,
     .rearm = nts_tracker_sync_kernel,

@@ -348,7 +348,10 @@ static PyObject *tracker_dirty(nts_tracker *t, PyObject *args)
             return check_open(t), NULL;
         if (err == ECHILD)
             return forked_child_error(t);
-        return err == ENOMEM ? PyErr_NoMemory() : nts_raise_errno(err, "write-protecting reset pages");
+        if (err == ENOMEM)
+            return PyErr_NoMemory();
+        return nts_raise_errno_step(err, t->ops->query_step, "%s",
+                                    t->ops->query ? "querying written pages" : "write-protecting reset pages");
     }
     return nts_runs_finish(&out);
 }

@@ -62,6 +62,9 @@ struct nts_ww_ops {
     /* The registration belongs to the process that made it (userfaultfd): a forked
      * child refuses every operation but close. */
     int fork_bound;
+    /* The system call or ioctl a failed query (or its reset) reports as its step
+     * (OSError.filename). */
+    const char *query_step;
     /* protects: what the kernel should enforce on a page of owner protection `prot`
      * (clean: not written since its reset and in no kernel-write window), and
      * enforcing it on [first, first+n). */

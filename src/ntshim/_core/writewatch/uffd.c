@@ -169,7 +169,7 @@ int nts_uffd_setup(nts_tracker *t, int user_mode_only, uint64_t features, uint64
     if ((api.features & required) != required) /* some kernels accept a bit and drop it */
         return EOPNOTSUPP;
     struct uffdio_register r = {{t->base, t->npages * nts_page_size}, UFFDIO_REGISTER_MODE_WP, 0};
-    *step = "UFFDIO_REGISTER(MODE_WP)";
+    *step = "UFFDIO_REGISTER";
     return ioctl(t->uffd, UFFDIO_REGISTER, &r) ? errno : 0;
 }
 
@@ -203,6 +203,7 @@ static void uffd_async_close(nts_tracker *t)
 
 const nts_ww_ops nts_uffd_async_ops = {
     .fork_bound = 1,
+    .query_step = "PAGEMAP_SCAN",
     .query = uffd_async_query,
     .mark = uffd_async_mark,
     .discarded = uffd_async_discarded,
@@ -239,7 +240,7 @@ static PyObject *uffd_async_tracker_new(PyObject *mod, PyObject *args, PyObject 
             close(t->uffd); /* closing drops any registration */
         t->uffd = -1;
         Py_DECREF(t);
-        return nts_raise_errno(err, "uffd-async: %s", step);
+        return nts_raise_errno_step(err, step, "uffd-async");
     }
     nts_tracker_opened(t);
     return (PyObject *)t;

@@ -119,6 +119,7 @@ static void uffd_sync_stop(nts_tracker *t)
 const nts_ww_ops nts_uffd_sync_ops = {
     .protects = 1,
     .fork_bound = 1,
+    .query_step = "UFFDIO_WRITEPROTECT",
     .want = uffd_sync_want,
     .apply = uffd_sync_apply,
     .rearm = nts_tracker_sync_kernel,
@@ -183,7 +184,7 @@ static PyObject *uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *
     if (err) { /* the tracker is still marked closed: undo by hand */
         uffd_sync_stop(t);
         Py_DECREF(t);
-        return nts_raise_errno(err, "uffd-sync: %s", step);
+        return nts_raise_errno_step(err, step, "uffd-sync");
     }
     nts_tracker_opened(t);
     return (PyObject *)t;
