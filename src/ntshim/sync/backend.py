@@ -25,15 +25,19 @@ import abc
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
+from .. import _core
 from .._backends import Availability, ProbedBackend, forget_probes
 
-__all__ = ["KINDS", "MAX_WAIT_OBJECTS", "U32_MAX", "Availability", "Backend", "Handle", "Kind", "forget_probes"]
+__all__ = ["KINDS", "MAX_NAME_BYTES", "MAX_WAIT_OBJECTS", "U32_MAX", "Availability", "Backend", "Handle", "Kind", "forget_probes"]
 
 Kind = Literal["semaphore", "mutex", "event"]
 KINDS: tuple[Kind, ...] = ("semaphore", "mutex", "event")
 
+# The limits every backend enforces, defined once, in the C core (sync/sync.h), whose arena is sized by them.
 #: Most objects one wait may name (Windows' MAXIMUM_WAIT_OBJECTS, ntsync's NTSYNC_MAX_WAIT_COUNT).
-MAX_WAIT_OBJECTS = 64
+MAX_WAIT_OBJECTS: int = _core.SYNC_MAX_WAIT
+#: Longest object name, in bytes of UTF-8.
+MAX_NAME_BYTES: int = _core.SYNC_MAX_NAME
 #: Mutex and semaphore counts are unsigned 32-bit.
 U32_MAX = 0xFFFFFFFF
 

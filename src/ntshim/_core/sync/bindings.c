@@ -359,6 +359,7 @@ int nts_sync_module_init(PyObject *m) {
                    PyModule_AddIntConstant(m, "SYNC_RESET", NTS_SYNC_EVENT_RESET) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_PULSE", NTS_SYNC_EVENT_PULSE) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_MAX_NAME", NTS_SYNC_MAX_NAME) < 0 ||
+                   PyModule_AddIntConstant(m, "SYNC_MAX_WAIT", NTS_SYNC_MAX_WAIT) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_LAYOUT", NTS_SYNC_LAYOUT) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_LIVE_END", NTS_SYNC_LIVE_END) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_ARENA_SIZE", (long)nts_sync_arena_size()) < 0

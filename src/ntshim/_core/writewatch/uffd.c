@@ -33,46 +33,6 @@ static PyObject *uffd_api(PyObject *mod, PyObject *args)
     return Py_BuildValue("(KK)", (unsigned long long)api.features, (unsigned long long)api.ioctls);
 }
 
-static PyObject *uffd_register(PyObject *mod, PyObject *args)
-{
-    int fd;
-    unsigned long long addr, len, mode;
-    if (!PyArg_ParseTuple(args, "iKKK", &fd, &addr, &len, &mode))
-        return NULL;
-    struct uffdio_register r = {{addr, len}, mode, 0};
-    if (ioctl(fd, UFFDIO_REGISTER, &r))
-        return nts_raise_errno(errno, "UFFDIO_REGISTER(0x%llx+%llu)", addr, len);
-    return PyLong_FromUnsignedLongLong(r.ioctls);
-}
-
-static PyObject *uffd_unregister(PyObject *mod, PyObject *args)
-{
-    int fd;
-    unsigned long long addr, len;
-    if (!PyArg_ParseTuple(args, "iKK", &fd, &addr, &len))
-        return NULL;
-    struct uffdio_range r = {addr, len};
-    if (ioctl(fd, UFFDIO_UNREGISTER, &r))
-        return nts_raise_errno(errno, "UFFDIO_UNREGISTER(0x%llx+%llu)", addr, len);
-    Py_RETURN_NONE;
-}
-
-static PyObject *uffd_writeprotect(PyObject *mod, PyObject *args)
-{
-    int fd, wp;
-    unsigned long long addr, len;
-    if (!PyArg_ParseTuple(args, "iKKp", &fd, &addr, &len, &wp))
-        return NULL;
-    struct uffdio_writeprotect w = {{addr, len}, wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0};
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = ioctl(fd, UFFDIO_WRITEPROTECT, &w);
-    Py_END_ALLOW_THREADS
-    if (rc)
-        return nts_raise_errno(errno, "UFFDIO_WRITEPROTECT(0x%llx+%llu)", addr, len);
-    Py_RETURN_NONE;
-}
-
 int nts_uffd_writeprotect(int uffd, uintptr_t addr, size_t len, int wp)
 {
     struct uffdio_writeprotect w = {{addr, len}, wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0};
@@ -249,9 +209,6 @@ static PyObject *uffd_async_tracker_new(PyObject *mod, PyObject *args, PyObject 
 PyMethodDef nts_uffd_methods[] = {
     {"uffd_open", uffd_open, METH_O, "uffd_open(user_mode_only) -> fd (O_CLOEXEC|O_NONBLOCK)"},
     {"uffd_api", uffd_api, METH_VARARGS, "uffd_api(fd, features) -> (features, ioctls) granted by the kernel"},
-    {"uffd_register", uffd_register, METH_VARARGS, "uffd_register(fd, address, size, mode) -> ioctls"},
-    {"uffd_unregister", uffd_unregister, METH_VARARGS, "uffd_unregister(fd, address, size)"},
-    {"uffd_writeprotect", uffd_writeprotect, METH_VARARGS, "uffd_writeprotect(fd, address, size, protect)"},
     {"pagemap_scan", (PyCFunction)(void (*)(void))pagemap_scan, METH_VARARGS | METH_KEYWORDS,
      "pagemap_scan(fd, base, start, end, reset, max_pages=0, vec_len=0) -> bytes of uint64 [start, end) runs"},
     {"uffd_async_tracker", (PyCFunction)(void (*)(void))uffd_async_tracker_new, METH_VARARGS | METH_KEYWORDS,
@@ -270,7 +227,6 @@ int nts_uffd_module_init(PyObject *mod)
         {"UFFD_FEATURE_WP_HUGETLBFS_SHMEM", UFFD_FEATURE_WP_HUGETLBFS_SHMEM},
         {"UFFD_FEATURE_WP_UNPOPULATED", UFFD_FEATURE_WP_UNPOPULATED},
         {"UFFD_FEATURE_WP_ASYNC", UFFD_FEATURE_WP_ASYNC},
-        {"UFFDIO_REGISTER_MODE_WP", UFFDIO_REGISTER_MODE_WP},
     };
     for (size_t i = 0; i < sizeof constants / sizeof *constants; i++)
         if (PyModule_AddObject(mod, constants[i].name, PyLong_FromUnsignedLongLong(constants[i].value)) < 0)
