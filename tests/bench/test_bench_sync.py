@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from required import require_sync_backend
 
-from ntshim import _core
+from ntshim import _bench
 from ntshim.bench import sync as sy
 from ntshim.sync import Event, Semaphore
 from ntshim.sync import registry as sync_registry
@@ -75,9 +75,9 @@ def test_native_loops_really_alternate(mechanism: str, processes: bool) -> None:
     keep = [Semaphore(1, 1, backend="futex"), Event(manual=False, backend="futex"), Event(manual=False, backend="futex")]
     slots = tuple(o._handle.slot for o in keep)  # type: ignore[attr-defined]
     code = {**sy.FLOORS, **sy.NATIVE}[mechanism]
-    elapsed, trips = _core.bench_sync(code, sy.TESTS.index("zigzag"), processes, 100_000_000, slots)
+    elapsed, trips = _bench.bench_sync(code, sy.TESTS.index("zigzag"), processes, 100_000_000, slots)
     assert trips > 0 and elapsed >= 100_000_000
-    elapsed, _ = _core.bench_sync(code, sy.TESTS.index("contended"), processes, 10_000, slots)
+    elapsed, _ = _bench.bench_sync(code, sy.TESTS.index("contended"), processes, 10_000, slots)
     assert elapsed > 0
     # The loops leave the objects as they found them: every wait was matched by a signal.
     assert keep[0].read() == (1, 1)

@@ -10,7 +10,7 @@ import time
 import numpy as np
 from win32_calls import P, get_write_watch, offsets, protect, query, write_byte
 
-from ntshim import _core, win32
+from ntshim import _bench, win32
 from ntshim.win32 import (
     ERROR_INVALID_ADDRESS,
     ERROR_INVALID_PARAMETER,
@@ -94,7 +94,7 @@ def test_no_write_is_lost_under_get_write_watch_with_reset(watch_backend: str) -
     base = win32.VirtualAlloc(None, size, MEM_RESERVE | MEM_COMMIT | MEM_WRITE_WATCH, PAGE_READWRITE)
     memory = np.ctypeslib.as_array((ctypes.c_ubyte * size).from_address(base))
     mirror = memory.copy()
-    writers = _core.Writers((ctypes.c_ubyte * size).from_address(base), 2, random=True)
+    writers = _bench.Writers((ctypes.c_ubyte * size).from_address(base), 2, random=True)
     try:
         deadline = time.monotonic() + 0.75
         while time.monotonic() < deadline:

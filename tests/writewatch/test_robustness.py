@@ -47,7 +47,7 @@ def assert_ran(proc: subprocess.CompletedProcess[str], last_line: str) -> None:
 THREAD_MASK_SCRIPT = """
 import os, signal, sys, time
 import ntshim
-from ntshim import _core
+from ntshim import _bench
 
 def threads():
     return set(map(int, os.listdir("/proc/self/task")))
@@ -67,7 +67,7 @@ if sys.argv[1] == "uffd-sync fault thread":
     started = threads() - before
     ran = lambda: all(sleeping(tid) for tid in started)  # in poll(), waiting for faults
 else:
-    stop = _core.Writers(memoryview(memory), 1, random=False).stop
+    stop = _bench.Writers(memoryview(memory), 1, random=False).stop
     started = threads() - before
     ran = lambda: any(memory)  # it has written
 assert started, "no thread was started"
@@ -262,11 +262,11 @@ def test_ending_an_mprotect_watch_while_threads_write(end: str) -> None:
         f"""
         import mmap, time
         import ntshim
-        from ntshim import _core
+        from ntshim import _bench
 
         PS, PAGES = 4096, 16
         memory = mmap.mmap(-1, PAGES * PS)
-        writers = _core.Writers(memoryview(memory), 2, random=True)
+        writers = _bench.Writers(memoryview(memory), 2, random=True)
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
             watch = ntshim.watch(memory, backend="mprotect")
@@ -296,10 +296,10 @@ def test_an_mprotect_watch_followed_by_a_userfaultfd_one_while_threads_write(nex
         f"""
         import time
         import ntshim
-        from ntshim import _core
+        from ntshim import _bench
 
         region = ntshim.alloc(256 * 4096)
-        writers = _core.Writers(memoryview(region), 8, random=True)  # many: some always wait for the lock
+        writers = _bench.Writers(memoryview(region), 8, random=True)  # many: some always wait for the lock
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
             for backend in ("mprotect", {next_backend!r}):
@@ -324,7 +324,7 @@ def test_an_undone_registration_lets_waiting_writers_run() -> None:
     proc = run_script(
         """
         import ctypes, errno, mmap, time
-        from ntshim import _core
+        from ntshim import _bench, _core
 
         PS = 4096
         memory = mmap.mmap(-1, 3 * PS)
@@ -332,7 +332,7 @@ def test_an_undone_registration_lets_waiting_writers_run() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         assert libc.munmap(base + PS, PS) == 0  # page 1 is a hole
-        writers = _core.Writers(memoryview(memory)[:PS], 2, random=False)  # they write page 0 only
+        writers = _bench.Writers(memoryview(memory)[:PS], 2, random=False)  # they write page 0 only
         refused = 0
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
@@ -387,11 +387,11 @@ def test_fork_while_another_thread_queries(kind: str) -> None:
         f"""
         import os, signal, threading, time
         import ntshim
-        from ntshim import _core
+        from ntshim import _bench
 
         PS, PAGES = 4096, 4096
         region = ntshim.alloc(PAGES * PS, watch=True, backend={kind!r})
-        writers = _core.Writers(memoryview(region), 1, random=True)
+        writers = _bench.Writers(memoryview(region), 1, random=True)
         stop = False
         def query():
             while not stop:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import ntshim
-from ntshim import _core
+from ntshim import _bench, _core
 from ntshim.memory import PAGE_SIZE as PS
 
 PAGES = 512
@@ -42,7 +42,7 @@ def test_no_write_is_lost_under_concurrent_get_and_reset(backend: str, mode: str
     region = ntshim.alloc(PAGES * PS, watch=True, backend=backend)
     memory = np.frombuffer(region, dtype=np.uint8)
     mirror = memory.copy()
-    writers = _core.Writers(memoryview(region)[: (PAGES - UNTOUCHED) * PS], 2, random=mode == "random")
+    writers = _bench.Writers(memoryview(region)[: (PAGES - UNTOUCHED) * PS], 2, random=mode == "random")
     reported_while_writing = gets = 0
     highest = 0
     try:
@@ -75,7 +75,7 @@ def test_no_write_is_lost_with_sub_range_gets(backend: str) -> None:
     region = ntshim.alloc(PAGES * PS, watch=True, backend=backend)
     memory = np.frombuffer(region, dtype=np.uint8)
     mirror = memory.copy()
-    writers = _core.Writers(memoryview(region), 2, random=True)
+    writers = _bench.Writers(memoryview(region), 2, random=True)
     try:
         deadline = time.monotonic() + SECONDS
         offset = 0
@@ -99,7 +99,7 @@ def test_protection_changes_during_writes_lose_nothing(backend: str) -> None:
     region = ntshim.alloc(PAGES * PS, watch=True, backend=backend)
     memory = np.frombuffer(region, dtype=np.uint8)
     mirror = memory.copy()
-    writers = _core.Writers(memoryview(region)[: (PAGES - UNTOUCHED) * PS], 2, random=True)
+    writers = _bench.Writers(memoryview(region)[: (PAGES - UNTOUCHED) * PS], 2, random=True)
     try:
         deadline = time.monotonic() + SECONDS
         flips = 0

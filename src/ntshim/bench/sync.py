@@ -11,7 +11,7 @@ Sides are two threads, or with ``processes`` two processes (named objects, opene
 in the children).  Subjects:
 
 - ``floor:futex``, ``floor:futex-fifo``, ``floor:eventfd``: the raw mechanism driven by
-  minimal C (``_core/bench_sync.c``).  ``floor:futex`` lets a releaser take the unit back
+  minimal C (``_bench/sync.c``, in the ``ntshim._bench`` extension).  ``floor:futex`` lets a releaser take the unit back
   at once (what ``sem_t`` does); ``floor:futex-fifo`` hands it to the queued waiter as NT
   objects must, so each contended acquisition costs a context switch.  ``floor:eventfd``
   is what the esync design costs at best (ntshim has no eventfd backend: docs/sync.md).
@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import _core
+from .. import _bench
 from ..sync import Event, Semaphore, registry, wait_any
 
 TESTS = ("contended", "zigzag")
@@ -248,7 +248,7 @@ def measure_once(subject: str, test: str, processes: bool, amount: float) -> flo
         mechanism = {**FLOORS, **NATIVE}[subject]
         n = int(amount) if test == "contended" else int(amount * 1e9)
         try:
-            elapsed, trips = _core.bench_sync(mechanism, TESTS.index(test), processes, n, *(
+            elapsed, trips = _bench.bench_sync(mechanism, TESTS.index(test), processes, n, *(
                 (slots,) if slots else ()))
         finally:
             for obj in keep:

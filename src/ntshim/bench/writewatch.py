@@ -25,7 +25,7 @@ from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .. import _core, _kernel
+from .. import _bench, _core, _kernel
 from ..memory import alloc
 
 
@@ -193,7 +193,7 @@ def measure_floor(row: Row, floor: str, seconds: float) -> Measurement:
     return _from_c(
         row,
         floor,
-        *_core.floor_writewatch(
+        *_bench.floor_writewatch(
             kind, row.pages, row.threads, row.random, int(row.delay_ms * 1e6), int(seconds * 1e9), row.reset_flag
         ),
     )
@@ -208,7 +208,7 @@ def measure_backend(row: Row, backend: str, seconds: float) -> Measurement:
     delay = row.delay_ms / 1000
     clock = time.perf_counter_ns
     try:
-        writers = _core.Writers(memoryview(region), row.threads, random=row.random)
+        writers = _bench.Writers(memoryview(region), row.threads, random=row.random)
         try:
             deadline = time.monotonic() + seconds
             tick = time.monotonic()
@@ -239,9 +239,9 @@ def measure_native(row: Row, subject: str, seconds: float) -> Measurement:
     region = alloc(row.pages * _kernel.PAGE_SIZE, watch=True, backend=backend)
     try:
         tracker: _core.Tracker = region.write_watch._tracker  # type: ignore[union-attr,assignment]
-        writers = _core.Writers(memoryview(region), row.threads, random=row.random)
+        writers = _bench.Writers(memoryview(region), row.threads, random=row.random)
         try:
-            gets, resets, reported = _core.native_reader(
+            gets, resets, reported = _bench.native_reader(
                 tracker, int(row.delay_ms * 1e6), int(seconds * 1e9), row.reset_flag
             )
         finally:

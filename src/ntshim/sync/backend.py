@@ -25,10 +25,12 @@ import abc
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
+from .. import _core
 from .._backends import Availability, ProbedBackend
 
 __all__ = [
     "KINDS",
+    "MAX_NAME_BYTES",
     "MAX_WAIT_OBJECTS",
     "U32_MAX",
     "Availability",
@@ -45,8 +47,11 @@ KINDS: tuple[Kind, ...] = ("semaphore", "mutex", "event")
 #: ``(manual, signaled)`` as 0/1.
 InitialState = tuple[int, int]
 
+# The limits every backend enforces, defined once, in the C core (sync/sync.h), whose arena is sized by them.
 #: Most objects one wait may name (Windows' MAXIMUM_WAIT_OBJECTS, ntsync's NTSYNC_MAX_WAIT_COUNT).
-MAX_WAIT_OBJECTS = 64
+MAX_WAIT_OBJECTS: int = _core.SYNC_MAX_WAIT
+#: Longest object name, in bytes of UTF-8.
+MAX_NAME_BYTES: int = _core.SYNC_MAX_NAME
 #: Mutex and semaphore counts are unsigned 32-bit.
 U32_MAX = 0xFFFFFFFF
 

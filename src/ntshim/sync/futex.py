@@ -1,6 +1,6 @@
 """The ``futex`` backend: object state in a shared-memory arena, sleeping with futex_waitv.
 
-The mechanism is C (``src/ntshim/_core/sync.c``: the algorithm, hand-off, robust
+The mechanism is C (``src/ntshim/_core/sync/arena.c``: the algorithm, hand-off, robust
 abandonment, reference bookkeeping, checks of everything read from the arena); this module
 decides where the arena lives, keeps Python's handles and turns the C layer's errors into
 messages that say what to do.

@@ -12,10 +12,7 @@ from typing import Any, ClassVar
 from .._arguments import as_int
 from ..errors import AbandonedError
 from . import registry
-from .backend import MAX_WAIT_OBJECTS, U32_MAX, Backend, Handle, InitialState, Kind
-
-#: Longest name, in bytes of UTF-8.
-MAX_NAME_BYTES = 255
+from .backend import MAX_NAME_BYTES, MAX_WAIT_OBJECTS, U32_MAX, Backend, Handle, InitialState, Kind
 
 
 def _u32(value: object, what: str, *, nonzero: bool = False) -> int:

@@ -5,7 +5,7 @@ clears the page's uffd-wp bit, inside the page fault, with no message and no thr
 ours.  A query is one PAGEMAP_SCAN walk that reports written pages and, when resetting,
 write-protects exactly those pages in the same atomic step.  Writes the kernel makes on
 our behalf (read(2) into watched memory) are tracked the same way.  The mechanism is in
-C (``_core/uffd.c``, ``_core/tracker.c``).
+C (``_core/writewatch/uffd.c``, ``_core/writewatch/tracker.c``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class UffdAsync(Backend):
         try:
             return _core.uffd_async_tracker(address, size, prots, features=features, pagemap_fd=_kernel.pagemap_fd())
         except OSError as e:
-            if "UFFDIO_REGISTER" in str(e) and e.errno in _REFUSALS:
+            if e.filename == "UFFDIO_REGISTER" and e.errno in _REFUSALS:
                 raise BackendUnavailable(cls.name, _REFUSALS[e.errno]) from e
             if e.errno == errno.EOPNOTSUPP:
                 raise BackendUnavailable(cls.name, "the kernel accepted UFFDIO_API but dropped WP_ASYNC") from e
@@ -72,7 +72,7 @@ def _self_test(name: str) -> Availability:
     except BackendUnavailable as e:
         return Availability(name, False, e.reason)
     except OSError as e:
-        if "PAGEMAP_SCAN" in str(e) and e.errno in (errno.ENOTTY, errno.EINVAL):
+        if e.filename == "PAGEMAP_SCAN" and e.errno in (errno.ENOTTY, errno.EINVAL):
             return Availability(name, False, "PAGEMAP_SCAN ioctl on /proc/self/pagemap is missing (Linux 6.7+)")
         return Availability(name, False, f"self-test failed: {e}")
     finally:

@@ -60,7 +60,7 @@ class UffdSync(Backend):
                 populate=not uffd.offers(_core.UFFD_FEATURE_WP_UNPOPULATED),
             )
         except OSError as e:
-            if "UFFDIO_REGISTER" in str(e) and e.errno in _REFUSALS:
+            if e.filename == "UFFDIO_REGISTER" and e.errno in _REFUSALS:
                 raise BackendUnavailable(cls.name, _REFUSALS[e.errno]) from e
             raise
 

@@ -34,7 +34,7 @@ import traceback
 from collections.abc import Callable
 from typing import cast
 
-from ..backend import MAX_WAIT_OBJECTS, U32_MAX, InitialState, Kind
+from ..backend import MAX_NAME_BYTES, MAX_WAIT_OBJECTS, U32_MAX, InitialState, Kind
 from .model import Model, ObjectState, Waiter
 from .protocol import (
     ADDREF,
@@ -523,7 +523,7 @@ class SyncServer:
 
     @staticmethod
     def _name(raw: memoryview) -> bytes | None:
-        if len(raw) > 255:
+        if len(raw) > MAX_NAME_BYTES:
             raise BadRequest("name too long")
         name = bytes(raw)
         if b"\0" in name:

@@ -1,10 +1,10 @@
 /* Native writer threads: each stores a fresh 8-byte value into one page after
  * another (sequentially or at random) until stopped, without the GIL.  The
  * stress tests use them to write while Python gets and resets; the benchmarks
- * time them (bench.c drives the same pool under its kernel floors).  Thread k
+ * time them (writewatch.c drives the same pool under its kernel floors).  Thread k
  * writes at byte 64*k of a page (its own cache line), and every store changes
  * the page's contents (which the shadow backend needs to see it). */
-#include "core.h"
+#include "bench.h"
 
 #include <errno.h>
 #include <time.h>
@@ -165,7 +165,7 @@ static PyMethodDef writers_methods[] = {
 
 PyTypeObject nts_writers_type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "ntshim._core.Writers",
+    .tp_name = "ntshim._bench.Writers",
     .tp_basicsize = sizeof(Writers),
     .tp_dealloc = (destructor)writers_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,

@@ -1,96 +1,14 @@
-/* Module setup, the Mapping type (page-aligned memory with the buffer protocol)
- * and the small helpers every other file uses. */
-#include "core.h"
+/* PyInit__core: the module, each subsystem's part of it, and the plain system
+ * calls and run helpers that belong to no subsystem. */
+#include "common.h"
+#include "memory/memory.h"
+#include "sync/sync.h"
+#include "writewatch/writewatch.h"
+#include "capi.h"
 
 #include <errno.h>
-#include <stdarg.h>
-#include <string.h>
 #include <unistd.h>
-#include <linux/futex.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
-
-size_t nts_page_size;
-
-PyObject *nts_raise_errno(int err, const char *fmt, ...)
-{
-    char what[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt, ap);
-    va_end(ap);
-    PyObject *msg = PyUnicode_FromFormat("%s: %s", what, strerror(err));
-    PyObject *args = msg ? Py_BuildValue("(iN)", err, msg) : NULL;
-    if (args) {
-        /* OSError.__new__ turns (errno, text) into the errno's own subclass. */
-        PyErr_SetObject(PyExc_OSError, args);
-        Py_DECREF(args);
-    }
-    return NULL;
-}
-
-int nts_runs_add(nts_runs *r, uint64_t start, uint64_t end)
-{
-    if (r->n && r->v[r->n - 1] == start) { /* touches the previous range: extend it */
-        r->v[r->n - 1] = end;
-        return 0;
-    }
-    if (r->n + 2 > r->cap) {
-        size_t cap = r->cap ? r->cap * 2 : 64;
-        uint64_t *v = realloc(r->v, cap * sizeof *v);
-        if (!v)
-            return -1;
-        r->v = v;
-        r->cap = cap;
-    }
-    r->v[r->n++] = start;
-    r->v[r->n++] = end;
-    return 0;
-}
-
-PyObject *nts_runs_finish(nts_runs *r)
-{
-    PyObject *out = PyBytes_FromStringAndSize((const char *)r->v, (Py_ssize_t)(r->n * sizeof(uint64_t)));
-    free(r->v);
-    r->v = NULL;
-    r->n = r->cap = 0;
-    return out;
-}
-
-static long futex(int *word, int op, int val)
-{
-    return syscall(SYS_futex, word, op, val, NULL, NULL, 0);
-}
-
-void nts_lock(int *word)
-{
-    int c = 0;
-    if (__atomic_compare_exchange_n(word, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
-        return;
-    if (c != 2)
-        c = __atomic_exchange_n(word, 2, __ATOMIC_ACQUIRE);
-    while (c != 0) {
-        futex(word, FUTEX_WAIT_PRIVATE, 2);
-        c = __atomic_exchange_n(word, 2, __ATOMIC_ACQUIRE);
-    }
-}
-
-void nts_unlock(int *word)
-{
-    if (__atomic_exchange_n(word, 0, __ATOMIC_RELEASE) == 2)
-        futex(word, FUTEX_WAKE_PRIVATE, 1);
-}
-
-void nts_block_async_signals(sigset_t *saved)
-{
-    sigset_t async;
-    sigfillset(&async);
-    sigdelset(&async, SIGSEGV);
-    sigdelset(&async, SIGBUS);
-    sigdelset(&async, SIGILL);
-    sigdelset(&async, SIGFPE);
-    pthread_sigmask(SIG_BLOCK, &async, saved);
-}
 
 /* ---- Plain system calls ---- */
 
@@ -219,41 +137,29 @@ static PyMethodDef core_methods[] = {
      "expand_runs(runs, add, step) -> bytes of uint64: every step-th value of each [start, end) run, plus add"},
     {"count_runs", core_count_runs, METH_VARARGS,
      "count_runs(runs, add, step) -> int: how many values expand_runs would return; ValueError for runs it refuses"},
-    {"mprotect_tracker", nts_mprotect_tracker_new, METH_VARARGS,
-     "mprotect_tracker(address, size, prots) -> Tracker (write-protect + SIGSEGV)"},
-    {"uffd_sync_tracker", (PyCFunction)(void (*)(void))nts_uffd_sync_tracker_new, METH_VARARGS | METH_KEYWORDS,
-     "uffd_sync_tracker(address, size, prots, *, user_mode_only, features, populate) -> Tracker"},
-    {"floor_writewatch", (PyCFunction)(void (*)(void))nts_floor_writewatch, METH_VARARGS | METH_KEYWORDS,
-     "floor_writewatch(kind, pages, threads, random, delay_ns, duration_ns, reset) -> "
-     "(writes, write_ns, get_ns, reset_ns, reported): a write-watch mechanism driven by minimal C"},
-    {"native_reader", nts_native_reader, METH_VARARGS,
-     "native_reader(tracker, delay_ns, duration_ns, reset) -> (get_ns, reset_ns, reported): "
-     "the tracker queried from C every delay, as a native caller would"},
-    {"bench_sync", nts_bench_sync, METH_VARARGS,
-     "bench_sync(mechanism, test, processes, amount, (sem, a, b) slots) -> (elapsed_ns, round_trips): "
-     "the contended-wait or zigzag loop in C (mechanism 0 floor-futex, 1 floor-eventfd, 2 ntshim futex)"},
-    {"shadow_tracker", nts_shadow_tracker_new, METH_VARARGS,
-     "shadow_tracker(address, size, prots) -> Tracker (content comparison against a copy)"},
     {NULL},
 };
 
 static struct PyModuleDef core_module = {
-    PyModuleDef_HEAD_INIT, "ntshim._core", "ntshim's kernel mechanisms; see ntshim/_core/core.h.", -1, core_methods,
+    PyModuleDef_HEAD_INIT, "ntshim._core", "ntshim's kernel mechanisms; see ntshim/_core/*/*.h.", -1, core_methods,
+};
+
+/* For ntshim._bench (capi.h). */
+static const nts_capi core_capi = {
+    &nts_tracker_type, nts_tracker_query, nts_sync_py_arena, nts_sync_wait, nts_sync_sem_release, nts_sync_event_op,
 };
 
 PyMODINIT_FUNC PyInit__core(void)
 {
     nts_page_size = (size_t)sysconf(_SC_PAGESIZE);
     if (PyType_Ready(&nts_mapping_type) < 0 || PyType_Ready(&nts_pin_type) < 0 ||
-        PyType_Ready(&nts_view_type) < 0 || PyType_Ready(&nts_tracker_type) < 0 || PyType_Ready(&nts_writers_type) < 0)
+        PyType_Ready(&nts_view_type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&core_module);
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "Mapping", (PyObject *)&nts_mapping_type) < 0 ||
         PyModule_AddObjectRef(m, "Pin", (PyObject *)&nts_pin_type) < 0 ||
-        PyModule_AddObjectRef(m, "Tracker", (PyObject *)&nts_tracker_type) < 0 ||
-        PyModule_AddObjectRef(m, "Writers", (PyObject *)&nts_writers_type) < 0 ||
         PyModule_AddIntConstant(m, "PAGE_SIZE", (long)nts_page_size) < 0 ||
         PyModule_AddIntConstant(m, "PROT_NONE", PROT_NONE) < 0 ||
         PyModule_AddIntConstant(m, "PROT_READ", PROT_READ) < 0 ||
@@ -262,10 +168,14 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(m, "MADV_DONTNEED", MADV_DONTNEED) < 0 ||
         PyModule_AddIntConstant(m, "MADV_FREE", MADV_FREE) < 0 ||
         PyModule_AddIntConstant(m, "MADV_REMOVE", MADV_REMOVE) < 0 ||
-        PyModule_AddFunctions(m, nts_uffd_methods) < 0 || nts_uffd_module_init(m) < 0 ||
-        nts_mprotect_module_init(m) < 0 || nts_tracker_module_init(m) < 0 ||
-        PyModule_AddFunctions(m, nts_sync_methods) < 0 || nts_sync_module_init(m) < 0 ||
+        nts_writewatch_module_init(m) < 0 || nts_sync_module_init(m) < 0 ||
         PyModule_AddFunctions(m, nts_placement_methods) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *capi = PyCapsule_New((void *)&core_capi, NTS_CAPI_NAME, NULL);
+    if (!capi || PyModule_AddObject(m, "_C_API", capi) < 0) { /* steals capi only on success */
+        Py_XDECREF(capi);
         Py_DECREF(m);
         return NULL;
     }

@@ -12,7 +12,7 @@
  * The native reader queries an ntshim tracker from C on the same schedule:
  * what a native caller of ntshim's core gets, without Python in the path.
  */
-#include "core.h"
+#include "bench.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -246,9 +246,14 @@ PyObject *nts_native_reader(PyObject *mod, PyObject *args)
     PyObject *obj;
     unsigned long long delay_ns, duration_ns;
     int reset;
-    if (!PyArg_ParseTuple(args, "O!KKp", &nts_tracker_type, &obj, &delay_ns, &duration_ns, &reset))
+    if (!PyArg_ParseTuple(args, "O!KKp", nts_core->tracker_type, &obj, &delay_ns, &duration_ns, &reset))
         return NULL;
     nts_tracker *t = (nts_tracker *)obj;
+    PyObject *pages = PyObject_GetAttrString(obj, "npages"); /* the tracker's layout is writewatch's own */
+    size_t npages = pages ? PyLong_AsSize_t(pages) : (size_t)-1;
+    Py_XDECREF(pages);
+    if (npages == (size_t)-1)
+        return NULL;
     size_t cap = (size_t)(duration_ns / (delay_ns ? delay_ns : 1)) + 16, ngets = 0;
     uint64_t *get_ns = calloc(cap, sizeof *get_ns), *reset_ns = calloc(cap, sizeof *reset_ns), reported = 0;
     int err = (get_ns && reset_ns) ? 0 : ENOMEM;
@@ -258,13 +263,13 @@ PyObject *nts_native_reader(PyObject *mod, PyObject *args)
         sleep_until(tick = next_tick(tick, delay_ns));
         nts_runs runs;
         uint64_t t0 = nts_now_ns();
-        err = nts_tracker_query(t, 0, t->npages, reset, 0, &runs);
+        err = nts_core->tracker_query(t, 0, npages, reset, 0, &runs);
         uint64_t t1 = nts_now_ns();
         for (size_t i = 0; i + 1 < runs.n; i += 2)
             reported += (runs.v[i + 1] - runs.v[i]) / nts_page_size;
         free(runs.v);
         if (!err && !reset) {
-            err = nts_tracker_query(t, 0, t->npages, 1, 0, &runs);
+            err = nts_core->tracker_query(t, 0, npages, 1, 0, &runs);
             free(runs.v);
         }
         get_ns[ngets] = t1 - t0;

@@ -1,7 +1,7 @@
 /* Address-space placement: reserving ranges that must not replace anything, and
  * second views of shared pages (the Python policy is ntshim/memory/placement.py,
  * limit.py, alias.py). */
-#include "core.h"
+#include "memory.h"
 
 #include <errno.h>
 #include <sys/mman.h>

@@ -3,7 +3,7 @@
  * queues a message; a thread of ours marks the page dirty and releases it,
  * which wakes the writer.  Writes the kernel makes (read(2) into the page) are
  * resolved the same way unless the fd is limited to user-mode faults. */
-#include "core.h"
+#include "tracker.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -14,12 +14,21 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 
-int nts_uffd_sync_apply(nts_tracker *t, size_t first, size_t n, int wp)
+/* Write-protection is independent of the page's protection: clean pages have it. */
+static int uffd_sync_want(int prot, int clean)
+{
+    return clean;
+}
+
+/* Write-protect the pages (wp=1) or release them (wp=0). */
+static int uffd_sync_apply(nts_tracker *t, size_t first, size_t n, int wp)
 {
     return nts_uffd_writeprotect(t->uffd, t->base + first * nts_page_size, n * nts_page_size, wp);
 }
 
-int nts_uffd_sync_populate(nts_tracker *t, size_t first, size_t n, int prot)
+/* Without UFFD_FEATURE_WP_UNPOPULATED: map pages that are gaining access so that
+ * the kernel can write-protect them. */
+static int uffd_sync_populate(nts_tracker *t, size_t first, size_t n, int prot)
 {
     const size_t ps = nts_page_size;
     /* Readable but not yet writable, so no write can slip in before the
@@ -66,7 +75,28 @@ static void *fault_thread(void *arg)
     return NULL;
 }
 
-void nts_uffd_sync_stop(nts_tracker *t)
+static int uffd_sync_protect(nts_tracker *t, size_t first, size_t n, int prot)
+{
+    int err = 0;
+    if (t->populate) /* pages gaining access from none must be mapped to be protectable */
+        for (size_t i = first; !err && i < first + n; i++)
+            if (!(NTS_OLD_PROT(t->state[i]) & (PROT_READ | PROT_WRITE)) && (prot & (PROT_READ | PROT_WRITE)))
+                err = uffd_sync_populate(t, i, 1, prot);
+    return err ? err : nts_tracker_protect_owner(t, first, n, prot);
+}
+
+static int uffd_sync_discarded(nts_tracker *t, size_t first, size_t n)
+{
+    if (t->populate) /* an unmapped page cannot be write-protected without WP_UNPOPULATED */
+        for (size_t i = first; i < first + n; i++)
+            if (t->state[i] & (PROT_READ | PROT_WRITE))
+                (void)*(volatile const char *)(t->base + i * nts_page_size);
+    return nts_tracker_sync_kernel(t, first, n);
+}
+
+/* Drop the registration and stop the fault thread, if started (tracker closed,
+ * or not open yet). */
+static void uffd_sync_stop(nts_tracker *t)
 {
     if (t->pid == nts_pid) { /* in a forked child the registration and thread belong to the parent */
         struct uffdio_range r = {t->base, t->npages * nts_page_size};
@@ -85,6 +115,19 @@ void nts_uffd_sync_stop(nts_tracker *t)
         close(t->stop_fd);
     t->uffd = t->stop_fd = -1;
 }
+
+const nts_ww_ops nts_uffd_sync_ops = {
+    .protects = 1,
+    .fork_bound = 1,
+    .query_step = "UFFDIO_WRITEPROTECT",
+    .want = uffd_sync_want,
+    .apply = uffd_sync_apply,
+    .rearm = nts_tracker_sync_kernel,
+    .discarded = uffd_sync_discarded,
+    .protect = uffd_sync_protect,
+    .restore = nts_tracker_restore_owner,
+    .close = uffd_sync_stop,
+};
 
 static int start_fault_thread(nts_tracker *t)
 {
@@ -106,7 +149,7 @@ static int start_fault_thread(nts_tracker *t)
     return err;
 }
 
-PyObject *nts_uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
+static PyObject *uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
 {
     unsigned long long base, size, features;
     PyObject *prots;
@@ -115,7 +158,7 @@ PyObject *nts_uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "KKO$pKp", kwlist, &base, &size, &prots, &user_mode_only, &features,
                                      &populate))
         return NULL;
-    nts_tracker *t = nts_tracker_alloc(NTS_UFFD_SYNC, (uintptr_t)base, (size_t)size, prots);
+    nts_tracker *t = nts_tracker_alloc(&nts_uffd_sync_ops, (uintptr_t)base, (size_t)size, prots);
     if (!t)
         return NULL;
     const char *step;
@@ -139,10 +182,16 @@ PyObject *nts_uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
         nts_unlock(t->lock);
     }
     if (err) { /* the tracker is still marked closed: undo by hand */
-        nts_uffd_sync_stop(t);
+        uffd_sync_stop(t);
         Py_DECREF(t);
-        return nts_raise_errno(err, "uffd-sync: %s", step);
+        return nts_raise_errno_step(err, step, "uffd-sync");
     }
     nts_tracker_opened(t);
     return (PyObject *)t;
 }
+
+PyMethodDef nts_uffd_sync_methods[] = {
+    {"uffd_sync_tracker", (PyCFunction)(void (*)(void))uffd_sync_tracker_new, METH_VARARGS | METH_KEYWORDS,
+     "uffd_sync_tracker(address, size, prots, *, user_mode_only, features, populate) -> Tracker"},
+    {NULL},
+};

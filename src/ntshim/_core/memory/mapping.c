@@ -2,7 +2,7 @@
  * protection of each page and its buffer exports, page range by page range),
  * View (a buffer over part of a Mapping) and Pin (a held export of someone
  * else's buffer). */
-#include "core.h"
+#include "memory.h"
 
 #include <errno.h>
 #include <string.h>

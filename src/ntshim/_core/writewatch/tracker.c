@@ -2,7 +2,9 @@
  * kinds keep per-page state here (mprotect, uffd-sync, shadow); uffd-async
  * leaves it in the page tables and asks the kernel (PAGEMAP_SCAN).  All of
  * them take the same lock around every operation, so closing can never race
- * with a query.
+ * with a query.  This file keeps the lock discipline and the bookkeeping; what
+ * differs by mechanism is the mechanism's nts_ww_ops (tracker.h), filled in by
+ * its own file (mprotect.c, uffd.c, uffd_sync.c, shadow.c).
  *
  * Invariant for the write-protecting kinds (mprotect, uffd-sync), under the
  * lock: a page is write-protected exactly when it is clean and not inside a
@@ -27,7 +29,7 @@
  * kernel drops their registration there) and refuse every operation but close
  * there; their locks are left alone: the forking thread may write to a page a
  * uffd-sync tracker protects, whose fault thread needs that tracker's lock. */
-#include "core.h"
+#include "tracker.h"
 
 #include <errno.h>
 #include <string.h>
@@ -41,7 +43,7 @@ static int g_list_lock;
 static nts_book *g_list;
 static sigset_t g_fork_mask;
 
-nts_tracker *nts_tracker_alloc(int kind, uintptr_t base, size_t size, PyObject *prots)
+nts_tracker *nts_tracker_alloc(const nts_ww_ops *ops, uintptr_t base, size_t size, PyObject *prots)
 {
     Py_buffer p;
     if (base % nts_page_size || size == 0 || size % nts_page_size) {
@@ -59,7 +61,7 @@ nts_tracker *nts_tracker_alloc(int kind, uintptr_t base, size_t size, PyObject *
     }
     /* The book: header, state bytes and, for the kinds with kernel-write windows,
      * the pins.  Pages of it that are never written are never backed. */
-    int has_pins = kind == NTS_MPROTECT || kind == NTS_UFFD_SYNC;
+    int has_pins = ops->protects;
     size_t pins_at = (sizeof(nts_book) + npages + 1) & ~(size_t)1;
     size_t book_size = pins_at + (has_pins ? npages * sizeof(uint16_t) : 0);
     nts_book *book = mmap(NULL, book_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -76,7 +78,7 @@ nts_tracker *nts_tracker_alloc(int kind, uintptr_t base, size_t size, PyObject *
     }
     book->size = book_size;
     book->closed = 1; /* until the mechanism is set up: dealloc then only frees memory */
-    t->kind = kind;
+    t->ops = ops;
     t->pid = nts_pid;
     t->base = base;
     t->npages = npages;
@@ -96,7 +98,9 @@ nts_tracker *nts_tracker_alloc(int kind, uintptr_t base, size_t size, PyObject *
 void nts_tracker_opened(nts_tracker *t)
 {
     t->book->closed = 0;
-    if (t->kind != NTS_SHADOW)
+    /* A forked child keeps using a tracker that is not fork-bound; fork() takes the
+     * mprotect kind's process-wide lock itself (nts_mprotect_fork_prepare). */
+    if (t->ops->fork_bound || t->lock != &t->book->lock)
         return;
     nts_lock(&g_list_lock);
     t->book->next = g_list;
@@ -128,18 +132,14 @@ static void unlist(nts_tracker *t)
  * its pagemap file) belong to the parent, whose memory an operation would change. */
 static int in_forked_child(nts_tracker *t)
 {
-    return (t->kind == NTS_UFFD_ASYNC || t->kind == NTS_UFFD_SYNC) && t->pid != nts_pid;
+    return t->ops->fork_bound && t->pid != nts_pid;
 }
 
-/* What the kernel should enforce on page i, given its state: for mprotect the
- * protection bits, for uffd-sync 1 (write-protected) or 0. */
+/* What the kernel should enforce on page i, given its state. */
 static int desired(nts_tracker *t, size_t i)
 {
     uint8_t s = t->state[i];
-    int prot = s & NTS_PROT_MASK, clean = !(s & NTS_DIRTY) && !t->pins[i];
-    if (t->kind == NTS_MPROTECT) /* only a write the owner allows needs taking away */
-        return clean && (prot & PROT_WRITE) ? (prot & ~PROT_WRITE) : prot;
-    return clean; /* uffd write-protection is independent of the page's protection */
+    return t->ops->want(s & NTS_PROT_MASK, !(s & NTS_DIRTY) && !t->pins[i]);
 }
 
 int nts_tracker_sync_kernel(nts_tracker *t, size_t first, size_t n)
@@ -150,8 +150,7 @@ int nts_tracker_sync_kernel(nts_tracker *t, size_t first, size_t n)
         size_t j = i + 1;
         while (j < end && desired(t, j) == want)
             j++;
-        int err = t->kind == NTS_MPROTECT ? nts_mprotect_apply(t, i, j - i, want)
-                                           : nts_uffd_sync_apply(t, i, j - i, want);
+        int err = t->ops->apply(t, i, j - i, want);
         if (err)
             return err;
         i = j;
@@ -164,7 +163,7 @@ static int page_dirty(nts_tracker *t, size_t i)
     uint8_t s = t->state[i];
     if (s & NTS_DIRTY)
         return 1;
-    return t->kind == NTS_SHADOW && (s & PROT_READ) && nts_shadow_page_differs(t, i);
+    return t->ops->differs && (s & PROT_READ) && t->ops->differs(t, i);
 }
 
 static void mark_dirty(nts_tracker *t, size_t first, size_t n)
@@ -178,11 +177,7 @@ static int reset_run(nts_tracker *t, size_t first, size_t n)
 {
     for (size_t i = first; i < first + n; i++)
         t->state[i] &= ~NTS_DIRTY;
-    if (t->kind == NTS_SHADOW) {
-        nts_shadow_capture(t, first, n);
-        return 0;
-    }
-    int err = nts_tracker_sync_kernel(t, first, n);
+    int err = t->ops->rearm(t, first, n);
     if (err) /* dirty and (partly) protected is a safe state: a write only faults once more */
         mark_dirty(t, first, n);
     return err;
@@ -198,7 +193,7 @@ static int scan(nts_tracker *t, size_t first, size_t count, int reset, size_t li
     size_t i = first, found = 0;
     int err = 0;
     while (i < end && (!limit || found < limit)) {
-        if (t->kind != NTS_SHADOW) { /* skip clean pages eight at a time */
+        if (!t->ops->differs) { /* skip clean pages eight at a time */
             uint64_t w;
             while (i + 8 <= end && (memcpy(&w, t->state + i, 8), !(w & 0x0808080808080808ULL)))
                 i += 8;
@@ -222,7 +217,7 @@ static int scan(nts_tracker *t, size_t first, size_t count, int reset, size_t li
          * scan, and growing `out` may touch a watched heap page, whose fault needs
          * the lock.  Each run was reset atomically; a page written meanwhile is
          * reported by this scan if it lies ahead, else by the next. */
-        const int unlocked = reset && t->kind != NTS_SHADOW;
+        const int unlocked = reset && t->ops->protects;
         if (unlocked)
             nts_unlock(t->lock);
         int full = nts_runs_add(out, i * ps, j * ps);
@@ -314,7 +309,7 @@ int nts_tracker_query(nts_tracker *t, size_t first, size_t count, int reset, siz
     *out = (nts_runs){0};
     if (in_forked_child(t))
         return ECHILD;
-    if (!reset && (t->kind == NTS_MPROTECT || t->kind == NTS_UFFD_SYNC)) {
+    if (!reset && t->ops->protects) {
         /* Reading needs no lock: bits turn dirty behind our back only (they are
          * cleared under the lock), and each bit read is the page's state at that
          * moment.  Without it a reader does not queue behind every faulting writer. */
@@ -323,9 +318,8 @@ int nts_tracker_query(nts_tracker *t, size_t first, size_t count, int reset, siz
     nts_lock(t->lock);
     if (t->book->closed)
         err = EBADF;
-    else if (t->kind == NTS_UFFD_ASYNC)
-        err = nts_pagemap_scan(t->pagemap, t->base, t->base + first * nts_page_size,
-                               t->base + (first + count) * nts_page_size, reset, limit, 0, out);
+    else if (t->ops->query)
+        err = t->ops->query(t, first, count, reset, limit, out);
     else
         err = scan(t, first, count, reset, limit, out);
     nts_unlock(t->lock);
@@ -354,57 +348,50 @@ static PyObject *tracker_dirty(nts_tracker *t, PyObject *args)
             return check_open(t), NULL;
         if (err == ECHILD)
             return forked_child_error(t);
-        return err == ENOMEM ? PyErr_NoMemory() : nts_raise_errno(err, "write-protecting reset pages");
+        if (err == ENOMEM)
+            return PyErr_NoMemory();
+        return nts_raise_errno_step(err, t->ops->query_step, "%s",
+                                    t->ops->query ? "querying written pages" : "write-protecting reset pages");
     }
     return nts_runs_finish(&out);
 }
 
 /* ---- protect: change the owner's protection, keeping dirty state exact ---- */
 
-#define OLD_PROT(state) ((state) >> NTS_SCRATCH_SHIFT & NTS_PROT_MASK)
-
 static int protect_op(nts_tracker *t, size_t first, size_t count, void *arg)
 {
     const int prot = *(int *)arg;
-    const size_t ps = nts_page_size;
-    int err = 0;
+    int err;
     if (prot & ~NTS_PROT_MASK) /* as mprotect(2) answers bits it does not know */
         return EINVAL;
     /* The old protections wait in the state bytes' scratch bits, clear until now
      * (no allocation under the lock: see the lock discipline). */
     for (size_t i = first; i < first + count; i++)
         t->state[i] |= (uint8_t)((t->state[i] & NTS_PROT_MASK) << NTS_SCRATCH_SHIFT);
-    if (t->kind == NTS_SHADOW)
-        /* Pages about to lose read access cannot be compared later: settle them
-         * now, keeping a difference as pending dirty state. */
-        for (size_t i = first; i < first + count; i++)
-            if ((t->state[i] & PROT_READ) && !(prot & PROT_READ) && nts_shadow_page_differs(t, i)) {
-                t->state[i] |= NTS_DIRTY;
-                nts_shadow_capture(t, i, 1);
-            }
+    if (t->ops->before_protect)
+        t->ops->before_protect(t, first, count, prot);
     for (size_t i = first; i < first + count; i++)
         t->state[i] = (t->state[i] & ~NTS_PROT_MASK) | (uint8_t)prot;
-    if (t->kind == NTS_MPROTECT) {
-        err = nts_tracker_sync_kernel(t, first, count);
-    } else {
-        if (t->populate) /* pages gaining access from none must be mapped to be protectable */
-            for (size_t i = first; !err && i < first + count; i++)
-                if (!(OLD_PROT(t->state[i]) & (PROT_READ | PROT_WRITE)) && (prot & (PROT_READ | PROT_WRITE)))
-                    err = nts_uffd_sync_populate(t, i, 1, prot);
-        if (!err && mprotect((void *)(t->base + first * ps), count * ps, prot))
-            err = errno;
-    }
+    err = t->ops->protect(t, first, count, prot);
     /* On failure, the old protections back, keeping any dirty bit learnt meanwhile. */
     for (size_t i = first; i < first + count; i++)
-        t->state[i] = (uint8_t)(err ? OLD_PROT(t->state[i]) : t->state[i] & NTS_PROT_MASK) | (t->state[i] & NTS_DIRTY);
-    if (err) {
-        if (t->kind == NTS_MPROTECT)
-            nts_tracker_sync_kernel(t, first, count);
-        else
-            for (size_t i = first; i < first + count; i++)
-                mprotect((void *)(t->base + i * ps), ps, t->state[i] & NTS_PROT_MASK);
-    }
+        t->state[i] = (uint8_t)(err ? NTS_OLD_PROT(t->state[i]) : t->state[i] & NTS_PROT_MASK) |
+                      (t->state[i] & NTS_DIRTY);
+    if (err)
+        t->ops->restore(t, first, count);
     return err;
+}
+
+int nts_tracker_protect_owner(nts_tracker *t, size_t first, size_t n, int prot)
+{
+    return mprotect((void *)(t->base + first * nts_page_size), n * nts_page_size, prot) ? errno : 0;
+}
+
+void nts_tracker_restore_owner(nts_tracker *t, size_t first, size_t n)
+{
+    const size_t ps = nts_page_size;
+    for (size_t i = first; i < first + n; i++)
+        mprotect((void *)(t->base + i * ps), ps, t->state[i] & NTS_PROT_MASK);
 }
 
 /* The methods that take (first, count[, one int]) and run an operation locked. */
@@ -433,7 +420,7 @@ static int mark_op(nts_tracker *t, size_t first, size_t count, void *arg);
 static int kernel_write_op(nts_tracker *t, size_t first, size_t count, void *arg)
 {
     const int open_window = *(int *)arg;
-    if (t->kind == NTS_SHADOW || t->kind == NTS_UFFD_ASYNC) /* the kernel's writes are seen: only mark */
+    if (!t->ops->protects) /* the kernel's writes are seen: only mark */
         return mark_op(t, first, count, NULL);
     for (size_t i = first; i < first + count; i++)
         if (open_window ? t->pins[i] == UINT16_MAX : t->pins[i] == 0)
@@ -457,11 +444,10 @@ static PyObject *tracker_kernel_write(nts_tracker *t, PyObject *args)
 
 static int mark_op(nts_tracker *t, size_t first, size_t count, void *arg)
 {
-    const size_t ps = nts_page_size;
-    if (t->kind == NTS_UFFD_ASYNC) /* a page without its uffd-wp bit reads as written */
-        return nts_uffd_writeprotect(t->uffd, t->base + first * ps, count * ps, 0);
+    if (t->ops->mark)
+        return t->ops->mark(t, first, count);
     mark_dirty(t, first, count);
-    return t->kind == NTS_SHADOW ? 0 : nts_tracker_sync_kernel(t, first, count); /* dirty: not protected */
+    return t->ops->protects ? nts_tracker_sync_kernel(t, first, count) : 0; /* dirty: not protected */
 }
 
 /* ---- discard: drop contents and write state (decommit) ---- */
@@ -474,19 +460,9 @@ static int discard_op(nts_tracker *t, size_t first, size_t count, void *arg)
     const size_t ps = nts_page_size;
     if (count && madvise((void *)(t->base + first * ps), count * ps, MADV_DONTNEED))
         return errno;
-    if (t->kind == NTS_UFFD_ASYNC) /* dropped pages lose their uffd-wp bits and would read as written */
-        return nts_uffd_writeprotect(t->uffd, t->base + first * ps, count * ps, 1);
     for (size_t i = first; i < first + count; i++)
         t->state[i] &= ~NTS_DIRTY;
-    if (t->kind == NTS_SHADOW) {
-        memset(t->shadow + first * ps, 0, count * ps);
-        return 0;
-    }
-    if (t->populate) /* an unmapped page cannot be write-protected without WP_UNPOPULATED */
-        for (size_t i = first; i < first + count; i++)
-            if (t->state[i] & (PROT_READ | PROT_WRITE))
-                (void)*(volatile const char *)(t->base + i * ps);
-    return nts_tracker_sync_kernel(t, first, count);
+    return t->ops->discarded(t, first, count);
 }
 
 static PyObject *tracker_mark(nts_tracker *t, PyObject *args)
@@ -501,10 +477,6 @@ static PyObject *tracker_discard(nts_tracker *t, PyObject *args)
 
 static void tracker_teardown(nts_tracker *t)
 {
-    if (t->kind == NTS_MPROTECT) {
-        nts_mprotect_unregister(t);
-        return;
-    }
     /* A userfaultfd tracker's lock may have been held at fork(): in a forked child
      * nobody else uses that tracker (in_forked_child), so skip the lock. */
     int own_process = !in_forked_child(t), was_closed;
@@ -512,25 +484,15 @@ static void tracker_teardown(nts_tracker *t)
         nts_lock(t->lock);
     was_closed = t->book->closed;
     t->book->closed = 1;
+    if (!was_closed && t->ops->close_locked)
+        t->ops->close_locked(t);
     if (own_process)
         nts_unlock(t->lock);
     if (was_closed)
         return;
-    if (t->kind == NTS_UFFD_SYNC) {
-        nts_uffd_sync_stop(t);
-    } else if (t->kind == NTS_UFFD_ASYNC) {
-        if (own_process) { /* in a forked child the registration is the parent's */
-            struct uffdio_range r = {t->base, t->npages * nts_page_size};
-            ioctl(t->uffd, UFFDIO_UNREGISTER, &r);
-        }
-        close(t->uffd);
-        t->uffd = -1;
-    } else {
-        unlist(t);
-        if (t->shadow)
-            munmap(t->shadow, t->npages * nts_page_size);
-    }
-    t->shadow = NULL;
+    unlist(t);
+    if (t->ops->close)
+        t->ops->close(t);
 }
 
 static PyObject *tracker_close(nts_tracker *t, PyObject *unused)
@@ -555,7 +517,7 @@ static PyObject *tracker_get_closed(nts_tracker *t, void *c) { return PyBool_Fro
 static PyObject *tracker_get_npages(nts_tracker *t, void *c) { return PyLong_FromSize_t(t->npages); }
 static PyObject *tracker_get_kernel_faults(nts_tracker *t, void *c)
 {
-    return PyBool_FromLong(t->kind == NTS_SHADOW || t->handles_kernel_faults);
+    return PyBool_FromLong(t->handles_kernel_faults);
 }
 
 static PyMethodDef tracker_methods[] = {
@@ -632,9 +594,14 @@ static void fork_child(void)
     fork_release();
 }
 
-int nts_tracker_module_init(PyObject *mod)
+int nts_writewatch_module_init(PyObject *mod)
 {
     static int done;
+    if (PyType_Ready(&nts_tracker_type) < 0 || PyModule_AddObjectRef(mod, "Tracker", (PyObject *)&nts_tracker_type) < 0 ||
+        PyModule_AddFunctions(mod, nts_uffd_methods) < 0 || PyModule_AddFunctions(mod, nts_uffd_sync_methods) < 0 ||
+        PyModule_AddFunctions(mod, nts_mprotect_methods) < 0 || PyModule_AddFunctions(mod, nts_shadow_methods) < 0 ||
+        nts_uffd_module_init(mod) < 0 || nts_mprotect_module_init(mod) < 0)
+        return -1;
     nts_pid = getpid();
     if (!done && pthread_atfork(fork_prepare, fork_parent, fork_child)) {
         PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");

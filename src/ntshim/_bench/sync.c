@@ -9,7 +9,7 @@
  *                  waiting policy as ntshim's futex backend: spin SYNC_SPIN pauses
  *                  before sleeping, wake only a sleeper.  The like-for-like floor.
  *   floor-eventfd  eventfd: EFD_SEMAPHORE for the semaphore, a plain one per event
- *   futex          ntshim's futex backend through its C entry points (sync.c):
+ *   futex          ntshim's futex backend through its C entry points (_core/sync/arena.c):
  *                  what a native caller of ntshim gets
  *
  *   contended  one semaphore (count 1, max 1); each side loops wait -> release
@@ -17,7 +17,7 @@
  *   zigzag     auto events A and B; side 1 sets A and waits B, side 2 waits A
  *              and sets B, for `amount` ns; result: round trips
  */
-#include "core.h"
+#include "bench.h"
 
 #include <errno.h>
 #include <linux/futex.h>
@@ -165,7 +165,7 @@ static int do_wait(shared *s, int which, int me) {
     default: {
         uint32_t slot = which == 0 ? s->slot_sem : which == 1 ? s->slot_a : s->slot_b;
         int err;
-        while ((err = nts_sync_wait(s->arena, &slot, 1, 0, NULL, tls_owner, 0, &index, &abandoned)) == EINTR)
+        while ((err = nts_core->sync_wait(s->arena, &slot, 1, 0, NULL, tls_owner, 0, &index, &abandoned)) == EINTR)
             ; /* a signal for this thread: nothing was acquired, wait again */
         return err;
     }
@@ -186,8 +186,8 @@ static int do_signal(shared *s, int which) {
         return efd_post(which == 0 ? s->efd_sem : which == 1 ? s->efd_a : s->efd_b);
     default:
         if (which == 0)
-            return nts_sync_sem_release(s->arena, s->slot_sem, 1, &prev);
-        return nts_sync_event_op(s->arena, which == 1 ? s->slot_a : s->slot_b, NTS_SYNC_EVENT_SET, &was);
+            return nts_core->sync_sem_release(s->arena, s->slot_sem, 1, &prev);
+        return nts_core->sync_event_op(s->arena, which == 1 ? s->slot_a : s->slot_b, NTS_SYNC_EVENT_SET, &was);
     }
 }
 
@@ -299,7 +299,7 @@ PyObject *nts_bench_sync(PyObject *mod, PyObject *args) {
     }
     g_smp = sysconf(_SC_NPROCESSORS_ONLN) > 1;
     nts_arena *arena = NULL;
-    if (mech == MECH_FUTEX && !(arena = nts_sync_py_arena()))
+    if (mech == MECH_FUTEX && !(arena = nts_core->sync_arena()))
         return NULL;
     shared *s = mmap(NULL, sizeof *s, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (s == MAP_FAILED)

@@ -68,7 +68,7 @@
  *
  * Entry points return 0 or an errno and never touch Python: they may be called
  * without the GIL, by native loops too. */
-#include "core.h"
+#include "sync.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -2,7 +2,7 @@
  * backend's mechanism.  The kernel resolves write faults itself
  * (UFFD_FEATURE_WP_ASYNC) and PAGEMAP_SCAN reads and re-protects the written
  * pages in one atomic walk, so nothing of ours runs on the write path. */
-#include "core.h"
+#include "tracker.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,46 +31,6 @@ static PyObject *uffd_api(PyObject *mod, PyObject *args)
     if (ioctl(fd, UFFDIO_API, &api))
         return nts_raise_errno(errno, "UFFDIO_API(features=0x%llx)", features);
     return Py_BuildValue("(KK)", (unsigned long long)api.features, (unsigned long long)api.ioctls);
-}
-
-static PyObject *uffd_register(PyObject *mod, PyObject *args)
-{
-    int fd;
-    unsigned long long addr, len, mode;
-    if (!PyArg_ParseTuple(args, "iKKK", &fd, &addr, &len, &mode))
-        return NULL;
-    struct uffdio_register r = {{addr, len}, mode, 0};
-    if (ioctl(fd, UFFDIO_REGISTER, &r))
-        return nts_raise_errno(errno, "UFFDIO_REGISTER(0x%llx+%llu)", addr, len);
-    return PyLong_FromUnsignedLongLong(r.ioctls);
-}
-
-static PyObject *uffd_unregister(PyObject *mod, PyObject *args)
-{
-    int fd;
-    unsigned long long addr, len;
-    if (!PyArg_ParseTuple(args, "iKK", &fd, &addr, &len))
-        return NULL;
-    struct uffdio_range r = {addr, len};
-    if (ioctl(fd, UFFDIO_UNREGISTER, &r))
-        return nts_raise_errno(errno, "UFFDIO_UNREGISTER(0x%llx+%llu)", addr, len);
-    Py_RETURN_NONE;
-}
-
-static PyObject *uffd_writeprotect(PyObject *mod, PyObject *args)
-{
-    int fd, wp;
-    unsigned long long addr, len;
-    if (!PyArg_ParseTuple(args, "iKKp", &fd, &addr, &len, &wp))
-        return NULL;
-    struct uffdio_writeprotect w = {{addr, len}, wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0};
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = ioctl(fd, UFFDIO_WRITEPROTECT, &w);
-    Py_END_ALLOW_THREADS
-    if (rc)
-        return nts_raise_errno(errno, "UFFDIO_WRITEPROTECT(0x%llx+%llu)", addr, len);
-    Py_RETURN_NONE;
 }
 
 int nts_uffd_writeprotect(int uffd, uintptr_t addr, size_t len, int wp)
@@ -169,15 +129,54 @@ int nts_uffd_setup(nts_tracker *t, int user_mode_only, uint64_t features, uint64
     if ((api.features & required) != required) /* some kernels accept a bit and drop it */
         return EOPNOTSUPP;
     struct uffdio_register r = {{t->base, t->npages * nts_page_size}, UFFDIO_REGISTER_MODE_WP, 0};
-    *step = "UFFDIO_REGISTER(MODE_WP)";
+    *step = "UFFDIO_REGISTER";
     return ioctl(t->uffd, UFFDIO_REGISTER, &r) ? errno : 0;
 }
+
+static int uffd_async_query(nts_tracker *t, size_t first, size_t count, int reset, size_t limit, nts_runs *out)
+{
+    return nts_pagemap_scan(t->pagemap, t->base, t->base + first * nts_page_size,
+                            t->base + (first + count) * nts_page_size, reset, limit, 0, out);
+}
+
+/* A page without its uffd-wp bit reads as written. */
+static int uffd_async_mark(nts_tracker *t, size_t first, size_t n)
+{
+    return nts_uffd_writeprotect(t->uffd, t->base + first * nts_page_size, n * nts_page_size, 0);
+}
+
+/* Dropped pages lose their uffd-wp bits and would read as written. */
+static int uffd_async_discarded(nts_tracker *t, size_t first, size_t n)
+{
+    return nts_uffd_writeprotect(t->uffd, t->base + first * nts_page_size, n * nts_page_size, 1);
+}
+
+static void uffd_async_close(nts_tracker *t)
+{
+    if (t->pid == nts_pid) { /* in a forked child the registration is the parent's */
+        struct uffdio_range r = {t->base, t->npages * nts_page_size};
+        ioctl(t->uffd, UFFDIO_UNREGISTER, &r);
+    }
+    close(t->uffd);
+    t->uffd = -1;
+}
+
+const nts_ww_ops nts_uffd_async_ops = {
+    .fork_bound = 1,
+    .query_step = "PAGEMAP_SCAN",
+    .query = uffd_async_query,
+    .mark = uffd_async_mark,
+    .discarded = uffd_async_discarded,
+    .protect = nts_tracker_protect_owner,
+    .restore = nts_tracker_restore_owner,
+    .close = uffd_async_close,
+};
 
 /* The uffd-async backend's tracker: registration and protection only; the
  * kernel keeps the dirty state (tracker.c reads it with nts_pagemap_scan).
  * User-mode-only is enough, and needs no privilege: in asynchronous mode the
  * kernel resolves every fault itself, kernel-mode ones included. */
-PyObject *nts_uffd_async_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
+static PyObject *uffd_async_tracker_new(PyObject *mod, PyObject *args, PyObject *kw)
 {
     unsigned long long base, size, features;
     PyObject *prots;
@@ -185,7 +184,7 @@ PyObject *nts_uffd_async_tracker_new(PyObject *mod, PyObject *args, PyObject *kw
     static char *kwlist[] = {"address", "size", "prots", "features", "pagemap_fd", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kw, "KKO$Ki", kwlist, &base, &size, &prots, &features, &pagemap))
         return NULL;
-    nts_tracker *t = nts_tracker_alloc(NTS_UFFD_ASYNC, (uintptr_t)base, (size_t)size, prots);
+    nts_tracker *t = nts_tracker_alloc(&nts_uffd_async_ops, (uintptr_t)base, (size_t)size, prots);
     if (!t)
         return NULL;
     const char *step;
@@ -201,7 +200,7 @@ PyObject *nts_uffd_async_tracker_new(PyObject *mod, PyObject *args, PyObject *kw
             close(t->uffd); /* closing drops any registration */
         t->uffd = -1;
         Py_DECREF(t);
-        return nts_raise_errno(err, "uffd-async: %s", step);
+        return nts_raise_errno_step(err, step, "uffd-async");
     }
     nts_tracker_opened(t);
     return (PyObject *)t;
@@ -210,12 +209,9 @@ PyObject *nts_uffd_async_tracker_new(PyObject *mod, PyObject *args, PyObject *kw
 PyMethodDef nts_uffd_methods[] = {
     {"uffd_open", uffd_open, METH_O, "uffd_open(user_mode_only) -> fd (O_CLOEXEC|O_NONBLOCK)"},
     {"uffd_api", uffd_api, METH_VARARGS, "uffd_api(fd, features) -> (features, ioctls) granted by the kernel"},
-    {"uffd_register", uffd_register, METH_VARARGS, "uffd_register(fd, address, size, mode) -> ioctls"},
-    {"uffd_unregister", uffd_unregister, METH_VARARGS, "uffd_unregister(fd, address, size)"},
-    {"uffd_writeprotect", uffd_writeprotect, METH_VARARGS, "uffd_writeprotect(fd, address, size, protect)"},
     {"pagemap_scan", (PyCFunction)(void (*)(void))pagemap_scan, METH_VARARGS | METH_KEYWORDS,
      "pagemap_scan(fd, base, start, end, reset, max_pages=0, vec_len=0) -> bytes of uint64 [start, end) runs"},
-    {"uffd_async_tracker", (PyCFunction)(void (*)(void))nts_uffd_async_tracker_new, METH_VARARGS | METH_KEYWORDS,
+    {"uffd_async_tracker", (PyCFunction)(void (*)(void))uffd_async_tracker_new, METH_VARARGS | METH_KEYWORDS,
      "uffd_async_tracker(address, size, prots, *, features, pagemap_fd) -> Tracker"},
     {NULL},
 };
@@ -231,7 +227,6 @@ int nts_uffd_module_init(PyObject *mod)
         {"UFFD_FEATURE_WP_HUGETLBFS_SHMEM", UFFD_FEATURE_WP_HUGETLBFS_SHMEM},
         {"UFFD_FEATURE_WP_UNPOPULATED", UFFD_FEATURE_WP_UNPOPULATED},
         {"UFFD_FEATURE_WP_ASYNC", UFFD_FEATURE_WP_ASYNC},
-        {"UFFDIO_REGISTER_MODE_WP", UFFDIO_REGISTER_MODE_WP},
     };
     for (size_t i = 0; i < sizeof constants / sizeof *constants; i++)
         if (PyModule_AddObject(mod, constants[i].name, PyLong_FromUnsignedLongLong(constants[i].value)) < 0)

@@ -7,7 +7,7 @@
  *
  * Everything a handler runs here is async-signal-safe: system calls, atomics
  * and the nts_sigchain in static memory. */
-#include "core.h"
+#include "common.h"
 
 #include <errno.h>
 #include <string.h>

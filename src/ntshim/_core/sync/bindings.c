@@ -1,4 +1,4 @@
-/* Python bindings of sync.c: one arena per process, objects named by slot.
+/* Python bindings of arena.c: one arena per process, objects named by slot.
  * Errors become OSError subclasses by errno, except EOVERFLOW.
  *
  * The GIL: waits release it, after one attempt with it held (an object that is
@@ -7,7 +7,7 @@
  * nanoseconds, and handing the GIL to the thread they wake and taking it back
  * would cost far more.  Creation and opening, which may sweep dead processes
  * (a liveness query per process slot), release it. */
-#include "core.h"
+#include "sync.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -315,7 +315,7 @@ static PyObject *py_futex_waitv_errno(PyObject *self, PyObject *unused) {
     return PyLong_FromLong(r < 0 ? errno : 0);
 }
 
-PyMethodDef nts_sync_methods[] = {
+static PyMethodDef sync_methods[] = {
     {"futex_waitv_errno", py_futex_waitv_errno, METH_NOARGS,
      "futex_waitv_errno() -> errno of an empty futex_waitv call: EINVAL where the call exists, ENOSYS where not"},
     {"sync_format", py_format, METH_VARARGS, "sync_format(fd): size and initialize a new sync arena file"},
@@ -351,13 +351,15 @@ PyMethodDef nts_sync_methods[] = {
 };
 
 int nts_sync_module_init(PyObject *m) {
-    return PyModule_AddIntConstant(m, "SYNC_SEMAPHORE", NTS_SYNC_SEMAPHORE) < 0 ||
+    return PyModule_AddFunctions(m, sync_methods) < 0 ||
+                   PyModule_AddIntConstant(m, "SYNC_SEMAPHORE", NTS_SYNC_SEMAPHORE) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_MUTEX", NTS_SYNC_MUTEX) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_EVENT", NTS_SYNC_EVENT) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_SET", NTS_SYNC_EVENT_SET) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_RESET", NTS_SYNC_EVENT_RESET) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_PULSE", NTS_SYNC_EVENT_PULSE) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_MAX_NAME", NTS_SYNC_MAX_NAME) < 0 ||
+                   PyModule_AddIntConstant(m, "SYNC_MAX_WAIT", NTS_SYNC_MAX_WAIT) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_LAYOUT", NTS_SYNC_LAYOUT) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_LIVE_END", NTS_SYNC_LIVE_END) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_ARENA_SIZE", (long)nts_sync_arena_size()) < 0

@@ -2,7 +2,7 @@
  * write raises SIGSEGV, whose handler marks the page dirty and gives the write
  * back.  Faults this backend does not own go to the handler installed before
  * it (Python's faulthandler, a debugger's, or the default action). */
-#include "core.h"
+#include "tracker.h"
 
 #include <errno.h>
 #include <string.h>
@@ -55,7 +55,8 @@ static int fault_is_write(const void *ctx)
 #endif
 }
 
-int nts_mprotect_apply(nts_tracker *t, size_t first, size_t n, int prot)
+/* Give the pages `prot`. */
+static int mprotect_apply(nts_tracker *t, size_t first, size_t n, int prot)
 {
     if (mprotect((void *)(t->base + first * nts_page_size), n * nts_page_size, prot))
         return errno;
@@ -108,7 +109,7 @@ static int resolve(uintptr_t addr)
             return 0;
         /* Our protection (or another thread lifted it already). */
         t->state[i] |= NTS_DIRTY;
-        if (nts_mprotect_apply(t, i, 1, t->state[i] & NTS_PROT_MASK)) {
+        if (mprotect_apply(t, i, 1, t->state[i] & NTS_PROT_MASK)) {
             /* Splitting the mapping failed (vm.max_map_count): give the whole
              * range back, reporting every page as written, which merges the
              * mapping instead of splitting it. */
@@ -230,15 +231,36 @@ static void registry_remove(nts_tracker *t)
     nts_tracker_sync_kernel(t, 0, t->npages);
 }
 
-void nts_mprotect_unregister(nts_tracker *t)
+/* Only a write the owner allows needs taking away. */
+static int mprotect_want(int prot, int clean)
 {
-    nts_lock(&g_lock);
-    if (!t->book->closed)
-        registry_remove(t);
-    nts_unlock(&g_lock);
+    return clean && (prot & PROT_WRITE) ? (prot & ~PROT_WRITE) : prot;
 }
 
-PyObject *nts_mprotect_tracker_new(PyObject *mod, PyObject *args)
+/* The kernel's protection is derived from the owner's: bring it in line. */
+static int mprotect_protect(nts_tracker *t, size_t first, size_t n, int prot)
+{
+    return nts_tracker_sync_kernel(t, first, n);
+}
+
+static void mprotect_restore(nts_tracker *t, size_t first, size_t n)
+{
+    nts_tracker_sync_kernel(t, first, n);
+}
+
+const nts_ww_ops nts_mprotect_ops = {
+    .protects = 1,
+    .query_step = "mprotect",
+    .want = mprotect_want,
+    .apply = mprotect_apply,
+    .rearm = nts_tracker_sync_kernel,
+    .discarded = nts_tracker_sync_kernel,
+    .protect = mprotect_protect,
+    .restore = mprotect_restore,
+    .close_locked = registry_remove, /* t->lock is g_lock */
+};
+
+static PyObject *mprotect_tracker_new(PyObject *mod, PyObject *args)
 {
     unsigned long long base, size;
     PyObject *prots;
@@ -248,7 +270,7 @@ PyObject *nts_mprotect_tracker_new(PyObject *mod, PyObject *args)
     PyErr_SetString(PyExc_NotImplementedError, "the mprotect backend decodes write faults only on x86-64");
     return NULL;
 #endif
-    nts_tracker *t = nts_tracker_alloc(NTS_MPROTECT, (uintptr_t)base, (size_t)size, prots);
+    nts_tracker *t = nts_tracker_alloc(&nts_mprotect_ops, (uintptr_t)base, (size_t)size, prots);
     if (!t)
         return NULL;
     int err;
@@ -292,6 +314,12 @@ void nts_mprotect_fork_child(void)
     g_fork_held = 0;
     g_lock = 0;
 }
+
+PyMethodDef nts_mprotect_methods[] = {
+    {"mprotect_tracker", mprotect_tracker_new, METH_VARARGS,
+     "mprotect_tracker(address, size, prots) -> Tracker (write-protect + SIGSEGV)"},
+    {NULL},
+};
 
 int nts_mprotect_module_init(PyObject *mod)
 {

@@ -1,0 +1,64 @@
+/* ntshim._core sync/: NT synchronization objects in shared memory; the arena and the
+ * algorithm in arena.c, the Python bindings in bindings.c. */
+#ifndef NTSHIM_SYNC_H
+#define NTSHIM_SYNC_H
+
+#include "common/common.h"
+
+#include <time.h>
+#define NTS_SYNC_MAX_WAIT 64
+#define NTS_SYNC_MAX_NAME 255
+/* Pauses a waiter spins before it sleeps, on machines with more than one CPU. */
+#define NTS_SYNC_SPIN 300
+/* The arena layout this build reads and writes (the header's version field). */
+#define NTS_SYNC_LAYOUT 2u
+/* Bytes [1, NTS_SYNC_LIVE_END) of an arena file carry the OFD locks of the processes
+ * attached to it, in every layout version. */
+#define NTS_SYNC_LIVE_END 65536
+enum { NTS_SYNC_SEMAPHORE = 1, NTS_SYNC_MUTEX = 2, NTS_SYNC_EVENT = 3 };
+enum { NTS_SYNC_EVENT_SET, NTS_SYNC_EVENT_RESET, NTS_SYNC_EVENT_PULSE };
+typedef struct nts_arena nts_arena;
+/* Every call returns 0 or an errno and runs without the GIL.  Objects are named by
+ * slot (1-based) and must be referenced by this process (EBADF otherwise).
+ * EUCLEAN: this process's view of the arena is damaged (an index or count read from
+ * it was out of range, the file shrank, or another process reclaimed our slot); every
+ * later call fails the same way and nts_sync_damage() says what was wrong. */
+size_t nts_sync_arena_size(void);
+int nts_sync_format(int fd); /* size a new arena file, reserve its first chunks, write its header */
+/* The header fields of an arena file of any layout (size: the file's, when it differs). */
+int nts_sync_layout(int fd, uint32_t *magic, uint32_t *version, uint64_t *size);
+int nts_sync_in_use(int fd, int *in_use); /* whether any process holds a liveness lock on it */
+/* Map it and claim a process slot; EPROTO if not an arena of this layout, ENOSPC if
+ * every process slot is taken.  Keeps a close-on-exec descriptor of its own (a new
+ * open file description, opened through /proc/self/fd) for the liveness lock. */
+int nts_sync_attach(int fd, nts_arena **out);
+void nts_sync_detach(nts_arena *a); /* drop this process's references */
+const char *nts_sync_damage(void);  /* NULL, or why the arena is damaged for this process */
+/* x, y: semaphore count, maximum; mutex owner, count; event manual, signaled.
+ * EEXIST: the name belongs to another kind; ENOSPC: the arena (or its file system) is full. */
+int nts_sync_create(nts_arena *a, int kind, uint32_t x, uint32_t y, const char *name, size_t len, uint32_t *slot,
+                    uint32_t *gen, int *created);
+int nts_sync_open(nts_arena *a, int kind, const char *name, size_t len, uint32_t *slot, uint32_t *gen);
+int nts_sync_ref(nts_arena *a, int kind, uint32_t slot, uint32_t gen); /* ENOENT if gone */
+int nts_sync_unref(nts_arena *a, uint32_t slot);
+int nts_sync_sem_release(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev);  /* EOVERFLOW */
+int nts_sync_sem_read(nts_arena *a, uint32_t slot, uint32_t *count, uint32_t *max);
+int nts_sync_mutex_unlock(nts_arena *a, uint32_t slot, uint32_t owner, uint32_t *prev); /* EPERM */
+int nts_sync_mutex_kill(nts_arena *a, uint32_t slot, uint32_t owner);                   /* EPERM */
+int nts_sync_mutex_read(nts_arena *a, uint32_t slot, uint32_t *owner, uint32_t *count, int *abandoned);
+int nts_sync_event_op(nts_arena *a, uint32_t slot, int op, int *prev);
+int nts_sync_event_read(nts_arena *a, uint32_t slot, int *manual, int *signaled);
+/* Wait for any/all of `slots` (or the `alert` event slot, 0 for none) until the
+ * CLOCK_MONOTONIC `deadline` (NULL: forever).  ETIMEDOUT, or EINTR when a signal
+ * arrived first: then nothing was acquired. */
+int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, const struct timespec *deadline,
+                  uint32_t owner, uint32_t alert, uint32_t *index, int *abandoned);
+/* Objects, thread blocks, references and processes in use, and the capacities;
+ * and the thread ids of this process's blocks (at most *ntids; *ntids set to the number). */
+void nts_sync_usage(nts_arena *a, uint32_t used[4], uint32_t capacity[4], uint32_t *tids, size_t *ntids);
+/* The arena ntshim.sync.futex attached, or NULL with RuntimeError set. */
+nts_arena *nts_sync_py_arena(void);
+/* Add the sync functions and constants to the module. */
+int nts_sync_module_init(PyObject *mod);
+
+#endif
