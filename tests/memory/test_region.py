@@ -4,6 +4,7 @@ in /proc/self/maps) and attaching write watches."""
 from __future__ import annotations
 
 import ctypes
+import mmap
 from collections.abc import Callable
 
 import numpy
@@ -249,6 +250,28 @@ def test_free_of_watched_region_with_live_export_keeps_the_watch(backend: str) -
     assert region.write_watch is None
 
 
+def test_close_unmaps_and_free_is_its_alias() -> None:
+    region = alloc(2 * P)
+    assert Region.free is Region.close
+    mv = memoryview(region)
+    with pytest.raises(BufferError, match="buffer export"):
+        region.close()
+    mv.release()
+    region.close()
+    region.close()  # idempotent, as mmap.close()
+    assert region.closed
+    region.free()  # and so is its alias
+    with pytest.raises(ValueError, match="freed"):
+        memoryview(region)
+
+
+def test_len_is_the_size_in_bytes_even_once_closed() -> None:
+    region = alloc(P + 1)
+    assert len(region) == 2 * P == region.size
+    region.close()
+    assert len(region) == 2 * P
+
+
 # ---- protection ----------------------------------------------------------------------
 
 
@@ -268,6 +291,28 @@ def test_protect_sets_and_reports_protection(argument: str, reported: str, kerne
         assert region.protect(P, 2 * P, "rw") == reported
         assert kernel_prot(region, 1) == "rw-"
         assert kernel_prot(region, 2) == "rw-"
+
+
+@pytest.mark.parametrize(
+    ("bits", "reported", "kernel"),
+    [
+        (mmap.PROT_READ | mmap.PROT_WRITE, "rw", "rw-"),
+        (mmap.PROT_READ, "r", "r--"),
+        (0, "none", "---"),  # PROT_NONE (mmap has no name for it)
+        (mmap.PROT_READ | mmap.PROT_EXEC, "rx", "r-x"),
+        (mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC, "rwx", "rwx"),
+    ],
+)
+def test_protect_alloc_and_commit_accept_mmap_prot_bits(bits: int, reported: str, kernel: str) -> None:
+    with alloc(2 * P) as region:
+        assert region.protect(P, P, bits) == "rw"
+        assert region.protection(P) == reported and kernel_prot(region, 1) == kernel
+        assert region.protect(P, P, "rw") == reported
+    with alloc(P, protect=bits) as region:
+        assert region.protection(0) == reported and kernel_prot(region, 0) == kernel
+    with ntshim.memory.reserve(2 * P) as reservation:
+        reservation.commit(P, P, bits)
+        assert reservation.protection(P) == reported and kernel_prot(reservation, 1) == kernel
 
 
 def test_protect_returns_previous_protection_of_first_page() -> None:

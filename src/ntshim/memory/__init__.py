@@ -36,7 +36,7 @@ def alloc(
     zero_bits: int | None = None,
     shared: bool = False,
     watch: bool = False,
-    protect: str = "rw",
+    protect: str | int = "rw",
     backend: str | None = None,
 ) -> Region:
     """Allocate ``size`` bytes of zeroed anonymous memory, rounded up to whole pages.
@@ -48,7 +48,8 @@ def alloc(
     ValueError for values Windows refuses, or together with ``below``.
     ``shared=True`` maps it shared: fork children see the same pages, and
     :func:`alias` can show them a second time at another address.
-    ``protect``: ``"rw"`` (default), ``"r"``, ``"rx"``, ``"rwx"`` or ``"none"``.
+    ``protect``: ``"rw"`` (default), ``"r"``, ``"rx"``, ``"rwx"`` or ``"none"``, or the same as
+    ``mmap.PROT_*`` bits (``mmap.PROT_READ | mmap.PROT_WRITE``).
     ``watch=True`` tracks writes from the start (the region then answers ``dirty()``,
     ``reset()``, ...); ``backend`` forces a write-watch backend by name (default: the
     ``NTSHIM_WRITEWATCH_BACKEND`` environment variable, else the best available).
@@ -120,7 +121,7 @@ def _map(
         try:
             region._start_watch(backend)
         except BaseException:
-            region.free()
+            region.close()
             raise
     return region
 

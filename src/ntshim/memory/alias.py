@@ -30,7 +30,7 @@ PAGE_SIZE = _kernel.PAGE_SIZE
 
 class Alias(Region):
     """A second view of another mapping's pages (see :func:`alias`).  Reading, writing,
-    ``protect`` (of this view only), write watches and ``free`` work as on any region;
+    ``protect`` (of this view only), write watches and ``close`` work as on any region;
     ``commit``, ``decommit`` and ``discard`` are refused: the pages belong to the source."""
 
     def commit(self, offset: int, size: int, protect: str = "rw") -> None:
@@ -94,7 +94,7 @@ def alias(source: Any, *, below: int | None = None, address: int | None = None) 
         try:
             _core.alias_onto(start, size, view.address)
         except OSError as e:
-            view.free()
+            view.close()
             raise ValueError(
                 f"the kernel cannot duplicate this mapping ({path or 'anonymous'}: {e.strerror}); device memory "
                 "mapped by a driver (VM_PFNMAP) cannot be aliased: ask the driver to map it at the address you need "
@@ -103,7 +103,7 @@ def alias(source: Any, *, below: int | None = None, address: int | None = None) 
     try:
         _adopt(view, prot, None)  # None: mprotect, the duplicate has the first piece's access
     except BaseException:
-        view.free()
+        view.close()
         raise
     return view
 
@@ -161,7 +161,7 @@ def _alias_fd(fd: int, below: int | None, address: int | None) -> Alias:
     try:
         _core.map_fd_onto(fd, 0, size, prot, view.address)
     except OSError:
-        view.free()
+        view.close()
         raise
     _adopt(view, prot, _mapped_so_already)
     # A descriptor opened read-only can never give write access (mprotect(2) says EACCES);

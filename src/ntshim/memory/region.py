@@ -19,9 +19,9 @@ class Region(_core.Mapping):
 
     Supports the buffer protocol (``memoryview``, ``numpy.frombuffer``,
     ``ctypes.c_char.from_buffer``) while every page is readable; buffers are read-only
-    unless every page is writable.  ``free()`` (or leaving a ``with`` block) unmaps it;
-    it raises BufferError while a buffer export is alive, and every use of a freed region
-    raises ValueError.  Made by :func:`ntshim.memory.alloc`.
+    unless every page is writable.  ``close()`` (or its alias ``free()``, or leaving a
+    ``with`` block) unmaps it; it raises BufferError while a buffer export is alive, and every
+    use of a closed region raises ValueError.  ``len(region)`` is its size in bytes.  Made by :func:`ntshim.memory.alloc`.
 
     A region allocated with ``watch=True`` (or passed to :func:`ntshim.memory.watch`) also
     answers the :class:`~ntshim.writewatch.WriteWatch` calls: ``dirty``, ``reset``,
@@ -44,9 +44,10 @@ class Region(_core.Mapping):
 
     # ---- protection and commitment -----------------------------------------------------
 
-    def protect(self, offset: int, size: int, protect: str) -> str:
-        """Set the protection (``"rw"``, ``"r"``, ``"rx"``, ``"none"``, ...) of whole committed
-        pages; return the previous protection of the first one.
+    def protect(self, offset: int, size: int, protect: str | int) -> str:
+        """Set the protection (``"rw"``, ``"r"``, ``"rx"``, ``"none"``, ..., or ``mmap.PROT_*``
+        bits) of whole committed pages; return the previous protection of the first one, as
+        letters.
 
         Raises ValueError when a page of the range is not committed, and BufferError when a
         live buffer export would lose access it was granted (a writable memoryview over
@@ -78,7 +79,7 @@ class Region(_core.Mapping):
         first, _ = self._pages(offset, None)
         return bool(self._committed[first])
 
-    def commit(self, offset: int, size: int, protect: str = "rw") -> None:
+    def commit(self, offset: int, size: int, protect: str | int = "rw") -> None:
         """Commit whole pages with the given protection.  Pages committed for the first time,
         or again after :meth:`decommit`, read as zero; pages already committed keep their
         contents and take the new protection."""
@@ -146,23 +147,30 @@ class Region(_core.Mapping):
 
     # ---- lifetime ----------------------------------------------------------------------
 
-    def free(self) -> None:
-        """Stop any write watch and unmap the memory.  BufferError while buffer exports live,
-        and then nothing changes (the watch keeps watching)."""
+    def close(self) -> None:
+        """Stop any write watch and unmap the memory, as ``mmap.close()`` does.  BufferError
+        while buffer exports live, and then nothing changes (the watch keeps watching).
+        Closing a closed region does nothing."""
         with self._lock:
             watch = self._write_watch
             # The watch is closed only once no export is alive, and none can appear meanwhile.
             self._unmap(None if watch is None else watch.close)
 
+    free = close  # Windows' word (VirtualFree), kept as an alias of close()
+
+    def __len__(self) -> int:
+        """Size in bytes, as ``len(mmap)``; still answered once closed."""
+        return self.size
+
     def __enter__(self) -> Region:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.free()
+        self.close()
 
     def __del__(self) -> None:
         if not self.closed and not self.exports:
-            self.free()
+            self.close()
 
     # ---- write watch -------------------------------------------------------------------
 

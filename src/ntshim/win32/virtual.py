@@ -338,7 +338,7 @@ def VirtualFree(address: int | None, size: int, free_type: int) -> bool:
 def _release(allocation: Allocation) -> None:
     base = allocation.base
     try:
-        allocation.region.free()
+        allocation.region.close()
     except BufferError:  # a Python buffer still uses the memory: freeing it would be unsafe
         raise Win32Error(ERROR_BUSY) from None
     _bases.remove(base)
