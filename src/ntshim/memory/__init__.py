@@ -113,10 +113,12 @@ def _map(
     rounded = -(-size // PAGE_SIZE) * PAGE_SIZE
     bound = placement.check_below(below, rounded, address)
     region = placement.map_placed(
-        lambda at: Region(rounded, prot, address=at, align=align, shared=shared), rounded, address, align, bound
+        lambda at: Region(rounded, prot, address=at, align=align, shared=shared, committed=commit),
+        rounded,
+        address,
+        align,
+        bound,
     )
-    if not commit:
-        region._committed = bytearray(len(region._committed))
     if watch:
         try:
             region._start_watch(backend)

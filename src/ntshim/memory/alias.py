@@ -173,8 +173,7 @@ def _alias_fd(fd: int, below: int | None, address: int | None) -> Alias:
 def _adopt(view: Alias, prot: int, apply: Callable[[int, int, int], None] | None) -> None:
     """The placeholder is now the alias: every page with the owner's access ``prot``, which
     ``apply`` gives them (None: ``mprotect``)."""
-    view._change_protection(0, len(view._committed), prot, apply)
-    view._committed[:] = b"\x01" * len(view._committed)
+    view._change_protection(0, view.size // PAGE_SIZE, prot, apply)
 
 
 def _mapped_so_already(first: int, count: int, prot: int) -> None:

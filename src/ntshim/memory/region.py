@@ -27,14 +27,16 @@ class Region(_core.Mapping):
     answers the :class:`~ntshim.writewatch.WriteWatch` calls: ``dirty``, ``reset``,
     ``writing``, ``granularity``, ``backend``.
 
-    Every method may be called from several threads.  The protection of each page is kept
-    in the C base (``_core.Mapping``), which decides whether a buffer may be exported and
-    whether pages may lose access in one step each (see ``_change_protection``).
+    Every method may be called from several threads.  The protection and commit state of
+    each page are kept in the C base (``_core.Mapping``), which decides whether a buffer may
+    be exported and whether pages may lose access in one step each (see ``_change_protection``).
     """
 
-    def __init__(self, size: int, prot: int, *, address: int = 0, align: int = 0, shared: bool = False) -> None:
+    def __init__(
+        self, size: int, prot: int, *, address: int = 0, align: int = 0, shared: bool = False, committed: bool = True
+    ) -> None:
+        # (size, prot, address, align and committed are taken by _core.Mapping.__new__)
         self._shared = shared  # MAP_SHARED: seen by fork children and by aliases
-        self._committed = bytearray(b"\x01") * (size // _kernel.PAGE_SIZE)  # reserve() clears it
         self._write_watch: WriteWatch | None = None
         # Serializes what changes the region (protect, commit, decommit, discard, watching,
         # free): each is several steps, some of them without the GIL.
@@ -77,7 +79,7 @@ class Region(_core.Mapping):
     def committed(self, offset: int = 0) -> bool:
         """Whether the page at ``offset`` is committed (usable) rather than only reserved."""
         first, _ = self._pages(offset, None)
-        return bool(self._committed[first])
+        return bool(self._commit_state(first, 1)[0])
 
     def commit(self, offset: int, size: int, protect: str | int = "rw") -> None:
         """Commit whole pages with the given protection.  Pages committed for the first time,
@@ -86,8 +88,7 @@ class Region(_core.Mapping):
         prot = protection.parse(protect)
         with self._lock:
             first, count = self._pages(offset, size)
-            self._set_protection(first, count, prot)
-            self._committed[first : first + count] = b"\x01" * count
+            self._set_protection(first, count, prot, committed=True)
 
     def decommit(self, offset: int, size: int) -> None:
         """Give whole pages' memory back, keeping the address range reserved.  Their contents
@@ -95,9 +96,8 @@ class Region(_core.Mapping):
         write-watch state."""
         with self._lock:
             first, count = self._pages(offset, size)
-            self._set_protection(first, count, 0)
+            self._set_protection(first, count, 0, committed=False)
             self._drop_contents(first, count)
-            self._committed[first : first + count] = bytes(count)
 
     def discard(self, offset: int, size: int) -> None:
         """Tell the kernel the contents of these pages are no longer needed (Windows'
@@ -109,26 +109,29 @@ class Region(_core.Mapping):
             if self._write_watch is not None or self._shared:
                 return  # (MADV_FREE applies to private memory only; "as before" is a valid answer)
             ps = _kernel.PAGE_SIZE
-            page = first
-            while page < first + count:  # each run of committed pages
-                start = self._committed.find(1, page, first + count)
+            state = self._commit_state(first, count)
+            page = 0
+            while page < count:  # each run of committed pages
+                start = state.find(1, page)
                 if start < 0:
                     break
-                end = self._committed.find(0, start, first + count)
-                end = first + count if end < 0 else end
-                _core.madvise(self.address + start * ps, (end - start) * ps, _core.MADV_FREE)
+                end = state.find(0, start)
+                end = count if end < 0 else end
+                _core.madvise(self.address + (first + start) * ps, (end - start) * ps, _core.MADV_FREE)
                 page = end
 
     def _require_committed(self, first: int, count: int) -> None:
-        gap = self._committed.find(0, first, first + count)
+        gap = self._commit_state(first, count).find(0)
         if gap >= 0:
-            raise ValueError(f"page at offset {gap * _kernel.PAGE_SIZE:#x} is not committed")
+            raise ValueError(f"page at offset {(first + gap) * _kernel.PAGE_SIZE:#x} is not committed")
 
-    def _set_protection(self, first: int, count: int, prot: int) -> None:
+    def _set_protection(self, first: int, count: int, prot: int, committed: bool | None = None) -> None:
         """Change the pages' protection, through the write watch when there is one (it keeps
-        the dirty state exact).  BufferError when a live export over them would lose access."""
+        the dirty state exact), and record them ``committed`` or not (None: unchanged) with it.
+        BufferError when a live export over them would lose access."""
         watch = self._write_watch
-        self._change_protection(first, count, prot, None if watch is None else watch._protect)
+        state = -1 if committed is None else int(committed)
+        self._change_protection(first, count, prot, None if watch is None else watch._protect, state)
 
     def _drop_contents(self, first: int, count: int) -> None:
         if self._shared:  # unmapping shared pages keeps them in the shared object: remove them there
