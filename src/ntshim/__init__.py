@@ -16,9 +16,20 @@ processes, abandoned mutexes) are in :mod:`ntshim.sync`; the Win32 API itself in
 from __future__ import annotations
 
 from .errors import BackendUnavailable
-from .memory import Region, alloc, reserve, watch
+from .memory import Region, Reservation, alloc, reserve, watch
 from .writewatch import DirtyPages, WriteWatch, backends
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailable", "DirtyPages", "Region", "WriteWatch", "__version__", "alloc", "backends", "reserve", "watch"]
+__all__ = [
+    "BackendUnavailable",
+    "DirtyPages",
+    "Region",
+    "Reservation",
+    "WriteWatch",
+    "__version__",
+    "alloc",
+    "backends",
+    "reserve",
+    "watch",
+]

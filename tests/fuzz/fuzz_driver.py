@@ -512,6 +512,8 @@ class Walker:
         which = rng.random()
         if pools.shared and self.excluded("protect-vs-view"):
             return
+        if not isinstance(region, ntshim.Reservation):
+            which = 0.0  # commit, decommit and discard are a Reservation's: an alloc() region or alias protects
         if which < 0.5:
             protect = self.protection()
             done = self.call(f"{item.label}.protect", region.protect, offset, length, protect)

@@ -40,6 +40,25 @@ def test_a_reservation_is_inaccessible_and_costs_nothing_until_committed() -> No
         assert rss_kib < GIB // 1024  # obviously not backed
 
 
+def test_only_a_reservation_commits_decommits_and_discards() -> None:
+    with ntshim.reserve(2 * PS) as r, ntshim.alloc(2 * PS) as plain:
+        assert type(r) is ntshim.Reservation and isinstance(r, ntshim.Region)
+        assert type(plain) is ntshim.Region and not isinstance(plain, ntshim.Reservation)
+        for name in ("commit", "decommit", "discard"):
+            assert callable(getattr(r, name)) and not hasattr(plain, name)
+        assert plain.committed(0) and plain.committed(PS)  # every page of an alloc() is committed
+
+
+def test_commit_state_is_the_mapping_s_own() -> None:
+    with ntshim.reserve(4 * PS) as r:
+        r.commit(PS, 2 * PS, "r")
+        assert r._commit_state(0, 4) == b"\x00\x01\x01\x00"
+        assert r._protections(0, 4) == bytes([0, 1, 1, 0])
+        r.decommit(2 * PS, PS)
+        assert r._commit_state(0, 4) == b"\x00\x01\x00\x00"
+        assert [r.committed(i * PS) for i in range(4)] == [False, True, False, False]
+
+
 def test_commit_in_parts_then_decommit_reads_zero_when_committed_again() -> None:
     with ntshim.reserve(GIB) as r:
         middle, end = GIB // 2, GIB - CHUNK
@@ -144,7 +163,8 @@ def test_discard_keeps_committed_pages_usable_and_watched_state_intact(backend: 
             assert v[PS] in (0x5A, 0)  # kept until the kernel reclaims it
             v[PS] = 1  # and still usable
         assert not plain.committed(5 * PS)
-    with ntshim.alloc(8 * PS, watch=True, backend=backend) as watched:
+    with ntshim.reserve(8 * PS, watch=True, backend=backend) as watched:
+        watched.commit(0, 8 * PS)
         with memoryview(watched) as v:
             v[2 * PS] = 9
         watched.discard(0, 8 * PS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import _core, _kernel
 from .._arguments import as_int
@@ -11,13 +11,14 @@ from ..writewatch.registry import check_backend
 from . import maps, placement, protection
 from .alias import Alias, alias
 from .limit import AddressSpaceLimit, limit_address_space
-from .region import Region
+from .region import Region, Reservation
 
 __all__ = [
     "PAGE_SIZE",
     "AddressSpaceLimit",
     "Alias",
     "Region",
+    "Reservation",
     "WriteWatch",
     "alias",
     "alloc",
@@ -27,6 +28,7 @@ __all__ = [
 ]
 
 PAGE_SIZE: int = _kernel.PAGE_SIZE
+_R = TypeVar("_R", bound=Region)
 
 
 def alloc(
@@ -55,7 +57,7 @@ def alloc(
     ``NTSHIM_WRITEWATCH_BACKEND`` environment variable, else the best available).
     """
     below = placement.bound_of(below, zero_bits, size)
-    return _map(size, protection.parse(protect), True, watch, backend, 0, below=below, shared=shared)
+    return _map(Region, size, protection.parse(protect), watch, backend, 0, below=below, shared=shared)
 
 
 def reserve(
@@ -68,10 +70,10 @@ def reserve(
     shared: bool = False,
     watch: bool = False,
     backend: str | None = None,
-) -> Region:
+) -> Reservation:
     """Reserve ``size`` bytes of address space (rounded up to whole pages) without
     committing memory: the pages are inaccessible and cost nothing until
-    :meth:`Region.commit` commits them, in whatever parts the program needs.
+    :meth:`Reservation.commit` commits them, in whatever parts the program needs.
 
     ``address`` places the reservation exactly there (page aligned); FileExistsError when
     anything is mapped in the way (nothing is ever replaced).  ``align`` (bytes, a power of
@@ -85,20 +87,21 @@ def reserve(
         raise ValueError(f"align must be a power of two (or 0 for a page), got {align}")
     at = placement.check_address(address, align)
     below = placement.bound_of(below, zero_bits, size, address)
-    return _map(size, 0, False, watch, backend, align, at, below=below, shared=shared)
+    return _map(Reservation, size, 0, watch, backend, align, at, below=below, shared=shared)
 
 
 def _map(
+    kind: type[_R],
     size: object,
     prot: int,
-    commit: bool,
     watch: object,
     backend: str | None,
     align: int,
     address: int = 0,
     below: object = None,
     shared: object = False,
-) -> Region:
+) -> _R:
+    """Map a ``kind`` of region: a Reservation starts with every page only reserved."""
     size = as_int(size, "size")
     if not isinstance(shared, bool):
         raise TypeError(f"shared must be a bool, not {type(shared).__name__}")
@@ -113,7 +116,7 @@ def _map(
     rounded = -(-size // PAGE_SIZE) * PAGE_SIZE
     bound = placement.check_below(below, rounded, address)
     region = placement.map_placed(
-        lambda at: Region(rounded, prot, address=at, align=align, shared=shared, committed=commit),
+        lambda at: kind(rounded, prot, address=at, align=align, shared=shared, committed=kind is not Reservation),
         rounded,
         address,
         align,

@@ -30,17 +30,9 @@ PAGE_SIZE = _kernel.PAGE_SIZE
 
 class Alias(Region):
     """A second view of another mapping's pages (see :func:`alias`).  Reading, writing,
-    ``protect`` (of this view only), write watches and ``close`` work as on any region;
-    ``commit``, ``decommit`` and ``discard`` are refused: the pages belong to the source."""
-
-    def commit(self, offset: int, size: int, protect: str = "rw") -> None:
-        raise ValueError("an alias shows another mapping's pages: commit them through the source")
-
-    def decommit(self, offset: int, size: int) -> None:
-        raise ValueError("an alias shows another mapping's pages: decommitting here would not free them")
-
-    def discard(self, offset: int, size: int) -> None:
-        raise ValueError("an alias shows another mapping's pages: discard them through the source")
+    ``protect`` (of this view only), write watches and ``close`` work as on any region; it
+    has no ``commit``, ``decommit`` or ``discard`` (it is no :class:`~ntshim.memory.Reservation`): the pages
+    belong to the source."""
 
 
 def _placeholder(size: int, below: int | None, address: int | None) -> Alias:

@@ -1,4 +1,5 @@
-"""Region: page-aligned anonymous memory with the buffer protocol, optionally write-watched."""
+"""Region: page-aligned anonymous memory with the buffer protocol, optionally write-watched; Reservation:
+a region whose pages are committed in parts."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ class Region(_core.Mapping):
     ``ctypes.c_char.from_buffer``) while every page is readable; buffers are read-only
     unless every page is writable.  ``close()`` (or its alias ``free()``, or leaving a
     ``with`` block) unmaps it; it raises BufferError while a buffer export is alive, and every
-    use of a closed region raises ValueError.  ``len(region)`` is its size in bytes.  Made by :func:`ntshim.memory.alloc`.
+    use of a closed region raises ValueError.  ``len(region)`` is its size in bytes.
+
+    Made by :func:`ntshim.memory.alloc`, every page committed; :func:`ntshim.memory.reserve`
+    makes a :class:`Reservation` (pages committed in parts), :func:`ntshim.memory.alias` an
+    :class:`~ntshim.memory.Alias`.
 
     A region allocated with ``watch=True`` (or passed to :func:`ntshim.memory.watch`) also
     answers the :class:`~ntshim.writewatch.WriteWatch` calls: ``dirty``, ``reset``,
@@ -44,7 +49,7 @@ class Region(_core.Mapping):
         with _live_lock:
             _live.add(self)
 
-    # ---- protection and commitment -----------------------------------------------------
+    # ---- protection ------------------------------------------------------------------------
 
     def protect(self, offset: int, size: int, protect: str | int) -> str:
         """Set the protection (``"rw"``, ``"r"``, ``"rx"``, ``"none"``, ..., or ``mmap.PROT_*``
@@ -81,45 +86,6 @@ class Region(_core.Mapping):
         first, _ = self._pages(offset, None)
         return bool(self._commit_state(first, 1)[0])
 
-    def commit(self, offset: int, size: int, protect: str | int = "rw") -> None:
-        """Commit whole pages with the given protection.  Pages committed for the first time,
-        or again after :meth:`decommit`, read as zero; pages already committed keep their
-        contents and take the new protection."""
-        prot = protection.parse(protect)
-        with self._lock:
-            first, count = self._pages(offset, size)
-            self._set_protection(first, count, prot, committed=True)
-
-    def decommit(self, offset: int, size: int) -> None:
-        """Give whole pages' memory back, keeping the address range reserved.  Their contents
-        are dropped (they read as zero once committed again) and, as on Windows, so is their
-        write-watch state."""
-        with self._lock:
-            first, count = self._pages(offset, size)
-            self._set_protection(first, count, 0, committed=False)
-            self._drop_contents(first, count)
-
-    def discard(self, offset: int, size: int) -> None:
-        """Tell the kernel the contents of these pages are no longer needed (Windows'
-        ``MEM_RESET``): until written again, a page may read as before or as zero.  Pages
-        only reserved are left alone.  A write-watched region is left alone too: freeing
-        its pages would change them behind the watch's back."""
-        with self._lock:
-            first, count = self._pages(offset, size)
-            if self._write_watch is not None or self._shared:
-                return  # (MADV_FREE applies to private memory only; "as before" is a valid answer)
-            ps = _kernel.PAGE_SIZE
-            state = self._commit_state(first, count)
-            page = 0
-            while page < count:  # each run of committed pages
-                start = state.find(1, page)
-                if start < 0:
-                    break
-                end = state.find(0, start)
-                end = count if end < 0 else end
-                _core.madvise(self.address + (first + start) * ps, (end - start) * ps, _core.MADV_FREE)
-                page = end
-
     def _require_committed(self, first: int, count: int) -> None:
         gap = self._commit_state(first, count).find(0)
         if gap >= 0:
@@ -132,16 +98,6 @@ class Region(_core.Mapping):
         watch = self._write_watch
         state = -1 if committed is None else int(committed)
         self._change_protection(first, count, prot, None if watch is None else watch._protect, state)
-
-    def _drop_contents(self, first: int, count: int) -> None:
-        if self._shared:  # unmapping shared pages keeps them in the shared object: remove them there
-            ps = _kernel.PAGE_SIZE
-            _core.madvise(self.address + first * ps, count * ps, _core.MADV_REMOVE)
-        if self._write_watch is not None:
-            self._write_watch._discard(first, count)
-        else:
-            ps = _kernel.PAGE_SIZE
-            _core.madvise(self.address + first * ps, count * ps, _core.MADV_DONTNEED)
 
     def _pages(self, offset: object, size: object) -> tuple[int, int]:
         if self.closed:
@@ -234,6 +190,62 @@ class Region(_core.Mapping):
             return "<Region freed>"
         watch = f" watched by {self._write_watch.backend}" if self._write_watch else ""
         return f"<Region {self.address:#x}+{self.size:#x}{watch}>"
+
+
+class Reservation(Region):
+    """Address space reserved by :func:`ntshim.memory.reserve`: every page starts only reserved
+    (inaccessible, costing nothing) and is committed, decommitted and discarded in parts, as
+    ``VirtualAlloc`` reservations are.  Everything else works as on any :class:`Region`
+    (``protect`` of committed pages, ``view``, write watches, ``close``)."""
+
+    def commit(self, offset: int, size: int, protect: str | int = "rw") -> None:
+        """Commit whole pages with the given protection.  Pages committed for the first time,
+        or again after :meth:`decommit`, read as zero; pages already committed keep their
+        contents and take the new protection."""
+        prot = protection.parse(protect)
+        with self._lock:
+            first, count = self._pages(offset, size)
+            self._set_protection(first, count, prot, committed=True)
+
+    def decommit(self, offset: int, size: int) -> None:
+        """Give whole pages' memory back, keeping the address range reserved.  Their contents
+        are dropped (they read as zero once committed again) and, as on Windows, so is their
+        write-watch state."""
+        with self._lock:
+            first, count = self._pages(offset, size)
+            self._set_protection(first, count, 0, committed=False)
+            self._drop_contents(first, count)
+
+    def discard(self, offset: int, size: int) -> None:
+        """Tell the kernel the contents of these pages are no longer needed (Windows'
+        ``MEM_RESET``): until written again, a page may read as before or as zero.  Pages
+        only reserved are left alone.  A write-watched region is left alone too: freeing
+        its pages would change them behind the watch's back."""
+        with self._lock:
+            first, count = self._pages(offset, size)
+            if self._write_watch is not None or self._shared:
+                return  # (MADV_FREE applies to private memory only; "as before" is a valid answer)
+            ps = _kernel.PAGE_SIZE
+            state = self._commit_state(first, count)
+            page = 0
+            while page < count:  # each run of committed pages
+                start = state.find(1, page)
+                if start < 0:
+                    break
+                end = state.find(0, start)
+                end = count if end < 0 else end
+                _core.madvise(self.address + (first + start) * ps, (end - start) * ps, _core.MADV_FREE)
+                page = end
+
+    def _drop_contents(self, first: int, count: int) -> None:
+        if self._shared:  # unmapping shared pages keeps them in the shared object: remove them there
+            ps = _kernel.PAGE_SIZE
+            _core.madvise(self.address + first * ps, count * ps, _core.MADV_REMOVE)
+        if self._write_watch is not None:
+            self._write_watch._discard(first, count)
+        else:
+            ps = _kernel.PAGE_SIZE
+            _core.madvise(self.address + first * ps, count * ps, _core.MADV_DONTNEED)
 
 
 # Every live region, so that fork() waits until no thread is halfway through changing one:

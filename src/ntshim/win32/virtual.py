@@ -1,7 +1,7 @@
 """VirtualAlloc, VirtualFree, VirtualProtect and VirtualQuery, as Windows has them, and the
 allocation work NtAllocateVirtualMemory shares with VirtualAlloc.
 
-Every allocation is an :class:`ntshim.memory.Region` (reserved, then committed in parts),
+Every allocation is an :class:`ntshim.memory.Reservation` (reserved, then committed in parts),
 which keeps the protection and commit state of each page; this module adds only what
 Windows keeps on top: the allocation table, the allocation's own protection (and with it
 the cache attribute every page carries), and the write-watch bookkeeping of
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .. import _kernel
 from ..errors import BackendUnavailable
-from ..memory import Region, maps, reserve
+from ..memory import Reservation, maps, reserve
 from ..memory import protection as linux_protection
 from ..memory.placement import zero_bits_limit
 from . import arguments
@@ -133,7 +133,7 @@ class MEMORY_BASIC_INFORMATION(ctypes.Structure):
 class Allocation:
     """One VirtualAlloc reservation: its region, and what Windows adds to the region's pages."""
 
-    region: Region
+    region: Reservation
     protect: int  # AllocationProtect: the protection asked for at reservation time
     # Pages that were dirty when VirtualProtect last covered them.  Windows keeps those
     # reported across a decommit (the test of Wine's test_write_watch that Wine marks
