@@ -6,7 +6,7 @@ fastest mechanism the running kernel offers, with honest fallbacks::
     import ntshim
     region = ntshim.alloc(1 << 20, watch=True)
     memoryview(region)[8192] = 1
-    region.dirty(reset=True).offsets     # array('Q', [8192])
+    region.write_watch.dirty(reset=True).offsets     # array('Q', [8192])
 
 NT synchronization objects (events, semaphores, mutexes, wait-any / wait-all across
 processes, abandoned mutexes) are in :mod:`ntshim.sync`; the Win32 API itself in

@@ -3,14 +3,13 @@ a region whose pages are committed in parts."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import weakref
 
 from .. import _core, _kernel
 from .._arguments import page_range
-from ..writewatch import DirtyPages, WriteWatch
+from ..writewatch import WriteWatch
 from . import protection
 
 
@@ -28,9 +27,9 @@ class Region(_core.Mapping):
     makes a :class:`Reservation` (pages committed in parts), :func:`ntshim.memory.alias` an
     :class:`~ntshim.memory.Alias`.
 
-    A region allocated with ``watch=True`` (or passed to :func:`ntshim.memory.watch`) also
-    answers the :class:`~ntshim.writewatch.WriteWatch` calls: ``dirty``, ``reset``,
-    ``writing``, ``granularity``, ``backend``.
+    A region allocated with ``watch=True`` (or passed to :func:`ntshim.memory.watch`, which
+    returns the watch) has its :class:`~ntshim.writewatch.WriteWatch` in ``write_watch``
+    (None otherwise): ``region.write_watch.dirty()``, ``.reset()``, ``.writing()``, ...
 
     Every method may be called from several threads.  The protection and commit state of
     each page are kept in the C base (``_core.Mapping``), which decides whether a buffer may
@@ -153,37 +152,6 @@ class Region(_core.Mapping):
     def write_watch(self) -> WriteWatch | None:
         """The WriteWatch tracking this region, or None."""
         return self._write_watch
-
-    def _watch(self) -> WriteWatch:
-        if self.closed:
-            raise ValueError("region is freed")
-        if self._write_watch is None:
-            raise ValueError("region is not watched: allocate it with watch=True or call ntshim.memory.watch(region)")
-        return self._write_watch
-
-    def dirty(
-        self, offset: int = 0, size: int | None = None, *, reset: bool = False, limit: int | None = None
-    ) -> DirtyPages:
-        """See :meth:`WriteWatch.dirty`."""
-        return self._watch().dirty(offset, size, reset=reset, limit=limit)
-
-    def reset(self, offset: int = 0, size: int | None = None) -> None:
-        """See :meth:`WriteWatch.reset`."""
-        self._watch().reset(offset, size)
-
-    def writing(self, offset: int = 0, size: int | None = None) -> contextlib.AbstractContextManager[memoryview]:
-        """See :meth:`WriteWatch.writing`."""
-        return self._watch().writing(offset, size)
-
-    @property
-    def granularity(self) -> int:
-        """Bytes per tracked page."""
-        return self._watch().granularity
-
-    @property
-    def backend(self) -> str:
-        """Name of the write-watch backend."""
-        return self._watch().backend
 
     def __repr__(self) -> str:
         if self.closed:

@@ -396,8 +396,8 @@ def VirtualProtect(address: int | None, size: int, new_protect: int, old_protect
             arguments.write(old, PAGE_NOACCESS)
             raise Win32Error(ERROR_INVALID_ADDRESS)
         region = allocation.region
-        if allocation.latched is not None:
-            for dirty_start, dirty_end in region.dirty(start - allocation.base, end - start).ranges():
+        if allocation.latched is not None and region.write_watch is not None:
+            for dirty_start, dirty_end in region.write_watch.dirty(start - allocation.base, end - start).ranges():
                 allocation.latched[dirty_start // PAGE : dirty_end // PAGE] = b"\x01" * ((dirty_end - dirty_start) // PAGE)
         try:
             region.protect(first * PAGE, count * PAGE, text)
