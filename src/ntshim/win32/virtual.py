@@ -435,7 +435,7 @@ def VirtualQuery(address: int | None) -> MEMORY_BASIC_INFORMATION | None:
             info.Type = MEM_PRIVATE
             return info
     found = maps.mapping_at(start)
-    if isinstance(found, maps.Mapping):  # someone else's mapping: the program, Python, a library
+    if isinstance(found, maps.MapsEntry):  # someone else's mapping: the program, Python, a library
         lo, hi, prot, _shared, path, *_ = found
         info.AllocationBase = lo
         info.AllocationProtect = info.Protect = _FROM_LINUX.get(prot, PAGE_NOACCESS)
