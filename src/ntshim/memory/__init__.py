@@ -52,8 +52,8 @@ def alloc(
     :func:`alias` can show them a second time at another address.
     ``protect``: ``"rw"`` (default), ``"r"``, ``"rx"``, ``"rwx"`` or ``"none"``, or the same as
     ``mmap.PROT_*`` bits (``mmap.PROT_READ | mmap.PROT_WRITE``).
-    ``watch=True`` tracks writes from the start (the region then answers ``dirty()``,
-    ``reset()``, ...); ``backend`` forces a write-watch backend by name (default: the
+    ``watch=True`` tracks writes from the start (the watch is ``region.write_watch``:
+    ``region.write_watch.dirty()``, ...); ``backend`` forces a write-watch backend by name (default: the
     ``NTSHIM_WRITEWATCH_BACKEND`` environment variable, else the best available).
     """
     below = placement.bound_of(below, zero_bits, size)

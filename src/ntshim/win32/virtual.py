@@ -1,12 +1,11 @@
 """VirtualAlloc, VirtualFree, VirtualProtect and VirtualQuery, as Windows has them, and the
 allocation work NtAllocateVirtualMemory shares with VirtualAlloc.
 
-Every allocation is an :class:`ntshim.memory.Reservation` (reserved, then committed in parts),
-which keeps the protection and commit state of each page; this module adds only what
-Windows keeps on top: the allocation table, the allocation's own protection (and with it
-the cache attribute every page carries), and the write-watch bookkeeping of
-``VirtualProtect``.  The
-behaviour follows Windows as Wine's conformance tests describe it
+Every allocation is an :class:`ntshim.memory.Reservation` (reserved, then committed in
+parts), which keeps the protection and commit state of each page; this module adds only
+what Windows keeps on top: the allocation table, the allocation's own protection (and with
+it the cache attribute every page carries), and the write-watch bookkeeping of
+``VirtualProtect``.  The behaviour follows Windows as Wine's conformance tests describe it
 (``dlls/kernel32/tests/virtual.c``); ``docs/win32.md`` lists what differs.
 
 Allocation fails with an NTSTATUS (:class:`NtStatusError`), as ntdll's does on Windows:
@@ -396,8 +395,9 @@ def VirtualProtect(address: int | None, size: int, new_protect: int, old_protect
             arguments.write(old, PAGE_NOACCESS)
             raise Win32Error(ERROR_INVALID_ADDRESS)
         region = allocation.region
-        if allocation.latched is not None and region.write_watch is not None:
-            for dirty_start, dirty_end in region.write_watch.dirty(start - allocation.base, end - start).ranges():
+        watch = region.write_watch
+        if allocation.latched is not None and watch is not None:
+            for dirty_start, dirty_end in watch.dirty(start - allocation.base, end - start).ranges():
                 allocation.latched[dirty_start // PAGE : dirty_end // PAGE] = b"\x01" * ((dirty_end - dirty_start) // PAGE)
         try:
             region.protect(first * PAGE, count * PAGE, text)
