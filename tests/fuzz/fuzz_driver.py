@@ -512,6 +512,8 @@ class Walker:
         which = rng.random()
         if pools.shared and self.excluded("protect-vs-view"):
             return
+        if not isinstance(region, ntshim.Reservation):
+            which = 0.0  # commit, decommit and discard are a Reservation's: an alloc() region or alias protects
         if which < 0.5:
             protect = self.protection()
             done = self.call(f"{item.label}.protect", region.protect, offset, length, protect)
@@ -553,9 +555,9 @@ class Walker:
         elif which == 2:
             self.call(f"{item.label}.repr", repr, region)
         elif which == 3:
-            self.call(f"{item.label}.backend", getattr, region, "backend")
+            self.call(f"{item.label}.write_watch.backend", lambda: (w := region.write_watch) and w.backend)
         elif which == 4:
-            self.call(f"{item.label}.granularity", getattr, region, "granularity")
+            self.call(f"{item.label}.write_watch.granularity", lambda: (w := region.write_watch) and w.granularity)
         else:
             self.call(f"{item.label}.write_watch", getattr, region, "write_watch")
 
@@ -564,10 +566,14 @@ class Walker:
         if picked is None:
             return
         pools, item = picked
-        self.watch_calls(item.label, item.obj, item.obj.size, exclusive=not pools.shared and item.kind == "region")
+        watch = item.obj.write_watch  # the one way a region reaches its watch
+        if watch is None:
+            return
+        exclusive = not pools.shared and item.kind == "region"
+        self.watch_calls(f"{item.label}.write_watch", watch, item.obj.size, exclusive=exclusive)
 
     def watch_calls(self, label: str, target: Any, size: int, exclusive: bool = False) -> None:
-        """dirty / reset / writing / close on a WriteWatch, or the same on a Region.
+        """dirty / reset / writing / close on a WriteWatch (``target``).
         ``exclusive``: only this thread writes the memory (no other thread, no other
         mapping of the same pages), so right after a reset nothing is dirty."""
         rng = self.rng
@@ -595,13 +601,10 @@ class Walker:
         elif which < 0.85:
             self.call(f"{label}.writing", self.writing_block, target, offset, length)
         else:
-            watch = target.write_watch if isinstance(target, ntshim.Region) else target
-            if watch is None:
-                return
             if which < 0.95:
-                self.call(f"{label}.kernel_writes_tracked", getattr, watch, "kernel_writes_tracked")
+                self.call(f"{label}.kernel_writes_tracked", getattr, target, "kernel_writes_tracked")
             else:
-                self.call(f"{label}.watch.close", watch.close)
+                self.call(f"{label}.watch.close", target.close)
 
     def expect_clean(self, label: str, target: Any, offset: Any, length: Any) -> None:
         again = self.call(f"{label}.dirty", target.dirty, offset, length)
@@ -694,12 +697,13 @@ class Walker:
             value = (view[i] + 1 + rng.randrange(255)) % 256
             view[i] = value
             self.expect(view[i] == value, f"{item.label}: byte {page * P + i:#x} reads {view[i]}, wrote {value}")
-        if region.write_watch is not None:
-            dirty = self.call(f"{item.label}.dirty", region.dirty, page * P, P)
+        watch = region.write_watch
+        if watch is not None:
+            dirty = self.call(f"{item.label}.write_watch.dirty", watch.dirty, page * P, P)
             if dirty is not FAILED:
                 self.expect(
                     list(dirty.offsets) == [page * P],
-                    f"{item.label} ({region.write_watch.backend}): page {page * P:#x} written, dirty says {dirty}",
+                    f"{item.label} ({watch.backend}): page {page * P:#x} written, dirty says {dirty}",
                 )
 
     def duel(self) -> None:
@@ -749,7 +753,9 @@ class Walker:
             elif action == "watch":
                 self.call(f"{label}.watch+close", self.watch_cycle, region, backend)
             elif action == "reset":
-                self.call(f"{label}.dirty", region.dirty, reset=True)
+                watch = region.write_watch
+                if watch is not None:
+                    self.call(f"{label}.write_watch.dirty", watch.dirty, reset=True)
             elif action == "free":
                 self.call(f"{label}.free", region.free)
             else:
@@ -1602,8 +1608,11 @@ def buffer_address(obj: Any, index: int) -> int:
 
 
 def in_child(watches: list[Any], objects: list[Any]) -> int:
-    """What a fork child does: query everything it inherited.  Its exit status."""
-    calls = [(watch.dirty, dropped_at_fork(watch)) for watch in watches] + [(obj.read, False) for obj in objects]
+    """What a fork child does: query everything it inherited (a region: its watch, if it has
+    one in the child).  Its exit status."""
+    watches = [watch.write_watch if isinstance(watch, ntshim.Region) else watch for watch in watches]
+    calls = [(watch.dirty, dropped_at_fork(watch)) for watch in watches if watch is not None]
+    calls += [(obj.read, False) for obj in objects]
     for call, may_refuse in calls:
         try:
             call()
@@ -1620,11 +1629,9 @@ def in_child(watches: list[Any], objects: list[Any]) -> int:
 
 
 def dropped_at_fork(watch: Any) -> bool:
-    """Whether a watch (or watched region) is one the kernel drops in a fork child, which
-    then raises RuntimeError as documented (WriteWatch.dirty)."""
-    if isinstance(watch, ntshim.Region):
-        watch = watch.write_watch
-    return watch is not None and not backend_class(watch.backend).survives_fork
+    """Whether a watch is one the kernel drops in a fork child, which then raises
+    RuntimeError as documented (WriteWatch.dirty)."""
+    return not backend_class(watch.backend).survives_fork
 
 
 #: Operations and their weights (calls per hundred, roughly).

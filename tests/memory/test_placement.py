@@ -108,7 +108,7 @@ def test_write_watch_on_placed_memory(backend: str) -> None:
     with ntshim.alloc(16 * PAGE_SIZE, below=4 * GiB, watch=True, backend=backend) as region:
         assert region.address + region.size <= 4 * GiB
         memoryview(region)[5 * PAGE_SIZE] = 1
-        assert list(region.dirty().offsets) == [5 * PAGE_SIZE]
+        assert list(region.write_watch.dirty().offsets) == [5 * PAGE_SIZE]
 
 
 def test_zero_size_is_refused() -> None:

@@ -64,7 +64,8 @@ def run_child(script: str, *args: object, timeout: float = 60) -> str:
 PROTECT_RACE = r"""
 backend = sys.argv[1] if sys.argv[1] != "-" else None
 npages, seconds = int(sys.argv[2]), float(sys.argv[3])
-region = alloc(npages * P, watch=backend is not None, backend=backend)
+region = reserve(npages * P, watch=backend is not None, backend=backend)  # decommitted below: a Reservation
+region.commit(0, npages * P)
 half = npages // 2 * P
 spans = [(0, npages * P), (0, half), (half, npages * P - half)]
 deadline = time.monotonic() + seconds

@@ -4,6 +4,7 @@ in /proc/self/maps) and attaching write watches."""
 from __future__ import annotations
 
 import ctypes
+import mmap
 from collections.abc import Callable
 
 import numpy
@@ -43,7 +44,7 @@ def bump(region: Region, page: int, at: int = 0) -> int:
 
 
 def dirty_pages(region: Region) -> list[int]:
-    return [offset // P for offset in region.dirty().offsets]
+    return [offset // P for offset in region.write_watch.dirty().offsets]
 
 
 # The user protection strings and what the kernel shows for them.
@@ -203,7 +204,7 @@ def test_free_is_idempotent_and_everything_after_it_raises() -> None:
     with pytest.raises(ValueError, match="freed"):
         region.protection(0)
     with pytest.raises(ValueError, match="freed"):
-        region.dirty()
+        ntshim.memory.watch(region)
     assert region.size == 2 * P
     assert "freed" in repr(region)
 
@@ -249,6 +250,28 @@ def test_free_of_watched_region_with_live_export_keeps_the_watch(backend: str) -
     assert region.write_watch is None
 
 
+def test_close_unmaps_and_free_is_its_alias() -> None:
+    region = alloc(2 * P)
+    assert Region.free is Region.close
+    mv = memoryview(region)
+    with pytest.raises(BufferError, match="buffer export"):
+        region.close()
+    mv.release()
+    region.close()
+    region.close()  # idempotent, as mmap.close()
+    assert region.closed
+    region.free()  # and so is its alias
+    with pytest.raises(ValueError, match="freed"):
+        memoryview(region)
+
+
+def test_len_is_the_size_in_bytes_even_once_closed() -> None:
+    region = alloc(P + 1)
+    assert len(region) == 2 * P == region.size
+    region.close()
+    assert len(region) == 2 * P
+
+
 # ---- protection ----------------------------------------------------------------------
 
 
@@ -268,6 +291,28 @@ def test_protect_sets_and_reports_protection(argument: str, reported: str, kerne
         assert region.protect(P, 2 * P, "rw") == reported
         assert kernel_prot(region, 1) == "rw-"
         assert kernel_prot(region, 2) == "rw-"
+
+
+@pytest.mark.parametrize(
+    ("bits", "reported", "kernel"),
+    [
+        (mmap.PROT_READ | mmap.PROT_WRITE, "rw", "rw-"),
+        (mmap.PROT_READ, "r", "r--"),
+        (0, "none", "---"),  # PROT_NONE (mmap has no name for it)
+        (mmap.PROT_READ | mmap.PROT_EXEC, "rx", "r-x"),
+        (mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC, "rwx", "rwx"),
+    ],
+)
+def test_protect_alloc_and_commit_accept_mmap_prot_bits(bits: int, reported: str, kernel: str) -> None:
+    with alloc(2 * P) as region:
+        assert region.protect(P, P, bits) == "rw"
+        assert region.protection(P) == reported and kernel_prot(region, 1) == kernel
+        assert region.protect(P, P, "rw") == reported
+    with alloc(P, protect=bits) as region:
+        assert region.protection(0) == reported and kernel_prot(region, 0) == kernel
+    with ntshim.memory.reserve(2 * P) as reservation:
+        reservation.commit(P, P, bits)
+        assert reservation.protection(P) == reported and kernel_prot(reservation, 1) == kernel
 
 
 def test_protect_returns_previous_protection_of_first_page() -> None:
@@ -383,7 +428,7 @@ def test_protect_refused_with_live_export_on_watched_region_keeps_tracking(backe
 
 def test_watched_region_protect_reaches_the_kernel(backend: str) -> None:
     region = alloc(4 * P, watch=True, backend=backend)
-    assert region.backend == backend
+    assert region.write_watch.backend == backend
     bump(region, 0)
     assert region.protect(P, P, "r") == "rw"
     assert kernel_prot(region, 1) == "r--"
@@ -456,7 +501,7 @@ def test_protect_keeps_dirty_state_exact(backend: str) -> None:
         region.protect(0, 6 * P, "rw")
         assert dirty_pages(region) == [1, 2, 3]  # no write lost, none invented
         assert [kernel_prot(region, i) for i in (1, 2, 3)] == ["rw-"] * 3
-        assert region.dirty(reset=True).offsets.tolist() == [P, 2 * P, 3 * P]
+        assert region.write_watch.dirty(reset=True).offsets.tolist() == [P, 2 * P, 3 * P]
         assert dirty_pages(region) == []
         bump(region, 5)
         assert dirty_pages(region) == [5]
@@ -477,7 +522,7 @@ def test_alloc_read_only_watched_region(backend: str) -> None:
             assert not mv.readonly
             mv[2 * P + 9] = 1
         assert dirty_pages(region) == [2]
-        assert region.dirty(reset=True).offsets.tolist() == [2 * P]
+        assert region.write_watch.dirty(reset=True).offsets.tolist() == [2 * P]
         assert dirty_pages(region) == []
 
 
@@ -494,19 +539,12 @@ def test_alloc_with_protect_none(backend: str) -> None:
 # ---- attaching a watch later -------------------------------------------------------
 
 
-def test_unwatched_region_refuses_the_watch_calls() -> None:
+def test_a_region_reaches_its_watch_one_way_only() -> None:
     with alloc(2 * P) as region:
-        assert region.write_watch is None
-        with pytest.raises(ValueError, match="not watched"):
-            region.dirty()
-        with pytest.raises(ValueError, match="not watched"):
-            region.reset()
-        with pytest.raises(ValueError, match="not watched"):
-            region.granularity
-        with pytest.raises(ValueError, match="not watched"):
-            region.backend
-        with pytest.raises(ValueError, match="not watched"), region.writing():
-            pass
+        assert region.write_watch is None  # unwatched
+        # The watch calls are the WriteWatch's (region.write_watch, or ntshim.watch(region)).
+        for name in ("dirty", "reset", "writing", "granularity", "backend"):
+            assert not hasattr(region, name)
         # The region itself still works.
         bump(region, 1)
         assert "watched" not in repr(region)
@@ -518,12 +556,12 @@ def test_watch_attaches_to_a_region_and_close_detaches(backend: str) -> None:
         watch = ntshim.memory.watch(region, backend=backend)
         assert region.write_watch is watch
         assert watch.address == region.address and watch.size == region.size
-        assert region.backend == backend == watch.backend
-        assert region.granularity == P
+        assert region.write_watch.backend == backend == watch.backend
+        assert region.write_watch.granularity == P
         assert dirty_pages(region) == []
         bump(region, 3)
         assert dirty_pages(region) == [3]
-        assert watch.dirty() == region.dirty()
+        assert watch.dirty() == region.write_watch.dirty()
         with pytest.raises(ValueError, match="already watched"):
             ntshim.memory.watch(region, backend=backend)
         with pytest.raises(ValueError, match="already watched"):
@@ -533,8 +571,8 @@ def test_watch_attaches_to_a_region_and_close_detaches(backend: str) -> None:
         watch.close()
         assert region.write_watch is None
         assert watch.closed
-        with pytest.raises(ValueError, match="not watched"):
-            region.dirty()
+        with pytest.raises(ValueError, match="closed"):
+            watch.dirty()
         assert [kernel_prot(region, i) for i in range(4)] == ["rw-"] * 4
         # It can be watched again, from a clean slate.
         again = ntshim.memory.watch(region, backend=backend)

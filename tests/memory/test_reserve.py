@@ -40,6 +40,25 @@ def test_a_reservation_is_inaccessible_and_costs_nothing_until_committed() -> No
         assert rss_kib < GIB // 1024  # obviously not backed
 
 
+def test_only_a_reservation_commits_decommits_and_discards() -> None:
+    with ntshim.reserve(2 * PS) as r, ntshim.alloc(2 * PS) as plain:
+        assert type(r) is ntshim.Reservation and isinstance(r, ntshim.Region)
+        assert type(plain) is ntshim.Region and not isinstance(plain, ntshim.Reservation)
+        for name in ("commit", "decommit", "discard"):
+            assert callable(getattr(r, name)) and not hasattr(plain, name)
+        assert plain.committed(0) and plain.committed(PS)  # every page of an alloc() is committed
+
+
+def test_commit_state_is_the_mapping_s_own() -> None:
+    with ntshim.reserve(4 * PS) as r:
+        r.commit(PS, 2 * PS, "r")
+        assert r._commit_state(0, 4) == b"\x00\x01\x01\x00"
+        assert r._protections(0, 4) == bytes([0, 1, 1, 0])
+        r.decommit(2 * PS, PS)
+        assert r._commit_state(0, 4) == b"\x00\x01\x00\x00"
+        assert [r.committed(i * PS) for i in range(4)] == [False, True, False, False]
+
+
 def test_commit_in_parts_then_decommit_reads_zero_when_committed_again() -> None:
     with ntshim.reserve(GIB) as r:
         middle, end = GIB // 2, GIB - CHUNK
@@ -91,11 +110,11 @@ def test_align() -> None:
 
 def test_watched_reservation_tracks_committed_pages_and_decommit_forgets(backend: str) -> None:
     with ntshim.reserve(GIB, watch=True, backend=backend) as r:
-        assert len(r.dirty()) == 0
+        assert len(r.write_watch.dirty()) == 0
         middle, end = GIB // 2, GIB - CHUNK
         for offset in (0, middle, end):
             r.commit(offset, CHUNK)
-        assert len(r.dirty()) == 0  # committing is not writing
+        assert len(r.write_watch.dirty()) == 0  # committing is not writing
         for offset in (0, middle, end):
             with r.view(offset, CHUNK) as v:
                 v[PS + 1] = 1
@@ -103,18 +122,18 @@ def test_watched_reservation_tracks_committed_pages_and_decommit_forgets(backend
         v[-1] = 9  # the very last byte of the reservation
         v.release()
         expected = [1, middle // PS + 1, end // PS + 1, GIB // PS - 1]
-        assert pages(r.dirty()) == expected
-        assert pages(r.dirty(GIB - PS, PS)) == [GIB // PS - 1]
+        assert pages(r.write_watch.dirty()) == expected
+        assert pages(r.write_watch.dirty(GIB - PS, PS)) == [GIB // PS - 1]
         # Decommit: the pages' write state goes with their contents (as on Windows) ...
         r.decommit(middle, CHUNK)
-        assert pages(r.dirty()) == [1, end // PS + 1, GIB // PS - 1]
+        assert pages(r.write_watch.dirty()) == [1, end // PS + 1, GIB // PS - 1]
         # ... and committed again they start clean and zero, and are tracked again.
         r.commit(middle, CHUNK)
-        assert pages(r.dirty(middle, CHUNK)) == []
+        assert pages(r.write_watch.dirty(middle, CHUNK)) == []
         with r.view(middle, CHUNK) as v:
             assert v[PS + 1] == 0
             v[3 * PS] = 5
-        assert pages(r.dirty(middle, CHUNK)) == [middle // PS + 3]
+        assert pages(r.write_watch.dirty(middle, CHUNK)) == [middle // PS + 3]
 
 
 def test_decommitting_pages_written_under_a_reset_cycle(backend: str) -> None:
@@ -123,15 +142,15 @@ def test_decommitting_pages_written_under_a_reset_cycle(backend: str) -> None:
         r.commit(0, 64 * PS)
         with r.view() as v:
             v[10 * PS] = 1
-        r.reset()
+        r.write_watch.reset()
         with r.view() as v:
             v[11 * PS] = 1
         r.decommit(8 * PS, 8 * PS)
         r.commit(8 * PS, 8 * PS)
         with r.view() as v:
             v[12 * PS] = 1
-        assert pages(r.dirty(reset=True)) == [12]
-        assert pages(r.dirty()) == []
+        assert pages(r.write_watch.dirty(reset=True)) == [12]
+        assert pages(r.write_watch.dirty()) == []
 
 
 def test_discard_keeps_committed_pages_usable_and_watched_state_intact(backend: str) -> None:
@@ -144,11 +163,12 @@ def test_discard_keeps_committed_pages_usable_and_watched_state_intact(backend: 
             assert v[PS] in (0x5A, 0)  # kept until the kernel reclaims it
             v[PS] = 1  # and still usable
         assert not plain.committed(5 * PS)
-    with ntshim.alloc(8 * PS, watch=True, backend=backend) as watched:
+    with ntshim.reserve(8 * PS, watch=True, backend=backend) as watched:
+        watched.commit(0, 8 * PS)
         with memoryview(watched) as v:
             v[2 * PS] = 9
         watched.discard(0, 8 * PS)
-        assert pages(watched.dirty()) == [2]
+        assert pages(watched.write_watch.dirty()) == [2]
         with memoryview(watched) as v:
             assert v[2 * PS] == 9  # nothing is freed under a watch
 

@@ -266,4 +266,4 @@ def test_the_backend_is_the_one_the_environment_names(watch_backend: str, base: 
 
     assert os.environ["NTSHIM_WRITEWATCH_BACKEND"] == watch_backend
     allocation = find(base)
-    assert allocation is not None and allocation.region.backend == watch_backend
+    assert allocation is not None and allocation.region.write_watch.backend == watch_backend

@@ -33,7 +33,7 @@ def bump(region: Region, page: int) -> None:
 
 
 def dirty_pages(region: Region) -> list[int]:
-    return [offset // P for offset in region.dirty().offsets]
+    return [offset // P for offset in region.write_watch.dirty().offsets]
 
 
 def assert_unchanged(region: Region) -> None:
@@ -46,14 +46,14 @@ def assert_unchanged(region: Region) -> None:
 def watched(backend: str) -> Iterator[Region]:
     """A watched region of NPAGES pages with exactly the pages WRITTEN written."""
     region = alloc(SIZE, watch=True, backend=backend)
-    assert region.backend == backend
+    assert region.write_watch.backend == backend
     for page in WRITTEN:
         bump(region, page)
     assert dirty_pages(region) == WRITTEN
     yield region
     # The state is still intact at the end, and resetting it works.
     assert dirty_pages(region) == WRITTEN
-    assert [o // P for o in region.dirty(reset=True).offsets] == WRITTEN
+    assert [o // P for o in region.write_watch.dirty(reset=True).offsets] == WRITTEN
     assert dirty_pages(region) == []
     region.free()
 
@@ -83,7 +83,9 @@ def anon_mmap() -> Iterator[mmap.mmap]:
         ({"size": P, "protect": "w"}, ValueError, "write without read"),
         ({"size": P, "protect": "wx"}, ValueError, "write without read"),
         ({"size": P, "protect": "rr"}, ValueError, "protect must be letters"),
-        ({"size": P, "protect": 5}, TypeError, "protect must be a str"),
+        ({"size": P, "protect": 5.0}, TypeError, "protect must be a str"),
+        ({"size": P, "protect": 8}, ValueError, "mmap.PROT_READ, PROT_WRITE and PROT_EXEC bits"),
+        ({"size": P, "protect": 2}, ValueError, "write without read"),
         ({"size": P, "protect": None}, TypeError, "protect must be a str"),
         ({"size": P, "watch": "yes"}, TypeError, "watch must be a bool, not str"),
         ({"size": P, "watch": 1}, TypeError, "watch must be a bool, not int"),
@@ -129,7 +131,7 @@ def test_alloc_bogus_backend_from_environment(watched: Region, backend: str, mon
         ntshim.memory.watch(bytearray(P))
     # An explicit backend= wins over the environment.
     with alloc(P, watch=True, backend=backend) as region:
-        assert region.backend == backend
+        assert region.write_watch.backend == backend
     assert_unchanged(watched)
 
 
@@ -176,15 +178,15 @@ RANGE_IDS = [f"{o!r}+{s!r}" for o, s, _, _ in BAD_RANGES]
 
 def _call(region: Region, method: str, offset: Any, size: Any) -> None:
     if method == "dirty":
-        region.dirty(offset, size)
+        region.write_watch.dirty(offset, size)
     elif method == "dirty-reset":
-        region.dirty(offset, size, reset=True)
+        region.write_watch.dirty(offset, size, reset=True)
     elif method == "dirty-limit":
-        region.dirty(offset, size, reset=True, limit=1)
+        region.write_watch.dirty(offset, size, reset=True, limit=1)
     elif method == "reset":
-        region.reset(offset, size)
+        region.write_watch.reset(offset, size)
     elif method == "writing":
-        with region.writing(offset, size):
+        with region.write_watch.writing(offset, size):
             pytest.fail("writing() entered its block with a bad range")
     elif method == "protect":
         region.protect(offset, size, "r")
@@ -248,16 +250,16 @@ def test_bad_offset_for_protection(watched: Region, offset: Any, exc: type[Excep
 @pytest.mark.parametrize("reset", [False, True])
 def test_bad_limit(watched: Region, limit: Any, exc: type[Exception], match: str, reset: bool) -> None:
     with pytest.raises(exc, match=match):
-        watched.dirty(reset=reset, limit=limit)
+        watched.write_watch.dirty(reset=reset, limit=limit)
     assert_unchanged(watched)
 
 
 @pytest.mark.parametrize("reset", ["yes", 1, 0, None, 1.0])
 def test_bad_reset_flag(watched: Region, reset: Any) -> None:
     with pytest.raises(TypeError, match=f"reset must be a bool, not {type(reset).__name__}"):
-        watched.dirty(reset=reset)
+        watched.write_watch.dirty(reset=reset)
     with pytest.raises(TypeError, match="reset must be a bool"):
-        watched.dirty(0, P, reset=reset, limit=1)
+        watched.write_watch.dirty(0, P, reset=reset, limit=1)
     assert_unchanged(watched)
 
 
@@ -269,9 +271,14 @@ def test_bad_reset_flag(watched: Region, reset: Any) -> None:
         ("wx", ValueError, "write without read"),
         ("rwrw", ValueError, "protect must be letters"),
         ("readonly", ValueError, "protect must be letters"),
-        (5, TypeError, "protect must be a str"),
+        (5.0, TypeError, "protect must be a str"),
         (None, TypeError, "protect must be a str"),
         (b"rw", TypeError, "protect must be a str"),
+        (True, TypeError, "protect must be a str"),
+        (-1, ValueError, "PROT_READ, PROT_WRITE and PROT_EXEC bits"),
+        (0x10, ValueError, "PROT_READ, PROT_WRITE and PROT_EXEC bits"),
+        (mmap.PROT_WRITE, ValueError, "write without read"),
+        (mmap.PROT_WRITE | mmap.PROT_EXEC, ValueError, "write without read"),
     ],
 )
 def test_bad_protection_string(watched: Region, protect: Any, exc: type[Exception], match: str) -> None:
@@ -283,9 +290,9 @@ def test_bad_protection_string(watched: Region, protect: Any, exc: type[Exceptio
 
 
 def test_large_limit_is_fine(watched: Region) -> None:
-    assert [o // P for o in watched.dirty(limit=1 << 40).offsets] == WRITTEN
-    assert [o // P for o in watched.dirty(limit=numpy.int64(2)).offsets] == WRITTEN[:2]
-    assert [o // P for o in watched.dirty(P, limit=len(WRITTEN)).offsets] == WRITTEN
+    assert [o // P for o in watched.write_watch.dirty(limit=1 << 40).offsets] == WRITTEN
+    assert [o // P for o in watched.write_watch.dirty(limit=numpy.int64(2)).offsets] == WRITTEN[:2]
+    assert [o // P for o in watched.write_watch.dirty(P, limit=len(WRITTEN)).offsets] == WRITTEN
     assert_unchanged(watched)
 
 
@@ -299,7 +306,7 @@ def test_huge_limit_means_no_limit_or_is_refused_clearly(watched: Region, limit:
     absurd one is acceptable too, but only with a ValueError naming ``limit``; a wrapped
     limit (2**64+1 read as 1) or a C-level OverflowError is not."""
     try:
-        result = watched.dirty(limit=limit)
+        result = watched.write_watch.dirty(limit=limit)
     except ValueError as e:
         assert "limit" in str(e)
     else:
@@ -317,22 +324,22 @@ def test_freed_region(watched: Region, backend: str) -> None:
     bump(region, 2)
     region.free()
     for call in (
-        lambda: region.dirty(),
-        lambda: region.dirty(0, P, reset=True, limit=1),
-        lambda: region.reset(),
-        lambda: region.writing().__enter__(),
         lambda: region.protect(0, P, "r"),
         lambda: region.protection(0),
-        lambda: region.granularity,
-        lambda: region.backend,
         lambda: region.address,
     ):
         with pytest.raises(ValueError, match="freed"):
             call()
-    # The watch the region had is closed with it.
-    assert ww.closed
-    with pytest.raises(ValueError, match="closed"):
-        ww.dirty()
+    # The watch the region had is closed with it, and every watch call says so.
+    assert ww.closed and region.write_watch is None
+    for watch_call in (
+        lambda: ww.dirty(),
+        lambda: ww.dirty(0, P, reset=True, limit=1),
+        lambda: ww.reset(),
+        lambda: ww.writing().__enter__(),
+    ):
+        with pytest.raises(ValueError, match="closed"):
+            watch_call()
     with pytest.raises(ValueError, match="freed"):
         ntshim.memory.watch(region, backend=backend)
     region.free()  # twice is fine
@@ -376,8 +383,7 @@ def test_closed_write_watch_of_a_region(watched: Region, backend: str) -> None:
         ww.reset()
     with pytest.raises(ValueError, match="closed"), ww.writing():
         pytest.fail("writing() entered its block on a closed watch")
-    with pytest.raises(ValueError, match="not watched"):
-        region.dirty()
+    assert region.write_watch is None  # the region no longer reaches it
     bump(region, 1)  # the region is plain memory again
     region.free()
     assert_unchanged(watched)
@@ -462,7 +468,7 @@ def test_watch_bad_backend_argument(watched: Region, anon_mmap: mmap.mmap) -> No
     with pytest.raises(TypeError, match="backend must be a str"):
         ntshim.memory.watch(anon_mmap, backend=3)  # type: ignore[arg-type]
     # The refused calls did not claim the memory: it can be watched now.
-    ww = ntshim.memory.watch(anon_mmap, backend=watched.backend)
+    ww = ntshim.memory.watch(anon_mmap, backend=watched.write_watch.backend)
     anon_mmap[0] = 1
     assert ww.dirty().offsets.tolist() == [0]
     ww.close()
@@ -596,7 +602,7 @@ def test_dirty_with_arbitrary_arguments(backend: str, written: set[int], calls: 
             assert before == sorted(state)
             expected = _expected(state, offset, size, limit, reset)
             try:
-                result = region.dirty(offset, size, reset=reset, limit=limit)
+                result = region.write_watch.dirty(offset, size, reset=reset, limit=limit)
             except (ValueError, TypeError) as e:
                 assert expected is None, f"valid arguments {offset!r}, {size!r}, {limit!r}, {reset!r} refused: {e!r}"
                 assert dirty_pages(region) == before

@@ -166,10 +166,10 @@ def test_environment_variable_chooses_the_backend(backend: str, monkeypatch: pyt
     with ntshim.memory.watch(bytearray(4 * PS)) as w:
         assert w.backend == backend
     with ntshim.alloc(PS, watch=True) as r:
-        assert r.backend == backend
+        assert r.write_watch.backend == backend
 
 
 def test_default_is_the_best_available_backend() -> None:
     best = next(b.backend for b in ntshim.backends() if b.available)
     with ntshim.alloc(PS, watch=True) as r:
-        assert r.backend == best
+        assert r.write_watch.backend == best

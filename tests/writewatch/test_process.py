@@ -53,7 +53,7 @@ def test_forked_child_keeps_running_and_the_parent_keeps_its_state(backend: str)
                 for page in range(16):  # the child writes everywhere, at full speed or tracked
                     view[page * PS + 1] = 7
             try:
-                seen = pages(region.dirty())
+                seen = pages(region.write_watch.dirty())
             except RuntimeError as e:
                 return {"tracked": False, "message": str(e)}
             return {"tracked": True, "pages": seen}
@@ -66,7 +66,7 @@ def test_forked_child_keeps_running_and_the_parent_keeps_its_state(backend: str)
         else:
             assert not result["tracked"] and "forked child" in result["message"]
         # The child's writes went to its own copy of the memory: the parent saw one write.
-        assert pages(region.dirty()) == [2]
+        assert pages(region.write_watch.dirty()) == [2]
         with memoryview(region) as view:
             assert view[PS + 1] == 0
 
@@ -83,7 +83,7 @@ def _crash_script(enable_faulthandler_first: bool) -> str:
             faulthandler.enable()  # installed above ours: the next watch puts ours back on top
             second = ntshim.alloc(4096, watch=True, backend="mprotect")
         memoryview(first)[4096] = 1  # a fault the handler owns
-        assert list(first.dirty()) == [4096], list(first.dirty())
+        assert list(first.write_watch.dirty()) == [4096], list(first.write_watch.dirty())
         print("tracked", flush=True)
         ctypes.string_at(0)  # a real crash
         """
@@ -146,8 +146,8 @@ def test_uffd_async_works_for_an_unprivileged_user() -> None:
                 "available": True,
                 "uid": os.geteuid(),
                 "kernel_faults": ntshim._kernel.userfaultfd().kernel_faults,
-                "pages": pages(region.dirty(reset=True)),
-                "after": pages(region.dirty()),
+                "pages": pages(region.write_watch.dirty(reset=True)),
+                "after": pages(region.write_watch.dirty()),
             }
 
     result = run_in_child(child)
@@ -181,9 +181,9 @@ def test_uffd_sync_limited_to_user_faults_needs_the_writing_window() -> None:
                     plain = "succeeded"
                 except OSError as e:
                     plain = errno.errorcode[e.errno]
-            with region.writing(5 * PS, PS) as window:
+            with region.write_watch.writing(5 * PS, PS) as window:
                 got = os.readv(read_end, [window])
-            return {"tracked": tracked, "plain": plain, "got": got, "pages": pages(region.dirty())}
+            return {"tracked": tracked, "plain": plain, "got": got, "pages": pages(region.write_watch.dirty())}
 
     result = run_in_child(child)
     # The failed read consumed nothing: the window's read gets all eight bytes.

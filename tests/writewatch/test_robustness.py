@@ -395,7 +395,7 @@ def test_fork_while_another_thread_queries(kind: str) -> None:
         stop = False
         def query():
             while not stop:
-                region.dirty(reset=True)
+                region.write_watch.dirty(reset=True)
         thread = threading.Thread(target=query)
         thread.start()
         time.sleep(0.05)
@@ -404,7 +404,7 @@ def test_fork_while_another_thread_queries(kind: str) -> None:
             pid = os.fork()
             if pid == 0:
                 signal.alarm(5)  # a child that hangs dies of SIGALRM
-                region.dirty(reset=True)
+                region.write_watch.dirty(reset=True)
                 os._exit(0)
             _, status = os.waitpid(pid, 0)
             if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGALRM:
@@ -459,16 +459,16 @@ def test_writes_to_a_watched_page_inside_fork(kind: str, tmp_path: Path) -> None
         region = ntshim.alloc(4 * 4096, watch=True, backend={kind!r})
         library.atfork_target(ctypes.c_void_p(region.write_watch.address))
         for _ in range(20):
-            region.dirty(reset=True)
+            region.write_watch.dirty(reset=True)
             pid = os.fork()
             if pid == 0:
                 try:
-                    os._exit(0 if list(region.dirty()) == [0] else 3)
+                    os._exit(0 if list(region.write_watch.dirty()) == [0] else 3)
                 except RuntimeError:  # the userfaultfd backends do not track a child
                     os._exit(0)
             _, status = os.waitpid(pid, 0)
             assert status == 0, status
-            assert list(region.dirty()) == [0]
+            assert list(region.write_watch.dirty()) == [0]
         print("forked")
         """,
         60,
@@ -502,7 +502,7 @@ def test_a_userfaultfd_tracker_refuses_a_forked_child() -> None:
         _, status = os.waitpid(pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
         memoryview(region)[0] = 1
-        assert list(region.dirty()) == [0]
+        assert list(region.write_watch.dirty()) == [0]
         print("refused")
         """,
         timeout=60,
@@ -585,7 +585,7 @@ def test_another_librarys_write_barrier_gets_every_fault(barrier_library: Path, 
             barrier.barrier_store(64, i)  # the same address every time
             assert barrier.barrier_faults() == i + 1, (i, barrier.barrier_faults())
             memoryview(region)[(i % 8) * 4096] = 1
-            assert list(region.dirty(reset=True)) == [(i % 8) * 4096]
+            assert list(region.write_watch.dirty(reset=True)) == [(i % 8) * 4096]
         print("barrier faults:", barrier.barrier_faults())
         """,
         60,
@@ -663,7 +663,7 @@ def test_a_handler_that_leaves_by_siglongjmp_gets_every_fault(tmp_path: Path, fa
         for i in range(100):
             faulted += probe.probe_writable(i) == 0
             memoryview(region)[i] = 1
-        assert list(region.dirty()) == [0]
+        assert list(region.write_watch.dirty()) == [0]
         print("probes that faulted:", faulted)
         """,
         60,

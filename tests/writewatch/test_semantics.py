@@ -36,25 +36,25 @@ def pages(dirty: ntshim.DirtyPages) -> list[int]:
 
 
 def test_fresh_memory_is_clean_and_backend_is_the_one_asked_for(region: ntshim.Region, backend: str) -> None:
-    assert region.backend == backend
-    assert region.granularity == PS
-    assert len(region.dirty()) == 0
+    assert region.write_watch.backend == backend
+    assert region.write_watch.granularity == PS
+    assert len(region.write_watch.dirty()) == 0
 
 
 def test_a_write_marks_exactly_its_page(region: ntshim.Region) -> None:
     touch(region, 5 * PS + 1234)
-    assert pages(region.dirty()) == [5]
+    assert pages(region.write_watch.dirty()) == [5]
 
 
 def test_results_are_ascending_whatever_the_write_order(region: ntshim.Region) -> None:
     written = [40, 3, 63, 0, 17, 18, 19, 2]
     touch(region, *(p * PS + 7 for p in written))
-    assert pages(region.dirty()) == sorted(written)
+    assert pages(region.write_watch.dirty()) == sorted(written)
 
 
 def test_dirty_pages_forms(region: ntshim.Region) -> None:
     touch(region, *(p * PS for p in (1, 2, 3, 7, 9, 10)))
-    d = region.dirty()
+    d = region.write_watch.dirty()
     assert len(d) == 6 and bool(d)
     assert isinstance(d.offsets, array) and d.offsets.typecode == "Q"
     assert list(d.offsets) == [p * PS for p in (1, 2, 3, 7, 9, 10)]
@@ -68,47 +68,47 @@ def test_dirty_pages_forms(region: ntshim.Region) -> None:
 def test_a_write_straddling_two_pages_marks_both(region: ntshim.Region) -> None:
     with memoryview(region) as view:
         view[3 * PS - 4 : 3 * PS + 4] = b"\xff" * 8
-    assert pages(region.dirty()) == [2, 3]
+    assert pages(region.write_watch.dirty()) == [2, 3]
 
 
 def test_reset_forgets_and_later_writes_are_seen_again(region: ntshim.Region) -> None:
     touch(region, 4 * PS)
-    assert pages(region.dirty(reset=True)) == [4]
-    assert pages(region.dirty()) == []
+    assert pages(region.write_watch.dirty(reset=True)) == [4]
+    assert pages(region.write_watch.dirty()) == []
     touch(region, 4 * PS)
-    assert pages(region.dirty()) == [4]
-    region.reset()
-    assert pages(region.dirty()) == []
+    assert pages(region.write_watch.dirty()) == [4]
+    region.write_watch.reset()
+    assert pages(region.write_watch.dirty()) == []
 
 
 def test_queries_without_reset_do_not_reset(region: ntshim.Region) -> None:
     touch(region, 8 * PS)
     for _ in range(3):
-        assert pages(region.dirty()) == [8]
+        assert pages(region.write_watch.dirty()) == [8]
 
 
 def test_sub_range_queries_and_resets_touch_only_that_range(region: ntshim.Region) -> None:
     written = [1, 10, 11, 20, 30, 50]
     touch(region, *(p * PS for p in written))
-    part = region.dirty(10 * PS, 11 * PS)  # pages 10..20
+    part = region.write_watch.dirty(10 * PS, 11 * PS)  # pages 10..20
     assert pages(part) == [10, 11, 20]  # offsets still count from the region start
-    assert pages(region.dirty(10 * PS, 11 * PS, reset=True)) == [10, 11, 20]
-    assert pages(region.dirty()) == [1, 30, 50]
-    region.reset(30 * PS, PS)
-    assert pages(region.dirty()) == [1, 50]
+    assert pages(region.write_watch.dirty(10 * PS, 11 * PS, reset=True)) == [10, 11, 20]
+    assert pages(region.write_watch.dirty()) == [1, 30, 50]
+    region.write_watch.reset(30 * PS, PS)
+    assert pages(region.write_watch.dirty()) == [1, 50]
     # A size that is not whole pages covers the page it ends in.
-    assert pages(region.dirty(50 * PS, 1)) == [50]
+    assert pages(region.write_watch.dirty(50 * PS, 1)) == [50]
 
 
 def test_limit_returns_and_resets_only_the_first_pages(region: ntshim.Region) -> None:
     written = [2, 3, 4, 9, 33, 60]
     touch(region, *(p * PS for p in written))
-    assert pages(region.dirty(limit=2)) == [2, 3]
-    assert pages(region.dirty()) == written  # no reset without reset=True
-    assert pages(region.dirty(reset=True, limit=4)) == [2, 3, 4, 9]
-    assert pages(region.dirty()) == [33, 60]
-    assert pages(region.dirty(reset=True, limit=100)) == [33, 60]
-    assert pages(region.dirty()) == []
+    assert pages(region.write_watch.dirty(limit=2)) == [2, 3]
+    assert pages(region.write_watch.dirty()) == written  # no reset without reset=True
+    assert pages(region.write_watch.dirty(reset=True, limit=4)) == [2, 3, 4, 9]
+    assert pages(region.write_watch.dirty()) == [33, 60]
+    assert pages(region.write_watch.dirty(reset=True, limit=100)) == [33, 60]
+    assert pages(region.write_watch.dirty()) == []
 
 
 def test_protection_changes_neither_lose_nor_invent_dirty_state(region: ntshim.Region) -> None:
@@ -116,23 +116,23 @@ def test_protection_changes_neither_lose_nor_invent_dirty_state(region: ntshim.R
     for prot in ("r", "none", "rw", "rwx", "r", "rw"):
         region.protect(0, 8 * PS, prot)
         if prot != "none":
-            assert pages(region.dirty(0, 8 * PS)) == [1, 6], prot
+            assert pages(region.write_watch.dirty(0, 8 * PS)) == [1, 6], prot
     # Reset while the pages cannot be written, then open them again: clean.
     region.protect(0, 8 * PS, "r")
-    assert pages(region.dirty(0, 8 * PS, reset=True)) == [1, 6]
+    assert pages(region.write_watch.dirty(0, 8 * PS, reset=True)) == [1, 6]
     region.protect(0, 8 * PS, "rw")
-    assert pages(region.dirty(0, 8 * PS)) == []
+    assert pages(region.write_watch.dirty(0, 8 * PS)) == []
     touch(region, 2 * PS)
-    assert pages(region.dirty(0, 8 * PS)) == [2]
+    assert pages(region.write_watch.dirty(0, 8 * PS)) == [2]
 
 
 def test_pages_written_before_losing_read_access_stay_dirty(region: ntshim.Region) -> None:
     touch(region, 12 * PS)
     region.protect(12 * PS, 2 * PS, "none")
     # Unreadable pages can still be queried; what was written before is still reported.
-    assert pages(region.dirty(reset=True)) == [12]
+    assert pages(region.write_watch.dirty(reset=True)) == [12]
     region.protect(12 * PS, 2 * PS, "rw")
-    assert pages(region.dirty()) == []
+    assert pages(region.write_watch.dirty()) == []
 
 
 def test_a_read_only_page_made_writable_is_tracked(backend: str) -> None:
@@ -140,7 +140,7 @@ def test_a_read_only_page_made_writable_is_tracked(backend: str) -> None:
         assert r.protection(0) == "r"
         r.protect(0, 4 * PS, "rw")
         touch(r, 3 * PS)
-        assert pages(r.dirty()) == [3]
+        assert pages(r.write_watch.dirty()) == [3]
 
 
 def _kernel_write(view: memoryview, data: bytes) -> int:
@@ -161,21 +161,21 @@ def test_kernel_writes_are_tracked_or_fail_loudly(region: ntshim.Region) -> None
         target = view[9 * PS : 10 * PS]
         if region.write_watch.kernel_writes_tracked:
             assert _kernel_write(target, b"abc") == 3
-            assert pages(region.dirty()) == [9]
+            assert pages(region.write_watch.dirty()) == [9]
             assert bytes(target[:3]) == b"abc"
         else:
             with pytest.raises(OSError) as e:
                 _kernel_write(target, b"abc")
             assert e.value.errno == errno.EFAULT
-            assert pages(region.dirty()) == []
+            assert pages(region.write_watch.dirty()) == []
         target.release()
 
 
 def test_writing_window_lets_the_kernel_write_and_marks_the_pages(region: ntshim.Region) -> None:
-    with region.writing(20 * PS, 2 * PS) as window:
+    with region.write_watch.writing(20 * PS, 2 * PS) as window:
         assert len(window) == 2 * PS
         assert _kernel_write(window[PS + 5 :], b"kernel") == 6
-    assert pages(region.dirty()) == [20, 21]
+    assert pages(region.write_watch.dirty()) == [20, 21]
     with memoryview(region) as view:
         assert bytes(view[21 * PS + 5 : 21 * PS + 11]) == b"kernel"
 
@@ -184,30 +184,30 @@ def test_writing_window_readinto_and_recv_into(region: ntshim.Region) -> None:
     with tempfile.TemporaryFile() as f:
         f.write(b"x" * 100)
         f.seek(0)
-        with region.writing(30 * PS, PS) as window:
+        with region.write_watch.writing(30 * PS, PS) as window:
             assert f.readinto(window[:100]) == 100
     a, b = socket.socketpair()
     with a, b:
         a.sendall(b"datagram")
-        with region.writing(31 * PS, PS) as window:
+        with region.write_watch.writing(31 * PS, PS) as window:
             assert b.recv_into(window, 8) == 8
-    assert pages(region.dirty()) == [30, 31]
+    assert pages(region.write_watch.dirty()) == [30, 31]
 
 
 def test_a_reset_during_a_writing_window_cannot_lose_the_kernel_write(region: ntshim.Region) -> None:
-    with region.writing(40 * PS, PS) as window:
-        assert pages(region.dirty(reset=True)) == [40]  # the window counts as written
+    with region.write_watch.writing(40 * PS, PS) as window:
+        assert pages(region.write_watch.dirty(reset=True)) == [40]  # the window counts as written
         _kernel_write(window, b"late")  # written after that reset ...
-    assert pages(region.dirty(reset=True)) == [40]  # ... so reported again
-    assert pages(region.dirty()) == []
+    assert pages(region.write_watch.dirty(reset=True)) == [40]  # ... so reported again
+    assert pages(region.write_watch.dirty()) == []
 
 
 def test_writing_windows_nest(region: ntshim.Region) -> None:
-    with region.writing(0, 2 * PS):
-        with region.writing(PS, 2 * PS):
+    with region.write_watch.writing(0, 2 * PS):
+        with region.write_watch.writing(PS, 2 * PS):
             pass
         touch(region, 2 * PS)  # page 2 is protected again under write-protecting backends
-    assert pages(region.dirty(0, 3 * PS)) == [0, 1, 2]
+    assert pages(region.write_watch.dirty(0, 3 * PS)) == [0, 1, 2]
 
 
 def test_many_runs_are_all_reported(backend: str) -> None:
@@ -217,11 +217,11 @@ def test_many_runs_are_all_reported(backend: str) -> None:
     n = 4096
     with ntshim.alloc(n * PS, watch=True, backend=backend) as r:
         touch(r, *(p * PS for p in range(0, n, 2)))
-        assert len(r.dirty()) == n // 2 and len(r.dirty().ranges()) == n // 2
-        d = r.dirty(reset=True)
+        assert len(r.write_watch.dirty()) == n // 2 and len(r.write_watch.dirty().ranges()) == n // 2
+        d = r.write_watch.dirty(reset=True)
         assert len(d) == n // 2 and len(d.ranges()) == n // 2
         assert list(d.offsets) == list(range(0, n * PS, 2 * PS))
-        assert len(r.dirty()) == 0
+        assert len(r.write_watch.dirty()) == 0
 
 
 @pytest.mark.parametrize("vec_len", [1, 2, 3])
@@ -256,6 +256,6 @@ def test_close_restores_the_memory(backend: str) -> None:
         touch(r, *(p * PS for p in range(8)))  # no tracking left, every write simply works
         with memoryview(r) as view:
             assert _kernel_write(view[PS:], b"ok") == 2
-        with pytest.raises(ValueError, match="not watched"):
-            r.dirty()
+        with pytest.raises(ValueError, match="closed"):
+            watch.dirty()
         assert r.protect(0, PS, "r") == "rw"  # the region itself stays usable

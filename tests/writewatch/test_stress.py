@@ -48,7 +48,7 @@ def test_no_write_is_lost_under_concurrent_get_and_reset(backend: str, mode: str
     try:
         deadline = time.monotonic() + SECONDS
         while time.monotonic() < deadline:
-            dirty = region.dirty(reset=True, limit=limit)
+            dirty = region.write_watch.dirty(reset=True, limit=limit)
             gets += 1
             if dirty:
                 highest = max(highest, dirty.offsets[-1])
@@ -56,7 +56,7 @@ def test_no_write_is_lost_under_concurrent_get_and_reset(backend: str, mode: str
     finally:
         writes, _ns = writers.stop()
     while True:  # drain: with a limit this takes several calls
-        dirty = region.dirty(reset=True, limit=limit)
+        dirty = region.write_watch.dirty(reset=True, limit=limit)
         if not dirty:
             break
         highest = max(highest, dirty.offsets[-1])
@@ -81,11 +81,11 @@ def test_no_write_is_lost_with_sub_range_gets(backend: str) -> None:
         offset = 0
         while time.monotonic() < deadline:
             size = min(chunk, PAGES * PS - offset)
-            apply(mirror, memory, region.dirty(offset, size, reset=True))
+            apply(mirror, memory, region.write_watch.dirty(offset, size, reset=True))
             offset = (offset + size) % (PAGES * PS)
     finally:
         writers.stop()
-    apply(mirror, memory, region.dirty(reset=True))
+    apply(mirror, memory, region.write_watch.dirty(reset=True))
     assert_nothing_lost(backend, mirror, memory)
     del memory
     region.free()
@@ -105,12 +105,12 @@ def test_protection_changes_during_writes_lose_nothing(backend: str) -> None:
         flips = 0
         while time.monotonic() < deadline:
             region.write_watch._protect(PAGES - UNTOUCHED, UNTOUCHED, _core.PROT_READ)
-            apply(mirror, memory, region.dirty(reset=True))
+            apply(mirror, memory, region.write_watch.dirty(reset=True))
             region.write_watch._protect(PAGES - UNTOUCHED, UNTOUCHED, _core.PROT_READ | _core.PROT_WRITE)
             flips += 1
     finally:
         writers.stop()
-    apply(mirror, memory, region.dirty(reset=True))
+    apply(mirror, memory, region.write_watch.dirty(reset=True))
     assert flips > 10
     assert_nothing_lost(backend, mirror, memory)
     del memory

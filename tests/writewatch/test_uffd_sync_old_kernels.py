@@ -47,10 +47,10 @@ def test_never_touched_pages_are_tracked(old_kernel: None) -> None:
         with memoryview(region) as view:
             view[3 * PS] = 1
             view[40 * PS] = 1
-        assert [o // PS for o in region.dirty(reset=True)] == [3, 40]
+        assert [o // PS for o in region.write_watch.dirty(reset=True)] == [3, 40]
         with memoryview(region) as view:
             view[3 * PS] = 2
-        assert [o // PS for o in region.dirty()] == [3]
+        assert [o // PS for o in region.write_watch.dirty()] == [3]
 
 
 def test_pages_gaining_access_later_are_tracked(old_kernel: None) -> None:
@@ -60,4 +60,4 @@ def test_pages_gaining_access_later_are_tracked(old_kernel: None) -> None:
         with memoryview(region) as view:
             view[2 * PS] = 1  # gained read first, then write
             view[12 * PS] = 1  # gained read and write at once
-        assert [o // PS for o in region.dirty()] == [2, 12]
+        assert [o // PS for o in region.write_watch.dirty()] == [2, 12]

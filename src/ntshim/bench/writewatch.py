@@ -202,6 +202,8 @@ def measure_floor(row: Row, floor: str, seconds: float) -> Measurement:
 def measure_backend(row: Row, backend: str, seconds: float) -> Measurement:
     """Writers write; this thread gets (and resets) through the public API every delay ms."""
     region = alloc(row.pages * _kernel.PAGE_SIZE, watch=True, backend=backend)
+    watch = region.write_watch
+    assert watch is not None  # watch=True
     gets: list[float] = []
     resets: list[float] = []
     reported = 0
@@ -218,10 +220,10 @@ def measure_backend(row: Row, backend: str, seconds: float) -> Measurement:
                 tick = tick + delay if tick + delay > now else now + delay
                 time.sleep(tick - now)
                 t0 = clock()
-                dirty = region.dirty(reset=row.reset_flag)
+                dirty = watch.dirty(reset=row.reset_flag)
                 t1 = clock()
                 if not row.reset_flag:
-                    region.reset()
+                    watch.reset()
                     resets.append((clock() - t1) / 1000)
                 gets.append((t1 - t0) / 1000)
                 reported += len(dirty)

@@ -20,7 +20,7 @@ class DemoCommand:
         from rich.console import Console
         from rich.table import Table
 
-        from ..memory import alloc
+        from ..memory import alloc, watch
 
         if args.pages < 32:
             raise SystemExit("ntshim demo: --pages must be at least 32")
@@ -34,7 +34,7 @@ class DemoCommand:
             if not b.available:
                 table.add_row(b.backend, "-", f"unavailable: {b.reason}", "-", "-")
                 continue
-            with alloc(args.pages * ps, watch=True, backend=b.backend) as region:
+            with alloc(args.pages * ps) as region, watch(region, backend=b.backend) as ww:
                 with memoryview(region) as view:
                     for page in (3, 4, 10, args.pages - 1):
                         view[page * ps + 100] = 0xAB
@@ -42,13 +42,13 @@ class DemoCommand:
                 r, w = os.pipe()
                 try:
                     os.write(w, b"from the kernel")
-                    with region.writing(20 * ps, ps) as window:
+                    with ww.writing(20 * ps, ps) as window:
                         os.readv(r, [window])
                 finally:
                     os.close(r)
                     os.close(w)
-                first = region.dirty(reset=True)
-                second = region.dirty(reset=True)
+                first = ww.dirty(reset=True)
+                second = ww.dirty(reset=True)
             ok = [o // ps for o in first] == written and len(second) == 0
             table.add_row(
                 b.backend,

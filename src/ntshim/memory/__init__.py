@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import _core, _kernel
 from .._arguments import as_int
@@ -10,13 +10,14 @@ from ..writewatch import WriteWatch, registry
 from . import maps, placement, protection
 from .alias import Alias, alias
 from .limit import AddressSpaceLimit, limit_address_space
-from .region import Region
+from .region import Region, Reservation
 
 __all__ = [
     "PAGE_SIZE",
     "AddressSpaceLimit",
     "Alias",
     "Region",
+    "Reservation",
     "WriteWatch",
     "alias",
     "alloc",
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 PAGE_SIZE: int = _kernel.PAGE_SIZE
+_R = TypeVar("_R", bound=Region)
 
 
 def alloc(
@@ -35,7 +37,7 @@ def alloc(
     zero_bits: int | None = None,
     shared: bool = False,
     watch: bool = False,
-    protect: str = "rw",
+    protect: str | int = "rw",
     backend: str | None = None,
 ) -> Region:
     """Allocate ``size`` bytes of zeroed anonymous memory, rounded up to whole pages.
@@ -47,13 +49,14 @@ def alloc(
     ValueError for values Windows refuses, or together with ``below``.
     ``shared=True`` maps it shared: fork children see the same pages, and
     :func:`alias` can show them a second time at another address.
-    ``protect``: ``"rw"`` (default), ``"r"``, ``"rx"``, ``"rwx"`` or ``"none"``.
-    ``watch=True`` tracks writes from the start (the region then answers ``dirty()``,
-    ``reset()``, ...); ``backend`` forces a write-watch backend by name (default: the
+    ``protect``: ``"rw"`` (default), ``"r"``, ``"rx"``, ``"rwx"`` or ``"none"``, or the same as
+    ``mmap.PROT_*`` bits (``mmap.PROT_READ | mmap.PROT_WRITE``).
+    ``watch=True`` tracks writes from the start (the watch is ``region.write_watch``:
+    ``region.write_watch.dirty()``, ...); ``backend`` forces a write-watch backend by name (default: the
     ``NTSHIM_WRITEWATCH_BACKEND`` environment variable, else the best available).
     """
     below = placement.bound_of(below, zero_bits, size)
-    return _map(size, protection.parse(protect), True, watch, backend, 0, below=below, shared=shared)
+    return _map(Region, size, protection.parse(protect), watch, backend, 0, below=below, shared=shared)
 
 
 def reserve(
@@ -66,10 +69,10 @@ def reserve(
     shared: bool = False,
     watch: bool = False,
     backend: str | None = None,
-) -> Region:
+) -> Reservation:
     """Reserve ``size`` bytes of address space (rounded up to whole pages) without
     committing memory: the pages are inaccessible and cost nothing until
-    :meth:`Region.commit` commits them, in whatever parts the program needs.
+    :meth:`Reservation.commit` commits them, in whatever parts the program needs.
 
     ``address`` places the reservation exactly there (page aligned); FileExistsError when
     anything is mapped in the way (nothing is ever replaced).  ``align`` (bytes, a power of
@@ -83,20 +86,21 @@ def reserve(
         raise ValueError(f"align must be a power of two (or 0 for a page), got {align}")
     at = placement.check_address(address, align)
     below = placement.bound_of(below, zero_bits, size, address)
-    return _map(size, 0, False, watch, backend, align, at, below=below, shared=shared)
+    return _map(Reservation, size, 0, watch, backend, align, at, below=below, shared=shared)
 
 
 def _map(
+    kind: type[_R],
     size: object,
     prot: int,
-    commit: bool,
     watch: object,
     backend: str | None,
     align: int,
     address: int = 0,
     below: object = None,
     shared: object = False,
-) -> Region:
+) -> _R:
+    """Map a ``kind`` of region: a Reservation starts with every page only reserved."""
     size = as_int(size, "size")
     if not isinstance(shared, bool):
         raise TypeError(f"shared must be a bool, not {type(shared).__name__}")
@@ -111,15 +115,17 @@ def _map(
     rounded = -(-size // PAGE_SIZE) * PAGE_SIZE
     bound = placement.check_below(below, rounded, address)
     region = placement.map_placed(
-        lambda at: Region(rounded, prot, address=at, align=align, shared=shared), rounded, address, align, bound
+        lambda at: kind(rounded, prot, address=at, align=align, shared=shared, committed=kind is not Reservation),
+        rounded,
+        address,
+        align,
+        bound,
     )
-    if not commit:
-        region._committed = bytearray(len(region._committed))
     if watch:
         try:
             region._start_watch(backend)
         except BaseException:
-            region.free()
+            region.close()
             raise
     return region
 

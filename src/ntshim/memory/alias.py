@@ -30,17 +30,9 @@ PAGE_SIZE = _kernel.PAGE_SIZE
 
 class Alias(Region):
     """A second view of another mapping's pages (see :func:`alias`).  Reading, writing,
-    ``protect`` (of this view only), write watches and ``free`` work as on any region;
-    ``commit``, ``decommit`` and ``discard`` are refused: the pages belong to the source."""
-
-    def commit(self, offset: int, size: int, protect: str = "rw") -> None:
-        raise ValueError("an alias shows another mapping's pages: commit them through the source")
-
-    def decommit(self, offset: int, size: int) -> None:
-        raise ValueError("an alias shows another mapping's pages: decommitting here would not free them")
-
-    def discard(self, offset: int, size: int) -> None:
-        raise ValueError("an alias shows another mapping's pages: discard them through the source")
+    ``protect`` (of this view only), write watches and ``close`` work as on any region; it
+    has no ``commit``, ``decommit`` or ``discard`` (it is no :class:`~ntshim.memory.Reservation`): the pages
+    belong to the source."""
 
 
 def _placeholder(size: int, below: int | None, address: int | None) -> Alias:
@@ -94,7 +86,7 @@ def alias(source: Any, *, below: int | None = None, address: int | None = None) 
         try:
             _core.alias_onto(start, size, view.address)
         except OSError as e:
-            view.free()
+            view.close()
             raise ValueError(
                 f"the kernel cannot duplicate this mapping ({path or 'anonymous'}: {e.strerror}); device memory "
                 "mapped by a driver (VM_PFNMAP) cannot be aliased: ask the driver to map it at the address you need "
@@ -103,7 +95,7 @@ def alias(source: Any, *, below: int | None = None, address: int | None = None) 
     try:
         _adopt(view, prot, None)  # None: mprotect, the duplicate has the first piece's access
     except BaseException:
-        view.free()
+        view.close()
         raise
     return view
 
@@ -161,7 +153,7 @@ def _alias_fd(fd: int, below: int | None, address: int | None) -> Alias:
     try:
         _core.map_fd_onto(fd, 0, size, prot, view.address)
     except OSError:
-        view.free()
+        view.close()
         raise
     _adopt(view, prot, _mapped_so_already)
     # A descriptor opened read-only can never give write access (mprotect(2) says EACCES);
@@ -173,8 +165,7 @@ def _alias_fd(fd: int, below: int | None, address: int | None) -> Alias:
 def _adopt(view: Alias, prot: int, apply: Callable[[int, int, int], None] | None) -> None:
     """The placeholder is now the alias: every page with the owner's access ``prot``, which
     ``apply`` gives them (None: ``mprotect``)."""
-    view._change_protection(0, len(view._committed), prot, apply)
-    view._committed[:] = b"\x01" * len(view._committed)
+    view._change_protection(0, view.size // PAGE_SIZE, prot, apply)
 
 
 def _mapped_so_already(first: int, count: int, prot: int) -> None:

@@ -9,7 +9,10 @@ from typing import NamedTuple
 from .protection import EXEC, READ, WRITE
 
 
-class Mapping(NamedTuple):
+class MapsEntry(NamedTuple):
+    """One line of ``/proc/self/maps``: a mapping of this process, as the kernel lists it
+    (not to be confused with ``_core.Mapping``, the memory a Region owns)."""
+
     start: int
     end: int
     prot: int
@@ -19,7 +22,7 @@ class Mapping(NamedTuple):
     file: tuple[int, int]  # (device, inode) of the file mapped; (0, 0) for anonymous memory
 
 
-def mappings() -> Iterator[Mapping]:
+def mappings() -> Iterator[MapsEntry]:
     """Every mapping, ascending."""
     with open("/proc/self/maps") as f:
         for line in f:
@@ -28,7 +31,7 @@ def mappings() -> Iterator[Mapping]:
             prot = sum(bit for bit, letter, flag in zip((READ, WRITE, EXEC), "rwx", fields[1]) if flag == letter)
             path = fields[5].strip() if len(fields) > 5 else ""
             major, minor = fields[3].split(":")
-            yield Mapping(
+            yield MapsEntry(
                 int(lo_text, 16),
                 int(hi_text, 16),
                 prot,
@@ -59,7 +62,7 @@ def protections(start: int, end: int, page: int) -> bytes:
     return bytes(out)
 
 
-def mapping_at(address: int) -> Mapping | int:
+def mapping_at(address: int) -> MapsEntry | int:
     """The mapping containing ``address``, or, when nothing is mapped there, the start of
     the next mapping above it (0 if there is none)."""
     for mapping in mappings():

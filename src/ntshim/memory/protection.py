@@ -1,4 +1,5 @@
-"""Page protections as users write them ("rw", "r", "none", ...) and as the kernel takes them."""
+"""Page protections as users write them ("rw", "r", "none", ..., or ``mmap.PROT_*`` bits) and as the kernel
+takes them."""
 
 from __future__ import annotations
 
@@ -9,13 +10,30 @@ _LETTERS = {"r": READ, "w": WRITE, "x": EXEC}
 
 
 def parse(protect: object) -> int:
-    """``"rw"`` → PROT_READ|PROT_WRITE.  Letters from ``rwx`` in any order, or ``"none"`` / ``""``.
+    """``"rw"`` → PROT_READ|PROT_WRITE.  Letters from ``rwx`` in any order, or ``"none"`` / ``""``;
+    or an int of ``mmap.PROT_READ``, ``PROT_WRITE`` and ``PROT_EXEC`` bits (``0``: ``PROT_NONE``).
 
     Write access without read access does not exist on the hardware we run on, so ``"w"``
-    and ``"wx"`` are refused rather than silently widened.
+    and ``"wx"`` (and ``PROT_WRITE`` without ``PROT_READ``) are refused rather than silently widened.
     """
-    if not isinstance(protect, str):
-        raise TypeError(f"protect must be a str such as 'rw', 'r' or 'none', not {type(protect).__name__}")
+    if isinstance(protect, int) and not isinstance(protect, bool):
+        if protect & ~(READ | WRITE | EXEC) or protect < 0:
+            raise ValueError(
+                f"protect must be mmap.PROT_READ, PROT_WRITE and PROT_EXEC bits (or 0 for none), got {protect:#x}"
+            )
+        bits = protect
+    elif isinstance(protect, str):
+        bits = _parse_letters(protect)
+    else:
+        raise TypeError(
+            f"protect must be a str such as 'rw', 'r' or 'none', or mmap.PROT_* bits, not {type(protect).__name__}"
+        )
+    if bits & WRITE and not bits & READ:
+        raise ValueError(f"protect {protect!r} asks for write without read access; use 'rw' (PROT_READ | PROT_WRITE)")
+    return bits
+
+
+def _parse_letters(protect: str) -> int:
     text = protect.lower()
     if text in ("", "none", "-", "---"):
         return 0
@@ -25,8 +43,6 @@ def parse(protect: object) -> int:
     bits = 0
     for c in text:
         bits |= _LETTERS[c]
-    if bits & WRITE and not bits & READ:
-        raise ValueError(f"protect {protect!r} asks for write without read access; use 'rw'")
     return bits
 
 

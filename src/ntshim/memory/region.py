@@ -1,15 +1,15 @@
-"""Region: page-aligned anonymous memory with the buffer protocol, optionally write-watched."""
+"""Region: page-aligned anonymous memory with the buffer protocol, optionally write-watched; Reservation:
+a region whose pages are committed in parts."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import weakref
 
 from .. import _core, _kernel
 from .._arguments import page_range
-from ..writewatch import DirtyPages, WriteWatch
+from ..writewatch import WriteWatch
 from . import protection
 
 
@@ -19,22 +19,28 @@ class Region(_core.Mapping):
 
     Supports the buffer protocol (``memoryview``, ``numpy.frombuffer``,
     ``ctypes.c_char.from_buffer``) while every page is readable; buffers are read-only
-    unless every page is writable.  ``free()`` (or leaving a ``with`` block) unmaps it;
-    it raises BufferError while a buffer export is alive, and every use of a freed region
-    raises ValueError.  Made by :func:`ntshim.memory.alloc`.
+    unless every page is writable.  ``close()`` (or its alias ``free()``, or leaving a
+    ``with`` block) unmaps it; it raises BufferError while a buffer export is alive, and every
+    use of a closed region raises ValueError.  ``len(region)`` is its size in bytes.
 
-    A region allocated with ``watch=True`` (or passed to :func:`ntshim.memory.watch`) also
-    answers the :class:`~ntshim.writewatch.WriteWatch` calls: ``dirty``, ``reset``,
-    ``writing``, ``granularity``, ``backend``.
+    Made by :func:`ntshim.memory.alloc`, every page committed; :func:`ntshim.memory.reserve`
+    makes a :class:`Reservation` (pages committed in parts), :func:`ntshim.memory.alias` an
+    :class:`~ntshim.memory.Alias`.
 
-    Every method may be called from several threads.  The protection of each page is kept
-    in the C base (``_core.Mapping``), which decides whether a buffer may be exported and
-    whether pages may lose access in one step each (see ``_change_protection``).
+    A region allocated with ``watch=True`` (or passed to :func:`ntshim.memory.watch`, which
+    returns the watch) has its :class:`~ntshim.writewatch.WriteWatch` in ``write_watch``
+    (None otherwise): ``region.write_watch.dirty()``, ``.reset()``, ``.writing()``, ...
+
+    Every method may be called from several threads.  The protection and commit state of
+    each page are kept in the C base (``_core.Mapping``), which decides whether a buffer may
+    be exported and whether pages may lose access in one step each (see ``_change_protection``).
     """
 
-    def __init__(self, size: int, prot: int, *, address: int = 0, align: int = 0, shared: bool = False) -> None:
+    def __init__(
+        self, size: int, prot: int, *, address: int = 0, align: int = 0, shared: bool = False, committed: bool = True
+    ) -> None:
+        # (size, prot, address, align and committed are taken by _core.Mapping.__new__)
         self._shared = shared  # MAP_SHARED: seen by fork children and by aliases
-        self._committed = bytearray(b"\x01") * (size // _kernel.PAGE_SIZE)  # reserve() clears it
         self._write_watch: WriteWatch | None = None
         # Serializes what changes the region (protect, commit, decommit, discard, watching,
         # free): each is several steps, some of them without the GIL.
@@ -42,11 +48,12 @@ class Region(_core.Mapping):
         with _live_lock:
             _live.add(self)
 
-    # ---- protection and commitment -----------------------------------------------------
+    # ---- protection ------------------------------------------------------------------------
 
-    def protect(self, offset: int, size: int, protect: str) -> str:
-        """Set the protection (``"rw"``, ``"r"``, ``"rx"``, ``"none"``, ...) of whole committed
-        pages; return the previous protection of the first one.
+    def protect(self, offset: int, size: int, protect: str | int) -> str:
+        """Set the protection (``"rw"``, ``"r"``, ``"rx"``, ``"none"``, ..., or ``mmap.PROT_*``
+        bits) of whole committed pages; return the previous protection of the first one, as
+        letters.
 
         Raises ValueError when a page of the range is not committed, and BufferError when a
         live buffer export would lose access it was granted (a writable memoryview over
@@ -76,68 +83,20 @@ class Region(_core.Mapping):
     def committed(self, offset: int = 0) -> bool:
         """Whether the page at ``offset`` is committed (usable) rather than only reserved."""
         first, _ = self._pages(offset, None)
-        return bool(self._committed[first])
-
-    def commit(self, offset: int, size: int, protect: str = "rw") -> None:
-        """Commit whole pages with the given protection.  Pages committed for the first time,
-        or again after :meth:`decommit`, read as zero; pages already committed keep their
-        contents and take the new protection."""
-        prot = protection.parse(protect)
-        with self._lock:
-            first, count = self._pages(offset, size)
-            self._set_protection(first, count, prot)
-            self._committed[first : first + count] = b"\x01" * count
-
-    def decommit(self, offset: int, size: int) -> None:
-        """Give whole pages' memory back, keeping the address range reserved.  Their contents
-        are dropped (they read as zero once committed again) and, as on Windows, so is their
-        write-watch state."""
-        with self._lock:
-            first, count = self._pages(offset, size)
-            self._set_protection(first, count, 0)
-            self._drop_contents(first, count)
-            self._committed[first : first + count] = bytes(count)
-
-    def discard(self, offset: int, size: int) -> None:
-        """Tell the kernel the contents of these pages are no longer needed (Windows'
-        ``MEM_RESET``): until written again, a page may read as before or as zero.  Pages
-        only reserved are left alone.  A write-watched region is left alone too: freeing
-        its pages would change them behind the watch's back."""
-        with self._lock:
-            first, count = self._pages(offset, size)
-            if self._write_watch is not None or self._shared:
-                return  # (MADV_FREE applies to private memory only; "as before" is a valid answer)
-            ps = _kernel.PAGE_SIZE
-            page = first
-            while page < first + count:  # each run of committed pages
-                start = self._committed.find(1, page, first + count)
-                if start < 0:
-                    break
-                end = self._committed.find(0, start, first + count)
-                end = first + count if end < 0 else end
-                _core.madvise(self.address + start * ps, (end - start) * ps, _core.MADV_FREE)
-                page = end
+        return bool(self._commit_state(first, 1)[0])
 
     def _require_committed(self, first: int, count: int) -> None:
-        gap = self._committed.find(0, first, first + count)
+        gap = self._commit_state(first, count).find(0)
         if gap >= 0:
-            raise ValueError(f"page at offset {gap * _kernel.PAGE_SIZE:#x} is not committed")
+            raise ValueError(f"page at offset {(first + gap) * _kernel.PAGE_SIZE:#x} is not committed")
 
-    def _set_protection(self, first: int, count: int, prot: int) -> None:
+    def _set_protection(self, first: int, count: int, prot: int, committed: bool | None = None) -> None:
         """Change the pages' protection, through the write watch when there is one (it keeps
-        the dirty state exact).  BufferError when a live export over them would lose access."""
+        the dirty state exact), and record them ``committed`` or not (None: unchanged) with it.
+        BufferError when a live export over them would lose access."""
         watch = self._write_watch
-        self._change_protection(first, count, prot, None if watch is None else watch._protect)
-
-    def _drop_contents(self, first: int, count: int) -> None:
-        if self._shared:  # unmapping shared pages keeps them in the shared object: remove them there
-            ps = _kernel.PAGE_SIZE
-            _core.madvise(self.address + first * ps, count * ps, _core.MADV_REMOVE)
-        if self._write_watch is not None:
-            self._write_watch._discard(first, count)
-        else:
-            ps = _kernel.PAGE_SIZE
-            _core.madvise(self.address + first * ps, count * ps, _core.MADV_DONTNEED)
+        state = -1 if committed is None else int(committed)
+        self._change_protection(first, count, prot, None if watch is None else watch._protect, state)
 
     def _pages(self, offset: object, size: object) -> tuple[int, int]:
         if self.closed:
@@ -146,23 +105,30 @@ class Region(_core.Mapping):
 
     # ---- lifetime ----------------------------------------------------------------------
 
-    def free(self) -> None:
-        """Stop any write watch and unmap the memory.  BufferError while buffer exports live,
-        and then nothing changes (the watch keeps watching)."""
+    def close(self) -> None:
+        """Stop any write watch and unmap the memory, as ``mmap.close()`` does.  BufferError
+        while buffer exports live, and then nothing changes (the watch keeps watching).
+        Closing a closed region does nothing."""
         with self._lock:
             watch = self._write_watch
             # The watch is closed only once no export is alive, and none can appear meanwhile.
             self._unmap(None if watch is None else watch.close)
 
+    free = close  # Windows' word (VirtualFree), kept as an alias of close()
+
+    def __len__(self) -> int:
+        """Size in bytes, as ``len(mmap)``; still answered once closed."""
+        return self.size
+
     def __enter__(self) -> Region:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.free()
+        self.close()
 
     def __del__(self) -> None:
         if not self.closed and not self.exports:
-            self.free()
+            self.close()
 
     # ---- write watch -------------------------------------------------------------------
 
@@ -187,42 +153,67 @@ class Region(_core.Mapping):
         """The WriteWatch tracking this region, or None."""
         return self._write_watch
 
-    def _watch(self) -> WriteWatch:
-        if self.closed:
-            raise ValueError("region is freed")
-        if self._write_watch is None:
-            raise ValueError("region is not watched: allocate it with watch=True or call ntshim.memory.watch(region)")
-        return self._write_watch
-
-    def dirty(
-        self, offset: int = 0, size: int | None = None, *, reset: bool = False, limit: int | None = None
-    ) -> DirtyPages:
-        """See :meth:`WriteWatch.dirty`."""
-        return self._watch().dirty(offset, size, reset=reset, limit=limit)
-
-    def reset(self, offset: int = 0, size: int | None = None) -> None:
-        """See :meth:`WriteWatch.reset`."""
-        self._watch().reset(offset, size)
-
-    def writing(self, offset: int = 0, size: int | None = None) -> contextlib.AbstractContextManager[memoryview]:
-        """See :meth:`WriteWatch.writing`."""
-        return self._watch().writing(offset, size)
-
-    @property
-    def granularity(self) -> int:
-        """Bytes per tracked page."""
-        return self._watch().granularity
-
-    @property
-    def backend(self) -> str:
-        """Name of the write-watch backend."""
-        return self._watch().backend
-
     def __repr__(self) -> str:
         if self.closed:
             return "<Region freed>"
         watch = f" watched by {self._write_watch.backend}" if self._write_watch else ""
         return f"<Region {self.address:#x}+{self.size:#x}{watch}>"
+
+
+class Reservation(Region):
+    """Address space reserved by :func:`ntshim.memory.reserve`: every page starts only reserved
+    (inaccessible, costing nothing) and is committed, decommitted and discarded in parts, as
+    ``VirtualAlloc`` reservations are.  Everything else works as on any :class:`Region`
+    (``protect`` of committed pages, ``view``, write watches, ``close``)."""
+
+    def commit(self, offset: int, size: int, protect: str | int = "rw") -> None:
+        """Commit whole pages with the given protection.  Pages committed for the first time,
+        or again after :meth:`decommit`, read as zero; pages already committed keep their
+        contents and take the new protection."""
+        prot = protection.parse(protect)
+        with self._lock:
+            first, count = self._pages(offset, size)
+            self._set_protection(first, count, prot, committed=True)
+
+    def decommit(self, offset: int, size: int) -> None:
+        """Give whole pages' memory back, keeping the address range reserved.  Their contents
+        are dropped (they read as zero once committed again) and, as on Windows, so is their
+        write-watch state."""
+        with self._lock:
+            first, count = self._pages(offset, size)
+            self._set_protection(first, count, 0, committed=False)
+            self._drop_contents(first, count)
+
+    def discard(self, offset: int, size: int) -> None:
+        """Tell the kernel the contents of these pages are no longer needed (Windows'
+        ``MEM_RESET``): until written again, a page may read as before or as zero.  Pages
+        only reserved are left alone.  A write-watched region is left alone too: freeing
+        its pages would change them behind the watch's back."""
+        with self._lock:
+            first, count = self._pages(offset, size)
+            if self._write_watch is not None or self._shared:
+                return  # (MADV_FREE applies to private memory only; "as before" is a valid answer)
+            ps = _kernel.PAGE_SIZE
+            state = self._commit_state(first, count)
+            page = 0
+            while page < count:  # each run of committed pages
+                start = state.find(1, page)
+                if start < 0:
+                    break
+                end = state.find(0, start)
+                end = count if end < 0 else end
+                _core.madvise(self.address + (first + start) * ps, (end - start) * ps, _core.MADV_FREE)
+                page = end
+
+    def _drop_contents(self, first: int, count: int) -> None:
+        if self._shared:  # unmapping shared pages keeps them in the shared object: remove them there
+            ps = _kernel.PAGE_SIZE
+            _core.madvise(self.address + first * ps, count * ps, _core.MADV_REMOVE)
+        if self._write_watch is not None:
+            self._write_watch._discard(first, count)
+        else:
+            ps = _kernel.PAGE_SIZE
+            _core.madvise(self.address + first * ps, count * ps, _core.MADV_DONTNEED)
 
 
 # Every live region, so that fork() waits until no thread is halfway through changing one:

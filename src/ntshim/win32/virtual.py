@@ -1,11 +1,11 @@
 """VirtualAlloc, VirtualFree, VirtualProtect and VirtualQuery, as Windows has them, and the
 allocation work NtAllocateVirtualMemory shares with VirtualAlloc.
 
-Every allocation is an :class:`ntshim.memory.Region` (reserved, then committed in parts);
-this module adds what Windows keeps on top: the allocation table, the Win32 protection of
-each page (``PAGE_EXECUTE`` and ``PAGE_EXECUTE_READ`` differ here, not in Linux), the
-allocation's own protection, and the write-watch bookkeeping of ``VirtualProtect``.  The
-behaviour follows Windows as Wine's conformance tests describe it
+Every allocation is an :class:`ntshim.memory.Reservation` (reserved, then committed in
+parts), which keeps the protection and commit state of each page; this module adds only
+what Windows keeps on top: the allocation table, the allocation's own protection (and with
+it the cache attribute every page carries), and the write-watch bookkeeping of
+``VirtualProtect``.  The behaviour follows Windows as Wine's conformance tests describe it
 (``dlls/kernel32/tests/virtual.c``); ``docs/win32.md`` lists what differs.
 
 Allocation fails with an NTSTATUS (:class:`NtStatusError`), as ntdll's does on Windows:
@@ -18,12 +18,11 @@ from __future__ import annotations
 import bisect
 import ctypes
 import threading
-from array import array
 from dataclasses import dataclass
 
 from .. import _kernel
 from ..errors import BackendUnavailable
-from ..memory import Region, maps, reserve
+from ..memory import Reservation, maps, reserve
 from ..memory import protection as linux_protection
 from ..memory.placement import zero_bits_limit
 from . import arguments
@@ -131,11 +130,10 @@ class MEMORY_BASIC_INFORMATION(ctypes.Structure):
 
 @dataclass
 class Allocation:
-    """One VirtualAlloc reservation."""
+    """One VirtualAlloc reservation: its region, and what Windows adds to the region's pages."""
 
-    region: Region
+    region: Reservation
     protect: int  # AllocationProtect: the protection asked for at reservation time
-    page_protect: array  # Win32 protection of each committed page; 0 while only reserved
     # Pages that were dirty when VirtualProtect last covered them.  Windows keeps those
     # reported across a decommit (the test of Wine's test_write_watch that Wine marks
     # todo_wine); None unless the allocation is write-watched.
@@ -148,6 +146,16 @@ class Allocation:
     @property
     def end(self) -> int:
         return self.region.address + self.region.size
+
+    def page_protections(self, first: int, count: int) -> tuple[bytes, bytes]:
+        """The region's ``(PROT_* byte, committed byte)`` of each page of ``[first, first+count)``."""
+        return self.region._protections(first, count), self.region._commit_state(first, count)
+
+    def win32_protection(self, prot: int, committed: int) -> int:
+        """The Win32 protection of a page with ``prot`` (PROT_* bits): 0 while only reserved.
+        The cache attribute belongs to the allocation: a page always carries the allocation's,
+        whatever a later call asks for."""
+        return _FROM_LINUX[prot] | (self.protect & _CACHE_BITS) if committed else 0
 
 
 _lock = threading.RLock()  # Windows serializes virtual memory calls too
@@ -180,12 +188,6 @@ def parse_protect(protect: int) -> str:
         # programs cannot receive; refuse rather than pretend.
         raise NtStatusError(STATUS_NOT_SUPPORTED)
     return _BASE_PROTECTIONS[base]
-
-
-def _page_word(allocation: Allocation, protect: int) -> int:
-    # The cache attribute belongs to the allocation: a page always carries the allocation's,
-    # whatever a later call asks for.
-    return (protect & 0xFF) | (allocation.protect & _CACHE_BITS)
 
 
 # ---- VirtualAlloc --------------------------------------------------------------------------
@@ -245,13 +247,13 @@ def allocate(
             watch = bool(allocation_type & MEM_WRITE_WATCH)
             allocation = _reserve(address, size, protect, watch, 0 if address else zero_bits)
             if allocation_type & MEM_COMMIT:
-                _commit(allocation, 0, len(allocation.page_protect), protect, text)
+                _commit(allocation, 0, (allocation.end - allocation.base) // PAGE, text)
             return allocation.base, allocation.end - allocation.base
         start, end = page_span(address, size)
         existing = find(start)
         if existing is None or end > existing.end:
             raise NtStatusError(STATUS_NOT_MAPPED_VIEW)
-        _commit(existing, (start - existing.base) // PAGE, (end - start) // PAGE, protect, text)
+        _commit(existing, (start - existing.base) // PAGE, (end - start) // PAGE, text)
         return start, end - start
 
 
@@ -277,19 +279,17 @@ def _reserve(address: int, size: int, protect: int, watch: bool, zero_bits: int)
         raise NtStatusError(STATUS_NO_MEMORY) from None
     except BackendUnavailable:
         raise NtStatusError(STATUS_NOT_SUPPORTED) from None
-    npages = length // PAGE
-    allocation = Allocation(region, protect, array("H", bytes(2 * npages)), bytearray(npages) if watch else None)
+    allocation = Allocation(region, protect, bytearray(length // PAGE) if watch else None)
     bisect.insort(_bases, allocation.base)
     _allocations[allocation.base] = allocation
     return allocation
 
 
-def _commit(allocation: Allocation, first: int, count: int, protect: int, text: str) -> None:
+def _commit(allocation: Allocation, first: int, count: int, text: str) -> None:
     try:
         allocation.region.commit(first * PAGE, count * PAGE, text)
     except BufferError:  # a Python buffer export still uses pages whose access would change
         raise NtStatusError(STATUS_DEVICE_BUSY) from None
-    allocation.page_protect[first : first + count] = array("H", [_page_word(allocation, protect)]) * count
 
 
 def _reset(address: int, size: int) -> tuple[int, int]:
@@ -338,7 +338,7 @@ def VirtualFree(address: int | None, size: int, free_type: int) -> bool:
 def _release(allocation: Allocation) -> None:
     base = allocation.base
     try:
-        allocation.region.free()
+        allocation.region.close()
     except BufferError:  # a Python buffer still uses the memory: freeing it would be unsafe
         raise Win32Error(ERROR_BUSY) from None
     _bases.remove(base)
@@ -351,7 +351,6 @@ def _decommit(allocation: Allocation, first: int, count: int) -> None:
         region.decommit(first * PAGE, count * PAGE)
     except BufferError:
         raise Win32Error(ERROR_BUSY) from None
-    allocation.page_protect[first : first + count] = array("H", bytes(2 * count))
     if allocation.latched is not None and region.write_watch is not None:
         for start, stop in _runs(allocation.latched, first, first + count):
             region.write_watch._mark(start, stop - start)
@@ -391,20 +390,20 @@ def VirtualProtect(address: int | None, size: int, new_protect: int, old_protect
         if start == end or allocation is None or end > allocation.end:
             raise Win32Error(ERROR_INVALID_ADDRESS)
         first, count = (start - allocation.base) // PAGE, (end - start) // PAGE
-        words = allocation.page_protect[first : first + count]
-        if 0 in words:  # not committed
+        prots, committed = allocation.page_protections(first, count)
+        if 0 in committed:
             arguments.write(old, PAGE_NOACCESS)
             raise Win32Error(ERROR_INVALID_ADDRESS)
         region = allocation.region
-        if allocation.latched is not None:
-            for dirty_start, dirty_end in region.dirty(start - allocation.base, end - start).ranges():
+        watch = region.write_watch
+        if allocation.latched is not None and watch is not None:
+            for dirty_start, dirty_end in watch.dirty(start - allocation.base, end - start).ranges():
                 allocation.latched[dirty_start // PAGE : dirty_end // PAGE] = b"\x01" * ((dirty_end - dirty_start) // PAGE)
         try:
             region.protect(first * PAGE, count * PAGE, text)
         except BufferError:
             raise Win32Error(ERROR_BUSY) from None
-        allocation.page_protect[first : first + count] = array("H", [_page_word(allocation, new_protect)]) * count
-        arguments.write(old, words[0])
+        arguments.write(old, allocation.win32_protection(prots[0], 1))
     return True
 
 
@@ -424,21 +423,19 @@ def VirtualQuery(address: int | None) -> MEMORY_BASIC_INFORMATION | None:
     with _lock:
         allocation = find(start)
         if allocation is not None:
-            words = allocation.page_protect
             first = (start - allocation.base) // PAGE
-            word = words[first]
-            last = first + 1
-            while last < len(words) and words[last] == word:
-                last += 1
+            prots, committed = allocation.page_protections(first, (allocation.end - start) // PAGE)
+            # The run of pages with the first one's state and protection (lstrip runs in C).
+            run = len(prots) - max(len(prots.lstrip(prots[:1])), len(committed.lstrip(committed[:1])))
             info.AllocationBase = allocation.base
             info.AllocationProtect = allocation.protect
-            info.RegionSize = (last - first) * PAGE
-            info.State = MEM_COMMIT if word else MEM_RESERVE
-            info.Protect = word
+            info.RegionSize = run * PAGE
+            info.State = MEM_COMMIT if committed[0] else MEM_RESERVE
+            info.Protect = allocation.win32_protection(prots[0], committed[0])
             info.Type = MEM_PRIVATE
             return info
     found = maps.mapping_at(start)
-    if isinstance(found, maps.Mapping):  # someone else's mapping: the program, Python, a library
+    if isinstance(found, maps.MapsEntry):  # someone else's mapping: the program, Python, a library
         lo, hi, prot, _shared, path, *_ = found
         info.AllocationBase = lo
         info.AllocationProtect = info.Protect = _FROM_LINUX.get(prot, PAGE_NOACCESS)

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from .. import _core
+from ..writewatch import WriteWatch
 from . import arguments
 from .constants import ERROR_INVALID_PARAMETER, ERROR_NOACCESS, WRITE_WATCH_FAILURE, WRITE_WATCH_FLAG_RESET
 from .lasterror import Win32Error, win32_function
 from .virtual import PAGE, Allocation, _lock, find, page_span
 
 
-def _watched(start: int, end: int) -> Allocation:
-    """The write-watched allocation that holds all of ``[start, end)``."""
+def _watched(start: int, end: int) -> tuple[Allocation, WriteWatch]:
+    """The write-watched allocation that holds all of ``[start, end)``, and its watch."""
     allocation = find(start) if start else None
-    if allocation is None or end > allocation.end or allocation.region.write_watch is None:
+    watch = None if allocation is None else allocation.region.write_watch
+    if allocation is None or end > allocation.end or watch is None:
         raise Win32Error(ERROR_INVALID_PARAMETER)
-    return allocation
+    return allocation, watch
 
 
 def _forget_latched(allocation: Allocation, offsets: list[tuple[int, int]]) -> None:
@@ -47,8 +49,8 @@ def GetWriteWatch(
         raise Win32Error(ERROR_NOACCESS)
     reset = bool(flags & WRITE_WATCH_FLAG_RESET)
     with _lock:
-        allocation = _watched(start, end)
-        dirty = allocation.region.dirty(start - allocation.base, end - start, reset=reset, limit=limit)
+        allocation, watch = _watched(start, end)
+        dirty = watch.dirty(start - allocation.base, end - start, reset=reset, limit=limit)
         if reset and allocation.latched is not None:
             _forget_latched(allocation, dirty.ranges())
     # The addresses are made once, in C, and copied once, into the caller's array.
@@ -67,8 +69,8 @@ def ResetWriteWatch(base: int | None, size: int) -> int:
     if start == end:
         raise Win32Error(ERROR_INVALID_PARAMETER)
     with _lock:
-        allocation = _watched(start, end)
-        allocation.region.reset(start - allocation.base, end - start)
+        allocation, watch = _watched(start, end)
+        watch.reset(start - allocation.base, end - start)
         if allocation.latched is not None:
             _forget_latched(allocation, [(start - allocation.base, end - allocation.base)])
     return 0

@@ -1,5 +1,6 @@
 /* Memory objects Python code holds: Mapping (memory we map and own, with the
- * protection of each page and its buffer exports, page range by page range),
+ * protection and commit state of each page and its buffer exports, page range
+ * by page range),
  * View (a buffer over part of a Mapping) and Pin (a held export of someone
  * else's buffer). */
 #include "memory.h"
@@ -35,6 +36,7 @@ typedef struct {
     Py_ssize_t size;
     size_t npages;
     uint8_t *prots;                /* PROT_* of each page */
+    uint8_t *committed;            /* 1 for each page committed, 0 for one only reserved (kept for Python) */
     size_t unreadable, unwritable; /* pages whose prots lack PROT_READ, PROT_WRITE */
     int max_prot;                  /* what the pages' source allows (an alias of a read-only file: no PROT_WRITE) */
     int busy;                      /* IDLE, CHANGING [change_first, +change_count) to change_prot, or FREEING */
@@ -178,9 +180,10 @@ static PyObject *mapping_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     Py_ssize_t size;
     int prot;
     unsigned long long address = 0, align = 0;
-    int shared = 0;
-    static char *kwlist[] = {"size", "prot", "address", "align", "shared", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "ni|$KKp", kwlist, &size, &prot, &address, &align, &shared))
+    int shared = 0, committed = 1;
+    static char *kwlist[] = {"size", "prot", "address", "align", "shared", "committed", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ni|$KKpp", kwlist, &size, &prot, &address, &align, &shared,
+                                     &committed))
         return NULL;
     if (size <= 0 || (size_t)size % nts_page_size) {
         PyErr_Format(PyExc_ValueError, "size must be a positive multiple of %zu, got %zd", nts_page_size, size);
@@ -212,11 +215,13 @@ static PyObject *mapping_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     self->npages = (size_t)size / nts_page_size;
     self->max_prot = PROT_BITS;
     self->prots = PyMem_Malloc(self->npages);
-    if (!self->prots) {
+    self->committed = PyMem_Malloc(self->npages);
+    if (!self->prots || !self->committed) {
         Py_DECREF(self);
         return PyErr_NoMemory();
     }
     memset(self->prots, prot, self->npages);
+    memset(self->committed, committed, self->npages);
     self->unreadable = (prot & PROT_READ) ? 0 : self->npages;
     self->unwritable = (prot & PROT_WRITE) ? 0 : self->npages;
     return (PyObject *)self;
@@ -227,6 +232,7 @@ static void mapping_dealloc(Mapping *self)
     if (self->addr)
         munmap(self->addr, (size_t)self->size);
     PyMem_Free(self->prots);
+    PyMem_Free(self->committed);
     PyMem_Free(self->ranges);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -380,6 +386,14 @@ static PyObject *mapping_protections(Mapping *self, PyObject *args)
     return PyBytes_FromStringAndSize((const char *)self->prots + first, count);
 }
 
+static PyObject *mapping_commit_state(Mapping *self, PyObject *args)
+{
+    Py_ssize_t first, count;
+    if (!PyArg_ParseTuple(args, "nn:_commit_state", &first, &count) || check_pages(self, first, count))
+        return NULL;
+    return PyBytes_FromStringAndSize((const char *)self->committed + first, count);
+}
+
 /* mprotect pages [first, first+n); when that fails the kernel may have changed
  * part of the range: put every page back as recorded.  0 or an errno.  Runs
  * without the GIL: `busy` keeps the recorded protections from changing. */
@@ -400,9 +414,9 @@ static int protect_pages(Mapping *m, size_t first, size_t n, int prot)
 static PyObject *mapping_change_protection(Mapping *self, PyObject *args)
 {
     Py_ssize_t first, count;
-    int prot;
+    int prot, committed = -1;
     PyObject *apply;
-    if (!PyArg_ParseTuple(args, "nniO:_change_protection", &first, &count, &prot, &apply) ||
+    if (!PyArg_ParseTuple(args, "nniO|i:_change_protection", &first, &count, &prot, &apply, &committed) ||
         check_pages(self, first, count))
         return NULL;
     if (prot & ~PROT_BITS) {
@@ -452,6 +466,8 @@ static PyObject *mapping_change_protection(Mapping *self, PyObject *args)
     }
     if (!failed)
         record_protection(self, (size_t)first, (size_t)count, prot);
+    if (!failed && committed >= 0) /* recorded with the protection: the two never disagree */
+        memset(self->committed + first, committed != 0, (size_t)count);
     self->busy = IDLE;
     if (failed)
         return NULL;
@@ -480,14 +496,17 @@ static PyMethodDef mapping_methods[] = {
      "is writable, BufferError unless every page is readable"},
     {"_protections", (PyCFunction)mapping_protections, METH_VARARGS,
      "_protections(first, count) -> bytes: the recorded PROT_* bits of each page"},
+    {"_commit_state", (PyCFunction)mapping_commit_state, METH_VARARGS,
+     "_commit_state(first, count) -> bytes: 1 for each page committed, 0 for each page only reserved"},
     {"_change_protection", (PyCFunction)mapping_change_protection, METH_VARARGS,
-     "_change_protection(first, count, prot, apply): give pages a new protection, refused (BufferError) when a "
-     "live export over them would lose access.  apply(first, count, prot) changes the kernel's protection "
-     "(None: mprotect here) and must leave it as it was if it raises.  Buffers exported meanwhile get only "
-     "the access both protections grant."},
+     "_change_protection(first, count, prot, apply, committed=-1): give pages a new protection, refused "
+     "(BufferError) when a live export over them would lose access.  apply(first, count, prot) changes the "
+     "kernel's protection (None: mprotect here) and must leave it as it was if it raises.  Buffers exported "
+     "meanwhile get only the access both protections grant.  committed 0 or 1 records the pages' commit state "
+     "with the protection (-1: unchanged)."},
     {"_unmap", (PyCFunction)mapping_unmap, METH_VARARGS,
      "_unmap(before=None): unmap the memory; BufferError while buffer exports are alive.  before() runs first, "
-     "once the check passed, and no buffer can be exported while it runs.  Idempotent.  (Region.free is the "
+     "once the check passed, and no buffer can be exported while it runs.  Idempotent.  (Region.close is the "
      "public way.)"},
     {NULL},
 };
@@ -507,8 +526,9 @@ PyTypeObject nts_mapping_type = {
     .tp_dealloc = (destructor)mapping_dealloc,
     .tp_as_buffer = &mapping_as_buffer,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Mapping(size, prot, *, address=0, align=0, shared=False): anonymous memory (private, or shared with "
-               "fork children and aliases), unmapped when freed or collected.",
+    .tp_doc = "Mapping(size, prot, *, address=0, align=0, shared=False, committed=True): anonymous memory (private, "
+               "or shared with fork children and aliases), unmapped when freed or collected; committed=False records "
+               "every page as only reserved.",
     .tp_methods = mapping_methods,
     .tp_getset = mapping_getset,
     .tp_new = mapping_new,
