@@ -57,7 +57,7 @@ def test_numpy_views_a_real_watch_answer() -> None:
         with memoryview(region) as memory:
             for page in (1, 2, 40):
                 memory[page * PS] = 1
-        dirty = region.dirty(reset=True)
+        dirty = region.write_watch.dirty(reset=True)
         assert (np.asarray(dirty) // PS).tolist() == [1, 2, 40]
 
 
