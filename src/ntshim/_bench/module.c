@@ -19,9 +19,11 @@ static PyMethodDef bench_methods[] = {
 };
 
 static struct PyModuleDef bench_module = {
-    PyModuleDef_HEAD_INIT, "ntshim._bench",
+    PyModuleDef_HEAD_INIT,
+    "ntshim._bench",
     "ntshim's benchmark and test-only natives (writer threads, kernel floors, native loops); see src/ntshim/_bench/.",
-    -1, bench_methods,
+    -1,
+    bench_methods,
 };
 
 PyMODINIT_FUNC PyInit__bench(void)

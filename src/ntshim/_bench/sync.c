@@ -40,7 +40,8 @@ struct fsem {
 static int g_smp; /* more than one CPU online: spinning can pay */
 
 /* A lock on a shared futex (nts_lock's futexes are process-private). */
-static void shared_lock(uint32_t *w) {
+static void shared_lock(uint32_t *w)
+{
     uint32_t c = 0;
     if (__atomic_compare_exchange_n(w, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
         return;
@@ -48,7 +49,8 @@ static void shared_lock(uint32_t *w) {
         syscall(SYS_futex, w, FUTEX_WAIT, 2, NULL, NULL, 0);
 }
 
-static void shared_unlock(uint32_t *w) {
+static void shared_unlock(uint32_t *w)
+{
     if (__atomic_exchange_n(w, 0, __ATOMIC_RELEASE) == 2)
         syscall(SYS_futex, w, FUTEX_WAKE, 1, NULL, NULL, 0);
 }
@@ -60,7 +62,8 @@ struct hsem {
     uint32_t count, queued[2], nqueued, granted[2], sleeping[2];
 };
 
-static void hsem_wait(struct hsem *s, int me) {
+static void hsem_wait(struct hsem *s, int me)
+{
     shared_lock(&s->lock);
     if (s->count) {
         s->count--;
@@ -80,7 +83,8 @@ static void hsem_wait(struct hsem *s, int me) {
     }
 }
 
-static void hsem_post(struct hsem *s) {
+static void hsem_post(struct hsem *s)
+{
     shared_lock(&s->lock);
     if (!s->nqueued) {
         s->count++;
@@ -109,10 +113,11 @@ typedef struct {
     struct hsem hsem, ha, hb;  /* floor-futex-fifo */
     int efd_sem, efd_a, efd_b; /* floor-eventfd */
     uint32_t slot_sem, slot_a, slot_b;
-    nts_arena *arena;          /* futex: same address after fork */
+    nts_arena *arena; /* futex: same address after fork */
 } shared;
 
-static void fsem_wait(struct fsem *s) {
+static void fsem_wait(struct fsem *s)
+{
     for (;;) {
         uint32_t v = __atomic_load_n(&s->value, __ATOMIC_ACQUIRE);
         if (v) {
@@ -126,13 +131,15 @@ static void fsem_wait(struct fsem *s) {
     }
 }
 
-static void fsem_post(struct fsem *s) {
+static void fsem_post(struct fsem *s)
+{
     __atomic_add_fetch(&s->value, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&s->waiters, __ATOMIC_SEQ_CST))
         syscall(SYS_futex, &s->value, FUTEX_WAKE, 1, NULL, NULL, 0);
 }
 
-static int efd_wait(int fd) {
+static int efd_wait(int fd)
+{
     uint64_t v;
     while (read(fd, &v, sizeof v) != sizeof v)
         if (errno != EINTR)
@@ -140,7 +147,8 @@ static int efd_wait(int fd) {
     return 0;
 }
 
-static int efd_post(int fd) {
+static int efd_post(int fd)
+{
     uint64_t v = 1;
     return write(fd, &v, sizeof v) == sizeof v ? 0 : errno;
 }
@@ -148,7 +156,8 @@ static int efd_post(int fd) {
 /* Wait on / signal one object of the mechanism; 0 or an errno. */
 static __thread uint32_t tls_owner;
 
-static int do_wait(shared *s, int which, int me) {
+static int do_wait(shared *s, int which, int me)
+{
     uint32_t index;
     if (!tls_owner)
         tls_owner = (uint32_t)syscall(SYS_gettid);
@@ -172,7 +181,8 @@ static int do_wait(shared *s, int which, int me) {
     }
 }
 
-static int do_signal(shared *s, int which) {
+static int do_signal(shared *s, int which)
+{
     uint32_t prev;
     int was;
     switch (s->mech) {
@@ -191,16 +201,17 @@ static int do_signal(shared *s, int which) {
     }
 }
 
-#define CHECK(expr)                                                                                                   \
-    do {                                                                                                              \
-        int e_ = (expr);                                                                                              \
-        if (e_) {                                                                                                     \
-            __atomic_store_n(&s->failed, e_, __ATOMIC_RELAXED);                                                      \
-            return;                                                                                                   \
-        }                                                                                                             \
+#define CHECK(expr)                                                                                                    \
+    do {                                                                                                               \
+        int e_ = (expr);                                                                                               \
+        if (e_) {                                                                                                      \
+            __atomic_store_n(&s->failed, e_, __ATOMIC_RELAXED);                                                        \
+            return;                                                                                                    \
+        }                                                                                                              \
     } while (0)
 
-static void side(shared *s, int number) {
+static void side(shared *s, int number)
+{
     if (s->test == TEST_CONTENDED) {
         uint64_t mine = s->amount / 2 + (number == 0 ? s->amount % 2 : 0);
         for (uint64_t i = 0; i < mine; i++) {
@@ -234,13 +245,15 @@ typedef struct {
     int number;
 } side_arg;
 
-static void *side_thread(void *arg) {
+static void *side_thread(void *arg)
+{
     side_arg *x = arg;
     side(x->s, x->number);
     return NULL;
 }
 
-static void sleep_ns(uint64_t ns) {
+static void sleep_ns(uint64_t ns)
+{
     struct timespec t = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
     while (nanosleep(&t, &t) < 0 && errno == EINTR)
         ;
@@ -248,7 +261,8 @@ static void sleep_ns(uint64_t ns) {
 
 /* Run both sides on two threads, or in two forked processes, while this thread
  * keeps time (and stops a zigzag).  0 or an errno; *elapsed in ns. */
-static int run(shared *s, int processes, uint64_t *elapsed) {
+static int run(shared *s, int processes, uint64_t *elapsed)
+{
     uint64_t t0 = nts_now_ns();
     pthread_t threads[2];
     pid_t pids[2];
@@ -287,7 +301,8 @@ static int run(shared *s, int processes, uint64_t *elapsed) {
 /* bench_sync(mechanism, test, processes, amount, slots) -> (elapsed_ns, round_trips).
  * slots: (semaphore, event A, event B) of the futex backend, referenced by this
  * process (ignored by the floors). */
-PyObject *nts_bench_sync(PyObject *mod, PyObject *args) {
+PyObject *nts_bench_sync(PyObject *mod, PyObject *args)
+{
     int mech, test, processes;
     unsigned long long amount;
     unsigned int slot_sem = 0, slot_a = 0, slot_b = 0;
@@ -325,7 +340,8 @@ PyObject *nts_bench_sync(PyObject *mod, PyObject *args) {
     }
     uint64_t elapsed = 0;
     if (!err) {
-        Py_BEGIN_ALLOW_THREADS err = run(s, processes, &elapsed);
+        Py_BEGIN_ALLOW_THREADS
+        err = run(s, processes, &elapsed);
         Py_END_ALLOW_THREADS
     }
     uint64_t round_trips = s->round_trips;

@@ -164,8 +164,8 @@ static PyMethodDef writers_methods[] = {
 };
 
 PyTypeObject nts_writers_type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "ntshim._bench.Writers",
+    PyVarObject_HEAD_INIT(NULL, 0) // the macro ends with its own comma
+        .tp_name = "ntshim._bench.Writers",
     .tp_basicsize = sizeof(Writers),
     .tp_dealloc = (destructor)writers_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,

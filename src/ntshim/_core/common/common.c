@@ -71,10 +71,7 @@ PyObject *nts_runs_finish(nts_runs *r)
     return out;
 }
 
-static long futex(int *word, int op, int val)
-{
-    return syscall(SYS_futex, word, op, val, NULL, NULL, 0);
-}
+static long futex(int *word, int op, int val) { return syscall(SYS_futex, word, op, val, NULL, NULL, 0); }
 
 void nts_lock(int *word)
 {

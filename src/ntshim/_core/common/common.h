@@ -42,10 +42,10 @@ struct nts_pm_scan_arg {
 struct nts_page_region {
     uint64_t start, end, categories;
 };
-#define NTS_PAGEMAP_SCAN _IOWR('f', 16, struct nts_pm_scan_arg)
-#define NTS_PM_SCAN_WP_MATCHING (1ULL << 0)
+#define NTS_PAGEMAP_SCAN          _IOWR('f', 16, struct nts_pm_scan_arg)
+#define NTS_PM_SCAN_WP_MATCHING   (1ULL << 0)
 #define NTS_PM_SCAN_CHECK_WPASYNC (1ULL << 1)
-#define NTS_PAGE_IS_WRITTEN (1ULL << 1)
+#define NTS_PAGE_IS_WRITTEN       (1ULL << 1)
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -69,7 +69,7 @@ typedef struct {
     size_t n, cap; /* n counts uint64 values, two per range */
 } nts_runs;
 int nts_runs_add(nts_runs *r, uint64_t start, uint64_t end); /* 0, or -1 on ENOMEM */
-PyObject *nts_runs_finish(nts_runs *r);                       /* bytes; frees r */
+PyObject *nts_runs_finish(nts_runs *r);                      /* bytes; frees r */
 
 /* A futex lock that may be taken inside a SIGSEGV handler (only syscalls and
  * atomics): 0 free, 1 held, 2 held with waiters. */
@@ -110,7 +110,8 @@ int nts_sigchain_install(nts_sigchain *c);
 void nts_sigchain_pass(nts_sigchain *c, siginfo_t *si, void *ctx);
 
 /* A spin-wait hint to the CPU (lets the other hyperthread run, saves power). */
-static inline void nts_cpu_relax(void) {
+static inline void nts_cpu_relax(void)
+{
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #elif defined(__aarch64__)

@@ -68,17 +68,19 @@ static int check_runs(const Py_buffer *runs, uint64_t add, uint64_t step, size_t
         return -1;
     }
     if (runs->len % (2 * sizeof *r)) {
-        PyErr_Format(PyExc_ValueError, "runs must be native uint64 (start, end) pairs: %zd bytes is not a multiple "
-                     "of 16", runs->len);
+        PyErr_Format(PyExc_ValueError,
+                     "runs must be native uint64 (start, end) pairs: %zd bytes is not a multiple "
+                     "of 16",
+                     runs->len);
         return -1;
     }
     for (size_t i = 0; i < n; i += 2) {
         uint64_t start = r[i], end = r[i + 1];
         const char *why = start % step || end % step ? "is not whole pages of the granularity"
-                          : start > end                   ? "ends before it starts"
-                          : i && start < r[i - 1]         ? "starts before the previous run ends (runs ascend, apart)"
-                          : end > UINT64_MAX - add        ? "passes 2**64 once the address is added"
-                                                          : NULL;
+                          : start > end              ? "ends before it starts"
+                          : i && start < r[i - 1]    ? "starts before the previous run ends (runs ascend, apart)"
+                          : end > UINT64_MAX - add   ? "passes 2**64 once the address is added"
+                                                     : NULL;
         if (why) {
             PyErr_Format(PyExc_ValueError, "run %zu [0x%llx, 0x%llx) %s", i / 2, (unsigned long long)start,
                          (unsigned long long)end, why);
@@ -152,8 +154,7 @@ static const nts_capi core_capi = {
 PyMODINIT_FUNC PyInit__core(void)
 {
     nts_page_size = (size_t)sysconf(_SC_PAGESIZE);
-    if (PyType_Ready(&nts_mapping_type) < 0 || PyType_Ready(&nts_pin_type) < 0 ||
-        PyType_Ready(&nts_view_type) < 0)
+    if (PyType_Ready(&nts_mapping_type) < 0 || PyType_Ready(&nts_pin_type) < 0 || PyType_Ready(&nts_view_type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&core_module);
     if (!m)
@@ -167,9 +168,8 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(m, "PROT_EXEC", PROT_EXEC) < 0 ||
         PyModule_AddIntConstant(m, "MADV_DONTNEED", MADV_DONTNEED) < 0 ||
         PyModule_AddIntConstant(m, "MADV_FREE", MADV_FREE) < 0 ||
-        PyModule_AddIntConstant(m, "MADV_REMOVE", MADV_REMOVE) < 0 ||
-        nts_writewatch_module_init(m) < 0 || nts_sync_module_init(m) < 0 ||
-        PyModule_AddFunctions(m, nts_placement_methods) < 0) {
+        PyModule_AddIntConstant(m, "MADV_REMOVE", MADV_REMOVE) < 0 || nts_writewatch_module_init(m) < 0 ||
+        nts_sync_module_init(m) < 0 || PyModule_AddFunctions(m, nts_placement_methods) < 0) {
         Py_DECREF(m);
         return NULL;
     }

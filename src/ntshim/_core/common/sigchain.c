@@ -126,8 +126,7 @@ void nts_sigchain_pass(nts_sigchain *c, siginfo_t *si, void *ctx)
     int slot = -1;
     for (int i = 0; i < NTS_SIGCHAIN_THREADS && slot < 0; i++) {
         pid_t free_slot = 0;
-        if (__atomic_compare_exchange_n(&c->passing[i].tid, &free_slot, me, 0, __ATOMIC_RELAXED,
-                                        __ATOMIC_RELAXED)) {
+        if (__atomic_compare_exchange_n(&c->passing[i].tid, &free_slot, me, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
             c->passing[i].sp = sp;
             slot = i;
         }

@@ -182,8 +182,7 @@ static PyObject *mapping_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     unsigned long long address = 0, align = 0;
     int shared = 0, committed = 1;
     static char *kwlist[] = {"size", "prot", "address", "align", "shared", "committed", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "ni|$KKpp", kwlist, &size, &prot, &address, &align, &shared,
-                                     &committed))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ni|$KKpp", kwlist, &size, &prot, &address, &align, &shared, &committed))
         return NULL;
     if (size <= 0 || (size_t)size % nts_page_size) {
         PyErr_Format(PyExc_ValueError, "size must be a positive multiple of %zu, got %zd", nts_page_size, size);
@@ -333,8 +332,8 @@ static int view_getbuffer(View *self, Py_buffer *view, int flags)
 static PyBufferProcs view_as_buffer = {(getbufferproc)view_getbuffer, NULL};
 
 PyTypeObject nts_view_type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "ntshim._core.View",
+    PyVarObject_HEAD_INIT(NULL, 0) // the macro ends with its own comma
+        .tp_name = "ntshim._core.View",
     .tp_basicsize = sizeof(View),
     .tp_dealloc = (destructor)view_dealloc,
     .tp_as_buffer = &view_as_buffer,
@@ -520,15 +519,15 @@ static PyGetSetDef mapping_getset[] = {
 };
 
 PyTypeObject nts_mapping_type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "ntshim._core.Mapping",
+    PyVarObject_HEAD_INIT(NULL, 0) // the macro ends with its own comma
+        .tp_name = "ntshim._core.Mapping",
     .tp_basicsize = sizeof(Mapping),
     .tp_dealloc = (destructor)mapping_dealloc,
     .tp_as_buffer = &mapping_as_buffer,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "Mapping(size, prot, *, address=0, align=0, shared=False, committed=True): anonymous memory (private, "
-               "or shared with fork children and aliases), unmapped when freed or collected; committed=False records "
-               "every page as only reserved.",
+              "or shared with fork children and aliases), unmapped when freed or collected; committed=False records "
+              "every page as only reserved.",
     .tp_methods = mapping_methods,
     .tp_getset = mapping_getset,
     .tp_new = mapping_new,
@@ -584,8 +583,7 @@ static PyObject *pin_release(Pin *self, PyObject *unused)
     if (!self->view.obj)
         Py_RETURN_NONE;
     if (self->exports) {
-        PyErr_Format(PyExc_BufferError, "cannot release the Pin: %zd buffer export(s) of it are alive",
-                     self->exports);
+        PyErr_Format(PyExc_BufferError, "cannot release the Pin: %zd buffer export(s) of it are alive", self->exports);
         return NULL;
     }
     PyBuffer_Release(&self->view);
@@ -615,10 +613,7 @@ static void pin_releasebuffer(Pin *self, Py_buffer *view) { self->exports--; }
 
 static PyBufferProcs pin_as_buffer = {(getbufferproc)pin_getbuffer, (releasebufferproc)pin_releasebuffer};
 
-static PyObject *pin_address(Pin *self, void *c)
-{
-    return pin_check(self) ? NULL : PyLong_FromVoidPtr(self->view.buf);
-}
+static PyObject *pin_address(Pin *self, void *c) { return pin_check(self) ? NULL : PyLong_FromVoidPtr(self->view.buf); }
 
 static PyObject *pin_nbytes(Pin *self, void *c) { return pin_check(self) ? NULL : PyLong_FromSsize_t(self->view.len); }
 
@@ -637,8 +632,8 @@ static PyGetSetDef pin_getset[] = {
 };
 
 PyTypeObject nts_pin_type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "ntshim._core.Pin",
+    PyVarObject_HEAD_INIT(NULL, 0) // the macro ends with its own comma
+        .tp_name = "ntshim._core.Pin",
     .tp_basicsize = sizeof(Pin),
     .tp_dealloc = (destructor)pin_dealloc,
     .tp_as_buffer = &pin_as_buffer,

@@ -12,7 +12,8 @@
 
 /* reserve_range(address, size): inaccessible, uncommitted address space exactly
  * there; FileExistsError when anything is in the way (nothing is replaced). */
-static PyObject *py_reserve_range(PyObject *mod, PyObject *args) {
+static PyObject *py_reserve_range(PyObject *mod, PyObject *args)
+{
     unsigned long long address, size;
     if (!PyArg_ParseTuple(args, "KK", &address, &size))
         return NULL;
@@ -32,7 +33,8 @@ static PyObject *py_reserve_range(PyObject *mod, PyObject *args) {
 }
 
 /* unmap(address, size) */
-static PyObject *py_unmap(PyObject *mod, PyObject *args) {
+static PyObject *py_unmap(PyObject *mod, PyObject *args)
+{
     unsigned long long address, size;
     if (!PyArg_ParseTuple(args, "KK", &address, &size))
         return NULL;
@@ -45,11 +47,13 @@ static PyObject *py_unmap(PyObject *mod, PyObject *args) {
  * mapping at `source`, moved onto `target` — a range the caller owns (a
  * placeholder it reserved), which it replaces.  mremap(old_size=0) refuses
  * private mappings with EINVAL. */
-static PyObject *py_alias_onto(PyObject *mod, PyObject *args) {
+static PyObject *py_alias_onto(PyObject *mod, PyObject *args)
+{
     unsigned long long source, size, target;
     if (!PyArg_ParseTuple(args, "KKK", &source, &size, &target))
         return NULL;
-    void *p = mremap((void *)(uintptr_t)source, 0, (size_t)size, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)(uintptr_t)target);
+    void *p =
+        mremap((void *)(uintptr_t)source, 0, (size_t)size, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)(uintptr_t)target);
     if (p == MAP_FAILED)
         return nts_raise_errno(errno, "mremap(0x%llx, old_size=0) onto 0x%llx", source, target);
     Py_RETURN_NONE;
@@ -57,7 +61,8 @@ static PyObject *py_alias_onto(PyObject *mod, PyObject *args) {
 
 /* map_fd_onto(fd, offset, size, prot, target): the file's pages, shared, onto a
  * range the caller owns (MAP_FIXED replaces only that placeholder). */
-static PyObject *py_map_fd_onto(PyObject *mod, PyObject *args) {
+static PyObject *py_map_fd_onto(PyObject *mod, PyObject *args)
+{
     int fd, prot;
     unsigned long long offset, size, target;
     if (!PyArg_ParseTuple(args, "iKKiK", &fd, &offset, &size, &prot, &target))
@@ -74,7 +79,8 @@ static PyObject *py_map_fd_onto(PyObject *mod, PyObject *args) {
 
 /* placement_probe() -> dict: what this kernel offers for placement, each tried
  * for real on a scratch page. */
-static PyObject *py_placement_probe(PyObject *mod, PyObject *unused) {
+static PyObject *py_placement_probe(PyObject *mod, PyObject *unused)
+{
     size_t ps = nts_page_size;
     int noreplace = 0, alias = 0, dontunmap = 0;
     unsigned long long low32 = 0;

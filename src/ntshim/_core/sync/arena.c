@@ -91,27 +91,27 @@ struct nts_futex_waitv {
     uint32_t flags, reserved;
 };
 #define NTS_FUTEX2_SIZE_U32 0x02
-#define NTS_FUTEX2_PRIVATE FUTEX_PRIVATE_FLAG
+#define NTS_FUTEX2_PRIVATE  FUTEX_PRIVATE_FLAG
 #define NTS_FUTEX_WAITV_MAX 128
 
-#define MAGIC 0x4e545359u /* "NTSY" */
-#define NOBJ 16384u       /* objects */
-#define NTHR 4096u        /* threads that wait or own mutexes, at once */
-#define NREF 65536u       /* (process, object) references */
-#define NPROC 1024u       /* processes attached at once */
-#define NHASH 32768u      /* name index slots: a power of two, twice NOBJ */
-#define NQ (NTS_SYNC_MAX_WAIT + 1) /* entries per waiter: objects and the alert */
+#define MAGIC   0x4e545359u             /* "NTSY" */
+#define NOBJ    16384u                  /* objects */
+#define NTHR    4096u                   /* threads that wait or own mutexes, at once */
+#define NREF    65536u                  /* (process, object) references */
+#define NPROC   1024u                   /* processes attached at once */
+#define NHASH   32768u                  /* name index slots: a power of two, twice NOBJ */
+#define NQ      (NTS_SYNC_MAX_WAIT + 1) /* entries per waiter: objects and the alert */
 #define WAITING 0xFFFFFFFFu
-#define CHUNK 65536u      /* storage is reserved this much at a time */
+#define CHUNK   65536u /* storage is reserved this much at a time */
 
 /* The lock word: 0 when free, else the holder's identity, its process slot and the
  * low bits of that slot's generation (which tell a process from the slot's previous
  * holders), with LOCK_WAITERS set when someone may sleep on it. */
-#define LOCK_WAITERS 0x80000000u
-#define ID_GEN_BITS 20
-#define ID_GEN_MASK ((1u << ID_GEN_BITS) - 1)
-#define ID(proc, gen) (((proc) << ID_GEN_BITS) | ((gen) & ID_GEN_MASK))
-#define ID_PROC(id) (((id) & ~LOCK_WAITERS) >> ID_GEN_BITS)
+#define LOCK_WAITERS  0x80000000u
+#define ID_GEN_BITS   20
+#define ID_GEN_MASK   ((1u << ID_GEN_BITS) - 1)
+#define ID(proc, gen) (((proc) << ID_GEN_BITS) | (ID_GEN_MASK & (gen)))
+#define ID_PROC(id)   (((id) & ~LOCK_WAITERS) >> ID_GEN_BITS)
 /* How long a waiter for the lock sleeps before it looks whether the holder lives. */
 #define LOCK_PATIENCE_NS 30000000
 
@@ -160,17 +160,18 @@ struct ref {
     uint32_t proc, obj, next_free, pad;
 };
 
-#define ROUNDC(x) (((size_t)(x) + CHUNK - 1) & ~(size_t)(CHUNK - 1))
-#define OFF_PROC 4096u
-#define OFF_HASH ROUNDC(OFF_PROC + sizeof(struct proc) * (NPROC + 1))
-#define OFF_OBJ (OFF_HASH + ROUNDC(sizeof(uint32_t) * NHASH))
-#define OFF_NAME (OFF_OBJ + ROUNDC(sizeof(struct obj) * (NOBJ + 1)))
-#define OFF_THR (OFF_NAME + ROUNDC(sizeof(struct name) * (NOBJ + 1)))
-#define OFF_REF (OFF_THR + ROUNDC(sizeof(struct thr) * (NTHR + 1)))
+#define ROUNDC(x)  (((size_t)(x) + CHUNK - 1) & ~(size_t)(CHUNK - 1))
+#define OFF_PROC   4096u
+#define OFF_HASH   ROUNDC(OFF_PROC + sizeof(struct proc) * (NPROC + 1))
+#define OFF_OBJ    (OFF_HASH + ROUNDC(sizeof(uint32_t) * NHASH))
+#define OFF_NAME   (OFF_OBJ + ROUNDC(sizeof(struct obj) * (NOBJ + 1)))
+#define OFF_THR    (OFF_NAME + ROUNDC(sizeof(struct name) * (NOBJ + 1)))
+#define OFF_REF    (OFF_THR + ROUNDC(sizeof(struct thr) * (NTHR + 1)))
 #define ARENA_SIZE (OFF_REF + ROUNDC(sizeof(struct ref) * (NREF + 1)))
 
 _Static_assert(sizeof(struct header) <= OFF_PROC, "the header fits its page");
-_Static_assert(NPROC < (1u << (31 - ID_GEN_BITS)) && NPROC < NTS_SYNC_LIVE_END, "slots fit the lock word and the liveness bytes");
+_Static_assert(NPROC < (1u << (31 - ID_GEN_BITS)) && NPROC < NTS_SYNC_LIVE_END,
+               "slots fit the lock word and the liveness bytes");
 _Static_assert(sizeof(struct thr) <= CHUNK && sizeof(struct name) <= CHUNK, "one element fits a chunk");
 
 /* This process's view.  Indexes into the tables are 1-based; 0 means none. */
@@ -183,11 +184,11 @@ struct nts_arena {
     struct name *n;
     struct thr *t;
     struct ref *r;
-    int fd;        /* our own open file description, never mapped: it carries our liveness lock */
-    int fd_err;    /* why fd is -1 (a forked child that could not get one) */
-    uint32_t proc; /* our slot, 0 before we have one */
-    uint32_t gen;  /* its generation when we claimed it */
-    uint32_t me;   /* our lock identity, ID(proc, gen) */
+    int fd;                      /* our own open file description, never mapped: it carries our liveness lock */
+    int fd_err;                  /* why fd is -1 (a forked child that could not get one) */
+    uint32_t proc;               /* our slot, 0 before we have one */
+    uint32_t gen;                /* its generation when we claimed it */
+    uint32_t me;                 /* our lock identity, ID(proc, gen) */
     uint32_t my_rec[NOBJ + 1];   /* our reference record per object */
     uint32_t my_count[NOBJ + 1]; /* our references per object (private: fork copies it exactly) */
     /* fork: the slot, descriptor and references prepared for the child */
@@ -224,7 +225,8 @@ static const char *g_damage;
 static int damaged(void) { return __atomic_load_n(&g_damaged, __ATOMIC_ACQUIRE) != 0; }
 
 /* Give up our process slot: the others then see us gone and reclaim what we held. */
-static void leave(nts_arena *a) {
+static void leave(nts_arena *a)
+{
     if (a && a->proc && a->fd >= 0) {
         struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = a->proc, .l_len = 1};
         fcntl(a->fd, F_OFD_SETLK, &fl);
@@ -232,7 +234,8 @@ static void leave(nts_arena *a) {
 }
 
 /* Mark this process's view damaged (the first reason stays); EUCLEAN.  Async-signal-safe. */
-static int damage(const char *why) {
+static int damage(const char *why)
+{
     const char *none = NULL;
     __atomic_compare_exchange_n(&g_damage, &none, why, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
     if (!__atomic_exchange_n(&g_damaged, 1, __ATOMIC_SEQ_CST)) {
@@ -261,7 +264,8 @@ static char *g_base;
 static void on_sigbus(int sig, siginfo_t *si, void *ctx);
 static nts_sigchain g_bus_chain = {.sig = SIGBUS, .handler = on_sigbus};
 
-static void on_sigbus(int sig, siginfo_t *si, void *ctx) {
+static void on_sigbus(int sig, siginfo_t *si, void *ctx)
+{
     int saved_errno = errno;
     char *base = __atomic_load_n(&g_base, __ATOMIC_ACQUIRE), *addr = si->si_addr;
     if (si->si_code > 0 && base && addr >= base && addr < base + ARENA_SIZE &&
@@ -275,7 +279,8 @@ static void on_sigbus(int sig, siginfo_t *si, void *ctx) {
 }
 
 /* Ours on top (again: another handler may have been installed since). */
-static int install_sigbus(void) {
+static int install_sigbus(void)
+{
     nts_lock(&g_install_lock);
     int err = nts_sigchain_install(&g_bus_chain);
     nts_unlock(&g_install_lock);
@@ -292,7 +297,8 @@ static void store(uint32_t *word, uint32_t v) { __atomic_store_n(word, v, __ATOM
 /* The glibc robust mutex keeps its futex word (owner TID and flags) first. */
 static uint32_t *token_word(struct thr *t) { return (uint32_t *)&t->token; }
 
-static int token_dead(struct thr *t) {
+static int token_dead(struct thr *t)
+{
     uint32_t w = load(token_word(t));
     return (w & FUTEX_OWNER_DIED) || (w & FUTEX_TID_MASK) == 0;
 }
@@ -304,7 +310,8 @@ static int token_dead(struct thr *t) {
 #define READ_ONCE(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 
 /* High-water marks, checked against the capacity (damaged and 0 beyond it). */
-static uint32_t hw_of(uint32_t *hw, uint32_t max) {
+static uint32_t hw_of(uint32_t *hw, uint32_t max)
+{
     uint32_t v = READ_ONCE(*hw);
     if (v <= max)
         return v;
@@ -318,13 +325,15 @@ static uint32_t proc_hw(nts_arena *a) { return hw_of(&a->h->proc_hw, NPROC); }
 
 /* An index read from the arena: itself when it names a used entry (1..hw), else
  * damaged and 0, whose entry exists in every table and belongs to nobody. */
-static uint32_t obj_index(nts_arena *a, uint32_t oi) {
+static uint32_t obj_index(nts_arena *a, uint32_t oi)
+{
     if (oi >= 1 && oi <= obj_hw(a))
         return oi;
     damage(BAD_OBJ);
     return 0;
 }
-static uint32_t thr_index(nts_arena *a, uint32_t ti) {
+static uint32_t thr_index(nts_arena *a, uint32_t ti)
+{
     if (ti >= 1 && ti <= thr_hw(a))
         return ti;
     damage(BAD_THR);
@@ -332,10 +341,11 @@ static uint32_t thr_index(nts_arena *a, uint32_t ti) {
 }
 
 /* Wait-queue entries are numbered from 1 across all thread blocks. */
-#define ENTRY_THR(id) (((id) - 1) / NQ + 1)
-#define ENTRY_IDX(id) (((id) - 1) % NQ)
+#define ENTRY_THR(id) (((id)-1) / NQ + 1)
+#define ENTRY_IDX(id) (((id)-1) % NQ)
 static uint32_t entry_id(uint32_t thr, uint32_t i) { return (thr - 1) * NQ + i + 1; }
-static struct entry *entry_at(nts_arena *a, uint32_t id) {
+static struct entry *entry_at(nts_arena *a, uint32_t id)
+{
     if (id >= 1 && ENTRY_THR(id) <= thr_hw(a))
         return &a->t[ENTRY_THR(id)].e[ENTRY_IDX(id)];
     damage(BAD_QUEUE);
@@ -345,7 +355,8 @@ static struct entry *entry_at(nts_arena *a, uint32_t id) {
 /* Whether entry `id` can stand on object oi's wait-all (all) or wait-any list right
  * after `prev` (0: at its head): a walk that checks every step this way visits each
  * entry at most once (an entry's back link names one predecessor), in bounds. */
-static int entry_ok(nts_arena *a, uint32_t oi, int all, uint32_t id, uint32_t prev) {
+static int entry_ok(nts_arena *a, uint32_t oi, int all, uint32_t id, uint32_t prev)
+{
     if (id < 1 || ENTRY_THR(id) > thr_hw(a))
         return !damage(BAD_QUEUE);
     struct thr *t = &a->t[ENTRY_THR(id)];
@@ -361,7 +372,8 @@ static int entry_ok(nts_arena *a, uint32_t oi, int all, uint32_t id, uint32_t pr
 
 /* Whether another open file description holds the liveness lock of slot i (a
  * description never conflicts with its own locks: not for our own slot). */
-static int slot_held(int fd, uint32_t i) {
+static int slot_held(int fd, uint32_t i)
+{
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = i, .l_len = 1};
     if (fd < 0 || fcntl(fd, F_OFD_GETLK, &fl) < 0)
         return 1; /* cannot tell: never reclaim on doubt */
@@ -374,7 +386,8 @@ static int process_dead(nts_arena *a, uint32_t pi) { return pi != a->proc && !sl
  * claim (nobody alive holds the slot, so its previous holder, if any, is dead).
  * First the slots the table shows free, then the others (their holders may have
  * died).  The slot and its new generation, or 0. */
-static uint32_t claim_slot(nts_arena *a, int fd, uint32_t *gen) {
+static uint32_t claim_slot(nts_arena *a, int fd, uint32_t *gen)
+{
     for (uint32_t pass = 0; pass < 2; pass++)
         for (uint32_t i = 1; i <= NPROC; i++) {
             if ((load(&a->p[i].in_use) != 0) != pass)
@@ -396,7 +409,8 @@ static void gc_dead_processes(nts_arena *a);
 static void repair(nts_arena *a);
 
 /* Whether the holder named by a lock word that did not change for a while is gone. */
-static int holder_gone(nts_arena *a, uint32_t id) {
+static int holder_gone(nts_arena *a, uint32_t id)
+{
     uint32_t pi = ID_PROC(id);
     if ((id & ~LOCK_WAITERS) == a->me)
         return 0; /* another thread of ours */
@@ -405,7 +419,8 @@ static int holder_gone(nts_arena *a, uint32_t id) {
     return process_dead(a, pi);
 }
 
-static int lock_slow(nts_arena *a) {
+static int lock_slow(nts_arena *a)
+{
     uint32_t *w = &a->h->lock;
     for (;;) {
         if (damaged())
@@ -442,14 +457,16 @@ static int lock_slow(nts_arena *a) {
     }
 }
 
-static int arena_lock(nts_arena *a) {
+static int arena_lock(nts_arena *a)
+{
     uint32_t expected = 0;
     if (__atomic_compare_exchange_n(&a->h->lock, &expected, a->me, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
         return 0;
     return lock_slow(a);
 }
 
-static void arena_unlock(nts_arena *a) {
+static void arena_unlock(nts_arena *a)
+{
     uint32_t *w = &a->h->lock, v = a->me;
     if (__atomic_compare_exchange_n(w, &v, 0, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
         return;
@@ -464,7 +481,8 @@ static void arena_unlock(nts_arena *a) {
 
 /* The start of an entry point that works on the tables: EUCLEAN once damaged,
  * EBADF before this process has a slot (it has no objects then), else locked. */
-static int begin(nts_arena *a) {
+static int begin(nts_arena *a)
+{
     if (damaged())
         return EUCLEAN;
     if (!a->me)
@@ -473,12 +491,14 @@ static int begin(nts_arena *a) {
 }
 
 /* Its end: unlock; damage found meanwhile wins over any other outcome. */
-static int done(nts_arena *a, int err) {
+static int done(nts_arena *a, int err)
+{
     arena_unlock(a);
     return damaged() ? EUCLEAN : err;
 }
 
-static int init_robust_shared(pthread_mutex_t *m) {
+static int init_robust_shared(pthread_mutex_t *m)
+{
     pthread_mutexattr_t attr;
     pthread_mutexattr_init(&attr);
     pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
@@ -493,7 +513,8 @@ static int init_robust_shared(pthread_mutex_t *m) {
 /* Make sure element i of the table at `off` has storage, before anything touches it.
  * A table grows one element at a time and its first chunk is reserved with the
  * file, so everything up to the chunk boundary after element i-1 has storage. */
-static int reserve(nts_arena *a, size_t off, size_t size, uint32_t i) {
+static int reserve(nts_arena *a, size_t off, size_t size, uint32_t i)
+{
     size_t have = ROUNDC(off + (size_t)i * size), need = off + ((size_t)i + 1) * size;
     if (need <= have)
         return 0;
@@ -502,7 +523,8 @@ static int reserve(nts_arena *a, size_t off, size_t size, uint32_t i) {
 
 /* ---------------------------------------------------------------- names */
 
-static uint32_t name_hash(const char *s, size_t len) {
+static uint32_t name_hash(const char *s, size_t len)
+{
     uint32_t h = 2166136261u;
     for (size_t i = 0; i < len; i++)
         h = (h ^ (uint8_t)s[i]) * 16777619u;
@@ -512,7 +534,8 @@ static uint32_t name_hash(const char *s, size_t len) {
 #define NEXT_SLOT(i) (((i) + 1) & (NHASH - 1))
 
 /* The object called s, or 0.  One lap of the index at most. */
-static uint32_t name_find(nts_arena *a, const char *s, size_t len, uint32_t hash) {
+static uint32_t name_find(nts_arena *a, const char *s, size_t len, uint32_t hash)
+{
     uint32_t i = hash & (NHASH - 1);
     for (uint32_t lap = 0; lap < NHASH && !damaged(); lap++, i = NEXT_SLOT(i)) {
         uint32_t oi = READ_ONCE(a->hash[i]);
@@ -529,7 +552,8 @@ static uint32_t name_find(nts_arena *a, const char *s, size_t len, uint32_t hash
     return 0;
 }
 
-static uint32_t name_insert(nts_arena *a, const char *s, size_t len, uint32_t hash, uint32_t oi) {
+static uint32_t name_insert(nts_arena *a, const char *s, size_t len, uint32_t hash, uint32_t oi)
+{
     uint32_t i = hash & (NHASH - 1);
     for (uint32_t lap = 0; lap < NHASH; lap++, i = NEXT_SLOT(i))
         if (!a->hash[i]) {
@@ -544,7 +568,8 @@ static uint32_t name_insert(nts_arena *a, const char *s, size_t len, uint32_t ha
 }
 
 /* Linear-probing delete without tombstones: move later members of the cluster back. */
-static void name_remove(nts_arena *a, uint32_t slot) {
+static void name_remove(nts_arena *a, uint32_t slot)
+{
     uint32_t hole = slot - 1, i = NEXT_SLOT(hole);
     a->hash[hole] = 0;
     for (uint32_t lap = 0, oi; lap < NHASH && (oi = READ_ONCE(a->hash[i])) && !damaged(); lap++, i = NEXT_SLOT(i)) {
@@ -562,7 +587,8 @@ static void name_remove(nts_arena *a, uint32_t slot) {
 
 /* ---------------------------------------------------------------- objects */
 
-static void obj_free(nts_arena *a, uint32_t i) {
+static void obj_free(nts_arena *a, uint32_t i)
+{
     struct obj *o = &a->o[i];
     uint32_t slot = READ_ONCE(o->name);
     if (slot && (slot > NHASH || a->hash[slot - 1] != i))
@@ -576,7 +602,8 @@ static void obj_free(nts_arena *a, uint32_t i) {
     a->h->obj_free = i;
 }
 
-static void obj_unref(nts_arena *a, uint32_t i) {
+static void obj_unref(nts_arena *a, uint32_t i)
+{
     struct obj *o = &a->o[i];
     if (!o->refs || !o->kind)
         damage(BAD_COUNT);
@@ -584,7 +611,8 @@ static void obj_unref(nts_arena *a, uint32_t i) {
         obj_free(a, i);
 }
 
-static int is_signaled(struct obj *o, uint32_t owner) {
+static int is_signaled(struct obj *o, uint32_t owner)
+{
     switch (o->kind) {
     case NTS_SYNC_SEMAPHORE:
         return o->x > 0;
@@ -595,7 +623,8 @@ static int is_signaled(struct obj *o, uint32_t owner) {
     }
 }
 
-static void link_entry(nts_arena *a, uint32_t oi, int all, uint32_t id) {
+static void link_entry(nts_arena *a, uint32_t oi, int all, uint32_t id)
+{
     struct obj *o = &a->o[oi];
     uint32_t *head = all ? &o->all_head : &o->any_head, *tail = all ? &o->all_tail : &o->any_tail;
     uint32_t last_id = READ_ONCE(*tail);
@@ -614,7 +643,8 @@ static void link_entry(nts_arena *a, uint32_t oi, int all, uint32_t id) {
     *tail = id;
 }
 
-static void unlink_entry(nts_arena *a, uint32_t oi, int all, uint32_t id) {
+static void unlink_entry(nts_arena *a, uint32_t oi, int all, uint32_t id)
+{
     struct obj *o = &a->o[oi];
     uint32_t *head = all ? &o->all_head : &o->any_head, *tail = all ? &o->all_tail : &o->any_tail;
     struct entry *e = entry_at(a, id);
@@ -636,7 +666,8 @@ static void unlink_entry(nts_arena *a, uint32_t oi, int all, uint32_t id) {
 }
 
 /* Take the waiter off every queue, dropping the references its wait held. */
-static void dequeue(nts_arena *a, uint32_t ti) {
+static void dequeue(nts_arena *a, uint32_t ti)
+{
     struct thr *t = &a->t[ti];
     if (!t->queued)
         return;
@@ -656,7 +687,8 @@ static void dequeue(nts_arena *a, uint32_t ti) {
     t->queued = 0;
 }
 
-static void poke(nts_arena *a, uint32_t ti) {
+static void poke(nts_arena *a, uint32_t ti)
+{
     struct thr *t = &a->t[ti];
     __atomic_add_fetch(&t->poke, 1, __ATOMIC_RELEASE);
     futex_wake(&t->poke, 1);
@@ -664,7 +696,8 @@ static void poke(nts_arena *a, uint32_t ti) {
 
 /* Waiters in other processes watch the token of a mutex's holder: tell them the
  * holder changed so they watch the new one. */
-static void poke_other_processes(nts_arena *a, uint32_t oi, uint32_t holder_proc) {
+static void poke_other_processes(nts_arena *a, uint32_t oi, uint32_t holder_proc)
+{
     struct obj *o = &a->o[oi];
     for (int all = 0; all < 2; all++)
         for (uint32_t id = READ_ONCE(*(all ? &o->all_head : &o->any_head)), prev = 0;
@@ -673,7 +706,8 @@ static void poke_other_processes(nts_arena *a, uint32_t oi, uint32_t holder_proc
                 poke(a, ENTRY_THR(id));
 }
 
-static void acquire(nts_arena *a, uint32_t ti, uint32_t oi) {
+static void acquire(nts_arena *a, uint32_t ti, uint32_t oi)
+{
     struct thr *t = &a->t[ti];
     struct obj *o = &a->o[oi];
     switch (o->kind) {
@@ -699,7 +733,8 @@ static void acquire(nts_arena *a, uint32_t ti, uint32_t oi) {
     }
 }
 
-static void hand_over(nts_arena *a, uint32_t ti, uint32_t index) {
+static void hand_over(nts_arena *a, uint32_t ti, uint32_t index)
+{
     struct thr *t = &a->t[ti];
     dequeue(a, ti);
     /* Store, then look whether it sleeps; the waiter says it sleeps, then futex_waitv
@@ -710,7 +745,8 @@ static void hand_over(nts_arena *a, uint32_t ti, uint32_t index) {
         futex_wake(&t->signaled, 1);
 }
 
-static int waiter_dead(nts_arena *a, uint32_t ti) {
+static int waiter_dead(nts_arena *a, uint32_t ti)
+{
     if (!token_dead(&a->t[ti]))
         return 0;
     /* Its process died while it waited: nothing may be handed to it. */
@@ -719,7 +755,8 @@ static int waiter_dead(nts_arena *a, uint32_t ti) {
 }
 
 /* 1 if the wait-all waiter was taken off the queues (satisfied or dead). */
-static int try_wake_all(nts_arena *a, uint32_t ti) {
+static int try_wake_all(nts_arena *a, uint32_t ti)
+{
     struct thr *t = &a->t[ti];
     if (waiter_dead(a, ti))
         return 1;
@@ -740,7 +777,8 @@ static int try_wake_all(nts_arena *a, uint32_t ti) {
  * all its entries (a wait-any may name an object twice), so a walk restarts from
  * the head after each: the waiters it passed stay unsatisfied, order is kept.
  * Each restart follows the removal of an entry, so the walks end. */
-static void try_wake(nts_arena *a, uint32_t oi) {
+static void try_wake(nts_arena *a, uint32_t oi)
+{
     struct obj *o = &a->o[oi];
     for (uint32_t id = READ_ONCE(o->all_head), prev = 0; id && entry_ok(a, oi, 1, id, prev);) {
         if (!try_wake_all(a, ENTRY_THR(id))) {
@@ -777,7 +815,8 @@ static void try_wake(nts_arena *a, uint32_t oi) {
     }
 }
 
-static void drop_holder(nts_arena *a, struct obj *o) {
+static void drop_holder(nts_arena *a, struct obj *o)
+{
     uint32_t hi = READ_ONCE(o->holder);
     if (hi) {
         struct thr *h = &a->t[thr_index(a, hi)];
@@ -787,7 +826,8 @@ static void drop_holder(nts_arena *a, struct obj *o) {
     o->holder = 0;
 }
 
-static void abandon(nts_arena *a, uint32_t oi) {
+static void abandon(nts_arena *a, uint32_t oi)
+{
     struct obj *o = &a->o[oi];
     drop_holder(a, o);
     o->x = 0;
@@ -797,7 +837,8 @@ static void abandon(nts_arena *a, uint32_t oi) {
 }
 
 /* Abandon every mutex the thread holds. */
-static void abandon_thread(nts_arena *a, uint32_t ti) {
+static void abandon_thread(nts_arena *a, uint32_t ti)
+{
     struct thr *t = &a->t[ti];
     uint32_t hw = obj_hw(a);
     for (uint32_t i = 1; i <= hw && t->held && !damaged(); i++) {
@@ -808,7 +849,8 @@ static void abandon_thread(nts_arena *a, uint32_t ti) {
 }
 
 /* A mutex whose holding thread is gone is abandoned before anyone looks at it. */
-static void check_holder(nts_arena *a, uint32_t oi) {
+static void check_holder(nts_arena *a, uint32_t oi)
+{
     struct obj *o = &a->o[oi];
     if (o->kind != NTS_SYNC_MUTEX || !o->y || !o->holder)
         return;
@@ -827,7 +869,8 @@ static void check_holder(nts_arena *a, uint32_t oi) {
 
 /* ---------------------------------------------------------------- reclaiming */
 
-static void free_thread_block(nts_arena *a, uint32_t ti) {
+static void free_thread_block(nts_arena *a, uint32_t ti)
+{
     struct thr *t = &a->t[ti];
     dequeue(a, ti);
     abandon_thread(a, ti);
@@ -835,7 +878,8 @@ static void free_thread_block(nts_arena *a, uint32_t ti) {
     t->gen++;
 }
 
-static void free_ref(nts_arena *a, uint32_t ri) {
+static void free_ref(nts_arena *a, uint32_t ri)
+{
     struct ref *r = &a->r[ri];
     uint32_t oi = obj_index(a, READ_ONCE(r->obj));
     r->proc = 0;
@@ -845,7 +889,8 @@ static void free_ref(nts_arena *a, uint32_t ri) {
         obj_unref(a, oi);
 }
 
-static void release_process(nts_arena *a, uint32_t pi) {
+static void release_process(nts_arena *a, uint32_t pi)
+{
     uint32_t thr = thr_hw(a), refs = ref_hw(a);
     for (uint32_t i = 1; i <= thr && !damaged(); i++)
         if (a->t[i].in_use && a->t[i].proc == pi)
@@ -856,7 +901,8 @@ static void release_process(nts_arena *a, uint32_t pi) {
     a->p[pi].in_use = 0;
 }
 
-static void gc_dead_processes(nts_arena *a) {
+static void gc_dead_processes(nts_arena *a)
+{
     uint32_t hw = proc_hw(a);
     for (uint32_t i = 1; i <= hw && !damaged(); i++)
         if (a->p[i].in_use && process_dead(a, i))
@@ -865,7 +911,8 @@ static void gc_dead_processes(nts_arena *a) {
 
 /* Whether entry id may be on object oi's list `all`, by its own wait block's word
  * (entry_ok without the back link, which a half-done change may have left stale). */
-static int entry_fits(nts_arena *a, uint32_t oi, int all, uint32_t id, uint32_t thrs) {
+static int entry_fits(nts_arena *a, uint32_t oi, int all, uint32_t id, uint32_t thrs)
+{
     if (id < 1 || ENTRY_THR(id) > thrs)
         return 0;
     struct thr *t = &a->t[ENTRY_THR(id)];
@@ -879,7 +926,8 @@ static int entry_fits(nts_arena *a, uint32_t oi, int all, uint32_t id, uint32_t 
  * them from what cannot be half done (each wait block's entries, each object's own
  * name, the reference records), keeping each queue's order as far as its links
  * agree, then serve the waiters.  Lock held, after a takeover. */
-static void repair(nts_arena *a) {
+static void repair(nts_arena *a)
+{
     uint32_t objs = obj_hw(a), thrs = thr_hw(a), refs = ref_hw(a);
     uint8_t *seen = calloc((size_t)thrs * NQ + 1, 1);
     if (!seen) {
@@ -949,7 +997,8 @@ static void repair(nts_arena *a) {
 
 /* Record slot pi (claimed by its process, or by us for a child) in the table,
  * reclaiming first what its dead previous holder left.  Lock held. */
-static void enroll_slot(nts_arena *a, uint32_t pi, uint32_t pid) {
+static void enroll_slot(nts_arena *a, uint32_t pi, uint32_t pid)
+{
     struct proc *p = &a->p[pi];
     if (p->in_use)
         release_process(a, pi);
@@ -961,7 +1010,8 @@ static void enroll_slot(nts_arena *a, uint32_t pi, uint32_t pid) {
 
 /* This process's slot, claimed on attach (and again by a forked child that could
  * not be given one): 0, ENOSPC when every slot is held, or the lock's errors. */
-static int enroll(nts_arena *a) {
+static int enroll(nts_arena *a)
+{
     if (damaged())
         return EUCLEAN;
     if (a->me)
@@ -984,7 +1034,8 @@ static int enroll(nts_arena *a) {
 
 /* ---------------------------------------------------------------- allocation */
 
-static uint32_t take_obj(nts_arena *a, int *err) {
+static uint32_t take_obj(nts_arena *a, int *err)
+{
     uint32_t hw = obj_hw(a), i = READ_ONCE(a->h->obj_free);
     if (i) {
         uint32_t next = READ_ONCE(a->o[i <= hw ? i : 0].next_free);
@@ -1002,7 +1053,8 @@ static uint32_t take_obj(nts_arena *a, int *err) {
     return hw + 1;
 }
 
-static uint32_t take_ref(nts_arena *a, int *err) {
+static uint32_t take_ref(nts_arena *a, int *err)
+{
     uint32_t hw = ref_hw(a), i = READ_ONCE(a->h->ref_free);
     if (i) {
         uint32_t next = READ_ONCE(a->r[i <= hw ? i : 0].next_free);
@@ -1019,7 +1071,8 @@ static uint32_t take_ref(nts_arena *a, int *err) {
 
 /* A free entry, sweeping the dead when there is none; 0 with *err ENOSPC (or the
  * error of reserving storage) when the table is full. */
-static uint32_t alloc_entry(nts_arena *a, uint32_t (*take)(nts_arena *, int *), int *err) {
+static uint32_t alloc_entry(nts_arena *a, uint32_t (*take)(nts_arena *, int *), int *err)
+{
     *err = 0;
     uint32_t i = take(a, err);
     if (!i && !*err) {
@@ -1032,7 +1085,8 @@ static uint32_t alloc_entry(nts_arena *a, uint32_t (*take)(nts_arena *, int *), 
 }
 
 /* A new record of pi's references to oi.  Lock held. */
-static uint32_t new_ref(nts_arena *a, uint32_t pi, uint32_t oi, int *err) {
+static uint32_t new_ref(nts_arena *a, uint32_t pi, uint32_t oi, int *err)
+{
     uint32_t ri = alloc_entry(a, take_ref, err);
     if (ri) {
         a->r[ri].proc = pi;
@@ -1043,7 +1097,8 @@ static uint32_t new_ref(nts_arena *a, uint32_t pi, uint32_t oi, int *err) {
 }
 
 /* One more reference of this process to object oi.  Lock and g_refs_lock held. */
-static int ref_object(nts_arena *a, uint32_t oi) {
+static int ref_object(nts_arena *a, uint32_t oi)
+{
     if (!a->my_rec[oi]) {
         int err;
         uint32_t ri = new_ref(a, a->proc, oi, &err);
@@ -1057,7 +1112,8 @@ static int ref_object(nts_arena *a, uint32_t oi) {
 
 /* ---------------------------------------------------------------- threads */
 
-static void thread_exit(void *value) {
+static void thread_exit(void *value)
+{
     nts_arena *a = g_arena;
     uint32_t ti = (uint32_t)(uintptr_t)value;
     if (!a || tls_pid != g_pid || begin(a))
@@ -1071,7 +1127,8 @@ static void thread_exit(void *value) {
 }
 
 /* A block nobody uses whose token is dead (its last thread has ended), or a new one. */
-static uint32_t take_thr(nts_arena *a, int *err) {
+static uint32_t take_thr(nts_arena *a, int *err)
+{
     uint32_t hw = thr_hw(a);
     for (uint32_t i = 1; i <= hw; i++)
         if (!a->t[i].in_use && token_dead(&a->t[i]))
@@ -1083,7 +1140,8 @@ static uint32_t take_thr(nts_arena *a, int *err) {
 }
 
 /* The calling thread's block, taken (and its token locked) on first use. */
-static int self_thread(nts_arena *a, uint32_t *out) {
+static int self_thread(nts_arena *a, uint32_t *out)
+{
     pid_t pid = g_pid;
     if (tls_thr && tls_pid == pid) {
         *out = tls_thr;
@@ -1125,7 +1183,8 @@ static int self_thread(nts_arena *a, uint32_t *out) {
  * give it its own references, so that nothing the child inherits can disappear
  * before it runs (the parent may close right away).  If the child dies, or execs
  * (the descriptor is close-on-exec), its slot is free and all of it is reclaimed. */
-static void fork_prepare(void) {
+static void fork_prepare(void)
+{
     nts_arena *a = g_arena;
     if (!a)
         return;
@@ -1164,7 +1223,8 @@ static void fork_prepare(void) {
     arena_unlock(a);
 }
 
-static void fork_parent(void) {
+static void fork_parent(void)
+{
     nts_arena *a = g_arena;
     if (!a)
         return;
@@ -1176,7 +1236,8 @@ static void fork_parent(void) {
 }
 
 /* In the child: only async-signal-safe calls. */
-static void fork_child(void) {
+static void fork_child(void)
+{
     nts_arena *a = g_arena;
     g_pid = getpid();
     tls_thr = 0; /* the parent thread's block is not ours */
@@ -1213,7 +1274,8 @@ static void fork_child(void) {
 
 /* ---------------------------------------------------------------- entry points */
 
-int nts_sync_format(int fd) {
+int nts_sync_format(int fd)
+{
     /* The header, process table and name index, and the first chunk of each growing table. */
     static const size_t first[] = {OFF_OBJ, OFF_NAME, OFF_THR, OFF_REF};
     struct header h = {.magic = MAGIC, .version = NTS_SYNC_LAYOUT, .size = ARENA_SIZE};
@@ -1226,7 +1288,8 @@ int nts_sync_format(int fd) {
     return written < 0 ? errno : written == (ssize_t)sizeof h ? 0 : EIO;
 }
 
-int nts_sync_layout(int fd, uint32_t *magic, uint32_t *version, uint64_t *size) {
+int nts_sync_layout(int fd, uint32_t *magic, uint32_t *version, uint64_t *size)
+{
     struct header h;
     memset(&h, 0, sizeof h);
     struct stat st;
@@ -1239,7 +1302,8 @@ int nts_sync_layout(int fd, uint32_t *magic, uint32_t *version, uint64_t *size) 
     return 0;
 }
 
-int nts_sync_in_use(int fd, int *in_use) {
+int nts_sync_in_use(int fd, int *in_use)
+{
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 1, .l_len = NTS_SYNC_LIVE_END - 1};
     if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
         return errno;
@@ -1248,14 +1312,16 @@ int nts_sync_in_use(int fd, int *in_use) {
 }
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static void init_once(void) {
+static void init_once(void)
+{
     g_pid = getpid();
     g_spin = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? NTS_SYNC_SPIN : 0;
     pthread_key_create(&g_thread_key, thread_exit);
     pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 
-static void arena_free(nts_arena *a) {
+static void arena_free(nts_arena *a)
+{
     if (a->fd >= 0)
         close(a->fd);
     free(a->inflight_obj);
@@ -1263,7 +1329,8 @@ static void arena_free(nts_arena *a) {
     free(a);
 }
 
-int nts_sync_attach(int fd, nts_arena **out) {
+int nts_sync_attach(int fd, nts_arena **out)
+{
     uint32_t magic, version;
     uint64_t size;
     int err = nts_sync_layout(fd, &magic, &version, &size);
@@ -1323,7 +1390,8 @@ int nts_sync_attach(int fd, nts_arena **out) {
 }
 
 /* Drop every reference of this process (at interpreter exit). */
-void nts_sync_detach(nts_arena *a) {
+void nts_sync_detach(nts_arena *a)
+{
     nts_lock(&g_refs_lock);
     if (!begin(a)) {
         uint32_t hw = obj_hw(a);
@@ -1342,7 +1410,8 @@ void nts_sync_detach(nts_arena *a) {
 /* Whether slot oi is an object this process references (EBADF if not), of `kind`
  * (0: any).  Lock held.  The arena must agree with our own books: a record that no
  * longer names us means that our slot was reclaimed as a dead process's. */
-static int valid(nts_arena *a, uint32_t oi, int kind) {
+static int valid(nts_arena *a, uint32_t oi, int kind)
+{
     if (oi < 1 || oi > NOBJ || !a->my_count[oi])
         return EBADF;
     struct ref *r = &a->r[a->my_rec[oi]];
@@ -1355,7 +1424,8 @@ static int valid(nts_arena *a, uint32_t oi, int kind) {
 }
 
 int nts_sync_create(nts_arena *a, int kind, uint32_t x, uint32_t y, const char *name, size_t len, uint32_t *slot,
-                    uint32_t *gen, int *created) {
+                    uint32_t *gen, int *created)
+{
     if (kind < NTS_SYNC_SEMAPHORE || kind > NTS_SYNC_EVENT || len > NTS_SYNC_MAX_NAME)
         return EINVAL;
     int err = install_sigbus();
@@ -1405,7 +1475,8 @@ int nts_sync_create(nts_arena *a, int kind, uint32_t x, uint32_t y, const char *
     return err;
 }
 
-int nts_sync_open(nts_arena *a, int kind, const char *name, size_t len, uint32_t *slot, uint32_t *gen) {
+int nts_sync_open(nts_arena *a, int kind, const char *name, size_t len, uint32_t *slot, uint32_t *gen)
+{
     int err = install_sigbus();
     if (err || (err = enroll(a)))
         return err;
@@ -1430,7 +1501,8 @@ int nts_sync_open(nts_arena *a, int kind, const char *name, size_t len, uint32_t
     return err;
 }
 
-int nts_sync_ref(nts_arena *a, int kind, uint32_t slot, uint32_t gen) {
+int nts_sync_ref(nts_arena *a, int kind, uint32_t slot, uint32_t gen)
+{
     int err = enroll(a);
     if (err)
         return err;
@@ -1439,8 +1511,7 @@ int nts_sync_ref(nts_arena *a, int kind, uint32_t slot, uint32_t gen) {
         nts_unlock(&g_refs_lock);
         return err;
     }
-    if (slot < 1 || slot > obj_hw(a) || a->o[slot].kind != (uint32_t)kind || a->o[slot].gen != gen ||
-        !a->o[slot].refs)
+    if (slot < 1 || slot > obj_hw(a) || a->o[slot].kind != (uint32_t)kind || a->o[slot].gen != gen || !a->o[slot].refs)
         err = ENOENT;
     else
         err = ref_object(a, slot);
@@ -1449,7 +1520,8 @@ int nts_sync_ref(nts_arena *a, int kind, uint32_t slot, uint32_t gen) {
     return err;
 }
 
-int nts_sync_unref(nts_arena *a, uint32_t slot) {
+int nts_sync_unref(nts_arena *a, uint32_t slot)
+{
     nts_lock(&g_refs_lock);
     int err = begin(a);
     if (err) {
@@ -1466,19 +1538,20 @@ int nts_sync_unref(nts_arena *a, uint32_t slot) {
 }
 
 /* Run one operation on an object of this process under the lock. */
-#define OBJECT_OP(a, slot, kind, body)                                                                                \
-    do {                                                                                                              \
-        int err_ = begin(a);                                                                                          \
-        if (err_)                                                                                                     \
-            return err_;                                                                                              \
-        if (!(err_ = valid(a, slot, kind))) {                                                                         \
-            struct obj *o = &(a)->o[slot];                                                                            \
-            body                                                                                                      \
-        }                                                                                                             \
-        return done(a, err_);                                                                                         \
+#define OBJECT_OP(a, slot, kind, body)                                                                                 \
+    do {                                                                                                               \
+        int err_ = begin(a);                                                                                           \
+        if (err_)                                                                                                      \
+            return err_;                                                                                               \
+        if (!(err_ = valid(a, slot, kind))) {                                                                          \
+            struct obj *o = &(a)->o[slot];                                                                             \
+            body                                                                                                       \
+        }                                                                                                              \
+        return done(a, err_);                                                                                          \
     } while (0)
 
-int nts_sync_sem_release(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev) {
+int nts_sync_sem_release(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev)
+{
     OBJECT_OP(a, slot, NTS_SYNC_SEMAPHORE, {
         if ((uint64_t)o->x + n > o->y) {
             err_ = EOVERFLOW;
@@ -1490,14 +1563,16 @@ int nts_sync_sem_release(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev
     });
 }
 
-int nts_sync_sem_read(nts_arena *a, uint32_t slot, uint32_t *count, uint32_t *max) {
+int nts_sync_sem_read(nts_arena *a, uint32_t slot, uint32_t *count, uint32_t *max)
+{
     OBJECT_OP(a, slot, NTS_SYNC_SEMAPHORE, {
         *count = o->x;
         *max = o->y;
     });
 }
 
-int nts_sync_mutex_unlock(nts_arena *a, uint32_t slot, uint32_t owner, uint32_t *prev) {
+int nts_sync_mutex_unlock(nts_arena *a, uint32_t slot, uint32_t owner, uint32_t *prev)
+{
     OBJECT_OP(a, slot, NTS_SYNC_MUTEX, {
         check_holder(a, slot);
         if (!o->y || o->x != owner) {
@@ -1513,7 +1588,8 @@ int nts_sync_mutex_unlock(nts_arena *a, uint32_t slot, uint32_t owner, uint32_t 
     });
 }
 
-int nts_sync_mutex_kill(nts_arena *a, uint32_t slot, uint32_t owner) {
+int nts_sync_mutex_kill(nts_arena *a, uint32_t slot, uint32_t owner)
+{
     OBJECT_OP(a, slot, NTS_SYNC_MUTEX, {
         check_holder(a, slot);
         if (!o->y || o->x != owner)
@@ -1523,7 +1599,8 @@ int nts_sync_mutex_kill(nts_arena *a, uint32_t slot, uint32_t owner) {
     });
 }
 
-int nts_sync_mutex_read(nts_arena *a, uint32_t slot, uint32_t *owner, uint32_t *count, int *abandoned) {
+int nts_sync_mutex_read(nts_arena *a, uint32_t slot, uint32_t *owner, uint32_t *count, int *abandoned)
+{
     OBJECT_OP(a, slot, NTS_SYNC_MUTEX, {
         check_holder(a, slot);
         *owner = o->x;
@@ -1532,7 +1609,8 @@ int nts_sync_mutex_read(nts_arena *a, uint32_t slot, uint32_t *owner, uint32_t *
     });
 }
 
-int nts_sync_event_op(nts_arena *a, uint32_t slot, int op, int *prev) {
+int nts_sync_event_op(nts_arena *a, uint32_t slot, int op, int *prev)
+{
     OBJECT_OP(a, slot, NTS_SYNC_EVENT, {
         *prev = o->y != 0;
         o->y = op != NTS_SYNC_EVENT_RESET;
@@ -1543,7 +1621,8 @@ int nts_sync_event_op(nts_arena *a, uint32_t slot, int op, int *prev) {
     });
 }
 
-int nts_sync_event_read(nts_arena *a, uint32_t slot, int *manual, int *signaled) {
+int nts_sync_event_read(nts_arena *a, uint32_t slot, int *manual, int *signaled)
+{
     OBJECT_OP(a, slot, NTS_SYNC_EVENT, {
         *manual = o->x != 0;
         *signaled = o->y != 0;
@@ -1553,7 +1632,8 @@ int nts_sync_event_read(nts_arena *a, uint32_t slot, int *manual, int *signaled)
 /* Acquire now if possible: the lowest signaled index (wait-any), everything
  * (wait-all), else the alert.  Lock held.  1 when acquired, *index set. */
 static int try_now(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32_t count, int all, uint32_t alert,
-                   uint32_t *index) {
+                   uint32_t *index)
+{
     struct thr *t = &a->t[ti];
     if (all) {
         uint32_t i = 0;
@@ -1584,7 +1664,8 @@ static int try_now(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32_t co
 /* The futex words to sleep on: our own, our poke word, this process's damage word,
  * and the tokens of the holders (in other processes) of the mutexes we wait for.
  * Lock held. */
-static size_t watch_set(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32_t count, struct nts_futex_waitv *w) {
+static size_t watch_set(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32_t count, struct nts_futex_waitv *w)
+{
     struct thr *t = &a->t[ti];
     size_t n = 0;
     w[n++] = (struct nts_futex_waitv){WAITING, (uintptr_t)&t->signaled, NTS_FUTEX2_SIZE_U32, 0};
@@ -1609,7 +1690,8 @@ static size_t watch_set(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32
 }
 
 int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, const struct timespec *deadline,
-                  uint32_t owner, uint32_t alert, uint32_t *index, int *abandoned) {
+                  uint32_t owner, uint32_t alert, uint32_t *index, int *abandoned)
+{
     if (count > NTS_SYNC_MAX_WAIT || !owner)
         return EINVAL;
     uint32_t ti;
@@ -1638,7 +1720,8 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
     }
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    if (deadline && (now.tv_sec > deadline->tv_sec || (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec)))
+    if (deadline &&
+        (now.tv_sec > deadline->tv_sec || (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec)))
         return done(a, ETIMEDOUT);
     /* Queue: one entry per object (and the alert), each holding a reference so
      * that closing the last handle during the wait frees nothing under us. */
@@ -1697,7 +1780,8 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
 
 size_t nts_sync_arena_size(void) { return ARENA_SIZE; }
 
-void nts_sync_usage(nts_arena *a, uint32_t used[4], uint32_t capacity[4], uint32_t *tids, size_t *ntids) {
+void nts_sync_usage(nts_arena *a, uint32_t used[4], uint32_t capacity[4], uint32_t *tids, size_t *ntids)
+{
     size_t max_tids = *ntids;
     *ntids = 0;
     memset(used, 0, 4 * sizeof *used);

@@ -16,7 +16,8 @@
 
 static nts_arena *g_py_arena;
 
-nts_arena *nts_sync_py_arena(void) {
+nts_arena *nts_sync_py_arena(void)
+{
     if (!g_py_arena)
         PyErr_SetString(PyExc_RuntimeError, "the sync arena is not attached (ntshim.sync.futex attaches it)");
     return g_py_arena;
@@ -24,7 +25,8 @@ nts_arena *nts_sync_py_arena(void) {
 
 /* Parse the arguments (PyArg_ParseTuple's format), then return the attached arena;
  * NULL with the exception set when either fails. */
-static nts_arena *parse(PyObject *args, const char *format, ...) {
+static nts_arena *parse(PyObject *args, const char *format, ...)
+{
     va_list va;
     va_start(va, format);
     int ok = PyArg_VaParse(args, format, va);
@@ -32,7 +34,8 @@ static nts_arena *parse(PyObject *args, const char *format, ...) {
     return ok ? nts_sync_py_arena() : NULL;
 }
 
-static PyObject *fail(int err, const char *what) {
+static PyObject *fail(int err, const char *what)
+{
     if (err == EOVERFLOW) {
         PyErr_SetString(PyExc_OverflowError, "the count would exceed the semaphore's maximum");
         return NULL;
@@ -40,14 +43,17 @@ static PyObject *fail(int err, const char *what) {
     return nts_raise_errno(err, "%s", what);
 }
 
-#define CALL(expr)                                                                                                    \
-    ({                                                                                                                \
-        int err_;                                                                                                     \
-        Py_BEGIN_ALLOW_THREADS err_ = (expr);                                                                         \
-        Py_END_ALLOW_THREADS err_;                                                                                    \
+#define CALL(expr)                                                                                                     \
+    ({                                                                                                                 \
+        int err_;                                                                                                      \
+        Py_BEGIN_ALLOW_THREADS                                                                                         \
+        err_ = (expr);                                                                                                 \
+        Py_END_ALLOW_THREADS                                                                                           \
+        err_;                                                                                                          \
     })
 
-static PyObject *py_format(PyObject *self, PyObject *args) {
+static PyObject *py_format(PyObject *self, PyObject *args)
+{
     int fd;
     if (!PyArg_ParseTuple(args, "i", &fd))
         return NULL;
@@ -55,7 +61,8 @@ static PyObject *py_format(PyObject *self, PyObject *args) {
     return err ? fail(err, "sync arena format") : Py_NewRef(Py_None);
 }
 
-static PyObject *py_layout(PyObject *self, PyObject *args) {
+static PyObject *py_layout(PyObject *self, PyObject *args)
+{
     int fd;
     if (!PyArg_ParseTuple(args, "i", &fd))
         return NULL;
@@ -65,7 +72,8 @@ static PyObject *py_layout(PyObject *self, PyObject *args) {
     return err ? fail(err, "sync arena layout") : Py_BuildValue("IIK", magic, version, (unsigned long long)size);
 }
 
-static PyObject *py_in_use(PyObject *self, PyObject *args) {
+static PyObject *py_in_use(PyObject *self, PyObject *args)
+{
     int fd, in_use;
     if (!PyArg_ParseTuple(args, "i", &fd))
         return NULL;
@@ -73,12 +81,14 @@ static PyObject *py_in_use(PyObject *self, PyObject *args) {
     return err ? fail(err, "sync arena liveness locks") : PyBool_FromLong(in_use);
 }
 
-static PyObject *py_damage(PyObject *self, PyObject *unused) {
+static PyObject *py_damage(PyObject *self, PyObject *unused)
+{
     const char *why = nts_sync_damage();
     return why ? PyUnicode_FromString(why) : Py_NewRef(Py_None);
 }
 
-static PyObject *py_attach(PyObject *self, PyObject *args) {
+static PyObject *py_attach(PyObject *self, PyObject *args)
+{
     int fd;
     if (!PyArg_ParseTuple(args, "i", &fd))
         return NULL;
@@ -94,15 +104,19 @@ static PyObject *py_attach(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *py_detach(PyObject *self, PyObject *unused) {
+static PyObject *py_detach(PyObject *self, PyObject *unused)
+{
     nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS nts_sync_detach(a);
-    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS
+    nts_sync_detach(a);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
 }
 
-static PyObject *py_create(PyObject *self, PyObject *args) {
+static PyObject *py_create(PyObject *self, PyObject *args)
+{
     int kind;
     unsigned int x, y;
     const char *name = NULL;
@@ -118,7 +132,8 @@ static PyObject *py_create(PyObject *self, PyObject *args) {
     return Py_BuildValue("IIO", slot, gen, created ? Py_True : Py_False);
 }
 
-static PyObject *py_open(PyObject *self, PyObject *args) {
+static PyObject *py_open(PyObject *self, PyObject *args)
+{
     int kind;
     const char *name;
     Py_ssize_t len;
@@ -130,7 +145,8 @@ static PyObject *py_open(PyObject *self, PyObject *args) {
     return err ? fail(err, "sync open") : Py_BuildValue("II", slot, gen);
 }
 
-static PyObject *py_ref(PyObject *self, PyObject *args) {
+static PyObject *py_ref(PyObject *self, PyObject *args)
+{
     int kind;
     unsigned int slot, gen;
     nts_arena *a = parse(args, "iII", &kind, &slot, &gen);
@@ -140,7 +156,8 @@ static PyObject *py_ref(PyObject *self, PyObject *args) {
     return err ? fail(err, "sync reopen") : Py_NewRef(Py_None);
 }
 
-static PyObject *py_unref(PyObject *self, PyObject *args) {
+static PyObject *py_unref(PyObject *self, PyObject *args)
+{
     unsigned int slot;
     nts_arena *a = parse(args, "I", &slot);
     if (!a)
@@ -149,7 +166,8 @@ static PyObject *py_unref(PyObject *self, PyObject *args) {
     return err ? fail(err, "sync close") : Py_NewRef(Py_None);
 }
 
-static PyObject *py_sem_release(PyObject *self, PyObject *args) {
+static PyObject *py_sem_release(PyObject *self, PyObject *args)
+{
     unsigned int slot, n;
     nts_arena *a = parse(args, "II", &slot, &n);
     if (!a)
@@ -159,7 +177,8 @@ static PyObject *py_sem_release(PyObject *self, PyObject *args) {
     return err ? fail(err, "semaphore release") : PyLong_FromUnsignedLong(prev);
 }
 
-static PyObject *py_sem_read(PyObject *self, PyObject *args) {
+static PyObject *py_sem_read(PyObject *self, PyObject *args)
+{
     unsigned int slot;
     nts_arena *a = parse(args, "I", &slot);
     if (!a)
@@ -169,7 +188,8 @@ static PyObject *py_sem_read(PyObject *self, PyObject *args) {
     return err ? fail(err, "semaphore read") : Py_BuildValue("II", count, max);
 }
 
-static PyObject *py_mutex_unlock(PyObject *self, PyObject *args) {
+static PyObject *py_mutex_unlock(PyObject *self, PyObject *args)
+{
     unsigned int slot, owner;
     nts_arena *a = parse(args, "II", &slot, &owner);
     if (!a)
@@ -179,7 +199,8 @@ static PyObject *py_mutex_unlock(PyObject *self, PyObject *args) {
     return err ? fail(err, "mutex unlock: not the owner") : PyLong_FromUnsignedLong(prev);
 }
 
-static PyObject *py_mutex_kill(PyObject *self, PyObject *args) {
+static PyObject *py_mutex_kill(PyObject *self, PyObject *args)
+{
     unsigned int slot, owner;
     nts_arena *a = parse(args, "II", &slot, &owner);
     if (!a)
@@ -188,7 +209,8 @@ static PyObject *py_mutex_kill(PyObject *self, PyObject *args) {
     return err ? fail(err, "mutex kill: not the owner") : Py_NewRef(Py_None);
 }
 
-static PyObject *py_mutex_read(PyObject *self, PyObject *args) {
+static PyObject *py_mutex_read(PyObject *self, PyObject *args)
+{
     unsigned int slot;
     nts_arena *a = parse(args, "I", &slot);
     if (!a)
@@ -199,7 +221,8 @@ static PyObject *py_mutex_read(PyObject *self, PyObject *args) {
     return err ? fail(err, "mutex read") : Py_BuildValue("IIO", owner, count, abandoned ? Py_True : Py_False);
 }
 
-static PyObject *py_event(PyObject *self, PyObject *args) {
+static PyObject *py_event(PyObject *self, PyObject *args)
+{
     unsigned int slot;
     int op;
     nts_arena *a = parse(args, "Ii", &slot, &op);
@@ -214,17 +237,20 @@ static PyObject *py_event(PyObject *self, PyObject *args) {
     return err ? fail(err, "event") : PyBool_FromLong(prev);
 }
 
-static PyObject *py_event_read(PyObject *self, PyObject *args) {
+static PyObject *py_event_read(PyObject *self, PyObject *args)
+{
     unsigned int slot;
     nts_arena *a = parse(args, "I", &slot);
     if (!a)
         return NULL;
     int manual, signaled;
     int err = nts_sync_event_read(a, slot, &manual, &signaled);
-    return err ? fail(err, "event read") : Py_BuildValue("OO", manual ? Py_True : Py_False, signaled ? Py_True : Py_False);
+    return err ? fail(err, "event read")
+               : Py_BuildValue("OO", manual ? Py_True : Py_False, signaled ? Py_True : Py_False);
 }
 
-static PyObject *py_wait(PyObject *self, PyObject *args) {
+static PyObject *py_wait(PyObject *self, PyObject *args)
+{
     PyObject *seq, *deadline_obj;
     int all;
     unsigned int owner, alert;
@@ -265,8 +291,9 @@ static PyObject *py_wait(PyObject *self, PyObject *args) {
     for (int attempt = 0;; attempt++) {
         uint32_t index;
         int abandoned;
-        int err = attempt == 0 ? nts_sync_wait(a, slots, (uint32_t)count, all, &poll, owner, alert, &index, &abandoned)
-                               : CALL(nts_sync_wait(a, slots, (uint32_t)count, all, dp, owner, alert, &index, &abandoned));
+        int err = attempt == 0
+                      ? nts_sync_wait(a, slots, (uint32_t)count, all, &poll, owner, alert, &index, &abandoned)
+                      : CALL(nts_sync_wait(a, slots, (uint32_t)count, all, dp, owner, alert, &index, &abandoned));
         if (err == ETIMEDOUT && attempt == 0)
             continue; /* nothing signaled yet: now wait for real, without the GIL */
         if (!err)
@@ -284,7 +311,8 @@ static PyObject *py_wait(PyObject *self, PyObject *args) {
     }
 }
 
-static PyObject *py_usage(PyObject *self, PyObject *unused) {
+static PyObject *py_usage(PyObject *self, PyObject *unused)
+{
     nts_arena *a = nts_sync_py_arena();
     if (!a)
         return NULL;
@@ -293,8 +321,10 @@ static PyObject *py_usage(PyObject *self, PyObject *unused) {
     uint32_t *tids = PyMem_RawMalloc(ntids * sizeof *tids);
     if (!tids)
         return PyErr_NoMemory();
-    Py_BEGIN_ALLOW_THREADS nts_sync_usage(a, used, cap, tids, &ntids);
-    Py_END_ALLOW_THREADS PyObject *ids = PyList_New((Py_ssize_t)ntids);
+    Py_BEGIN_ALLOW_THREADS
+    nts_sync_usage(a, used, cap, tids, &ntids);
+    Py_END_ALLOW_THREADS
+    PyObject *ids = PyList_New((Py_ssize_t)ntids);
     for (size_t i = 0; ids && i < ntids; i++) {
         PyObject *tid = PyLong_FromUnsignedLong(tids[i]);
         if (!tid)
@@ -310,7 +340,8 @@ static PyObject *py_usage(PyObject *self, PyObject *unused) {
 }
 
 /* futex_waitv(NULL, 0, ...) fails with EINVAL where the call exists (Linux 5.16+), ENOSYS where not. */
-static PyObject *py_futex_waitv_errno(PyObject *self, PyObject *unused) {
+static PyObject *py_futex_waitv_errno(PyObject *self, PyObject *unused)
+{
     long r = syscall(449 /* SYS_futex_waitv */, NULL, 0, 0, NULL, 0);
     return PyLong_FromLong(r < 0 ? errno : 0);
 }
@@ -350,7 +381,8 @@ static PyMethodDef sync_methods[] = {
     {NULL},
 };
 
-int nts_sync_module_init(PyObject *m) {
+int nts_sync_module_init(PyObject *m)
+{
     return PyModule_AddFunctions(m, sync_methods) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_SEMAPHORE", NTS_SYNC_SEMAPHORE) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_MUTEX", NTS_SYNC_MUTEX) < 0 ||

@@ -41,7 +41,7 @@ int nts_sync_create(nts_arena *a, int kind, uint32_t x, uint32_t y, const char *
 int nts_sync_open(nts_arena *a, int kind, const char *name, size_t len, uint32_t *slot, uint32_t *gen);
 int nts_sync_ref(nts_arena *a, int kind, uint32_t slot, uint32_t gen); /* ENOENT if gone */
 int nts_sync_unref(nts_arena *a, uint32_t slot);
-int nts_sync_sem_release(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev);  /* EOVERFLOW */
+int nts_sync_sem_release(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev); /* EOVERFLOW */
 int nts_sync_sem_read(nts_arena *a, uint32_t slot, uint32_t *count, uint32_t *max);
 int nts_sync_mutex_unlock(nts_arena *a, uint32_t slot, uint32_t owner, uint32_t *prev); /* EPERM */
 int nts_sync_mutex_kill(nts_arena *a, uint32_t slot, uint32_t owner);                   /* EPERM */

@@ -23,7 +23,7 @@
 static int g_lock;
 static nts_tracker **g_reg; /* mmap'd, sorted by base; ranges never overlap */
 static size_t g_nreg, g_cap;
-static int g_fork_held;          /* g_lock is held across fork() by g_fork_holder */
+static int g_fork_held; /* g_lock is held across fork() by g_fork_holder */
 static pthread_t g_fork_holder;
 /* Ranges whose watch ended recently (a ring), for faults that were waiting for
  * the lock meanwhile: see resolve(). */
@@ -232,10 +232,7 @@ static void registry_remove(nts_tracker *t)
 }
 
 /* Only a write the owner allows needs taking away. */
-static int mprotect_want(int prot, int clean)
-{
-    return clean && (prot & PROT_WRITE) ? (prot & ~PROT_WRITE) : prot;
-}
+static int mprotect_want(int prot, int clean) { return clean && (prot & PROT_WRITE) ? (prot & ~PROT_WRITE) : prot; }
 
 /* The kernel's protection is derived from the owner's: bring it in line. */
 static int mprotect_protect(nts_tracker *t, size_t first, size_t n, int prot)
@@ -243,10 +240,7 @@ static int mprotect_protect(nts_tracker *t, size_t first, size_t n, int prot)
     return nts_tracker_sync_kernel(t, first, n);
 }
 
-static void mprotect_restore(nts_tracker *t, size_t first, size_t n)
-{
-    nts_tracker_sync_kernel(t, first, n);
-}
+static void mprotect_restore(nts_tracker *t, size_t first, size_t n) { nts_tracker_sync_kernel(t, first, n); }
 
 const nts_ww_ops nts_mprotect_ops = {
     .protects = 1,

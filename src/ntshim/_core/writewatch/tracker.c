@@ -47,8 +47,8 @@ nts_tracker *nts_tracker_alloc(const nts_ww_ops *ops, uintptr_t base, size_t siz
 {
     Py_buffer p;
     if (base % nts_page_size || size == 0 || size % nts_page_size) {
-        PyErr_Format(PyExc_ValueError, "tracked memory must be whole pages (address 0x%zx, size %zu)",
-                     (size_t)base, size);
+        PyErr_Format(PyExc_ValueError, "tracked memory must be whole pages (address 0x%zx, size %zu)", (size_t)base,
+                     size);
         return NULL;
     }
     if (PyObject_GetBuffer(prots, &p, PyBUF_SIMPLE) < 0)
@@ -130,10 +130,7 @@ static void unlist(nts_tracker *t)
 
 /* A userfaultfd tracker in a forked child: its registration (and, for uffd-async,
  * its pagemap file) belong to the parent, whose memory an operation would change. */
-static int in_forked_child(nts_tracker *t)
-{
-    return t->ops->fork_bound && t->pid != nts_pid;
-}
+static int in_forked_child(nts_tracker *t) { return t->ops->fork_bound && t->pid != nts_pid; }
 
 /* What the kernel should enforce on page i, given its state. */
 static int desired(nts_tracker *t, size_t i)
@@ -375,8 +372,8 @@ static int protect_op(nts_tracker *t, size_t first, size_t count, void *arg)
     err = t->ops->protect(t, first, count, prot);
     /* On failure, the old protections back, keeping any dirty bit learnt meanwhile. */
     for (size_t i = first; i < first + count; i++)
-        t->state[i] = (uint8_t)(err ? NTS_OLD_PROT(t->state[i]) : t->state[i] & NTS_PROT_MASK) |
-                      (t->state[i] & NTS_DIRTY);
+        t->state[i] =
+            (uint8_t)(err ? NTS_OLD_PROT(t->state[i]) : t->state[i] & NTS_PROT_MASK) | (t->state[i] & NTS_DIRTY);
     if (err)
         t->ops->restore(t, first, count);
     return err;
@@ -542,8 +539,8 @@ static PyGetSetDef tracker_getset[] = {
 };
 
 PyTypeObject nts_tracker_type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "ntshim._core.Tracker",
+    PyVarObject_HEAD_INIT(NULL, 0) // the macro ends with its own comma
+        .tp_name = "ntshim._core.Tracker",
     .tp_basicsize = sizeof(nts_tracker),
     .tp_dealloc = (destructor)tracker_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -597,7 +594,8 @@ static void fork_child(void)
 int nts_writewatch_module_init(PyObject *mod)
 {
     static int done;
-    if (PyType_Ready(&nts_tracker_type) < 0 || PyModule_AddObjectRef(mod, "Tracker", (PyObject *)&nts_tracker_type) < 0 ||
+    if (PyType_Ready(&nts_tracker_type) < 0 ||
+        PyModule_AddObjectRef(mod, "Tracker", (PyObject *)&nts_tracker_type) < 0 ||
         PyModule_AddFunctions(mod, nts_uffd_methods) < 0 || PyModule_AddFunctions(mod, nts_uffd_sync_methods) < 0 ||
         PyModule_AddFunctions(mod, nts_mprotect_methods) < 0 || PyModule_AddFunctions(mod, nts_shadow_methods) < 0 ||
         nts_uffd_module_init(mod) < 0 || nts_mprotect_module_init(mod) < 0)

@@ -10,8 +10,8 @@ typedef struct nts_ww_ops nts_ww_ops;
 /* Per-page state byte: the owner's protection (PROT_READ|PROT_WRITE|PROT_EXEC in
  * the low three bits) and whether the page was written since its last reset.
  * The three bits above are scratch for an operation that holds the lock. */
-#define NTS_PROT_MASK 0x07
-#define NTS_DIRTY 0x08
+#define NTS_PROT_MASK     0x07
+#define NTS_DIRTY         0x08
 #define NTS_SCRATCH_SHIFT 4
 /* The protection a page had before the operation that holds the lock changed it. */
 #define NTS_OLD_PROT(state) ((state) >> NTS_SCRATCH_SHIFT & NTS_PROT_MASK)
@@ -23,7 +23,7 @@ typedef struct nts_ww_ops nts_ww_ops;
  * pages, which other heap blocks share, and a write there by a thread that holds
  * the lock the fault's resolver needs (or by the resolver) would never finish. */
 typedef struct nts_book {
-    int lock;   /* the tracker's own lock; mprotect trackers share mprotect.c's instead */
+    int lock; /* the tracker's own lock; mprotect trackers share mprotect.c's instead */
     int closed;
     int listed; /* on the list of trackers whose locks fork() takes (tracker.c) */
     struct nts_book *next, *prev;
@@ -33,13 +33,13 @@ typedef struct nts_book {
 struct nts_tracker {
     PyObject_HEAD
     const nts_ww_ops *ops; /* the mechanism */
-    pid_t pid;          /* the process whose address space this tracks */
+    pid_t pid;             /* the process whose address space this tracks */
     uintptr_t base;
     size_t npages;
     nts_book *book;
-    int *lock;          /* &book->lock, or the process-wide lock of the mprotect kind (mprotect.c) */
-    uint8_t *state;     /* in book: npages bytes, see NTS_DIRTY */
-    uint16_t *pins;     /* in book: open kernel-write windows per page (mprotect, uffd-sync; else NULL) */
+    int *lock;      /* &book->lock, or the process-wide lock of the mprotect kind (mprotect.c) */
+    uint8_t *state; /* in book: npages bytes, see NTS_DIRTY */
+    uint16_t *pins; /* in book: open kernel-write windows per page (mprotect, uffd-sync; else NULL) */
     /* userfaultfd */
     int uffd, pagemap, stop_fd, thread_started, handles_kernel_faults, populate;
     pthread_t thread;
@@ -133,8 +133,8 @@ int nts_uffd_writeprotect(int uffd, uintptr_t addr, size_t len, int wp);
  * relative to `base`, at most max_pages (0: all), write-protecting exactly
  * those when `reset`.  Resumes where the kernel stopped when its output vector
  * filled (vec_len 0: room for every run of the range, at most 512).  0 or an errno. */
-int nts_pagemap_scan(int fd, uint64_t base, uint64_t start, uint64_t end, int reset, uint64_t max_pages,
-                     size_t vec_len, nts_runs *out);
+int nts_pagemap_scan(int fd, uint64_t base, uint64_t start, uint64_t end, int reset, uint64_t max_pages, size_t vec_len,
+                     nts_runs *out);
 
 /* ---- native writer threads (writers.c) ---- */
 

@@ -39,8 +39,8 @@ int nts_uffd_writeprotect(int uffd, uintptr_t addr, size_t len, int wp)
     return ioctl(uffd, UFFDIO_WRITEPROTECT, &w) ? errno : 0;
 }
 
-int nts_pagemap_scan(int fd, uint64_t base, uint64_t start, uint64_t end, int reset, uint64_t max_pages,
-                     size_t vec_len, nts_runs *out)
+int nts_pagemap_scan(int fd, uint64_t base, uint64_t start, uint64_t end, int reset, uint64_t max_pages, size_t vec_len,
+                     nts_runs *out)
 {
     const uint64_t ps = nts_page_size;
     /* No more than the kernel's own buffer of 512 regions: with a longer vector,

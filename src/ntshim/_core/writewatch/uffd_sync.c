@@ -15,10 +15,7 @@
 #include <sys/syscall.h>
 
 /* Write-protection is independent of the page's protection: clean pages have it. */
-static int uffd_sync_want(int prot, int clean)
-{
-    return clean;
-}
+static int uffd_sync_want(int prot, int clean) { return clean; }
 
 /* Write-protect the pages (wp=1) or release them (wp=0). */
 static int uffd_sync_apply(nts_tracker *t, size_t first, size_t n, int wp)
