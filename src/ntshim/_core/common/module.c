@@ -93,16 +93,28 @@ static int check_runs(const Py_buffer *runs, uint64_t add, uint64_t step, size_t
     return 0;
 }
 
+/* The arguments (runs, add, step) of count_runs and expand_runs, checked; on
+ * success the caller owns *runs and releases it. */
+static int parse_runs(PyObject *args, Py_buffer *runs, uint64_t *add, uint64_t *step, size_t *values)
+{
+    if (!PyArg_ParseTuple(args, "y*O&O&", runs, u64_arg, add, u64_arg, step))
+        return -1;
+    if (check_runs(runs, *add, *step, values)) {
+        PyBuffer_Release(runs);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *core_count_runs(PyObject *mod, PyObject *args)
 {
     Py_buffer runs;
     uint64_t add, step;
     size_t values;
-    if (!PyArg_ParseTuple(args, "y*O&O&", &runs, u64_arg, &add, u64_arg, &step))
+    if (parse_runs(args, &runs, &add, &step, &values))
         return NULL;
-    int bad = check_runs(&runs, add, step, &values);
     PyBuffer_Release(&runs);
-    return bad ? NULL : PyLong_FromSize_t(values);
+    return PyLong_FromSize_t(values);
 }
 
 static PyObject *core_expand_runs(PyObject *mod, PyObject *args)
@@ -110,12 +122,8 @@ static PyObject *core_expand_runs(PyObject *mod, PyObject *args)
     Py_buffer runs;
     uint64_t add, step;
     size_t values;
-    if (!PyArg_ParseTuple(args, "y*O&O&", &runs, u64_arg, &add, u64_arg, &step))
+    if (parse_runs(args, &runs, &add, &step, &values))
         return NULL;
-    if (check_runs(&runs, add, step, &values)) {
-        PyBuffer_Release(&runs);
-        return NULL;
-    }
     PyObject *out = NULL;
     if (values > (size_t)PY_SSIZE_T_MAX / sizeof(uint64_t))
         PyErr_Format(PyExc_MemoryError, "%zu values do not fit in memory", values);

@@ -1034,16 +1034,22 @@ static int enroll(nts_arena *a)
 
 /* ---------------------------------------------------------------- allocation */
 
+/* Entry i off the free list at *head, whose next link is next and which must not
+ * be in use; a bad link (another process may have written anything there) damages
+ * the arena.  (Index 0 stands in for an out-of-range i when reading its entry.) */
+static uint32_t pop_free(uint32_t *head, uint32_t i, uint32_t hw, uint32_t next, uint32_t in_use)
+{
+    if (i > hw || in_use || next > hw)
+        return !damage(BAD_FREE);
+    *head = next;
+    return i;
+}
+
 static uint32_t take_obj(nts_arena *a, int *err)
 {
-    uint32_t hw = obj_hw(a), i = READ_ONCE(a->h->obj_free);
-    if (i) {
-        uint32_t next = READ_ONCE(a->o[i <= hw ? i : 0].next_free);
-        if (i > hw || a->o[i].kind || next > hw)
-            return !damage(BAD_FREE);
-        a->h->obj_free = next;
-        return i;
-    }
+    uint32_t hw = obj_hw(a), i = READ_ONCE(a->h->obj_free), j = i <= hw ? i : 0;
+    if (i)
+        return pop_free(&a->h->obj_free, i, hw, READ_ONCE(a->o[j].next_free), a->o[j].kind);
     if (hw >= NOBJ || damaged())
         return 0;
     if ((*err = reserve(a, OFF_OBJ, sizeof(struct obj), hw + 1)) ||
@@ -1055,14 +1061,9 @@ static uint32_t take_obj(nts_arena *a, int *err)
 
 static uint32_t take_ref(nts_arena *a, int *err)
 {
-    uint32_t hw = ref_hw(a), i = READ_ONCE(a->h->ref_free);
-    if (i) {
-        uint32_t next = READ_ONCE(a->r[i <= hw ? i : 0].next_free);
-        if (i > hw || a->r[i].proc || next > hw)
-            return !damage(BAD_FREE);
-        a->h->ref_free = next;
-        return i;
-    }
+    uint32_t hw = ref_hw(a), i = READ_ONCE(a->h->ref_free), j = i <= hw ? i : 0;
+    if (i)
+        return pop_free(&a->h->ref_free, i, hw, READ_ONCE(a->r[j].next_free), a->r[j].proc);
     if (hw >= NREF || damaged() || (*err = reserve(a, OFF_REF, sizeof(struct ref), hw + 1)))
         return 0;
     a->h->ref_hw = hw + 1;
