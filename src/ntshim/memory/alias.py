@@ -112,7 +112,7 @@ def _shared_pages(start: int, end: int) -> tuple[str, int]:
     access from any page, at any moment.  The owner's access is what the source's writable
     export promises — reading and writing every page — plus execution where all of it has it.
     """
-    pieces = []
+    pieces: list[maps.MapsEntry] = []
     for mapping in maps.mappings():
         if mapping.end <= start:
             continue

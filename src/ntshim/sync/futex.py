@@ -406,7 +406,7 @@ class Futex(Backend):
     def create(cls, kind: Kind, initial: InitialState, name: bytes | None) -> tuple[Handle, bool]:
         arena_path()
         try:
-            slot, gen, created = _core.sync_create(_KIND_CODES[kind], *initial, name)
+            slot, gen, created = _core.sync_create(_KIND_CODES[kind], initial, name)
         except FileExistsError:
             raise NameKindError(f"the name {name!r} belongs to an object of another kind, not a {kind}") from None
         except OSError as e:

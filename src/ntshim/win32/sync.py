@@ -386,7 +386,7 @@ def _object_errors() -> Iterator[None]:
     except ConnectionError:  # the sync server is gone, and the object with it
         raise Win32Error(ERROR_INVALID_HANDLE) from None
     except OSError as e:
-        raise Win32Error(_ERRNO_CODES.get(e.errno, ERROR_GEN_FAILURE)) from None
+        raise Win32Error(_ERRNO_CODES.get(e.errno or 0, ERROR_GEN_FAILURE)) from None
 
 
 @win32_function(0)

@@ -131,7 +131,7 @@ struct proc {
 
 struct obj {
     uint32_t kind, gen, refs, name; /* name: name-index slot + 1, 0 when unnamed */
-    uint32_t x, y;                  /* sem: count, max; mutex: owner, count; event: manual, signaled */
+    nts_sync_state state;
     uint32_t abandoned, holder, holder_gen;
     uint32_t any_head, any_tail, all_head, all_tail;
     uint32_t next_free, pad[2];
@@ -490,6 +490,17 @@ static int begin(nts_arena *a)
     return arena_lock(a);
 }
 
+/* begin() for the entry points that change this process's references: g_refs_lock
+ * first (a fork waits on it to copy consistent counts), given back if begin fails. */
+static int begin_refs(nts_arena *a)
+{
+    nts_lock(&g_refs_lock);
+    int err = begin(a);
+    if (err)
+        nts_unlock(&g_refs_lock);
+    return err;
+}
+
 /* Its end: unlock; damage found meanwhile wins over any other outcome. */
 static int done(nts_arena *a, int err)
 {
@@ -615,11 +626,11 @@ static int is_signaled(struct obj *o, uint32_t owner)
 {
     switch (o->kind) {
     case NTS_SYNC_SEMAPHORE:
-        return o->x > 0;
+        return o->state.sem.count > 0;
     case NTS_SYNC_MUTEX:
-        return o->y == 0 || (o->x == owner && o->y < UINT32_MAX);
+        return o->state.mutex.count == 0 || (o->state.mutex.owner == owner && o->state.mutex.count < UINT32_MAX);
     default:
-        return o->y != 0;
+        return o->state.event.signaled != 0;
     }
 }
 
@@ -712,15 +723,15 @@ static void acquire(nts_arena *a, uint32_t ti, uint32_t oi)
     struct obj *o = &a->o[oi];
     switch (o->kind) {
     case NTS_SYNC_SEMAPHORE:
-        o->x--;
+        o->state.sem.count--;
         break;
     case NTS_SYNC_MUTEX:
         if (o->abandoned) {
             t->abandoned = 1;
             o->abandoned = 0;
         }
-        o->x = t->owner;
-        if (o->y++ == 0) {
+        o->state.mutex.owner = t->owner;
+        if (o->state.mutex.count++ == 0) {
             o->holder = ti;
             o->holder_gen = t->gen;
             t->held++;
@@ -728,8 +739,8 @@ static void acquire(nts_arena *a, uint32_t ti, uint32_t oi)
         }
         break;
     default:
-        if (!o->x)
-            o->y = 0; /* auto-reset */
+        if (!o->state.event.manual)
+            o->state.event.signaled = 0; /* auto-reset */
     }
 }
 
@@ -830,8 +841,8 @@ static void abandon(nts_arena *a, uint32_t oi)
 {
     struct obj *o = &a->o[oi];
     drop_holder(a, o);
-    o->x = 0;
-    o->y = 0;
+    o->state.mutex.owner = 0;
+    o->state.mutex.count = 0;
     o->abandoned = 1;
     try_wake(a, oi);
 }
@@ -843,7 +854,7 @@ static void abandon_thread(nts_arena *a, uint32_t ti)
     uint32_t hw = obj_hw(a);
     for (uint32_t i = 1; i <= hw && t->held && !damaged(); i++) {
         struct obj *o = &a->o[i];
-        if (o->kind == NTS_SYNC_MUTEX && o->y && o->holder == ti && o->holder_gen == t->gen)
+        if (o->kind == NTS_SYNC_MUTEX && o->state.mutex.count && o->holder == ti && o->holder_gen == t->gen)
             abandon(a, i);
     }
 }
@@ -852,7 +863,7 @@ static void abandon_thread(nts_arena *a, uint32_t ti)
 static void check_holder(nts_arena *a, uint32_t oi)
 {
     struct obj *o = &a->o[oi];
-    if (o->kind != NTS_SYNC_MUTEX || !o->y || !o->holder)
+    if (o->kind != NTS_SYNC_MUTEX || !o->state.mutex.count || !o->holder)
         return;
     uint32_t hi = thr_index(a, READ_ONCE(o->holder));
     struct thr *h = &a->t[hi];
@@ -1424,22 +1435,19 @@ static int valid(nts_arena *a, uint32_t oi, int kind)
     return kind && a->o[oi].kind != (uint32_t)kind ? EBADF : 0;
 }
 
-int nts_sync_create(nts_arena *a, int kind, uint32_t x, uint32_t y, const char *name, size_t len, uint32_t *slot,
+int nts_sync_create(nts_arena *a, int kind, nts_sync_state initial, const char *name, size_t len, uint32_t *slot,
                     uint32_t *gen, int *created)
 {
     if (kind < NTS_SYNC_SEMAPHORE || kind > NTS_SYNC_EVENT || len > NTS_SYNC_MAX_NAME)
         return EINVAL;
     int err = install_sigbus();
     uint32_t holder = 0;
-    if (!err && kind == NTS_SYNC_MUTEX && y)
+    if (!err && kind == NTS_SYNC_MUTEX && initial.mutex.count)
         err = self_thread(a, &holder);
     if (err || (err = enroll(a)))
         return err;
-    nts_lock(&g_refs_lock);
-    if ((err = begin(a))) {
-        nts_unlock(&g_refs_lock);
+    if ((err = begin_refs(a)))
         return err;
-    }
     uint32_t hash = name ? name_hash(name, len) : 0, oi = 0;
     if (name && (oi = name_find(a, name, len, hash)) != 0) {
         if (a->o[oi].kind != (uint32_t)kind)
@@ -1452,8 +1460,7 @@ int nts_sync_create(nts_arena *a, int kind, uint32_t x, uint32_t y, const char *
         memset(o, 0, sizeof *o);
         o->gen = g;
         o->kind = (uint32_t)kind;
-        o->x = x;
-        o->y = y;
+        o->state = initial;
         if (holder) {
             o->holder = holder;
             o->holder_gen = a->t[holder].gen;
@@ -1481,11 +1488,8 @@ int nts_sync_open(nts_arena *a, int kind, const char *name, size_t len, uint32_t
     int err = install_sigbus();
     if (err || (err = enroll(a)))
         return err;
-    nts_lock(&g_refs_lock);
-    if ((err = begin(a))) {
-        nts_unlock(&g_refs_lock);
+    if ((err = begin_refs(a)))
         return err;
-    }
     uint32_t oi = len <= NTS_SYNC_MAX_NAME ? name_find(a, name, len, name_hash(name, len)) : 0;
     if (!oi) {
         err = ENOENT;
@@ -1507,11 +1511,8 @@ int nts_sync_ref(nts_arena *a, int kind, uint32_t slot, uint32_t gen)
     int err = enroll(a);
     if (err)
         return err;
-    nts_lock(&g_refs_lock);
-    if ((err = begin(a))) {
-        nts_unlock(&g_refs_lock);
+    if ((err = begin_refs(a)))
         return err;
-    }
     if (slot < 1 || slot > obj_hw(a) || a->o[slot].kind != (uint32_t)kind || a->o[slot].gen != gen || !a->o[slot].refs)
         err = ENOENT;
     else
@@ -1523,12 +1524,9 @@ int nts_sync_ref(nts_arena *a, int kind, uint32_t slot, uint32_t gen)
 
 int nts_sync_unref(nts_arena *a, uint32_t slot)
 {
-    nts_lock(&g_refs_lock);
-    int err = begin(a);
-    if (err) {
-        nts_unlock(&g_refs_lock);
+    int err = begin_refs(a);
+    if (err)
         return err;
-    }
     if (!(err = valid(a, slot, 0)) && --a->my_count[slot] == 0) {
         free_ref(a, a->my_rec[slot]);
         a->my_rec[slot] = 0;
@@ -1554,11 +1552,11 @@ int nts_sync_unref(nts_arena *a, uint32_t slot)
 int nts_sync_sem_release(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev)
 {
     OBJECT_OP(a, slot, NTS_SYNC_SEMAPHORE, {
-        if ((uint64_t)o->x + n > o->y) {
+        if ((uint64_t)o->state.sem.count + n > o->state.sem.max) {
             err_ = EOVERFLOW;
         } else {
-            *prev = o->x;
-            o->x += n;
+            *prev = o->state.sem.count;
+            o->state.sem.count += n;
             try_wake(a, slot);
         }
     });
@@ -1567,8 +1565,8 @@ int nts_sync_sem_release(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev
 int nts_sync_sem_read(nts_arena *a, uint32_t slot, uint32_t *count, uint32_t *max)
 {
     OBJECT_OP(a, slot, NTS_SYNC_SEMAPHORE, {
-        *count = o->x;
-        *max = o->y;
+        *count = o->state.sem.count;
+        *max = o->state.sem.max;
     });
 }
 
@@ -1576,12 +1574,12 @@ int nts_sync_mutex_unlock(nts_arena *a, uint32_t slot, uint32_t owner, uint32_t 
 {
     OBJECT_OP(a, slot, NTS_SYNC_MUTEX, {
         check_holder(a, slot);
-        if (!o->y || o->x != owner) {
+        if (!o->state.mutex.count || o->state.mutex.owner != owner) {
             err_ = EPERM;
         } else {
-            *prev = o->y;
-            if (--o->y == 0) {
-                o->x = 0;
+            *prev = o->state.mutex.count;
+            if (--o->state.mutex.count == 0) {
+                o->state.mutex.owner = 0;
                 drop_holder(a, o);
                 try_wake(a, slot);
             }
@@ -1593,7 +1591,7 @@ int nts_sync_mutex_kill(nts_arena *a, uint32_t slot, uint32_t owner)
 {
     OBJECT_OP(a, slot, NTS_SYNC_MUTEX, {
         check_holder(a, slot);
-        if (!o->y || o->x != owner)
+        if (!o->state.mutex.count || o->state.mutex.owner != owner)
             err_ = EPERM;
         else
             abandon(a, slot);
@@ -1604,8 +1602,8 @@ int nts_sync_mutex_read(nts_arena *a, uint32_t slot, uint32_t *owner, uint32_t *
 {
     OBJECT_OP(a, slot, NTS_SYNC_MUTEX, {
         check_holder(a, slot);
-        *owner = o->x;
-        *count = o->y;
+        *owner = o->state.mutex.owner;
+        *count = o->state.mutex.count;
         *abandoned = (int)o->abandoned;
     });
 }
@@ -1613,20 +1611,20 @@ int nts_sync_mutex_read(nts_arena *a, uint32_t slot, uint32_t *owner, uint32_t *
 int nts_sync_event_op(nts_arena *a, uint32_t slot, int op, int *prev)
 {
     OBJECT_OP(a, slot, NTS_SYNC_EVENT, {
-        *prev = o->y != 0;
-        o->y = op != NTS_SYNC_EVENT_RESET;
+        *prev = o->state.event.signaled != 0;
+        o->state.event.signaled = op != NTS_SYNC_EVENT_RESET;
         if (op != NTS_SYNC_EVENT_RESET)
             try_wake(a, slot);
         if (op == NTS_SYNC_EVENT_PULSE)
-            o->y = 0;
+            o->state.event.signaled = 0;
     });
 }
 
 int nts_sync_event_read(nts_arena *a, uint32_t slot, int *manual, int *signaled)
 {
     OBJECT_OP(a, slot, NTS_SYNC_EVENT, {
-        *manual = o->x != 0;
-        *signaled = o->y != 0;
+        *manual = o->state.event.manual != 0;
+        *signaled = o->state.event.signaled != 0;
     });
 }
 
@@ -1674,7 +1672,7 @@ static size_t watch_set(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32
     w[n++] = (struct nts_futex_waitv){0, (uintptr_t)&g_damaged, NTS_FUTEX2_SIZE_U32 | NTS_FUTEX2_PRIVATE, 0};
     for (uint32_t i = 0; i < count && n < NTS_FUTEX_WAITV_MAX; i++) {
         struct obj *o = &a->o[slots[i]];
-        if (o->kind != NTS_SYNC_MUTEX || !o->y || !o->holder)
+        if (o->kind != NTS_SYNC_MUTEX || !o->state.mutex.count || !o->holder)
             continue;
         struct thr *h = &a->t[thr_index(a, READ_ONCE(o->holder))];
         if (h->proc == t->proc)

@@ -118,15 +118,15 @@ static PyObject *py_detach(PyObject *self, PyObject *unused)
 static PyObject *py_create(PyObject *self, PyObject *args)
 {
     int kind;
-    unsigned int x, y;
+    nts_sync_state initial;
     const char *name = NULL;
     Py_ssize_t len = 0;
-    nts_arena *a = parse(args, "iIIz#", &kind, &x, &y, &name, &len);
+    nts_arena *a = parse(args, "i(II)z#", &kind, &initial.words[0], &initial.words[1], &name, &len);
     if (!a)
         return NULL;
     uint32_t slot, gen;
     int created;
-    int err = CALL(nts_sync_create(a, kind, x, y, name, (size_t)len, &slot, &gen, &created));
+    int err = CALL(nts_sync_create(a, kind, initial, name, (size_t)len, &slot, &gen, &created));
     if (err)
         return fail(err, "sync create");
     return Py_BuildValue("IIO", slot, gen, created ? Py_True : Py_False);
@@ -365,7 +365,8 @@ static PyMethodDef sync_methods[] = {
      "thread_ids_here: the threads of this process that have a block (reclaims nothing)"},
     {"sync_detach", py_detach, METH_NOARGS, "sync_detach(): drop every reference this process holds"},
     {"sync_create", py_create, METH_VARARGS,
-     "sync_create(kind, x, y, name) -> (slot, gen, created); FileExistsError: the name is another kind"},
+     "sync_create(kind, initial, name) -> (slot, gen, created): initial as ntshim.sync.backend.InitialState; "
+     "FileExistsError: the name is another kind"},
     {"sync_open", py_open, METH_VARARGS, "sync_open(kind, name) -> (slot, gen)"},
     {"sync_ref", py_ref, METH_VARARGS, "sync_ref(kind, slot, gen): one more reference (FileNotFoundError if gone)"},
     {"sync_unref", py_unref, METH_VARARGS, "sync_unref(slot): one reference less"},

@@ -27,6 +27,21 @@ size_t nts_sync_arena_size(void);
 int nts_sync_format(int fd); /* size a new arena file, reserve its first chunks, write its header */
 /* The header fields of an arena file of any layout (size: the file's, when it differs). */
 int nts_sync_layout(int fd, uint32_t *magic, uint32_t *version, uint64_t *size);
+/* An object's state: two words, read by kind (as the ntsync driver's union).  A
+ * mutex is unowned when its count is 0; an event's words are 0 or 1. */
+typedef union {
+    struct {
+        uint32_t count, max;
+    } sem;
+    struct {
+        uint32_t owner, count; /* owner: the caller's owner id (a thread id for Win32) */
+    } mutex;
+    struct {
+        uint32_t manual, signaled;
+    } event;
+    uint32_t words[2]; /* as Python passes it: ntshim.sync.backend.InitialState */
+} nts_sync_state;
+
 int nts_sync_in_use(int fd, int *in_use); /* whether any process holds a liveness lock on it */
 /* Map it and claim a process slot; EPROTO if not an arena of this layout, ENOSPC if
  * every process slot is taken.  Keeps a close-on-exec descriptor of its own (a new
@@ -34,9 +49,8 @@ int nts_sync_in_use(int fd, int *in_use); /* whether any process holds a livenes
 int nts_sync_attach(int fd, nts_arena **out);
 void nts_sync_detach(nts_arena *a); /* drop this process's references */
 const char *nts_sync_damage(void);  /* NULL, or why the arena is damaged for this process */
-/* x, y: semaphore count, maximum; mutex owner, count; event manual, signaled.
- * EEXIST: the name belongs to another kind; ENOSPC: the arena (or its file system) is full. */
-int nts_sync_create(nts_arena *a, int kind, uint32_t x, uint32_t y, const char *name, size_t len, uint32_t *slot,
+/* EEXIST: the name belongs to another kind; ENOSPC: the arena (or its file system) is full. */
+int nts_sync_create(nts_arena *a, int kind, nts_sync_state initial, const char *name, size_t len, uint32_t *slot,
                     uint32_t *gen, int *created);
 int nts_sync_open(nts_arena *a, int kind, const char *name, size_t len, uint32_t *slot, uint32_t *gen);
 int nts_sync_ref(nts_arena *a, int kind, uint32_t slot, uint32_t gen); /* ENOENT if gone */
