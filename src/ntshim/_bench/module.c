@@ -14,7 +14,8 @@ static PyMethodDef bench_methods[] = {
      "the tracker queried from C every delay, as a native caller would"},
     {"bench_sync", nts_bench_sync, METH_VARARGS,
      "bench_sync(mechanism, test, processes, amount, (sem, a, b) slots) -> (elapsed_ns, round_trips): "
-     "the contended-wait or zigzag loop in C (mechanism 0 floor-futex, 1 floor-eventfd, 2 ntshim futex)"},
+     "the contended-wait or zigzag loop in C (mechanism 0 floor-futex, 1 floor-eventfd, 2 ntshim futex, 3 "
+     "floor-futex-fifo)"},
     {NULL},
 };
 

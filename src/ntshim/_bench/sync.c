@@ -6,7 +6,7 @@
  *   floor-futex-fifo  the same futex mechanism with the hand-off NT objects
  *                  require (a release with a waiter queued grants it to that waiter,
  *                  FIFO, instead of letting the releaser take it back) and the same
- *                  waiting policy as ntshim's futex backend: spin SYNC_SPIN pauses
+ *                  waiting policy as ntshim's futex backend: spin NTS_SYNC_SPIN pauses
  *                  before sleeping, wake only a sleeper.  The like-for-like floor.
  *   floor-eventfd  eventfd: EFD_SEMAPHORE for the semaphore, a plain one per event
  *   futex          ntshim's futex backend through its C entry points (_core/sync/arena.c):

@@ -47,10 +47,6 @@ struct nts_page_region {
 #define NTS_PM_SCAN_CHECK_WPASYNC (1ULL << 1)
 #define NTS_PAGE_IS_WRITTEN       (1ULL << 1)
 
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
-
 /* ---- Shared helpers (common.c) ---- */
 extern size_t nts_page_size;
 

@@ -175,6 +175,15 @@ static void *map_anonymous(size_t size, int prot, uintptr_t addr, size_t align, 
     return p;
 }
 
+static int check_prot(int prot)
+{
+    if (prot & ~PROT_BITS) {
+        PyErr_Format(PyExc_ValueError, "prot must be PROT_READ, PROT_WRITE and PROT_EXEC bits, got %d", prot);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *mapping_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
     Py_ssize_t size;
@@ -188,10 +197,8 @@ static PyObject *mapping_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         PyErr_Format(PyExc_ValueError, "size must be a positive multiple of %zu, got %zd", nts_page_size, size);
         return NULL;
     }
-    if (prot & ~PROT_BITS) {
-        PyErr_Format(PyExc_ValueError, "prot must be PROT_READ, PROT_WRITE and PROT_EXEC bits, got %d", prot);
+    if (check_prot(prot))
         return NULL;
-    }
     if (address % nts_page_size || (align & (align - 1)) || (address && align && address % align)) {
         PyErr_SetString(PyExc_ValueError, "address must be page aligned and align a power of two dividing it");
         return NULL;
@@ -418,10 +425,8 @@ static PyObject *mapping_change_protection(Mapping *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "nniO|i:_change_protection", &first, &count, &prot, &apply, &committed) ||
         check_pages(self, first, count))
         return NULL;
-    if (prot & ~PROT_BITS) {
-        PyErr_Format(PyExc_ValueError, "prot must be PROT_READ, PROT_WRITE and PROT_EXEC bits, got %d", prot);
+    if (check_prot(prot))
         return NULL;
-    }
     if (busy_check(self))
         return NULL;
     if (prot & ~self->max_prot) {
@@ -478,10 +483,8 @@ static PyObject *mapping_limit_protection(Mapping *self, PyObject *arg)
     int prot = PyLong_AsLong(arg);
     if (prot == -1 && PyErr_Occurred())
         return NULL;
-    if (prot & ~PROT_BITS) {
-        PyErr_Format(PyExc_ValueError, "prot must be PROT_READ, PROT_WRITE and PROT_EXEC bits, got %d", prot);
+    if (check_prot(prot))
         return NULL;
-    }
     self->max_prot = prot;
     Py_RETURN_NONE;
 }

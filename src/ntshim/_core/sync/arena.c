@@ -83,9 +83,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef SYS_futex_waitv
-#define SYS_futex_waitv 449
-#endif
 struct nts_futex_waitv {
     uint64_t val, uaddr;
     uint32_t flags, reserved;
@@ -352,18 +349,24 @@ static struct entry *entry_at(nts_arena *a, uint32_t id)
     return &a->t[0].e[0];
 }
 
+/* Whether entry id may be on object oi's list `all`, by its own wait block's word
+ * (entry_ok without the back link, which a half-done change may have left stale). */
+static int entry_fits(nts_arena *a, uint32_t oi, int all, uint32_t id, uint32_t thrs)
+{
+    if (id < 1 || ENTRY_THR(id) > thrs)
+        return 0;
+    struct thr *t = &a->t[ENTRY_THR(id)];
+    uint32_t i = ENTRY_IDX(id), count = READ_ONCE(t->count);
+    return t->in_use && t->queued && count <= NTS_SYNC_MAX_WAIT && (i < count || (i == count && t->alert)) &&
+           t->e[i].obj == oi && t->e[i].linked && (t->all && i < count) == all;
+}
+
 /* Whether entry `id` can stand on object oi's wait-all (all) or wait-any list right
  * after `prev` (0: at its head): a walk that checks every step this way visits each
  * entry at most once (an entry's back link names one predecessor), in bounds. */
 static int entry_ok(nts_arena *a, uint32_t oi, int all, uint32_t id, uint32_t prev)
 {
-    if (id < 1 || ENTRY_THR(id) > thr_hw(a))
-        return !damage(BAD_QUEUE);
-    struct thr *t = &a->t[ENTRY_THR(id)];
-    struct entry *e = &t->e[ENTRY_IDX(id)];
-    uint32_t i = ENTRY_IDX(id), count = READ_ONCE(t->count);
-    int fits = t->in_use && t->queued && count <= NTS_SYNC_MAX_WAIT && (i < count || (i == count && t->alert));
-    if (!fits || e->obj != oi || !e->linked || e->prev != prev || (t->all && i < count) != all)
+    if (!entry_fits(a, oi, all, id, thr_hw(a)) || a->t[ENTRY_THR(id)].e[ENTRY_IDX(id)].prev != prev)
         return !damage(BAD_QUEUE);
     return 1;
 }
@@ -506,6 +509,13 @@ static int done(nts_arena *a, int err)
 {
     arena_unlock(a);
     return damaged() ? EUCLEAN : err;
+}
+
+static int done_refs(nts_arena *a, int err)
+{
+    err = done(a, err);
+    nts_unlock(&g_refs_lock);
+    return err;
 }
 
 static int init_robust_shared(pthread_mutex_t *m)
@@ -918,18 +928,6 @@ static void gc_dead_processes(nts_arena *a)
     for (uint32_t i = 1; i <= hw && !damaged(); i++)
         if (a->p[i].in_use && process_dead(a, i))
             release_process(a, i);
-}
-
-/* Whether entry id may be on object oi's list `all`, by its own wait block's word
- * (entry_ok without the back link, which a half-done change may have left stale). */
-static int entry_fits(nts_arena *a, uint32_t oi, int all, uint32_t id, uint32_t thrs)
-{
-    if (id < 1 || ENTRY_THR(id) > thrs)
-        return 0;
-    struct thr *t = &a->t[ENTRY_THR(id)];
-    uint32_t i = ENTRY_IDX(id), count = READ_ONCE(t->count);
-    return t->in_use && t->queued && count <= NTS_SYNC_MAX_WAIT && (i < count || (i == count && t->alert)) &&
-           t->e[i].obj == oi && t->e[i].linked && (t->all && i < count) == all;
 }
 
 /* After a process died inside the lock, what it was changing may be half done: a
@@ -1404,8 +1402,7 @@ int nts_sync_attach(int fd, nts_arena **out)
 /* Drop every reference of this process (at interpreter exit). */
 void nts_sync_detach(nts_arena *a)
 {
-    nts_lock(&g_refs_lock);
-    if (!begin(a)) {
+    if (!begin_refs(a)) {
         uint32_t hw = obj_hw(a);
         for (uint32_t oi = 1; oi <= hw && !damaged(); oi++)
             if (a->my_rec[oi]) {
@@ -1414,9 +1411,8 @@ void nts_sync_detach(nts_arena *a)
                 a->my_rec[oi] = 0;
                 a->my_count[oi] = 0;
             }
-        done(a, 0);
+        done_refs(a, 0);
     }
-    nts_unlock(&g_refs_lock);
 }
 
 /* Whether slot oi is an object this process references (EBADF if not), of `kind`
@@ -1478,9 +1474,7 @@ int nts_sync_create(nts_arena *a, int kind, nts_sync_state initial, const char *
         *slot = oi;
         *gen = a->o[oi].gen;
     }
-    err = done(a, err);
-    nts_unlock(&g_refs_lock);
-    return err;
+    return done_refs(a, err);
 }
 
 int nts_sync_open(nts_arena *a, int kind, const char *name, size_t len, uint32_t *slot, uint32_t *gen)
@@ -1501,9 +1495,7 @@ int nts_sync_open(nts_arena *a, int kind, const char *name, size_t len, uint32_t
             *gen = a->o[oi].gen;
         }
     }
-    err = done(a, err);
-    nts_unlock(&g_refs_lock);
-    return err;
+    return done_refs(a, err);
 }
 
 int nts_sync_ref(nts_arena *a, int kind, uint32_t slot, uint32_t gen)
@@ -1517,9 +1509,7 @@ int nts_sync_ref(nts_arena *a, int kind, uint32_t slot, uint32_t gen)
         err = ENOENT;
     else
         err = ref_object(a, slot);
-    err = done(a, err);
-    nts_unlock(&g_refs_lock);
-    return err;
+    return done_refs(a, err);
 }
 
 int nts_sync_unref(nts_arena *a, uint32_t slot)
@@ -1531,9 +1521,7 @@ int nts_sync_unref(nts_arena *a, uint32_t slot)
         free_ref(a, a->my_rec[slot]);
         a->my_rec[slot] = 0;
     }
-    err = done(a, err);
-    nts_unlock(&g_refs_lock);
-    return err;
+    return done_refs(a, err);
 }
 
 /* Run one operation on an object of this process under the lock. */
@@ -1717,11 +1705,12 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
         *abandoned = (int)t->abandoned;
         return done(a, 0);
     }
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    if (deadline &&
-        (now.tv_sec > deadline->tv_sec || (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec)))
-        return done(a, ETIMEDOUT);
+    if (deadline) { /* (the clock is read under the lock only when a deadline needs it) */
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec > deadline->tv_sec || (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec))
+            return done(a, ETIMEDOUT);
+    }
     /* Queue: one entry per object (and the alert), each holding a reference so
      * that closing the last handle during the wait frees nothing under us. */
     store(&t->signaled, WAITING);

@@ -342,7 +342,7 @@ static PyObject *py_usage(PyObject *self, PyObject *unused)
 /* futex_waitv(NULL, 0, ...) fails with EINVAL where the call exists (Linux 5.16+), ENOSYS where not. */
 static PyObject *py_futex_waitv_errno(PyObject *self, PyObject *unused)
 {
-    long r = syscall(449 /* SYS_futex_waitv */, NULL, 0, 0, NULL, 0);
+    long r = syscall(SYS_futex_waitv, NULL, 0, 0, NULL, 0);
     return PyLong_FromLong(r < 0 ? errno : 0);
 }
 

@@ -5,7 +5,12 @@
 
 #include "common/common.h"
 
+#include <sys/syscall.h>
 #include <time.h>
+
+#ifndef SYS_futex_waitv /* Linux 5.16; older C headers lack it */
+#define SYS_futex_waitv 449
+#endif
 #define NTS_SYNC_MAX_WAIT 64
 #define NTS_SYNC_MAX_NAME 255
 /* Pauses a waiter spins before it sleeps, on machines with more than one CPU. */

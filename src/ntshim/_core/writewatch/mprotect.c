@@ -55,14 +55,6 @@ static int fault_is_write(const void *ctx)
 #endif
 }
 
-/* Give the pages `prot`. */
-static int mprotect_apply(nts_tracker *t, size_t first, size_t n, int prot)
-{
-    if (mprotect((void *)(t->base + first * nts_page_size), n * nts_page_size, prot))
-        return errno;
-    return 0;
-}
-
 static nts_tracker *lookup(uintptr_t addr)
 {
     size_t lo = 0, hi = g_nreg;
@@ -109,7 +101,7 @@ static int resolve(uintptr_t addr)
             return 0;
         /* Our protection (or another thread lifted it already). */
         t->state[i] |= NTS_DIRTY;
-        if (mprotect_apply(t, i, 1, t->state[i] & NTS_PROT_MASK)) {
+        if (nts_tracker_mprotect(t, i, 1, t->state[i] & NTS_PROT_MASK)) {
             /* Splitting the mapping failed (vm.max_map_count): give the whole
              * range back, reporting every page as written, which merges the
              * mapping instead of splitting it. */
@@ -246,7 +238,7 @@ const nts_ww_ops nts_mprotect_ops = {
     .protects = 1,
     .query_step = "mprotect",
     .want = mprotect_want,
-    .apply = mprotect_apply,
+    .apply = nts_tracker_mprotect,
     .rearm = nts_tracker_sync_kernel,
     .discarded = nts_tracker_sync_kernel,
     .protect = mprotect_protect,

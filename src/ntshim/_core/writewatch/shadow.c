@@ -53,7 +53,7 @@ const nts_ww_ops nts_shadow_ops = {
     .discarded = shadow_discarded,
     .differs = shadow_page_differs,
     .before_protect = shadow_before_protect,
-    .protect = nts_tracker_protect_owner,
+    .protect = nts_tracker_mprotect,
     .restore = nts_tracker_restore_owner,
     .close = shadow_close,
 };

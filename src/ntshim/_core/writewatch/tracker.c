@@ -128,9 +128,7 @@ static void unlist(nts_tracker *t)
     nts_unlock(&g_list_lock);
 }
 
-/* A userfaultfd tracker in a forked child: its registration (and, for uffd-async,
- * its pagemap file) belong to the parent, whose memory an operation would change. */
-static int in_forked_child(nts_tracker *t) { return t->ops->fork_bound && t->pid != nts_pid; }
+int nts_tracker_in_forked_child(nts_tracker *t) { return t->ops->fork_bound && t->pid != nts_pid; }
 
 /* What the kernel should enforce on page i, given its state. */
 static int desired(nts_tracker *t, size_t i)
@@ -277,7 +275,7 @@ static PyObject *forked_child_error(nts_tracker *t)
 static PyObject *run_locked(nts_tracker *t, size_t first, size_t count, locked_op op, void *arg, const char *what)
 {
     int err = 0, closed;
-    if (in_forked_child(t))
+    if (nts_tracker_in_forked_child(t))
         return forked_child_error(t);
     PyThreadState *saved = count > KEEP_GIL_PAGES ? PyEval_SaveThread() : NULL;
     nts_lock(t->lock);
@@ -304,7 +302,7 @@ int nts_tracker_query(nts_tracker *t, size_t first, size_t count, int reset, siz
 {
     int err;
     *out = (nts_runs){0};
-    if (in_forked_child(t))
+    if (nts_tracker_in_forked_child(t))
         return ECHILD;
     if (!reset && t->ops->protects) {
         /* Reading needs no lock: bits turn dirty behind our back only (they are
@@ -379,7 +377,7 @@ static int protect_op(nts_tracker *t, size_t first, size_t count, void *arg)
     return err;
 }
 
-int nts_tracker_protect_owner(nts_tracker *t, size_t first, size_t n, int prot)
+int nts_tracker_mprotect(nts_tracker *t, size_t first, size_t n, int prot)
 {
     return mprotect((void *)(t->base + first * nts_page_size), n * nts_page_size, prot) ? errno : 0;
 }
@@ -475,8 +473,8 @@ static PyObject *tracker_discard(nts_tracker *t, PyObject *args)
 static void tracker_teardown(nts_tracker *t)
 {
     /* A userfaultfd tracker's lock may have been held at fork(): in a forked child
-     * nobody else uses that tracker (in_forked_child), so skip the lock. */
-    int own_process = !in_forked_child(t), was_closed;
+     * nobody else uses that tracker (nts_tracker_in_forked_child), so skip the lock. */
+    int own_process = !nts_tracker_in_forked_child(t), was_closed;
     if (own_process)
         nts_lock(t->lock);
     was_closed = t->book->closed;

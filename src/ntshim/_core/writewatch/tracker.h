@@ -102,13 +102,17 @@ nts_tracker *nts_tracker_alloc(const nts_ww_ops *ops, uintptr_t base, size_t siz
 /* The mechanism is set up: mark the tracker open (and, if a forked child keeps
  * using its own lock, have fork() take that lock from now on). */
 void nts_tracker_opened(nts_tracker *t);
+/* A userfaultfd tracker in a forked child: its registration (and, for uffd-async,
+ * its pagemap file) belong to the parent, whose memory an operation would change. */
+int nts_tracker_in_forked_child(nts_tracker *t);
 
 /* Bring the kernel's protection of [first, first+n) in line with the pages'
  * state (ops->want, ops->apply); the lock is held.  0 or an errno. */
 int nts_tracker_sync_kernel(nts_tracker *t, size_t first, size_t n);
-/* For mechanisms whose kernel protection is the owner's (uffd-*, shadow): give
- * [first, first+n) the protection `prot`; give each page its state's protection back. */
-int nts_tracker_protect_owner(nts_tracker *t, size_t first, size_t n, int prot);
+/* mprotect [first, first+n) to `prot`: 0 or an errno; async-signal-safe (the
+ * mprotect kind's fault handler uses it).  restore_owner: for mechanisms whose
+ * kernel protection is the owner's (uffd-*, shadow), each page its state's back. */
+int nts_tracker_mprotect(nts_tracker *t, size_t first, size_t n, int prot);
 void nts_tracker_restore_owner(nts_tracker *t, size_t first, size_t n);
 
 /* Each mechanism's module functions (its tracker constructor, its probes) and
@@ -135,7 +139,5 @@ int nts_uffd_writeprotect(int uffd, uintptr_t addr, size_t len, int wp);
  * filled (vec_len 0: room for every run of the range, at most 512).  0 or an errno. */
 int nts_pagemap_scan(int fd, uint64_t base, uint64_t start, uint64_t end, int reset, uint64_t max_pages, size_t vec_len,
                      nts_runs *out);
-
-/* ---- native writer threads (writers.c) ---- */
 
 #endif

@@ -153,7 +153,7 @@ static int uffd_async_discarded(nts_tracker *t, size_t first, size_t n)
 
 static void uffd_async_close(nts_tracker *t)
 {
-    if (t->pid == nts_pid) { /* in a forked child the registration is the parent's */
+    if (!nts_tracker_in_forked_child(t)) { /* in a forked child the registration is the parent's */
         struct uffdio_range r = {t->base, t->npages * nts_page_size};
         ioctl(t->uffd, UFFDIO_UNREGISTER, &r);
     }
@@ -167,7 +167,7 @@ const nts_ww_ops nts_uffd_async_ops = {
     .query = uffd_async_query,
     .mark = uffd_async_mark,
     .discarded = uffd_async_discarded,
-    .protect = nts_tracker_protect_owner,
+    .protect = nts_tracker_mprotect,
     .restore = nts_tracker_restore_owner,
     .close = uffd_async_close,
 };

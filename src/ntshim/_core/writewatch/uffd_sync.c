@@ -25,7 +25,7 @@ static int uffd_sync_apply(nts_tracker *t, size_t first, size_t n, int wp)
 
 /* Without UFFD_FEATURE_WP_UNPOPULATED: map pages that are gaining access so that
  * the kernel can write-protect them. */
-static int uffd_sync_populate(nts_tracker *t, size_t first, size_t n, int prot)
+static int uffd_sync_populate(nts_tracker *t, size_t first, size_t n)
 {
     const size_t ps = nts_page_size;
     /* Readable but not yet writable, so no write can slip in before the
@@ -35,6 +35,15 @@ static int uffd_sync_populate(nts_tracker *t, size_t first, size_t n, int prot)
     for (size_t i = first; i < first + n; i++)
         (void)*(volatile const char *)(t->base + i * ps);
     return nts_tracker_sync_kernel(t, first, n);
+}
+
+/* Read each page of [first, first+n) that its owner lets be read (or written),
+ * which maps it: without WP_UNPOPULATED only a mapped page can be write-protected. */
+static void map_accessible(nts_tracker *t, size_t first, size_t n)
+{
+    for (size_t i = first; i < first + n; i++)
+        if (t->state[i] & (PROT_READ | PROT_WRITE))
+            (void)*(volatile const char *)(t->base + i * nts_page_size);
 }
 
 static void *fault_thread(void *arg)
@@ -75,19 +84,23 @@ static void *fault_thread(void *arg)
 static int uffd_sync_protect(nts_tracker *t, size_t first, size_t n, int prot)
 {
     int err = 0;
-    if (t->populate) /* pages gaining access from none must be mapped to be protectable */
-        for (size_t i = first; !err && i < first + n; i++)
-            if (!(NTS_OLD_PROT(t->state[i]) & (PROT_READ | PROT_WRITE)) && (prot & (PROT_READ | PROT_WRITE)))
-                err = uffd_sync_populate(t, i, 1, prot);
-    return err ? err : nts_tracker_protect_owner(t, first, n, prot);
+    if (t->populate && (prot & (PROT_READ | PROT_WRITE))) /* pages gaining access from none must be mapped */
+        for (size_t i = first; !err && i < first + n; i++) {
+            size_t end = i; /* a run of pages that had no access */
+            while (end < first + n && !(NTS_OLD_PROT(t->state[end]) & (PROT_READ | PROT_WRITE)))
+                end++;
+            if (end > i) {
+                err = uffd_sync_populate(t, i, end - i);
+                i = end;
+            }
+        }
+    return err ? err : nts_tracker_mprotect(t, first, n, prot);
 }
 
 static int uffd_sync_discarded(nts_tracker *t, size_t first, size_t n)
 {
     if (t->populate) /* an unmapped page cannot be write-protected without WP_UNPOPULATED */
-        for (size_t i = first; i < first + n; i++)
-            if (t->state[i] & (PROT_READ | PROT_WRITE))
-                (void)*(volatile const char *)(t->base + i * nts_page_size);
+        map_accessible(t, first, n);
     return nts_tracker_sync_kernel(t, first, n);
 }
 
@@ -95,7 +108,7 @@ static int uffd_sync_discarded(nts_tracker *t, size_t first, size_t n)
  * or not open yet). */
 static void uffd_sync_stop(nts_tracker *t)
 {
-    if (t->pid == nts_pid) { /* in a forked child the registration and thread belong to the parent */
+    if (!nts_tracker_in_forked_child(t)) { /* in a forked child the registration and thread belong to the parent */
         struct uffdio_range r = {t->base, t->npages * nts_page_size};
         if (t->uffd >= 0)
             ioctl(t->uffd, UFFDIO_UNREGISTER, &r); /* clears the protection, wakes blocked writers */
@@ -172,9 +185,8 @@ static PyObject *uffd_sync_tracker_new(PyObject *mod, PyObject *args, PyObject *
     if (!err) {
         step = "write-protecting the range";
         nts_lock(t->lock);
-        for (size_t i = 0; populate && i < t->npages; i++)
-            if (t->state[i] & (PROT_READ | PROT_WRITE)) /* touch only what may be read */
-                (void)*(volatile const char *)(t->base + i * nts_page_size);
+        if (populate)
+            map_accessible(t, 0, t->npages);
         err = nts_tracker_sync_kernel(t, 0, t->npages);
         nts_unlock(t->lock);
     }
