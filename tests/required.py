@@ -14,8 +14,8 @@ from ntshim._backends import Family
 from ntshim.sync import registry as sync_registry
 from ntshim.writewatch import registry
 
-BACKENDS = list(registry.NAMES)
-SYNC_BACKENDS = list(sync_registry.NAMES)
+BACKENDS = list(registry.FAMILY.names)
+SYNC_BACKENDS = list(sync_registry.FAMILY.names)
 REQUIRED = {name.strip() for name in os.environ.get("NTSHIM_REQUIRE", "").split(",") if name.strip()}
 
 

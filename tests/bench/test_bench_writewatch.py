@@ -75,7 +75,7 @@ def test_quick_run_covers_the_seed_rows(tmp_path: Path) -> None:
     [
         (["--random", "2"], "must be 0 or 1"),
         (["--pages", "0"], "must be positive"),
-        (["--backend", "nope"], "unknown backend"),
+        (["--backend", "nope"], "unknown write-watch backend 'nope'"),
         (["--seconds", "-1"], "must be positive"),
     ],
 )

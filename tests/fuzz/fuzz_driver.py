@@ -109,7 +109,7 @@ EXCLUSIONS = {
 }
 
 WW_BACKENDS = ("uffd-async", "uffd-sync", "mprotect", "shadow")
-SYNC_BACKENDS = tuple(ntshim.sync.registry.NAMES)
+SYNC_BACKENDS = tuple(ntshim.sync.registry.FAMILY.names)
 U32 = 0xFFFFFFFF
 RING_SLOTS = 64  # records kept per thread
 RECORD = 240  # bytes per record: "seq thread text", outcome in the last OUTCOME bytes

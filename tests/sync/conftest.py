@@ -16,7 +16,7 @@ from ntshim.sync import registry
 from .helpers import BOUND, Child, WaiterThread
 
 
-@pytest.fixture(params=registry.NAMES)
+@pytest.fixture(params=registry.FAMILY.names)
 def sync_backend(request: pytest.FixtureRequest) -> str:
     """Each sync backend in turn (skipped, or failed when NTSHIM_REQUIRE lists it, if it is
     unavailable here)."""

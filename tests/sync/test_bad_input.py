@@ -333,7 +333,7 @@ def test_close_is_idempotent_and_visible(sync_backend: str) -> None:
 
 # --- backends ---------------------------------------------------------------------------
 
-PAIRS = list(itertools.permutations(registry.NAMES, 2))
+PAIRS = list(itertools.permutations(registry.FAMILY.names, 2))
 
 
 @pytest.mark.parametrize(("first", "second"), PAIRS, ids=[f"{a}+{b}" for a, b in PAIRS])
@@ -380,7 +380,7 @@ def test_backend_from_environment(sync_backend: str, monkeypatch: pytest.MonkeyP
     with Semaphore(1, 1) as sem:
         assert sem.backend == sync_backend
     # an explicit argument wins over the environment
-    other = next(name for name in registry.NAMES if name != sync_backend)
+    other = next(name for name in registry.FAMILY.names if name != sync_backend)
     monkeypatch.setenv(registry.ENV_VAR, other)
     with Event(manual=True, backend=sync_backend) as event:
         assert event.backend == sync_backend

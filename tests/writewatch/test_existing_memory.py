@@ -83,7 +83,7 @@ def test_automatic_choice_skips_a_backend_that_cannot_watch_the_memory(
 
     require_backend("uffd-sync")
     # Pretend uffd-async is missing: uffd-sync is next, refuses file mappings, mprotect takes it.
-    monkeypatch.setattr(registry.FAMILY, "names", tuple(n for n in registry.NAMES if n != "uffd-async"))
+    monkeypatch.setattr(registry.FAMILY, "names", tuple(n for n in registry.FAMILY.names if n != "uffd-async"))
     assert registry.FAMILY.names[0] == "uffd-sync"
     with ntshim.memory.watch(file_mapping) as w:
         assert w.backend == "mprotect"

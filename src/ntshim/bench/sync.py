@@ -99,11 +99,10 @@ def subjects(backends: Iterable[str], processes: bool) -> list[str]:
 
 
 def available_backends(requested: str) -> list[str]:
-    names = list(registry.NAMES) if requested == "all" else [requested]
-    for name in names:
-        if name not in registry.NAMES:
-            raise ValueError(f"unknown sync backend {name!r}; choose from {', '.join(registry.NAMES)} or all")
-    return [n for n in names if registry.backend_class(n).availability().available]
+    """The sync backends ``requested`` names ("all" or one) that work here; ValueError for
+    an unknown name."""
+    names = registry.FAMILY.names if requested == "all" else [registry.FAMILY.requested(requested)]
+    return [n for n in names if n is not None and registry.backend_class(n).availability().available]
 
 
 # ---- the sides, in Python ----------------------------------------------------------------

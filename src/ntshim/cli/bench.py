@@ -11,6 +11,7 @@ from .. import _kernel
 from ..bench import report
 from ..bench import sync as sy
 from ..bench import writewatch as ww
+from ..errors import BackendUnavailable
 from ..writewatch import registry
 
 
@@ -185,11 +186,10 @@ class BenchCommand:
                 if not b.available:
                     console.print(f"[yellow]{b.backend} skipped: {b.reason}[/yellow]")  # type: ignore[attr-defined]
             return available
-        if args.backend not in registry.NAMES:
-            raise SystemExit(f"ntshim bench: unknown backend {args.backend!r}; choose from all, {', '.join(registry.NAMES)}")
-        availability = registry.backend_class(args.backend).availability()
-        if not availability.available:
-            raise SystemExit(f"ntshim bench: {args.backend} is unavailable here: {availability.reason}")
+        try:  # the family's own checks: a known name, available here
+            registry.FAMILY.select(args.backend)
+        except (ValueError, BackendUnavailable) as e:
+            raise SystemExit(f"ntshim bench: {e}") from None
         return [args.backend]
 
 

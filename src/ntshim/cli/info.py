@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import _kernel
 from .._backends import Family
+from ..errors import BackendUnavailable
 from ..memory import placement
 from ..sync import registry as sync_registry
 from ..writewatch import registry
@@ -38,8 +39,11 @@ class InfoCommand:
     def _section(family: Family[Any]) -> dict[str, Any]:
         """One family of backends: which serves by default, and each with why (not)."""
         backends = family.backends()
-        default = next((b.backend for b in backends if b.available), None)
         forced = os.environ.get(family.env_var) or None
+        try:  # what automatic selection takes (it may stop at a backend refused for this user's reasons)
+            default: str | None = family.select(None).name
+        except (ValueError, BackendUnavailable):
+            default = None
         return {
             "default": forced or default,
             "forced_by_environment": forced,

@@ -113,15 +113,15 @@ def _shared_pages(start: int, end: int) -> tuple[str, int]:
     export promises — reading and writing every page — plus execution where all of it has it.
     """
     pieces: list[maps.MapsEntry] = []
+    cursor = start  # where the next piece must begin: the range has no holes
     for mapping in maps.mappings():
-        if mapping.end <= start:
+        if mapping.end <= cursor:
             continue
-        if mapping.start >= end or (pieces and mapping.start != pieces[-1].end) or (
-            not pieces and mapping.start > start
-        ):
+        if mapping.start > cursor or cursor >= end:
             break
         pieces.append(mapping)
-    if not pieces or pieces[0].start > start:
+        cursor = mapping.end
+    if not pieces:
         raise ValueError(f"nothing is mapped at {start:#x}")
     first = pieces[0]
     if not first.shared:

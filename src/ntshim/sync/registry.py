@@ -14,4 +14,4 @@ def _load(name: str) -> type[Backend]:
 
 #: Modules are imported on first use so that ``import ntshim`` stays cheap.
 FAMILY: Family[Backend] = Family("sync", "NTSHIM_SYNC_BACKEND", ("futex", "server"), _load, exhausted="works here")
-ENV_VAR, NAMES, backend_class, backends = FAMILY.env_var, FAMILY.names, FAMILY.backend_class, FAMILY.backends
+ENV_VAR, backend_class, backends = FAMILY.env_var, FAMILY.backend_class, FAMILY.backends

@@ -390,11 +390,11 @@ def VirtualProtect(address: int | None, size: int, new_protect: int, old_protect
         if start == end or allocation is None or end > allocation.end:
             raise Win32Error(ERROR_INVALID_ADDRESS)
         first, count = (start - allocation.base) // PAGE, (end - start) // PAGE
-        prots, committed = allocation.page_protections(first, count)
-        if 0 in committed:
+        region = allocation.region
+        if 0 in region._commit_state(first, count):
             arguments.write(old, PAGE_NOACCESS)
             raise Win32Error(ERROR_INVALID_ADDRESS)
-        region = allocation.region
+        previous = region._protections(first, 1)[0]
         watch = region.write_watch
         if allocation.latched is not None and watch is not None:
             for dirty_start, dirty_end in watch.dirty(start - allocation.base, end - start).ranges():
@@ -403,7 +403,7 @@ def VirtualProtect(address: int | None, size: int, new_protect: int, old_protect
             region.protect(first * PAGE, count * PAGE, text)
         except BufferError:
             raise Win32Error(ERROR_BUSY) from None
-        arguments.write(old, allocation.win32_protection(prots[0], 1))
+        arguments.write(old, allocation.win32_protection(previous, 1))
     return True
 
 
@@ -424,12 +424,10 @@ def VirtualQuery(address: int | None) -> MEMORY_BASIC_INFORMATION | None:
         allocation = find(start)
         if allocation is not None:
             first = (start - allocation.base) // PAGE
-            prots, committed = allocation.page_protections(first, (allocation.end - start) // PAGE)
-            # The run of pages with the first one's state and protection (lstrip runs in C).
-            run = len(prots) - max(len(prots.lstrip(prots[:1])), len(committed.lstrip(committed[:1])))
+            prots, committed = allocation.page_protections(first, 1)
             info.AllocationBase = allocation.base
             info.AllocationProtect = allocation.protect
-            info.RegionSize = run * PAGE
+            info.RegionSize = allocation.region._run(first) * PAGE
             info.State = MEM_COMMIT if committed[0] else MEM_RESERVE
             info.Protect = allocation.win32_protection(prots[0], committed[0])
             info.Type = MEM_PRIVATE

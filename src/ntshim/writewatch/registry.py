@@ -19,7 +19,7 @@ _CLASSES: dict[str, type[Backend]] = {b.name: b for b in (UffdAsync, UffdSync, M
 FAMILY: Family[Backend] = Family(
     "write-watch", "NTSHIM_WRITEWATCH_BACKEND", tuple(_CLASSES), _CLASSES.__getitem__, exhausted="can watch this memory"
 )
-ENV_VAR, NAMES, backend_class, backends = FAMILY.env_var, FAMILY.names, FAMILY.backend_class, FAMILY.backends
+ENV_VAR, backend_class, backends = FAMILY.env_var, FAMILY.backend_class, FAMILY.backends
 
 
 def open_tracker(address: int, size: int, prots: bytes, backend: str | None) -> tuple[Tracker, type[Backend]]:

@@ -400,6 +400,20 @@ static PyObject *mapping_commit_state(Mapping *self, PyObject *args)
     return PyBytes_FromStringAndSize((const char *)self->committed + first, count);
 }
 
+/* How many pages from `first` share its protection and commit state (VirtualQuery's
+ * region): work in proportion to the answer, not to the rest of the mapping. */
+static PyObject *mapping_run(Mapping *self, PyObject *args)
+{
+    Py_ssize_t first;
+    if (!PyArg_ParseTuple(args, "n:_run", &first) || check_pages(self, first, 1))
+        return NULL;
+    size_t end = (size_t)first + 1;
+    while (end < self->npages && self->prots[end] == self->prots[first] &&
+           self->committed[end] == self->committed[first])
+        end++;
+    return PyLong_FromSize_t(end - (size_t)first);
+}
+
 /* mprotect pages [first, first+n); when that fails the kernel may have changed
  * part of the range: put every page back as recorded.  0 or an errno.  Runs
  * without the GIL: `busy` keeps the recorded protections from changing. */
@@ -500,6 +514,8 @@ static PyMethodDef mapping_methods[] = {
      "_protections(first, count) -> bytes: the recorded PROT_* bits of each page"},
     {"_commit_state", (PyCFunction)mapping_commit_state, METH_VARARGS,
      "_commit_state(first, count) -> bytes: 1 for each page committed, 0 for each page only reserved"},
+    {"_run", (PyCFunction)mapping_run, METH_VARARGS,
+     "_run(first) -> int: how many pages from first share its protection and commit state"},
     {"_change_protection", (PyCFunction)mapping_change_protection, METH_VARARGS,
      "_change_protection(first, count, prot, apply, committed=-1): give pages a new protection, refused "
      "(BufferError) when a live export over them would lose access.  apply(first, count, prot) changes the "
