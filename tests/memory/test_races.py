@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+from required import require_backend
 
 from ntshim import _core
 from ntshim.memory import PAGE_SIZE, alloc
@@ -311,8 +312,6 @@ print("ok")
 @pytest.mark.parametrize("watch_backend", ["mprotect", "shadow"])
 def test_fork_while_another_thread_changes_a_region(watch_backend: str) -> None:
     # (Only the backends whose watches survive fork: the child uses the watched region.)
-    from required import require_backend
-
     require_backend(watch_backend)
     out = run_child(FORK_RACE, watch_backend)
     assert out.startswith("ok")

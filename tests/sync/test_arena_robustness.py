@@ -580,7 +580,7 @@ def test_closing_the_arena_descriptor_behind_ntshims_back_gives_clean_errors(tmp
             print("reclaimed")
     """), root)
     assert other.stdout.strip() == "reclaimed", other.stderr
-    out, err = proc.communicate("go\n", timeout=30)
+    _out, err = proc.communicate("go\n", timeout=30)
     assert proc.returncode == 0, err
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import itertools
 import math
-import threading
 import pickle
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any

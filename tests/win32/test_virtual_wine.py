@@ -7,7 +7,7 @@ from __future__ import annotations
 import ctypes
 
 import pytest
-from win32_calls import P, protect, query
+from win32_calls import P, fails, protect, query
 
 from ntshim import win32
 from ntshim.win32 import (
@@ -34,10 +34,6 @@ from ntshim.win32 import (
     PAGE_READWRITE,
     PAGE_WRITECOPY,
 )
-
-
-def fails(result: object, error: int) -> bool:
-    return not result and win32.GetLastError() == error
 
 
 def test_reserve_commit_protect_reset_free_sequence() -> None:

@@ -29,10 +29,6 @@ from ntshim.win32 import (
 GIB = 1 << 30
 
 
-
-
-
-
 def test_huge_sparse_reservation(watch_backend: str) -> None:
     size = 2 * GIB
     base = win32.VirtualAlloc(None, size, MEM_RESERVE | MEM_WRITE_WATCH, PAGE_NOACCESS)

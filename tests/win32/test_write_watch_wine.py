@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from win32_calls import P, get_write_watch, protect, query, write_byte
+from win32_calls import P, get_write_watch, offsets, protect, query, write_byte
 
 from ntshim import win32
 from ntshim.win32 import (
@@ -37,10 +37,6 @@ def base():
     assert address, win32.GetLastError()
     yield address
     assert win32.VirtualFree(address, 0, MEM_RELEASE)
-
-
-def offsets(result, base: int) -> list[int]:
-    return [a - base for a in result.addresses]
 
 
 def test_allocation_is_queried_like_any_other(base: int) -> None:

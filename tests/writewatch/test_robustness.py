@@ -8,7 +8,6 @@ a failure is reported as one, never takes pytest down, and a hang is named as a 
 
 from __future__ import annotations
 
-import os
 import signal
 import struct
 import subprocess
@@ -393,12 +392,14 @@ def test_fork_while_another_thread_queries(kind: str) -> None:
         region = ntshim.alloc(PAGES * PS, watch=True, backend={kind!r})
         writers = _bench.Writers(memoryview(region), 1, random=True)
         stop = False
+        querying = threading.Event()
         def query():
             while not stop:
                 region.write_watch.dirty(reset=True)
+                querying.set()
         thread = threading.Thread(target=query)
         thread.start()
-        time.sleep(0.05)
+        querying.wait()
         hung = 0
         for _ in range(40):
             pid = os.fork()
@@ -696,15 +697,14 @@ def test_a_sent_sigsegv_terminates_even_on_the_lock_holder(faulthandler: bool) -
         started = threading.Event()
 
         def hold_the_lock():
-            started.set()
             while True:
                 watch._mark(0, PAGES)  # every page written: the lock held across one long mprotect
                 watch.dirty(reset=True)  # every page reset: again
+                started.set()  # (in the loop now: most of its time is under the lock)
 
         thread = threading.Thread(target=hold_the_lock, daemon=True)
         thread.start()
         started.wait()
-        time.sleep(0.2)
         print("sending", flush=True)
         signal.pthread_kill(thread.ident, signal.SIGSEGV)
         time.sleep(1)  # the process ends here

@@ -194,16 +194,8 @@ class Reservation(Region):
             if self._write_watch is not None or self._shared:
                 return  # (MADV_FREE applies to private memory only; "as before" is a valid answer)
             ps = _kernel.PAGE_SIZE
-            state = self._commit_state(first, count)
-            page = 0
-            while page < count:  # each run of committed pages
-                start = state.find(1, page)
-                if start < 0:
-                    break
-                end = state.find(0, start)
-                end = count if end < 0 else end
+            for start, end in flag_runs(self._commit_state(first, count), 0, count):  # each run of committed pages
                 _core.madvise(self.address + (first + start) * ps, (end - start) * ps, _core.MADV_FREE)
-                page = end
 
     def _drop_contents(self, first: int, count: int) -> None:
         if self._shared:  # unmapping shared pages keeps them in the shared object: remove them there
@@ -242,3 +234,14 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+
+
+def flag_runs(flags: bytes | bytearray, first: int, end: int) -> list[tuple[int, int]]:
+    """Runs of 1 bytes in ``flags[first:end]`` (per-page flags of 0 and 1) as ``(start, stop)`` indexes."""
+    runs: list[tuple[int, int]] = []
+    i = first
+    while (start := flags.find(1, i, end)) >= 0:
+        stop = flags.find(0, start, end)
+        i = end if stop < 0 else stop
+        runs.append((start, i))
+    return runs

@@ -25,6 +25,7 @@ from ..errors import BackendUnavailable
 from ..memory import Reservation, maps, reserve
 from ..memory import protection as linux_protection
 from ..memory.placement import zero_bits_limit
+from ..memory.region import flag_runs
 from . import arguments
 from .constants import (
     ALLOCATION_GRANULARITY,
@@ -352,22 +353,8 @@ def _decommit(allocation: Allocation, first: int, count: int) -> None:
     except BufferError:
         raise Win32Error(ERROR_BUSY) from None
     if allocation.latched is not None and region.write_watch is not None:
-        for start, stop in _runs(allocation.latched, first, first + count):
+        for start, stop in flag_runs(allocation.latched, first, first + count):
             region.write_watch._mark(start, stop - start)
-
-
-def _runs(flags: bytearray, first: int, end: int) -> list[tuple[int, int]]:
-    """Runs of non-zero bytes of ``flags[first:end]`` as ``(start, stop)`` indexes."""
-    runs: list[tuple[int, int]] = []
-    i = first
-    while True:
-        start = flags.find(1, i, end)
-        if start < 0:
-            return runs
-        stop = flags.find(0, start, end)
-        stop = end if stop < 0 else stop
-        runs.append((start, stop))
-        i = stop
 
 
 # ---- VirtualProtect ------------------------------------------------------------------------

@@ -28,9 +28,9 @@ from .protocol import (
     ADDREF,
     CANCEL,
     CANCEL_CANCELLED,
-    CANCEL_COUNTS,
     CANCEL_GIVEN_BACK,
     CANCEL_NOTHING,
+    CANCEL_REPLY,
     CLOSE,
     CREATE,
     CREATE_REPLY,
@@ -288,11 +288,12 @@ class ServerConnection:
 
 
 def _cancel_note(wait_reply: bytes | None, cancel_reply: bytes) -> str:
-    outcome = cancel_reply[2] if len(cancel_reply) > 2 else CANCEL_NOTHING
+    # (after the reply's op and status bytes; a short reply: nothing to report)
+    complete = len(cancel_reply) >= 2 + CANCEL_REPLY.size
+    outcome, returned, kept = CANCEL_REPLY.unpack_from(cancel_reply, 2) if complete else (CANCEL_NOTHING, 0, 0)
     if outcome == CANCEL_CANCELLED:
         return "ntshim.sync: the interrupted wait was cancelled; it acquired nothing"
     if outcome == CANCEL_GIVEN_BACK:
-        returned, kept = CANCEL_COUNTS.unpack_from(cancel_reply, 3)
         index = WAIT_REPLY.unpack_from(wait_reply, 2)[0] if wait_reply and len(wait_reply) >= 7 else None
         note = (
             f"ntshim.sync: the interrupted wait had just been satisfied (index {index}); "

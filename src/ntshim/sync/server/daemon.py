@@ -40,9 +40,9 @@ from .protocol import (
     ADDREF,
     CANCEL,
     CANCEL_CANCELLED,
-    CANCEL_COUNTS,
     CANCEL_GIVEN_BACK,
     CANCEL_NOTHING,
+    CANCEL_REPLY,
     CLOSE,
     CREATE,
     CREATE_REPLY,
@@ -745,16 +745,16 @@ class SyncServer:
             connection.pending_wait = None
             self._release_wait_records(connection)
             self._reply(connection, WAIT, E_CANCELLED)
-            self._reply(connection, op, OK, bytes((CANCEL_CANCELLED,)) + CANCEL_COUNTS.pack(0, 0))
+            self._reply(connection, op, OK, CANCEL_REPLY.pack(CANCEL_CANCELLED, 0, 0))
             return
         waiter = connection.last_wait
         if waiter is not None:
             connection.last_wait = None
             given = self.model.rollback(waiter)
             self._release_wait_records(connection)
-            self._reply(connection, op, OK, bytes((CANCEL_GIVEN_BACK,)) + CANCEL_COUNTS.pack(given.returned, given.kept))
+            self._reply(connection, op, OK, CANCEL_REPLY.pack(CANCEL_GIVEN_BACK, given.returned, given.kept))
             return
-        self._reply(connection, op, OK, bytes((CANCEL_NOTHING,)) + CANCEL_COUNTS.pack(0, 0))
+        self._reply(connection, op, OK, CANCEL_REPLY.pack(CANCEL_NOTHING, 0, 0))
 
 
 def _open_reserve() -> int:

@@ -110,8 +110,8 @@ EVENT_STATE = struct.Struct("<BB")
 WAIT_REQUEST = struct.Struct("<BIQB")
 #: WAIT's reply: the index acquired, whether an acquired mutex was abandoned.
 WAIT_REPLY = struct.Struct("<IB")
-#: CANCEL's reply after its outcome byte: objects given back, objects that could not be.
-CANCEL_COUNTS = struct.Struct("<II")
+#: CANCEL's reply: its outcome (CANCEL_*), objects given back, objects that could not be.
+CANCEL_REPLY = struct.Struct("<BII")
 #: REFUSED's payload: server pid, descriptor limit, connections, processes, linger in ms.
 REFUSAL = struct.Struct("<IIIII")
 
