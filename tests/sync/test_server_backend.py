@@ -256,6 +256,37 @@ FORK_WHILE_THREADS_CHURN = textwrap.dedent("""
 """)
 
 
+def test_a_fork_while_the_client_is_first_imported(private_root: dict[str, str]) -> None:
+    """The server client is imported on first use of its backend, and its fork hooks are
+    registered then: if that happens while another thread forks, the parent runs the
+    client's after-fork hook without its before-fork hook.  The hook must not release a
+    lock it never took (it raised RuntimeError; found by the API fuzz test under load)."""
+    out = python(
+        """
+        import os, sys
+        import ntshim.sync
+        seen = []
+        sys.unraisablehook = lambda report: seen.append(repr(report.exc_value))
+        assert "ntshim.sync.server.client" not in sys.modules
+        # The import happens inside the fork (as when another thread's first server object
+        # imports the client while this thread forks).
+        os.register_at_fork(before=lambda: __import__("ntshim.sync.server.client"))
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        sem = ntshim.sync.Semaphore(1, 1, backend="server")
+        pid = os.fork()  # the client's hooks, paired from now on, still work
+        if pid == 0:
+            os._exit(0 if sem.read() == (1, 1) else 1)
+        _, status = os.waitpid(pid, 0)
+        print(seen, os.waitstatus_to_exitcode(status))
+        """,
+        env=private_root,
+    )
+    assert out.split() == ["[]", "0"], out
+
+
 def test_fork_while_other_threads_make_and_close_objects(private_root: dict[str, str]) -> None:
     """The fork hook walks this process's handles while other threads add and drop some (it
     raised "Set changed size during iteration", leaving the child without a prepared anchor;

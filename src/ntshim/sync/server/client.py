@@ -440,6 +440,10 @@ class Client:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.lock = threading.RLock()
+        #: The thread whose fork holds ``lock`` (set by before_fork).  This module is imported
+        #: on first use of its backend, and if that happens while another thread forks, the
+        #: after-fork hooks run without the before-fork one: they must not release the lock.
+        self._forking_thread: int | None = None
         self.anchor: ServerConnection | None = None
         self.token = 0
         self.instance = 0
@@ -590,6 +594,7 @@ class Client:
 
     def before_fork(self) -> None:
         self.lock.acquire()
+        self._forking_thread = threading.get_ident()
         self._child_anchor = None
         if self.anchor is None or self.pid != os.getpid() or not self.live_handles():
             return
@@ -605,6 +610,9 @@ class Client:
         self._child_anchor, self._child_token = connection, token
 
     def after_fork_parent(self) -> None:
+        if self._forking_thread != threading.get_ident():
+            return  # registered during this fork: before_fork did not run
+        self._forking_thread = None
         child_anchor, self._child_anchor = self._child_anchor, None
         if child_anchor is not None:
             child_anchor.close()  # the child holds the only other copy
@@ -618,6 +626,7 @@ class Client:
         self.connections = weakref.WeakSet()
         self.local = threading.local()
         self.lock = threading.RLock()
+        self._forking_thread = None
         self.pid = os.getpid()
         if child_anchor is not None:
             self.connections.add(child_anchor)
