@@ -22,6 +22,13 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(params=[name for name in BACKENDS if not registry.backend_class(name).shared_page_hazard()])
+def heap_backend(request: pytest.FixtureRequest) -> str:
+    """Each write-watch backend that watches heap objects (pages shared with malloc), in turn."""
+    require_backend(request.param)
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _no_backend_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests choose backends explicitly; a developer's NTSHIM_WRITEWATCH_BACKEND must not leak in.

@@ -94,7 +94,7 @@ ALLOWED: tuple[type[BaseException], ...] = (
 #: The defects of issue 11 (all fixed, each with its regression test) whose operations
 #: ``--exclude`` can still leave out, by item: to bisect a regression to one of them.
 EXCLUSIONS = {
-    "heap-watch": "1: watch() of heap buffers (bytearray, numpy, ctypes, array) under mprotect or uffd-sync",
+    "heap-watch": "1: watch() of heap buffers (bytearray, numpy, ctypes, array) under uffd-sync or mprotect (which refuses them)",
     "close-while-writing": "2: mprotect watches on memory other threads write (closed, freed or collected meanwhile)",
     "protect-vs-view": "3: protect/commit/decommit of a region other threads export (view, memoryview)",
     "watch-vs-free": "4: free() of a region other threads may be watching",
@@ -120,8 +120,14 @@ OUTCOME = 28
 #: closes or its region is freed, a read through an export while protect() runs, a watch
 #: starting while the region is freed, fork while a watch's lock is held).
 DUEL_ACTIONS = ("write", "read", "protect", "watch", "reset", "free", "fork")
-RACE_PAIRS = (("write", "watch"), ("write", "free"), ("read", "protect"), ("watch", "free"), ("fork", "reset"),
-              ("fork", "watch"))
+RACE_PAIRS = (
+    ("write", "watch"),
+    ("write", "free"),
+    ("read", "protect"),
+    ("watch", "free"),
+    ("fork", "reset"),
+    ("fork", "watch"),
+)
 #: Pages of a region large enough that tracker calls on it release the GIL (more than
 #: tracker.c's KEEP_GIL_PAGES): then two threads can be in C on the same watch at once.
 BIG = 2048
@@ -386,8 +392,26 @@ class Walker:
     def junk(self) -> Any:
         """A value of a type no size, offset or count accepts, or a boundary value."""
         return self.rng.choice(
-            (None, True, False, 1.5, float("nan"), float("inf"), "4096", b"\x00", [P], -1, -P, 2**63, 2**64,
-             -(2**63), 2**200, numpy.int64(P), numpy.float64(P), object())
+            (
+                None,
+                True,
+                False,
+                1.5,
+                float("nan"),
+                float("inf"),
+                "4096",
+                b"\x00",
+                [P],
+                -1,
+                -P,
+                2**63,
+                2**64,
+                -(2**63),
+                2**200,
+                numpy.int64(P),
+                numpy.float64(P),
+                object(),
+            )
         )
 
     def offset(self, size: int) -> Any:
@@ -1162,8 +1186,9 @@ class Walker:
             with open(os.path.join(self.run.tmp, self.label("F")), "wb+") as f:
                 f.truncate(2 * P)
                 mm = mmap.mmap(f.fileno(), 2 * P)
-            self.call("watch(file mmap, uffd-sync), close", self.refused_then_close, mm, ntshim.watch, mm,
-                      backend="uffd-sync")
+            self.call(
+                "watch(file mmap, uffd-sync), close", self.refused_then_close, mm, ntshim.watch, mm, backend="uffd-sync"
+            )
 
     def refused_then_close(self, mm: mmap.mmap, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         try:
@@ -1303,9 +1328,13 @@ class Walker:
         if event is FAILED:
             return
         with event:
-            answers = (self.call("event.set", event.set), self.call("wait_any", ntshim.sync.wait_any, [event], 0),
-                       self.call("event.read", event.read), self.call("event.reset", event.reset),
-                       self.call("event.read", event.read))
+            answers = (
+                self.call("event.set", event.set),
+                self.call("wait_any", ntshim.sync.wait_any, [event], 0),
+                self.call("event.read", event.read),
+                self.call("event.reset", event.reset),
+                self.call("event.read", event.read),
+            )
             if FAILED not in answers and not self.run.arena_damaged:
                 self.expect(answers == (False, 0, (True, True), True, (True, False)), f"{backend} event: {answers}")
         mutex = self.call("mutex=Mutex", ntshim.sync.Mutex, count=1, backend=backend)
@@ -1349,12 +1378,31 @@ class Walker:
         which = rng.random()
         with self.run.win32_memory:
             if which < 0.25:
-                types = rng.choice((w32.MEM_RESERVE | w32.MEM_COMMIT, w32.MEM_RESERVE, w32.MEM_COMMIT,
-                                    w32.MEM_RESERVE | w32.MEM_COMMIT | w32.MEM_WRITE_WATCH, w32.MEM_RESET,
-                                    w32.MEM_RESERVE | w32.MEM_WRITE_WATCH, w32.MEM_TOP_DOWN | w32.MEM_COMMIT, 0,
-                                    rng.getrandbits(32)))
-                protect = rng.choice((w32.PAGE_READWRITE, w32.PAGE_READONLY, w32.PAGE_NOACCESS, w32.PAGE_EXECUTE_READ,
-                                      w32.PAGE_READWRITE | w32.PAGE_GUARD, w32.PAGE_WRITECOPY, 0, rng.getrandbits(32)))
+                types = rng.choice(
+                    (
+                        w32.MEM_RESERVE | w32.MEM_COMMIT,
+                        w32.MEM_RESERVE,
+                        w32.MEM_COMMIT,
+                        w32.MEM_RESERVE | w32.MEM_COMMIT | w32.MEM_WRITE_WATCH,
+                        w32.MEM_RESET,
+                        w32.MEM_RESERVE | w32.MEM_WRITE_WATCH,
+                        w32.MEM_TOP_DOWN | w32.MEM_COMMIT,
+                        0,
+                        rng.getrandbits(32),
+                    )
+                )
+                protect = rng.choice(
+                    (
+                        w32.PAGE_READWRITE,
+                        w32.PAGE_READONLY,
+                        w32.PAGE_NOACCESS,
+                        w32.PAGE_EXECUTE_READ,
+                        w32.PAGE_READWRITE | w32.PAGE_GUARD,
+                        w32.PAGE_WRITECOPY,
+                        0,
+                        rng.getrandbits(32),
+                    )
+                )
                 address = None if rng.random() < 0.6 else self.win32_address()
                 size = rng.choice((P, 16 * P, 1 << 16, 1, 0, 2**47, 2**64, -1, True))
                 base = self.win32_call("VirtualAlloc", 0, w32.VirtualAlloc, address, size, types, protect)
@@ -1372,8 +1420,16 @@ class Walker:
             elif which < 0.55:
                 old = rng.choice((ctypes.c_uint32(), ctypes.c_uint32(), None, 5))
                 pointer = ctypes.byref(old) if isinstance(old, ctypes.c_uint32) and rng.random() < 0.8 else old
-                protect = rng.choice((w32.PAGE_READWRITE, w32.PAGE_READONLY, w32.PAGE_NOACCESS, w32.PAGE_EXECUTE,
-                                      w32.PAGE_READWRITE | w32.PAGE_NOCACHE, rng.getrandbits(32)))
+                protect = rng.choice(
+                    (
+                        w32.PAGE_READWRITE,
+                        w32.PAGE_READONLY,
+                        w32.PAGE_NOACCESS,
+                        w32.PAGE_EXECUTE,
+                        w32.PAGE_READWRITE | w32.PAGE_NOCACHE,
+                        rng.getrandbits(32),
+                    )
+                )
                 size = rng.choice((P, 1, 2 * P, 0))
                 address = self.win32_address()
                 self.win32_call("VirtualProtect", False, w32.VirtualProtect, address, size, protect, pointer)
@@ -1388,9 +1444,15 @@ class Walker:
                 granularity = ctypes.c_uint32()
                 flags = rng.choice((0, w32.WRITE_WATCH_FLAG_RESET, 2))
                 result = self.win32_call(
-                    "GetWriteWatch", U32, w32.GetWriteWatch, flags, self.win32_address(),
-                    rng.choice((P, 16 * P, 1 << 16, 0)), addresses if rng.random() < 0.95 else None,
-                    ctypes.byref(count), ctypes.byref(granularity) if rng.random() < 0.95 else None,
+                    "GetWriteWatch",
+                    U32,
+                    w32.GetWriteWatch,
+                    flags,
+                    self.win32_address(),
+                    rng.choice((P, 16 * P, 1 << 16, 0)),
+                    addresses if rng.random() < 0.95 else None,
+                    ctypes.byref(count),
+                    ctypes.byref(granularity) if rng.random() < 0.95 else None,
                 )
                 if result == 0:
                     self.expect(count.value <= length and granularity.value == P, "GetWriteWatch: count or granularity")
@@ -1413,8 +1475,16 @@ class Walker:
             ctypes.memset(base + page * P + rng.randrange(P), 1 + rng.randrange(255), 1)
             addresses = (ctypes.c_void_p * 4)()
             count, granularity = ctypes.c_uint64(4), ctypes.c_uint32()
-            result = self.call("GetWriteWatch(reset)", w32.GetWriteWatch, w32.WRITE_WATCH_FLAG_RESET, base, size,
-                               addresses, ctypes.byref(count), ctypes.byref(granularity))
+            result = self.call(
+                "GetWriteWatch(reset)",
+                w32.GetWriteWatch,
+                w32.WRITE_WATCH_FLAG_RESET,
+                base,
+                size,
+                addresses,
+                ctypes.byref(count),
+                ctypes.byref(granularity),
+            )
             if result != FAILED:
                 got = [addresses[i] for i in range(count.value)]
                 self.expect((result, got) == (0, [base + page * P]), f"GetWriteWatch after a write: {result}, {got}")
@@ -1572,8 +1642,12 @@ class Walker:
         elif which == 1:
             self.call("sync.backends", ntshim.sync.backends)
         elif which == 2:
-            self.call("watch(junk)", ntshim.watch, rng.choice((b"bytes", 5, None, memoryview(b"ro"), bytearray(), "s")),
-                      backend=self.ww_backend())
+            self.call(
+                "watch(junk)",
+                ntshim.watch,
+                rng.choice((b"bytes", 5, None, memoryview(b"ro"), bytearray(), "s")),
+                backend=self.ww_backend(),
+            )
         elif which == 3:
             self.call("SetLastError", w32.SetLastError, rng.choice((0, 5, 2**40, -1, "x")))
             self.call("GetLastError", w32.GetLastError)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import ctypes
 import mmap
 import os
@@ -10,10 +11,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from required import require_backend
 
 import ntshim
 from ntshim.errors import BackendUnavailable
 from ntshim.memory import PAGE_SIZE as PS
+from ntshim.writewatch import registry
 
 PAGES = 16
 
@@ -77,10 +80,6 @@ def test_file_backed_mapping(backend: str, file_mapping: mmap.mmap) -> None:
 def test_automatic_choice_skips_a_backend_that_cannot_watch_the_memory(
     file_mapping: mmap.mmap, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from required import require_backend
-
-    from ntshim.writewatch import registry
-
     require_backend("uffd-sync")
     # Pretend uffd-async is missing: uffd-sync is next, refuses file mappings, mprotect takes it.
     monkeypatch.setattr(registry.FAMILY, "names", tuple(n for n in registry.FAMILY.names if n != "uffd-async"))
@@ -118,29 +117,77 @@ def test_numpy_array_with_partial_first_and_last_page(backend: str) -> None:
         del whole, array
 
 
-def test_numpy_fortran_order_and_large_arrays(backend: str) -> None:
+def heap_objects() -> Iterator[object]:
+    """Objects whose first or last page malloc and other objects share."""
+    yield bytearray(100)
+    yield np.zeros(3 * PS + 8, dtype=np.uint8)
+    yield (ctypes.c_char * 100)()
+    yield array.array("q", range(600))
+    yield np.zeros(40 << 20, dtype=np.uint8)  # a mapping of its own, after malloc's chunk header
+    yield np.zeros(PAGES * PS, dtype=np.uint8)[PS // 2 :]  # a view of one: the rest of its pages is malloc's
+
+
+def test_mprotect_refuses_memory_that_shares_pages_with_the_heap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mprotect write-protects whole pages: over a heap object, the kernel's writes to its
+    neighbours would fail and a thread that exits (glibc frees its TLS with every signal
+    blocked) would die (found by the API fuzz test).  It refuses; nothing is left watched, so
+    another backend can watch the object next, and automatic selection passes on to it."""
+    require_backend("mprotect")
+    require_backend("shadow")
+    for obj in heap_objects():
+        with pytest.raises(BackendUnavailable, match="shares its first or last page with memory it does not own"):
+            ntshim.memory.watch(obj, backend="mprotect")
+        with ntshim.memory.watch(obj, backend="shadow") as w:
+            assert w.backend == "shadow"
+    monkeypatch.setattr(registry.FAMILY, "names", ("mprotect", "shadow"))
+    with ntshim.memory.watch(bytearray(100)) as w:
+        assert w.backend == "shadow"
+
+
+def test_whole_pages_are_watched_wherever_they_are(backend: str) -> None:
+    """What every backend watches: a slice of a mapping (the rest of its pages is the same
+    mapping's) and whole pages of a heap object (nothing else lies on them)."""
+    heap = np.zeros((PAGES + 2) * PS, dtype=np.uint8)
+    first = -heap.ctypes.data % PS
+    inside_the_heap = heap[first : first + PAGES * PS]
+    m = mmap.mmap(-1, (PAGES + 1) * PS)
+    with ntshim.alloc((PAGES + 1) * PS) as region:
+        for obj in (
+            memoryview(m)[100 : PAGES * PS],
+            np.frombuffer(region, dtype=np.uint8)[PS - 1 :],
+            inside_the_heap,
+        ):
+            with ntshim.memory.watch(obj, backend=backend) as w:
+                assert w.backend == backend
+                with memoryview(obj).cast("B") as view:
+                    view[-1] = 7
+                assert pages(w.dirty()) == [w.size // PS - 1]
+    m.close()
+
+
+def test_numpy_fortran_order_and_large_arrays(heap_backend: str) -> None:
     # 64 MiB: numpy may use huge pages.  Above glibc's largest mmap threshold (32 MiB), so
     # the array gets a mapping of its own: a smaller one may come from the heap, where other
     # threads' allocations share its partial edge pages and write them.
     big = np.zeros((8192, 1024), dtype=np.float64, order="F")
-    with ntshim.memory.watch(big, backend=backend) as w:
+    with ntshim.memory.watch(big, backend=heap_backend) as w:
         big[5, 7] = 1.0
         offset = big.ctypes.data + (7 * 8192 + 5) * 8 - w.address  # Fortran order
         assert pages(w.dirty()) == [offset // PS]
 
 
-def test_ctypes_array(backend: str) -> None:
+def test_ctypes_array(heap_backend: str) -> None:
     # Larger than glibc's largest mmap threshold (32 MiB), so malloc gives it a mapping of
     # its own and the partial edge pages hold nothing that other code writes.
     buf = (ctypes.c_ubyte * (40 << 20))()
-    with ntshim.memory.watch(buf, backend=backend) as w:
+    with ntshim.memory.watch(buf, backend=heap_backend) as w:
         buf[20 * PS] = 9
         assert pages(w.dirty()) == [(ctypes.addressof(buf) + 20 * PS - w.address) // PS]
 
 
-def test_bytearray_cannot_be_resized_while_watched(backend: str) -> None:
+def test_bytearray_cannot_be_resized_while_watched(heap_backend: str) -> None:
     data = bytearray(40 << 20)  # a mapping of its own (see test_ctypes_array)
-    with ntshim.memory.watch(data, backend=backend) as w:
+    with ntshim.memory.watch(data, backend=heap_backend) as w:
         with pytest.raises(BufferError):
             data.extend(b"x" * PS)
         data[5 * PS] = 1
@@ -163,7 +210,7 @@ def test_close_leaves_memory_untracked_and_writable(backend: str) -> None:
 
 def test_environment_variable_chooses_the_backend(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NTSHIM_WRITEWATCH_BACKEND", backend)
-    with ntshim.memory.watch(bytearray(4 * PS)) as w:
+    with ntshim.memory.watch(mmap.mmap(-1, 4 * PS)) as w:
         assert w.backend == backend
     with ntshim.alloc(PS, watch=True) as r:
         assert r.write_watch.backend == backend

@@ -14,6 +14,7 @@ import pytest
 from required import require_backend
 
 import ntshim
+from ntshim.errors import BackendUnavailable
 from ntshim.memory import PAGE_SIZE as PS
 from ntshim.writewatch import registry
 
@@ -183,8 +184,15 @@ def test_uffd_sync_limited_to_user_faults_needs_the_writing_window() -> None:
                     plain = errno.errorcode[e.errno]
             with region.write_watch.writing(5 * PS, PS) as window:
                 got = os.readv(read_end, [window])
-            return {"tracked": tracked, "plain": plain, "got": got, "pages": pages(region.write_watch.dirty())}
+            dirty = pages(region.write_watch.dirty())
+        try:  # a heap object: the kernel's writes to its neighbours would fail too
+            ntshim.watch(bytearray(100), backend="uffd-sync").close()
+            heap = "watched"
+        except BackendUnavailable as e:
+            heap = str(e)
+        return {"tracked": tracked, "plain": plain, "got": got, "pages": dirty, "heap": heap}
 
     result = run_in_child(child)
     # The failed read consumed nothing: the window's read gets all eight bytes.
+    assert "shares its first or last page" in result.pop("heap"), result
     assert result == {"ok": True, "tracked": False, "plain": "EFAULT", "got": 8, "pages": [5]}, result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+import sys
 from typing import Any, TypeVar
 
 from .. import _core, _kernel
@@ -141,6 +143,11 @@ def watch(obj: Any, *, backend: str | None = None) -> WriteWatch:
     (``WriteWatch.address``).  The watch holds a buffer export, so the memory can neither
     move nor be freed while it lives (``mmap.close()`` raises BufferError); ``close()``
     stops tracking and leaves the memory as it was.
+
+    The ``mprotect`` backend write-protects whole pages, so it refuses a buffer whose first
+    or last page holds bytes it does not own (a small heap object shares them with malloc
+    and with other objects); a slice of an ``mmap.mmap`` or :class:`Region` is fine, since
+    the rest of its pages belong to the same mapping.  Automatic selection passes over it.
     """
     registry.FAMILY.requested(backend)
     if isinstance(obj, Region):
@@ -167,7 +174,26 @@ def watch(obj: Any, *, backend: str | None = None) -> WriteWatch:
         def protections() -> bytes:  # read by WriteWatch once the range is claimed
             return maps.protections(start, end, PAGE_SIZE)
 
-        return WriteWatch(start, end - start, protections, backend, lambda: pin, pin.address - start)
+        shares_pages = (start, end) != (pin.address, pin.address + pin.nbytes) and not _in_whole_mapping(obj)
+        return WriteWatch(
+            start, end - start, protections, backend, lambda: pin, pin.address - start, shares_pages=shares_pages
+        )
     except BaseException:
         pin.release()  # a refused watch holds no export: the caller may close the memory at once
         raise
+
+
+def _in_whole_mapping(obj: Any) -> bool:
+    """Whether ``obj``'s memory lies in a mapping that its exporter owns page by page (an
+    ``mmap.mmap`` or a Region), found through the views and numpy arrays over it: then the
+    rest of the pages it touches is that mapping's too, not malloc's or another object's."""
+    numpy = sys.modules.get("numpy")
+    while True:
+        if isinstance(obj, (mmap.mmap, _core.Mapping)):
+            return True
+        if isinstance(obj, memoryview):
+            obj = obj.obj
+        elif numpy is not None and isinstance(obj, numpy.ndarray) and obj.base is not None:
+            obj = obj.base
+        else:
+            return False

@@ -47,6 +47,7 @@ class Tracker(Protocol):
 #: Why the userfaultfd backends refuse memory another userfaultfd has registered (EBUSY).
 ALREADY_REGISTERED = "this memory is already registered with another userfaultfd (another library watches it)"
 
+
 class Backend(ProbedBackend):
     """One write-watch mechanism.  Subclasses live one per module in this package."""
 
@@ -61,3 +62,9 @@ class Backend(ProbedBackend):
         given PROT_* protections.  Raises BackendUnavailable when this mechanism cannot
         track this kind of memory."""
 
+    @classmethod
+    def shared_page_hazard(cls) -> str:
+        """Why it must not watch a page that also holds bytes the watched buffer does not
+        own (malloc's bookkeeping, other objects): what write-protecting such a page whole
+        would break.  Empty when it can."""
+        return ""

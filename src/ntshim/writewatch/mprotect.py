@@ -28,3 +28,10 @@ class Mprotect(Backend):
     @classmethod
     def track(cls, address: int, size: int, prots: bytes) -> Tracker:
         return _core.mprotect_tracker(address, size, prots)
+
+    @classmethod
+    def shared_page_hazard(cls) -> str:
+        return (
+            "a write there made with every signal blocked (glibc frees an exiting thread's TLS that way) "
+            "cannot reach the fault handler and kills the process, and the kernel's writes there fail with EFAULT"
+        )

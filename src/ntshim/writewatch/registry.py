@@ -8,6 +8,7 @@ import os
 import threading
 
 from .._backends import Family
+from ..errors import BackendUnavailable
 from .backend import Backend, Tracker
 from .mprotect import Mprotect
 from .shadow import Shadow
@@ -22,9 +23,24 @@ FAMILY: Family[Backend] = Family(
 ENV_VAR, backend_class, backends = FAMILY.env_var, FAMILY.backend_class, FAMILY.backends
 
 
-def open_tracker(address: int, size: int, prots: bytes, backend: str | None) -> tuple[Tracker, type[Backend]]:
-    """Start tracking with the requested backend, or the best one that accepts this memory."""
-    return FAMILY.select(backend, lambda chosen: (chosen.track(address, size, prots), chosen))
+def open_tracker(
+    address: int, size: int, prots: bytes, backend: str | None, shares_pages: bool = False
+) -> tuple[Tracker, type[Backend]]:
+    """Start tracking with the requested backend, or the best one that accepts this memory.
+    ``shares_pages``: the first or last page holds bytes that are not the watched buffer's."""
+
+    def attempt(chosen: type[Backend]) -> tuple[Tracker, type[Backend]]:
+        hazard = chosen.shared_page_hazard() if shares_pages else ""
+        if hazard:
+            raise BackendUnavailable(
+                chosen.name,
+                "the buffer shares its first or last page with memory it does not own (the heap's, say), and "
+                f"{chosen.name} would write-protect that page: {hazard}; watch whole pages (ntshim.alloc, "
+                "mmap.mmap, or a slice of them) or use another backend",
+            )
+        return chosen.track(address, size, prots), chosen
+
+    return FAMILY.select(backend, attempt)
 
 
 class _WatchedRanges:

@@ -64,6 +64,12 @@ class UffdSync(Backend):
                 raise BackendUnavailable(cls.name, _REFUSALS[e.errno]) from e
             raise
 
+    @classmethod
+    def shared_page_hazard(cls) -> str:
+        if _kernel.userfaultfd().kernel_faults:
+            return ""
+        return "limited to user-mode faults here, it makes the kernel's writes there fail with EFAULT"
+
 
 _REFUSALS = {
     errno.EINVAL: "userfaultfd write-protection covers anonymous, shmem (memfd, /dev/shm, shared anonymous) "

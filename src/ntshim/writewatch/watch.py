@@ -37,6 +37,7 @@ class WriteWatch:
         buffer: Callable[[], Any],
         buffer_offset: int,
         on_close: Callable[[], None] | None = None,
+        shares_pages: bool = False,
     ) -> None:
         watched.claim(address, address + size)
         try:
@@ -45,7 +46,7 @@ class WriteWatch:
             # still have it write-protected, and that would be taken for the owner's wish.
             owner_prots = prots() if callable(prots) else prots
             self._tracker: Tracker | None
-            self._tracker, self._backend = open_tracker(address, size, owner_prots, backend)
+            self._tracker, self._backend = open_tracker(address, size, owner_prots, backend, shares_pages)
         except BaseException:
             watched.release(address)
             raise
