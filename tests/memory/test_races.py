@@ -153,6 +153,32 @@ def test_a_protection_change_is_one_transaction() -> None:
         assert region.protection(P) == "r"
 
 
+def test_a_watch_shares_the_regions_protections_and_the_change_stays_one_transaction(backend: str) -> None:
+    # The protection of each page is kept once: the watch changes the table it shares with
+    # the region, under its lock, before the kernel has changed every page (with the GIL
+    # released for a large range).  Until the change is done, buffers over the pages still
+    # get only what the old protection granted too.
+    with alloc(4 * P, watch=True, backend=backend) as region:
+        region.protect(0, 4 * P, "r")
+        watch = region.write_watch
+        assert watch is not None
+        seen = []
+
+        def widening(first: int, count: int, prot: int) -> None:
+            watch._protect(first, count, prot)
+            seen.append(region.protection(P))  # the region reads what the watch wrote: one record
+            with region.view(P, P) as view:
+                seen.append(view.readonly)
+
+        region._change_protection(1, 2, _core.PROT_READ | _core.PROT_WRITE, widening)
+        assert seen == ["rw", True]
+        assert [region.protection(i * P) for i in range(4)] == ["r", "rw", "rw", "r"]
+        with region.view(P, 2 * P) as view:
+            assert not view.readonly
+            view[0] = 1
+        assert [offset // P for offset in watch.dirty()] == [1]
+
+
 # ---- watch() against free() (issue 11, item 4) ------------------------------------------
 
 # One thread watches a region while another frees it, many times over.  Either the free

@@ -138,10 +138,10 @@ class Region(_core.Mapping):
                 raise ValueError("region is freed")
             if self._write_watch is not None:
                 raise ValueError("this region is already watched")
-            prots = self._protections(0, self.size // _kernel.PAGE_SIZE)
             region = weakref.ref(self)
+            # The tracker shares the mapping's protection table: one record of each page's protection.
             self._write_watch = WriteWatch(
-                self.address, self.size, prots, backend, region, 0, on_close=self._watch_closed
+                self.address, self.size, self, backend, region, 0, on_close=self._watch_closed
             )
             return self._write_watch
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import abc
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, Union
 
+from .. import _core
 from .._backends import Availability, ProbedBackend
 
-__all__ = ["ALREADY_REGISTERED", "Availability", "Backend", "Tracker"]
+__all__ = ["ALREADY_REGISTERED", "Availability", "Backend", "Protections", "Tracker"]
+
+#: The owner's protection of each page of the memory to track: the Mapping (a Region) whose
+#: protection table the tracker then shares, or one PROT_* byte per page of other memory.
+Protections = Union[bytes, _core.Mapping]
 
 
 class Tracker(Protocol):
@@ -57,9 +62,9 @@ class Backend(ProbedBackend):
 
     @classmethod
     @abc.abstractmethod
-    def track(cls, address: int, size: int, prots: bytes) -> Tracker:
-        """Start tracking ``size`` bytes at ``address`` (whole pages) whose pages have the
-        given PROT_* protections.  Raises BackendUnavailable when this mechanism cannot
+    def track(cls, address: int, size: int, prots: Protections) -> Tracker:
+        """Start tracking ``size`` bytes at ``address`` (whole pages) with the owner's
+        protections ``prots``.  Raises BackendUnavailable when this mechanism cannot
         track this kind of memory."""
 
     @classmethod

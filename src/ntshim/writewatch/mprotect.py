@@ -10,7 +10,7 @@ into protected pages (os.readv, readinto, recv_into) fail with EFAULT: do such I
 from __future__ import annotations
 
 from .. import _core
-from .backend import Availability, Backend, Tracker
+from .backend import Availability, Backend, Protections, Tracker
 from .uffd_sync import KERNEL_WRITE_NOTE
 
 
@@ -26,7 +26,7 @@ class Mprotect(Backend):
         return Availability(cls.name, True, notes=(KERNEL_WRITE_NOTE,))
 
     @classmethod
-    def track(cls, address: int, size: int, prots: bytes) -> Tracker:
+    def track(cls, address: int, size: int, prots: Protections) -> Tracker:
         return _core.mprotect_tracker(address, size, prots)
 
     @classmethod

@@ -9,7 +9,7 @@ import threading
 
 from .._backends import Family
 from ..errors import BackendUnavailable
-from .backend import Backend, Tracker
+from .backend import Backend, Protections, Tracker
 from .mprotect import Mprotect
 from .shadow import Shadow
 from .uffd_async import UffdAsync
@@ -24,7 +24,7 @@ ENV_VAR, backend_class, backends = FAMILY.env_var, FAMILY.backend_class, FAMILY.
 
 
 def open_tracker(
-    address: int, size: int, prots: bytes, backend: str | None, shares_pages: bool = False
+    address: int, size: int, prots: Protections, backend: str | None, shares_pages: bool = False
 ) -> tuple[Tracker, type[Backend]]:
     """Start tracking with the requested backend, or the best one that accepts this memory.
     ``shares_pages``: the first or last page holds bytes that are not the watched buffer's."""

@@ -10,7 +10,7 @@ and the copy doubles the memory used.
 from __future__ import annotations
 
 from .. import _core
-from .backend import Availability, Backend, Tracker
+from .backend import Availability, Backend, Protections, Tracker
 
 
 class Shadow(Backend):
@@ -23,5 +23,5 @@ class Shadow(Backend):
         return Availability(cls.name, True, notes=("a write that stores the value already there is not seen",))
 
     @classmethod
-    def track(cls, address: int, size: int, prots: bytes) -> Tracker:
+    def track(cls, address: int, size: int, prots: Protections) -> Tracker:
         return _core.shadow_tracker(address, size, prots)

@@ -15,7 +15,7 @@ from array import array
 
 from .. import _core, _kernel
 from ..errors import BackendUnavailable
-from .backend import ALREADY_REGISTERED, Availability, Backend, Tracker
+from .backend import ALREADY_REGISTERED, Availability, Backend, Protections, Tracker
 
 _REQUIRED = _core.UFFD_FEATURE_WP_ASYNC | _core.UFFD_FEATURE_WP_UNPOPULATED
 _WANTED = _REQUIRED | _core.UFFD_FEATURE_PAGEFAULT_FLAG_WP | _core.UFFD_FEATURE_WP_HUGETLBFS_SHMEM
@@ -42,7 +42,7 @@ class UffdAsync(Backend):
         return _self_test(cls.name)
 
     @classmethod
-    def track(cls, address: int, size: int, prots: bytes) -> Tracker:
+    def track(cls, address: int, size: int, prots: Protections) -> Tracker:
         features = _WANTED & _kernel.userfaultfd().features
         try:
             return _core.uffd_async_tracker(address, size, prots, features=features, pagemap_fd=_kernel.pagemap_fd())

@@ -12,7 +12,7 @@ import errno
 
 from .. import _core, _kernel
 from ..errors import BackendUnavailable
-from .backend import ALREADY_REGISTERED, Availability, Backend, Tracker
+from .backend import ALREADY_REGISTERED, Availability, Backend, Protections, Tracker
 
 _WANTED = (
     _core.UFFD_FEATURE_PAGEFAULT_FLAG_WP | _core.UFFD_FEATURE_WP_UNPOPULATED | _core.UFFD_FEATURE_WP_HUGETLBFS_SHMEM
@@ -48,7 +48,7 @@ class UffdSync(Backend):
         return Availability(cls.name, True, notes=tuple(notes))
 
     @classmethod
-    def track(cls, address: int, size: int, prots: bytes) -> Tracker:
+    def track(cls, address: int, size: int, prots: Protections) -> Tracker:
         uffd = _kernel.userfaultfd()
         try:
             return _core.uffd_sync_tracker(

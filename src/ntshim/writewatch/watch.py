@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import _kernel
 from .._arguments import as_int, page_range
-from .backend import Tracker
+from .backend import Protections, Tracker
 from .dirtypages import DirtyPages
 from .registry import open_tracker, watched
 
@@ -32,7 +32,7 @@ class WriteWatch:
         self,
         address: int,
         size: int,
-        prots: bytes | Callable[[], bytes],
+        prots: Protections | Callable[[], bytes],
         backend: str | None,
         buffer: Callable[[], Any],
         buffer_offset: int,

@@ -29,20 +29,25 @@ enum { IDLE, CHANGING, FREEING };
  * only the access both the old and the new protection grant; then the new
  * protection is recorded, or the old one stays if the change failed.  So no
  * buffer ever covers pages without the access it grants.  Python serializes
- * changes (a lock per region); `busy` makes an overlapping one fail, not corrupt. */
+ * changes (a lock per region); `busy` makes an overlapping one fail, not corrupt.
+ * A write watch of the mapping shares the protections (nts_mapping_prot_table):
+ * while watched, the watch changes them (under its lock, perhaps before the kernel
+ * has changed the pages), so a change remembers what the old protections allowed. */
 typedef struct {
     PyObject_HEAD
     char *addr;
     Py_ssize_t size;
     size_t npages;
-    uint8_t *prots;                /* PROT_* of each page */
+    uint8_t *prots;                /* PROT_* of each page: on the heap, or table->prot once watched */
+    nts_prot_table *table;         /* NULL until a write watch first shares the protections */
     uint8_t *committed;            /* 1 for each page committed, 0 for one only reserved (kept for Python) */
     size_t unreadable, unwritable; /* pages whose prots lack PROT_READ, PROT_WRITE */
     int max_prot;                  /* what the pages' source allows (an alias of a read-only file: no PROT_WRITE) */
     int busy;                      /* IDLE, CHANGING [change_first, +change_count) to change_prot, or FREEING */
     size_t change_first, change_count;
     int change_prot;
-    Py_ssize_t exports; /* == number of ranges */
+    int change_old_mode; /* the least export mode of the changing pages' old protections */
+    Py_ssize_t exports;  /* == number of ranges */
     export_range *ranges;
     size_t cap;
     unsigned next_id;
@@ -89,9 +94,12 @@ static int export_mode(Mapping *m, size_t first, size_t n)
         for (size_t i = first; i < first + n && mode; i++)
             if (export_mode_of(m->prots[i]) < mode)
                 mode = export_mode_of(m->prots[i]);
-    if (m->busy == CHANGING && m->change_first < first + n && first < m->change_first + m->change_count &&
-        export_mode_of(m->change_prot) < mode)
-        mode = export_mode_of(m->change_prot);
+    if (m->busy == CHANGING && m->change_first < first + n && first < m->change_first + m->change_count) {
+        if (export_mode_of(m->change_prot) < mode)
+            mode = export_mode_of(m->change_prot);
+        if (m->change_old_mode < mode)
+            mode = m->change_old_mode;
+    }
     return mode;
 }
 
@@ -136,16 +144,63 @@ static int busy_check(Mapping *m)
     return -1;
 }
 
-/* Record that pages [first, first+n) now have `prot`. */
-static void record_protection(Mapping *m, size_t first, size_t n, int prot)
+/* ---- the protection table ---- */
+
+/* A table for npages pages (their bytes zero); NULL with MemoryError set. */
+static nts_prot_table *prot_table_new(size_t npages)
 {
-    for (size_t i = first; i < first + n; i++) {
-        m->unreadable -= !(m->prots[i] & PROT_READ);
-        m->unwritable -= !(m->prots[i] & PROT_WRITE);
-        m->prots[i] = (uint8_t)prot;
+    size_t size = sizeof(nts_prot_table) + npages;
+    nts_prot_table *table = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (table == MAP_FAILED) {
+        PyErr_Format(PyExc_MemoryError, "no memory for the protections of %zu pages", npages);
+        return NULL;
     }
-    m->unreadable += (prot & PROT_READ) ? 0 : n;
-    m->unwritable += (prot & PROT_WRITE) ? 0 : n;
+    table->refs = 1;
+    table->size = size;
+    return table;
+}
+
+void nts_prot_table_release(nts_prot_table *table)
+{
+    if (table && --table->refs == 0)
+        munmap(table, table->size);
+}
+
+nts_prot_table *nts_mapping_prot_table(PyObject *mapping, uintptr_t base, size_t npages)
+{
+    Mapping *m = (Mapping *)mapping;
+    if (!m->addr || (uintptr_t)m->addr != base || m->npages != npages) {
+        PyErr_SetString(PyExc_ValueError, "a watch of a mapping spans the whole live mapping");
+        return NULL;
+    }
+    if (!m->table) { /* moved off the heap on the first watch; mappings never watched pay nothing */
+        if (!(m->table = prot_table_new(npages)))
+            return NULL;
+        memcpy(m->table->prot, m->prots, npages);
+        PyMem_Free(m->prots);
+        m->prots = m->table->prot;
+    }
+    m->table->refs++;
+    return m->table;
+}
+
+/* The unreadable and unwritable pages of [first, first+n), and the least export
+ * mode their protections allow. */
+typedef struct {
+    size_t unreadable, unwritable;
+    int mode;
+} protection_census;
+
+static protection_census count_protections(Mapping *m, size_t first, size_t n)
+{
+    protection_census c = {0, 0, 2};
+    for (size_t i = first; i < first + n; i++) {
+        c.unreadable += !(m->prots[i] & PROT_READ);
+        c.unwritable += !(m->prots[i] & PROT_WRITE);
+        if (export_mode_of(m->prots[i]) < c.mode)
+            c.mode = export_mode_of(m->prots[i]);
+    }
+    return c;
 }
 
 /* Map `size` bytes at `addr` (0: anywhere) aligned to `align` (0: a page):
@@ -237,7 +292,10 @@ static void mapping_dealloc(Mapping *self)
 {
     if (self->addr)
         munmap(self->addr, (size_t)self->size);
-    PyMem_Free(self->prots);
+    if (self->table)
+        nts_prot_table_release(self->table);
+    else
+        PyMem_Free(self->prots);
     PyMem_Free(self->committed);
     PyMem_Free(self->ranges);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -464,10 +522,12 @@ static PyObject *mapping_change_protection(Mapping *self, PyObject *args)
             return NULL;
         }
     }
+    const protection_census old = count_protections(self, (size_t)first, (size_t)count);
     self->busy = CHANGING;
     self->change_first = (size_t)first;
     self->change_count = (size_t)count;
     self->change_prot = prot;
+    self->change_old_mode = old.mode;
     int failed;
     if (apply == Py_None) {
         int err;
@@ -482,8 +542,15 @@ static PyObject *mapping_change_protection(Mapping *self, PyObject *args)
         Py_XDECREF(done);
         failed = done == NULL;
     }
-    if (!failed)
-        record_protection(self, (size_t)first, (size_t)count, prot);
+    if (!failed) {
+        /* A watch sharing the table has recorded the change already, under its lock:
+         * writing the bytes again would race with its fault resolvers' reads. */
+        for (Py_ssize_t i = first; i < first + count; i++)
+            if (self->prots[i] != prot)
+                self->prots[i] = (uint8_t)prot;
+        self->unreadable += ((prot & PROT_READ) ? 0 : (size_t)count) - old.unreadable;
+        self->unwritable += ((prot & PROT_WRITE) ? 0 : (size_t)count) - old.unwritable;
+    }
     if (!failed && committed >= 0) /* recorded with the protection: the two never disagree */
         memset(self->committed + first, committed != 0, (size_t)count);
     self->busy = IDLE;
@@ -519,7 +586,8 @@ static PyMethodDef mapping_methods[] = {
     {"_change_protection", (PyCFunction)mapping_change_protection, METH_VARARGS,
      "_change_protection(first, count, prot, apply, committed=-1): give pages a new protection, refused "
      "(BufferError) when a live export over them would lose access.  apply(first, count, prot) changes the "
-     "kernel's protection (None: mprotect here) and must leave it as it was if it raises.  Buffers exported "
+     "kernel's protection (None: mprotect here; a write watch that shares the protection table records the new "
+     "protection in it too) and must leave both as they were if it raises.  Buffers exported "
      "meanwhile get only the access both protections grant.  committed 0 or 1 records the pages' commit state "
      "with the protection (-1: unchanged)."},
     {"_unmap", (PyCFunction)mapping_unmap, METH_VARARGS,

@@ -97,11 +97,11 @@ static int resolve(uintptr_t addr)
     nts_tracker *t = lookup(addr);
     if (t) {
         size_t i = (addr - t->base) / nts_page_size;
-        if (!(t->state[i] & PROT_WRITE)) /* the owner's protection forbids the write: a real fault */
+        if (!(t->prots[i] & PROT_WRITE)) /* the owner's protection forbids the write: a real fault */
             return 0;
         /* Our protection (or another thread lifted it already). */
         t->state[i] |= NTS_DIRTY;
-        if (nts_tracker_mprotect(t, i, 1, t->state[i] & NTS_PROT_MASK)) {
+        if (nts_tracker_mprotect(t, i, 1, t->prots[i])) {
             /* Splitting the mapping failed (vm.max_map_count): give the whole
              * range back, reporting every page as written, which merges the
              * mapping instead of splitting it. */

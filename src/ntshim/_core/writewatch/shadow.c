@@ -18,7 +18,7 @@ static int shadow_page_differs(nts_tracker *t, size_t i)
 static int shadow_capture(nts_tracker *t, size_t first, size_t n)
 {
     for (size_t i = first; i < first + n; i++)
-        if (t->state[i] & PROT_READ) /* unreadable pages cannot change under the owner's hand */
+        if (t->prots[i] & PROT_READ) /* unreadable pages cannot change under the owner's hand */
             memcpy(t->shadow + i * nts_page_size, page_at(t->base, i), nts_page_size);
     return 0;
 }
@@ -35,7 +35,7 @@ static int shadow_discarded(nts_tracker *t, size_t first, size_t n)
 static void shadow_before_protect(nts_tracker *t, size_t first, size_t n, int prot)
 {
     for (size_t i = first; i < first + n; i++)
-        if ((t->state[i] & PROT_READ) && !(prot & PROT_READ) && shadow_page_differs(t, i)) {
+        if ((t->prots[i] & PROT_READ) && !(prot & PROT_READ) && shadow_page_differs(t, i)) {
             t->state[i] |= NTS_DIRTY;
             shadow_capture(t, i, 1);
         }

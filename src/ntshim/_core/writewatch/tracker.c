@@ -45,34 +45,41 @@ static sigset_t g_fork_mask;
 
 nts_tracker *nts_tracker_alloc(const nts_ww_ops *ops, uintptr_t base, size_t size, PyObject *prots)
 {
-    Py_buffer p;
     if (base % nts_page_size || size == 0 || size % nts_page_size) {
         PyErr_Format(PyExc_ValueError, "tracked memory must be whole pages (address 0x%zx, size %zu)", (size_t)base,
                      size);
         return NULL;
     }
-    if (PyObject_GetBuffer(prots, &p, PyBUF_SIMPLE) < 0)
-        return NULL;
-    size_t npages = size / nts_page_size;
-    if ((size_t)p.len != npages) {
-        PyErr_Format(PyExc_ValueError, "prots must hold one byte per page (%zu), got %zd", npages, p.len);
-        PyBuffer_Release(&p);
-        return NULL;
+    const size_t npages = size / nts_page_size;
+    /* A Mapping's protections are shared; other memory's are copied into the book. */
+    nts_prot_table *shared = NULL;
+    Py_buffer p = {0};
+    if (PyObject_TypeCheck(prots, &nts_mapping_type)) {
+        if (!(shared = nts_mapping_prot_table(prots, base, npages)))
+            return NULL;
+    } else {
+        if (PyObject_GetBuffer(prots, &p, PyBUF_SIMPLE) < 0)
+            return NULL;
+        if ((size_t)p.len != npages) {
+            PyErr_Format(PyExc_ValueError, "prots must hold one byte per page (%zu), got %zd", npages, p.len);
+            PyBuffer_Release(&p);
+            return NULL;
+        }
     }
-    /* The book: header, state bytes and, for the kinds with kernel-write windows,
-     * the pins.  Pages of it that are never written are never backed. */
-    int has_pins = ops->protects;
-    size_t pins_at = (sizeof(nts_book) + npages + 1) & ~(size_t)1;
-    size_t book_size = pins_at + (has_pins ? npages * sizeof(uint16_t) : 0);
+    /* The book: header, state bytes, the copied protections and, for the kinds
+     * with kernel-write windows, the pins.  Pages of it never written are never backed. */
+    const int has_pins = ops->protects;
+    const size_t prots_at = sizeof(nts_book) + npages;
+    const size_t pins_at = (prots_at + (shared ? 0 : npages) + 1) & ~(size_t)1;
+    const size_t book_size = pins_at + (has_pins ? npages * sizeof(uint16_t) : 0);
     nts_book *book = mmap(NULL, book_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (book == MAP_FAILED) {
-        PyBuffer_Release(&p);
-        PyErr_Format(PyExc_MemoryError, "no memory for the bookkeeping of %zu watched pages", npages);
-        return NULL;
-    }
-    nts_tracker *t = PyObject_New(nts_tracker, &nts_tracker_type);
+    nts_tracker *t = book == MAP_FAILED ? NULL : PyObject_New(nts_tracker, &nts_tracker_type);
     if (!t) {
-        munmap(book, book_size);
+        if (book == MAP_FAILED)
+            PyErr_Format(PyExc_MemoryError, "no memory for the bookkeeping of %zu watched pages", npages);
+        else
+            munmap(book, book_size);
+        nts_prot_table_release(shared);
         PyBuffer_Release(&p);
         return NULL;
     }
@@ -83,15 +90,17 @@ nts_tracker *nts_tracker_alloc(const nts_ww_ops *ops, uintptr_t base, size_t siz
     t->base = base;
     t->npages = npages;
     t->book = book;
+    t->shared_prots = shared;
+    t->prots = shared ? shared->prot : (uint8_t *)book + prots_at;
+    for (size_t i = 0; !shared && i < npages; i++)
+        t->prots[i] = ((const uint8_t *)p.buf)[i] & NTS_PROT_MASK;
+    PyBuffer_Release(&p);
     t->lock = &book->lock;
     t->state = (uint8_t *)(book + 1);
     t->pins = has_pins ? (uint16_t *)((char *)book + pins_at) : NULL;
     t->uffd = t->pagemap = t->stop_fd = -1;
     t->thread_started = t->handles_kernel_faults = t->populate = 0;
     t->shadow = NULL;
-    for (size_t i = 0; i < npages; i++)
-        t->state[i] = ((const uint8_t *)p.buf)[i] & NTS_PROT_MASK;
-    PyBuffer_Release(&p);
     return t;
 }
 
@@ -133,8 +142,7 @@ int nts_tracker_in_forked_child(nts_tracker *t) { return t->ops->fork_bound && t
 /* What the kernel should enforce on page i, given its state. */
 static int desired(nts_tracker *t, size_t i)
 {
-    uint8_t s = t->state[i];
-    return t->ops->want(s & NTS_PROT_MASK, !(s & NTS_DIRTY) && !t->pins[i]);
+    return t->ops->want(t->prots[i], !(t->state[i] & NTS_DIRTY) && !t->pins[i]);
 }
 
 int nts_tracker_sync_kernel(nts_tracker *t, size_t first, size_t n)
@@ -155,10 +163,9 @@ int nts_tracker_sync_kernel(nts_tracker *t, size_t first, size_t n)
 
 static int page_dirty(nts_tracker *t, size_t i)
 {
-    uint8_t s = t->state[i];
-    if (s & NTS_DIRTY)
+    if (t->state[i] & NTS_DIRTY)
         return 1;
-    return t->ops->differs && (s & PROT_READ) && t->ops->differs(t, i);
+    return t->ops->differs && (t->prots[i] & PROT_READ) && t->ops->differs(t, i);
 }
 
 static void mark_dirty(nts_tracker *t, size_t first, size_t n)
@@ -362,16 +369,17 @@ static int protect_op(nts_tracker *t, size_t first, size_t count, void *arg)
     /* The old protections wait in the state bytes' scratch bits, clear until now
      * (no allocation under the lock: see the lock discipline). */
     for (size_t i = first; i < first + count; i++)
-        t->state[i] |= (uint8_t)((t->state[i] & NTS_PROT_MASK) << NTS_SCRATCH_SHIFT);
+        t->state[i] |= (uint8_t)(t->prots[i] << NTS_SCRATCH_SHIFT);
     if (t->ops->before_protect)
         t->ops->before_protect(t, first, count, prot);
-    for (size_t i = first; i < first + count; i++)
-        t->state[i] = (t->state[i] & ~NTS_PROT_MASK) | (uint8_t)prot;
+    memset(t->prots + first, prot, count);
     err = t->ops->protect(t, first, count, prot);
-    /* On failure, the old protections back, keeping any dirty bit learnt meanwhile. */
-    for (size_t i = first; i < first + count; i++)
-        t->state[i] =
-            (uint8_t)(err ? NTS_OLD_PROT(t->state[i]) : t->state[i] & NTS_PROT_MASK) | (t->state[i] & NTS_DIRTY);
+    /* On failure, the old protections back; the dirty bits learnt meanwhile stay. */
+    for (size_t i = first; i < first + count; i++) {
+        if (err)
+            t->prots[i] = NTS_OLD_PROT(t->state[i]);
+        t->state[i] &= NTS_DIRTY;
+    }
     if (err)
         t->ops->restore(t, first, count);
     return err;
@@ -386,7 +394,7 @@ void nts_tracker_restore_owner(nts_tracker *t, size_t first, size_t n)
 {
     const size_t ps = nts_page_size;
     for (size_t i = first; i < first + n; i++)
-        mprotect((void *)(t->base + i * ps), ps, t->state[i] & NTS_PROT_MASK);
+        mprotect((void *)(t->base + i * ps), ps, t->prots[i]);
 }
 
 /* The methods that take (first, count[, one int]) and run an operation locked. */
@@ -505,6 +513,7 @@ static void tracker_dealloc(nts_tracker *t)
     if (!t->book->closed)
         tracker_teardown(t);
     munmap(t->book, t->book->size);
+    nts_prot_table_release(t->shared_prots);
     PyObject_Free(t);
 }
 

@@ -3,14 +3,15 @@
 #ifndef NTSHIM_TRACKER_H
 #define NTSHIM_TRACKER_H
 
+#include "memory/memory.h"
 #include "writewatch/writewatch.h"
 
 typedef struct nts_ww_ops nts_ww_ops;
 
-/* Per-page state byte: the owner's protection (PROT_READ|PROT_WRITE|PROT_EXEC in
- * the low three bits) and whether the page was written since its last reset.
- * The three bits above are scratch for an operation that holds the lock. */
-#define NTS_PROT_MASK     0x07
+/* Per-page state byte: whether the page was written since its last reset, and
+ * scratch for an operation that holds the lock.  The owner's protection of each
+ * page is in `prots`, not here. */
+#define NTS_PROT_MASK     0x07 /* PROT_READ | PROT_WRITE | PROT_EXEC */
 #define NTS_DIRTY         0x08
 #define NTS_SCRATCH_SHIFT 4
 /* The protection a page had before the operation that holds the lock changed it. */
@@ -27,7 +28,7 @@ typedef struct nts_book {
     int closed;
     int listed; /* on the list of trackers whose locks fork() takes (tracker.c) */
     struct nts_book *next, *prev;
-    size_t size; /* bytes mapped: this header, then the state bytes, then the pins */
+    size_t size; /* bytes mapped: this header, the state bytes, the protections if copied, the pins */
 } nts_book;
 
 struct nts_tracker {
@@ -39,6 +40,11 @@ struct nts_tracker {
     nts_book *book;
     int *lock;      /* &book->lock, or the process-wide lock of the mprotect kind (mprotect.c) */
     uint8_t *state; /* in book: npages bytes, see NTS_DIRTY */
+    /* The owner's protection of each page: the watched Mapping's table, shared
+     * (the tracker changes it, under its lock, while it lives), or a copy in the
+     * book for memory ntshim does not own (shared_prots NULL). */
+    nts_prot_table *shared_prots;
+    uint8_t *prots;
     uint16_t *pins; /* in book: open kernel-write windows per page (mprotect, uffd-sync; else NULL) */
     /* userfaultfd */
     int uffd, pagemap, stop_fd, thread_started, handles_kernel_faults, populate;
@@ -84,9 +90,9 @@ struct nts_ww_ops {
     /* Optional: count the pages as written where the kernel keeps the state (uffd-async:
      * tracker.c keeps no DIRTY bits then). */
     int (*mark)(nts_tracker *t, size_t first, size_t n);
-    /* Owner protections: before the state bytes change (optional; shadow settles pages
-     * losing read access), the change itself (the state bytes hold `prot`, the old one
-     * in NTS_OLD_PROT), and bringing the kernel back to the state bytes after a failure. */
+    /* Owner protections: before they change (optional; shadow settles pages losing
+     * read access), the change itself (prots hold `prot`, the state bytes the old one
+     * in NTS_OLD_PROT), and bringing the kernel back to prots after a failure. */
     void (*before_protect)(nts_tracker *t, size_t first, size_t n, int prot);
     int (*protect)(nts_tracker *t, size_t first, size_t n, int prot);
     void (*restore)(nts_tracker *t, size_t first, size_t n);
@@ -98,6 +104,8 @@ struct nts_ww_ops {
 };
 extern const nts_ww_ops nts_mprotect_ops, nts_uffd_async_ops, nts_uffd_sync_ops, nts_shadow_ops;
 
+/* prots: the Mapping watched (whose protection table the tracker shares), or
+ * the memory's protections, one byte per page. */
 nts_tracker *nts_tracker_alloc(const nts_ww_ops *ops, uintptr_t base, size_t size, PyObject *prots);
 /* The mechanism is set up: mark the tracker open (and, if a forked child keeps
  * using its own lock, have fork() take that lock from now on). */
@@ -111,7 +119,7 @@ int nts_tracker_in_forked_child(nts_tracker *t);
 int nts_tracker_sync_kernel(nts_tracker *t, size_t first, size_t n);
 /* mprotect [first, first+n) to `prot`: 0 or an errno; async-signal-safe (the
  * mprotect kind's fault handler uses it).  restore_owner: for mechanisms whose
- * kernel protection is the owner's (uffd-*, shadow), each page its state's back. */
+ * kernel protection is the owner's (uffd-*, shadow), each page its recorded one back. */
 int nts_tracker_mprotect(nts_tracker *t, size_t first, size_t n, int prot);
 void nts_tracker_restore_owner(nts_tracker *t, size_t first, size_t n);
 

@@ -42,7 +42,7 @@ static int uffd_sync_populate(nts_tracker *t, size_t first, size_t n)
 static void map_accessible(nts_tracker *t, size_t first, size_t n)
 {
     for (size_t i = first; i < first + n; i++)
-        if (t->state[i] & (PROT_READ | PROT_WRITE))
+        if (t->prots[i] & (PROT_READ | PROT_WRITE))
             (void)*(volatile const char *)(t->base + i * nts_page_size);
 }
 
