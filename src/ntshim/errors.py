@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AbandonedError", "BackendUnavailable", "NameKindError"]
+__all__ = ["AbandonedError", "AbandonedWarning", "BackendUnavailable", "NameKindError", "SemaphoreOverflowError"]
 
 
 class BackendUnavailable(RuntimeError):
@@ -36,3 +36,21 @@ class AbandonedError(Exception):
 
 class NameKindError(FileExistsError):
     """The name is taken by an object of another kind (Windows: ERROR_INVALID_HANDLE)."""
+
+
+class AbandonedWarning(RuntimeWarning):
+    """An ``acquire()`` took over a mutex (RLock) whose holder died holding it.
+
+    The acquisition succeeded: the caller holds the lock, and ``lock.abandoned`` is True for
+    this hold, so a ``with`` block runs and releases as usual.  What the dead holder protected
+    may be half changed.  Turn the warning into an error (``warnings.simplefilter("error",
+    AbandonedWarning)``) to stop there instead: the lock is then left abandoned for the next
+    acquirer, not held.
+    """
+
+
+class SemaphoreOverflowError(ValueError, OverflowError):
+    """A release would raise a semaphore past its maximum; nothing changed.
+
+    Both the ``ValueError`` that ``threading.BoundedSemaphore`` raises and the
+    ``OverflowError`` of the NT API (``ERROR_TOO_MANY_POSTS``)."""

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import array
 import atexit
+import contextlib
 import ctypes
 import faulthandler
 import glob
@@ -70,7 +71,7 @@ import ntshim
 import ntshim.sync
 import ntshim.win32 as w32
 from ntshim import DirtyPages
-from ntshim.errors import AbandonedError, BackendUnavailable
+from ntshim.errors import AbandonedError, AbandonedWarning, BackendUnavailable
 from ntshim.memory import PAGE_SIZE as P
 from ntshim.memory import alias
 from ntshim.sync.registry import ENV_VAR as SYNC_ENV_VAR
@@ -88,8 +89,21 @@ ALLOWED: tuple[type[BaseException], ...] = (
     MemoryError,
     OverflowError,
     AbandonedError,
+    AbandonedWarning,  # an RLock acquired abandoned, in runs that make the warning an error
     BackendUnavailable,  # a RuntimeError: a backend that cannot watch this memory
 )
+
+
+def _release_unless_unheld(obj: Any) -> Any:
+    """``obj.release()``; threading's RuntimeError for a lock this thread does not hold (or
+    that is not locked) is an answer, any other RuntimeError a failure."""
+    try:
+        return obj.release()
+    except RuntimeError as e:
+        if "un-acquired" in str(e) or "release unlocked" in str(e):
+            return "not held"
+        raise
+
 
 #: The defects of issue 11 (all fixed, each with its regression test) whose operations
 #: ``--exclude`` can still leave out, by item: to bisect a regression to one of them.
@@ -282,6 +296,10 @@ class Run:
         # (Every choice is drawn whatever is excluded, so that exclusions leave the others alone.)
         self.damage_arena = plan.random() < 0.35 and "arena-garbage" not in self.exclude
         self.forks = 0 if "fork" in self.exclude else FORKS_PER_RUN
+        # An RLock acquired abandoned warns; half the runs make that an error (the lock is then
+        # left abandoned, not held).  Drawn apart, so that the plan's other draws stay as they were.
+        abandoned_is_error = random.Random(f"{args.seed}:warnings").random() < 0.5
+        warnings.simplefilter("error" if abandoned_is_error else "ignore", AbandonedWarning)
         self.duel_forks = 0 if "fork" in self.exclude else DUEL_FORKS_PER_RUN
         # The defaults that backend=None (and ntshim.win32) use, by environment variable.
         self.ww_default = plan.choice((None, None, *WW_BACKENDS))
@@ -1259,6 +1277,8 @@ class Walker:
             copy = self.call(f"{label}.pickle", lambda: pickle.loads(pickle.dumps(obj)))
             if copy is not FAILED:
                 self.pools().sync.put(rng, Item(self.label("S"), copy, type(copy).__name__))
+        elif which < 0.45:
+            self.protocol_op(obj, label)
         elif isinstance(obj, ntshim.sync.Semaphore):
             n = rng.choice((1, 1, 2, U32)) if rng.random() < 0.9 else rng.choice((0, -1, U32 + 1, True, None))
             self.call(f"{label}.release", obj.release, n)
@@ -1273,6 +1293,27 @@ class Walker:
         else:
             op = rng.choice(("set", "set", "reset", "pulse"))
             self.call(f"{label}.{op}", getattr(obj, op))
+
+    def protocol_op(self, obj: Any, label: str) -> None:
+        """threading's calls, never waiting long: a timeout or a non-blocking acquire."""
+        rng = self.rng
+        if isinstance(obj, ntshim.sync.Event):
+            op = rng.choice(("is_set", "clear", "wait"))
+            if op != "wait":
+                self.call(f"{label}.{op}", getattr(obj, op))
+                return
+            timeout = rng.choice((0, 0.001, 0.01, -1)) if rng.random() < 0.9 else rng.choice(("1", float("nan"), True))
+            self.call(f"{label}.wait", obj.wait, timeout)
+            return
+        if rng.random() < 0.4:
+            self.call(f"{label}.release", _release_unless_unheld, obj)
+            return
+        if rng.random() < 0.5:
+            args: tuple[Any, ...] = (False,)
+        else:
+            args = (True, rng.choice((0, 0.001, 0.01)) if rng.random() < 0.9 else rng.choice((-2, "1", float("nan"))))
+        if self.call(f"{label}.acquire", obj.acquire, *args) is True and rng.random() < 0.7:
+            self.call(f"{label}.release", _release_unless_unheld, obj)
 
     def sync_wait(self) -> None:
         rng = self.rng
@@ -1317,7 +1358,7 @@ class Walker:
         sem = self.call("sem=Semaphore", ntshim.sync.Semaphore, 0, 5, backend=backend)
         if sem is FAILED:
             return
-        with sem:
+        with contextlib.closing(sem):
             released = self.call("sem.release", sem.release, 2)
             taken = self.call("wait_any", ntshim.sync.wait_any, [sem], 0)
             state = self.call("sem.read", sem.read)
@@ -1327,7 +1368,7 @@ class Walker:
         event = self.call("event=Event", ntshim.sync.Event, manual=True, backend=backend)
         if event is FAILED:
             return
-        with event:
+        with contextlib.closing(event):
             answers = (
                 self.call("event.set", event.set),
                 self.call("wait_any", ntshim.sync.wait_any, [event], 0),
@@ -1340,7 +1381,7 @@ class Walker:
         mutex = self.call("mutex=Mutex", ntshim.sync.Mutex, count=1, backend=backend)
         if mutex is FAILED:
             return
-        with mutex:
+        with contextlib.closing(mutex):
             me = threading.get_native_id()
             state = self.call("mutex.read", mutex.read)
             previous = self.call("mutex.unlock", mutex.unlock)

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -47,11 +48,15 @@ def _env(root: Path) -> dict[str, str]:
 
 def _python(root: Path, code: str) -> str:
     """Run code in a fresh process on the root; its stdout (it must exit 0)."""
-    script = "from ntshim.sync import Event, Mutex, Semaphore, wait_any\n" + textwrap.dedent(code)
+    script = "from contextlib import closing\nfrom ntshim.sync import Event, Mutex, Semaphore, wait_any\n" + textwrap.dedent(code)
     try:
         proc = subprocess.run(
             [sys.executable, "-c", script],
-            capture_output=True, text=True, timeout=BOUND, env=_env(root), check=False,
+            capture_output=True,
+            text=True,
+            timeout=BOUND,
+            env=_env(root),
+            check=False,
         )
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"hung:\n{e.stderr!r}")
@@ -61,8 +66,8 @@ def _python(root: Path, code: str) -> str:
 
 LOOK = """
     try:
-        with Semaphore.open("ns-sem", backend="futex") as s, Event.open("ns-ev", backend="futex") as e, \\
-                Mutex.open("ns-mtx", backend="futex") as m:
+        with closing(Semaphore.open("ns-sem", backend="futex")) as s, closing(Event.open("ns-ev", backend="futex")) as e, \\
+                closing(Mutex.open("ns-mtx", backend="futex")) as m:
             print(s.read(), e.read(), m.read()[1])
     except FileNotFoundError:
         print("gone")
@@ -73,7 +78,15 @@ def test_a_process_in_another_pid_namespace_is_not_swept(root: Path) -> None:
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) to start a process in a new PID namespace")
     inner = subprocess.Popen(
-        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, "-c", textwrap.dedent("""
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
             import os, time
             from ntshim.sync import Event, Mutex, Semaphore
             s = Semaphore(2, 5, name="ns-sem", backend="futex")
@@ -81,8 +94,12 @@ def test_a_process_in_another_pid_namespace_is_not_swept(root: Path) -> None:
             m = Mutex(count=1, name="ns-mtx", backend="futex")  # held by this thread
             print(os.getpid(), flush=True)
             time.sleep(60)
-        """)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(root),
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(root),
     )
     try:
         assert inner.stdout is not None
@@ -90,11 +107,14 @@ def test_a_process_in_another_pid_namespace_is_not_swept(root: Path) -> None:
         assert pid_inside == "1", f"not in its own PID namespace: {pid_inside!r} {inner.stderr}"
         # Processes outside register (each registration sweeps the dead), create and close.
         for _ in range(3):
-            _python(root, """
+            _python(
+                root,
+                """
                 objects = [Event(manual=True, backend="futex") for _ in range(20)]
                 for o in objects:
                     o.close()
-            """)
+            """,
+            )
         assert _python(root, LOOK) == "(2, 5) (True, True) 1"  # intact, its mutex still held
     finally:
         inner.kill()  # unshare takes the namespace's processes with it (--kill-child)
@@ -103,7 +123,9 @@ def test_a_process_in_another_pid_namespace_is_not_swept(root: Path) -> None:
 
 
 def test_a_forked_child_that_execs_keeps_nothing_of_its_parent(root: Path) -> None:
-    out = _python(root, """
+    out = _python(
+        root,
+        """
         import os, subprocess, sys, time
         e = Event(manual=True, name="inherited", backend="futex")
         pid = os.fork()
@@ -120,7 +142,8 @@ def test_a_forked_child_that_execs_keeps_nothing_of_its_parent(root: Path) -> No
         finally:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
-    """)
+    """,
+    )
     assert out == "gone child running"
 
 
@@ -128,7 +151,9 @@ def test_a_forked_child_without_a_process_slot_keeps_nothing_of_its_parent(root:
     """Every free process slot is held (by descriptors this process opens on the arena,
     as a thousand other live processes would): the forked child gets no slot, so it is
     given no references, and the parent's close frees the object."""
-    out = _python(root, """
+    out = _python(
+        root,
+        """
         import errno, fcntl, os, struct, time
         from ntshim import _core
         from ntshim.sync import futex
@@ -166,7 +191,8 @@ def test_a_forked_child_without_a_process_slot_keeps_nothing_of_its_parent(root:
         finally:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
-    """)
+    """,
+    )
     assert out == "0 gone"
 
 
@@ -175,7 +201,10 @@ def test_a_dead_parent_is_seen_while_its_forked_child_lives(root: Path) -> None:
     parent's own references and held mutexes are reclaimed when it dies, while what the
     child inherited stays."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent("""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
             import os, sys, time
             from ntshim.sync import Event, Mutex, wait_any
             mine = Event(manual=True, name="parent-only", backend="futex")
@@ -188,19 +217,27 @@ def test_a_dead_parent_is_seen_while_its_forked_child_lives(root: Path) -> None:
                 os._exit(0)
             print(pid, flush=True)
             time.sleep(60)
-        """)],
-        stdout=subprocess.PIPE, text=True, env=_env(root),
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(root),
     )
     assert proc.stdout is not None
     child = int(proc.stdout.readline())
     try:
-        held = _python(root, """
+        held = _python(
+            root,
+            """
             print(Mutex.open("held", backend="futex").read()[1])
-        """)
+        """,
+        )
         assert held == "1"
         proc.kill()
         proc.wait()
-        out = _python(root, """
+        out = _python(
+            root,
+            """
             from ntshim.errors import AbandonedError
             try:
                 Event.open("parent-only", backend="futex")
@@ -213,7 +250,8 @@ def test_a_dead_parent_is_seen_while_its_forked_child_lives(root: Path) -> None:
                 print("held free")
             except AbandonedError:
                 print("held abandoned")
-        """)
+        """,
+        )
         assert out.splitlines() == ["parent-only gone", "held abandoned"]
     finally:
         os.kill(child, signal.SIGKILL)

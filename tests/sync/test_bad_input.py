@@ -9,6 +9,7 @@ import math
 import pickle
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +21,12 @@ from required import require_sync_backend
 from ntshim.sync import (
     MAX_NAME_BYTES,
     MAX_WAIT_OBJECTS,
+    BoundedSemaphore,
     Event,
+    Lock,
     Mutex,
     NameKindError,
+    RLock,
     Semaphore,
     SyncObject,
     registry,
@@ -90,7 +94,13 @@ BAD_CONSTRUCTIONS: list[tuple[str, type[BaseException], Callable[[str], object]]
     ("sem count > maximum", ValueError, lambda b: Semaphore(3, 2, backend=b)),
     ("sem maximum > u32", ValueError, lambda b: Semaphore(0, U32_MAX + 1, backend=b)),
     ("sem count > u32", ValueError, lambda b: Semaphore(U32_MAX + 1, U32_MAX + 1, backend=b)),
-    ("sem missing maximum", TypeError, lambda b: Semaphore(1, backend=b)),  # type: ignore[call-arg]
+    ("sem value and count", TypeError, lambda b: Semaphore(2, count=3, backend=b)),
+    ("sem maximum 0 unbounded value", ValueError, lambda b: Semaphore(1, 0, backend=b)),
+    ("bounded negative", ValueError, lambda b: BoundedSemaphore(-1, backend=b)),
+    ("bounded value str", TypeError, lambda b: BoundedSemaphore("1", backend=b)),  # type: ignore[arg-type]
+    ("bounded maximum", TypeError, lambda b: BoundedSemaphore(1, 2, backend=b)),  # type: ignore[misc]
+    ("lock positional", TypeError, lambda b: Lock(1, backend=b)),  # type: ignore[misc]
+    ("rlock owner", TypeError, lambda b: RLock(owner=1, backend=b)),  # type: ignore[call-arg]
     ("mutex owner str", TypeError, lambda b: Mutex(owner="1", count=1, backend=b)),  # type: ignore[arg-type]
     ("mutex owner 0", ValueError, lambda b: Mutex(owner=0, count=1, backend=b)),
     ("mutex owner negative", ValueError, lambda b: Mutex(owner=-1, count=1, backend=b)),
@@ -100,7 +110,7 @@ BAD_CONSTRUCTIONS: list[tuple[str, type[BaseException], Callable[[str], object]]
     ("mutex count > u32", ValueError, lambda b: Mutex(count=U32_MAX + 1, backend=b)),
     ("mutex count float", TypeError, lambda b: Mutex(count=1.0, backend=b)),  # type: ignore[arg-type]
     ("mutex positional", TypeError, lambda b: Mutex(1, backend=b)),  # type: ignore[misc]
-    ("event without manual", TypeError, lambda b: Event(backend=b)),  # type: ignore[call-arg]
+    ("event positional", TypeError, lambda b: Event(True, backend=b)),  # type: ignore[misc]
     ("event manual int", TypeError, lambda b: Event(manual=1, backend=b)),  # type: ignore[arg-type]
     ("event manual None", TypeError, lambda b: Event(manual=None, backend=b)),  # type: ignore[arg-type]
     ("event signaled int", TypeError, lambda b: Event(manual=True, signaled=1, backend=b)),  # type: ignore[arg-type]
@@ -145,6 +155,8 @@ BAD_METHOD_CALLS: list[tuple[str, type[BaseException], Callable[[Objects], objec
     ("release bool", TypeError, lambda o: o.sem.release(True)),
     ("release negative", ValueError, lambda o: o.sem.release(-1)),
     ("release > u32", ValueError, lambda o: o.sem.release(U32_MAX + 1)),
+    ("release 0", ValueError, lambda o: o.sem.release(0)),
+    ("release negative", ValueError, lambda o: o.sem.release(-1)),
     ("release past maximum", OverflowError, lambda o: o.sem.release(2)),
     ("release overflowing u32", OverflowError, lambda o: o.sem.release(U32_MAX)),
     ("unlock owner 0", ValueError, lambda o: o.mutex.unlock(0)),
@@ -180,7 +192,6 @@ def test_unlock_of_an_unowned_mutex(sync_backend: str) -> None:
 
 def test_release_at_the_u32_limit(sync_backend: str) -> None:
     sem = Semaphore(U32_MAX, U32_MAX, backend=sync_backend)
-    assert sem.release(0) == U32_MAX
     with pytest.raises(OverflowError):
         sem.release(1)
     assert sem.read() == (U32_MAX, U32_MAX)
@@ -283,7 +294,7 @@ def test_wait_all_at_the_object_limit(sync_backend: str) -> None:
 
 CLOSED_CALLS: list[tuple[str, Callable[[Objects], object]]] = [
     ("release", lambda c: c.sem.release(1)),
-    ("release 0", lambda c: c.sem.release(0)),
+    ("release", lambda c: c.sem.release(1)),
     ("sem read", lambda c: c.sem.read()),
     ("unlock", lambda c: c.mutex.unlock(OWNER)),
     ("kill", lambda c: c.mutex.kill(OWNER)),
@@ -321,7 +332,7 @@ def test_closed_object_among_open_ones(sync_backend: str, objs: Objects) -> None
 
 
 def test_close_is_idempotent_and_visible(sync_backend: str) -> None:
-    with Semaphore(0, 1, backend=sync_backend) as sem:
+    with closing(Semaphore(0, 1, backend=sync_backend)) as sem:
         assert not sem.closed
         assert "count=0" in repr(sem)
     assert sem.closed
@@ -377,12 +388,12 @@ def test_unknown_backend_in_environment(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_backend_from_environment(sync_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(registry.ENV_VAR, sync_backend)
-    with Semaphore(1, 1) as sem:
+    with closing(Semaphore(1, 1)) as sem:
         assert sem.backend == sync_backend
     # an explicit argument wins over the environment
     other = next(name for name in registry.FAMILY.names if name != sync_backend)
     monkeypatch.setenv(registry.ENV_VAR, other)
-    with Event(manual=True, backend=sync_backend) as event:
+    with closing(Event(manual=True, backend=sync_backend)) as event:
         assert event.backend == sync_backend
 
 
@@ -422,7 +433,10 @@ def test_longest_name(sync_backend: str, unique_name: Callable[..., str]) -> Non
     name = stem + "\u00e9" * ((MAX_NAME_BYTES - len(stem)) // 2)
     name += "x" * (MAX_NAME_BYTES - len(name.encode()))
     assert len(name.encode()) == MAX_NAME_BYTES
-    with Semaphore(0, 3, name=name, backend=sync_backend) as sem, Semaphore.open(name, backend=sync_backend) as again:
+    with (
+        closing(Semaphore(0, 3, name=name, backend=sync_backend)) as sem,
+        closing(Semaphore.open(name, backend=sync_backend)) as again,
+    ):
         assert sem.created
         assert sem.name == name
         again.release(2)
@@ -460,7 +474,7 @@ def test_names_are_opaque(sync_backend: str, unique_name: Callable[..., str]) ->
         for i, name in enumerate(names):
             if name in (".", ".."):
                 continue
-            with Semaphore.open(name, backend=sync_backend) as again:
+            with closing(Semaphore.open(name, backend=sync_backend)) as again:
                 assert again.read() == (i + 1, 100), name
     finally:
         for sem in made:
@@ -490,7 +504,7 @@ def test_name_of_another_kind(sync_backend: str, unique_name: Callable[..., str]
             attempt()
         assert isinstance(info.value, FileExistsError)
         assert sem.read() == (1, 2)
-    with Semaphore.open(name, backend=sync_backend) as again:
+    with closing(Semaphore.open(name, backend=sync_backend)) as again:
         assert again.read() == (1, 2)
     sem.close()
 
@@ -515,14 +529,14 @@ def test_release_anything(sync_backend: str, values: list[object]) -> None:
     """Whatever is passed to release, the semaphore ends exactly where a model of the rules
     says: valid counts add up to at most the maximum, everything else changes nothing."""
     maximum = 6
-    with Semaphore(0, maximum, backend=sync_backend) as sem:
+    with closing(Semaphore(0, maximum, backend=sync_backend)) as sem:
         count = 0
         for value in values:
             valid_int = isinstance(value, int) and not isinstance(value, bool)
             if not valid_int:
                 with pytest.raises(TypeError):
                     sem.release(value)  # type: ignore[arg-type]
-            elif not 0 <= value <= U32_MAX:  # type: ignore[operator]
+            elif not 1 <= value <= U32_MAX:  # type: ignore[operator]  # n < 1 as threading refuses it
                 with pytest.raises(ValueError):
                     sem.release(value)  # type: ignore[arg-type]
             elif count + value > maximum:  # type: ignore[operator]

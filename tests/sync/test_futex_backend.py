@@ -13,6 +13,7 @@ import textwrap
 import threading
 import time
 import uuid
+from contextlib import closing
 
 import pytest
 from required import require_sync_backend
@@ -69,7 +70,7 @@ def test_name_table_survives_many_inserts_and_removals() -> None:
     for e in events[::2]:
         e.close()
     for i in range(1, 3000, 2):
-        with Event.open(f"{stem}-{i}", backend="futex") as e:
+        with closing(Event.open(f"{stem}-{i}", backend="futex")) as e:
             assert not e.created
     for i in range(0, 3000, 2):
         with pytest.raises(FileNotFoundError):
@@ -111,7 +112,10 @@ def test_a_forked_child_keeps_what_it_inherited_after_the_parent_closes_it() -> 
 def test_a_killed_process_gives_back_its_references_and_abandons_its_mutexes() -> None:
     stem = unique("killed")
     proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
             from ntshim.sync import Event, Mutex, wait_any
             objects = [Event(manual=True, name=f"{stem}-{{i}}", backend="futex") for i in range(50)]
@@ -119,8 +123,10 @@ def test_a_killed_process_gives_back_its_references_and_abandons_its_mutexes() -
             wait_any([m])
             print("ready", flush=True)
             time.sleep(60)
-        """)],
-        stdout=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"

@@ -12,6 +12,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -82,7 +83,7 @@ def _child_creates(name: str, backend: str, close: bool) -> bool:
 
 
 def _child_opens_and_releases(name: str, backend: str) -> tuple[int, int]:
-    with Semaphore.open(name, backend=backend) as sem:
+    with closing(Semaphore.open(name, backend=backend)) as sem:
         sem.release(1)
         return sem.read()
 
@@ -401,13 +402,13 @@ def test_name_goes_with_last_close(sync_backend: str, unique_name: Callable[...,
     second = Event.open(name, backend=sync_backend)
     first.close()
     assert second.read() == (True, True)  # alive while a reference is
-    with Event.open(name, backend=sync_backend) as third:
+    with closing(Event.open(name, backend=sync_backend)) as third:
         assert third.read() == (True, True)
     second.close()
     with pytest.raises(FileNotFoundError):
         Event.open(name, backend=sync_backend)
     # a new object of that name (of any kind) starts afresh
-    with Semaphore(0, 1, name=name, backend=sync_backend) as fresh:
+    with closing(Semaphore(0, 1, name=name, backend=sync_backend)) as fresh:
         assert fresh.created
         assert fresh.read() == (0, 1)
 
@@ -443,7 +444,7 @@ def test_name_goes_with_the_process_holding_it(
         child.join()
     wait_until_absent(name, sync_backend)
     # what the parent holds is untouched by the child's end (it inherited the reference)
-    with Semaphore.open(kept.name or "", backend=sync_backend) as again:
+    with closing(Semaphore.open(kept.name or "", backend=sync_backend)) as again:
         assert again.read() == (0, 1)
     kept.close()
 
@@ -461,7 +462,7 @@ def test_name_outlives_a_child_that_opened_it(
     child = children("spawn", _child_opens_and_releases, sem.name, sync_backend)
     assert child.result() == (1, 5)
     assert child.join() == 0
-    with Semaphore.open(sem.name or "", backend=sync_backend) as again:
+    with closing(Semaphore.open(sem.name or "", backend=sync_backend)) as again:
         assert again.read() == (1, 5)
     sem.close()
 

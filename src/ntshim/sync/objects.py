@@ -1,16 +1,22 @@
 """The public objects and waits: argument checks, timeouts and exceptions; the backends do
-the rest (see :mod:`ntshim.sync.backend` for the contract)."""
+the rest (see :mod:`ntshim.sync.backend` for the contract).
+
+Each object has its NT operations and also follows :mod:`threading`'s protocol:
+:class:`RLock` (the NT mutex), :class:`Lock`, :class:`Semaphore`, :class:`BoundedSemaphore`
+and :class:`Event` accept the calls, arguments, results and exceptions of their namesakes in
+:mod:`threading`, across processes."""
 
 from __future__ import annotations
 
 import math
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from .._arguments import as_int
-from ..errors import AbandonedError
+from ..errors import AbandonedError, AbandonedWarning, SemaphoreOverflowError
 from . import registry
 from .backend import MAX_NAME_BYTES, MAX_WAIT_OBJECTS, U32_MAX, Backend, Handle, InitialState, Kind
 
@@ -58,9 +64,47 @@ def _deadline(timeout: object) -> int | None:
     if timeout == math.inf:
         return None
     if timeout > threading.TIMEOUT_MAX:  # as threading's locks answer: the clock cannot count that far
-        raise OverflowError(f"timeout must be at most threading.TIMEOUT_MAX ({threading.TIMEOUT_MAX:g} s), got {timeout}")
+        raise OverflowError(
+            f"timeout must be at most threading.TIMEOUT_MAX ({threading.TIMEOUT_MAX:g} s), got {timeout}"
+        )
     deadline = time.monotonic_ns() + math.ceil(timeout * 1e9)
     return deadline if deadline < 1 << 63 else None  # past the clock's range: never reached
+
+
+#: A deadline that has passed: the wait tries once (a poll).
+_POLL = 0
+
+
+def _checked_seconds(timeout: object) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if isinstance(timeout, float) and math.isnan(timeout):
+        raise ValueError("timeout must not be NaN")
+    return timeout
+
+
+def _lock_deadline(blocking: object, timeout: object) -> int | None:
+    """``threading.Lock.acquire``'s arguments as a deadline: -1 waits forever, another
+    negative timeout is an error, and a non-blocking call takes no timeout."""
+    seconds = _checked_seconds(timeout)
+    if not blocking:
+        if seconds != -1:
+            raise ValueError("can't specify a timeout for a non-blocking call")
+        return _POLL
+    if seconds == -1:
+        return None
+    if seconds < 0:
+        raise ValueError("timeout value must be a non-negative number")
+    return _deadline(seconds)
+
+
+def _wait_deadline(timeout: object) -> int | None:
+    """``threading.Event.wait``'s and ``threading.Semaphore.acquire``'s timeout as a
+    deadline: None waits forever, a negative timeout polls."""
+    if timeout is None:
+        return None
+    seconds = _checked_seconds(timeout)
+    return _POLL if seconds <= 0 else _deadline(seconds)
 
 
 class SyncObject:
@@ -112,14 +156,9 @@ class SyncObject:
 
     def close(self) -> None:
         """Drop this reference (idempotent).  The object, and its name, live on while any
-        process holds a reference."""
+        process holds a reference.  (``with`` acquires and releases the locks and semaphores;
+        ``contextlib.closing`` closes.)"""
         self._handle.close()
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _live(self) -> Handle:
         if self._handle.closed:
@@ -138,6 +177,13 @@ class SyncObject:
     def _describe(self) -> str:
         raise NotImplementedError
 
+    def _acquire(self, deadline: int | None, owner: int) -> bool | None:
+        """Wait for this object alone: None on timeout, else whether it was abandoned."""
+        try:
+            return self._backend.wait([self._live()], False, deadline, owner, None)[1]
+        except TimeoutError:
+            return None
+
 
 def _reopen(cls: type[SyncObject], backend: str, name: str | None, state: Any) -> SyncObject:
     chosen = registry.backend_class(backend)
@@ -145,41 +191,142 @@ def _reopen(cls: type[SyncObject], backend: str, name: str | None, state: Any) -
 
 
 class Semaphore(SyncObject):
-    """A counting semaphore: a wait takes one from ``count``; ``release`` gives back."""
+    """A counting semaphore, as :class:`threading.Semaphore` across processes: ``acquire``
+    takes one from the count, waiting while it is 0; ``release`` gives back.
+
+    ``value`` is the initial count (``count=`` is accepted too); ``maximum`` bounds it (None:
+    only the 32-bit range, 0xFFFFFFFF).  Semaphores have no owner, as in NT and POSIX: a unit
+    that a process took and then died holding is not given back.
+    """
 
     kind = "semaphore"
 
-    def __init__(self, count: int, maximum: int, *, name: str | None = None, backend: str | None = None) -> None:
-        count = _u32(count, "count")
-        maximum = _u32(maximum, "maximum", nonzero=True)
-        if count > maximum:
-            raise ValueError(f"count ({count}) must not exceed maximum ({maximum})")
-        self._start(backend, (count, maximum), name)
+    def __init__(
+        self,
+        value: int = 1,
+        maximum: int | None = None,
+        *,
+        count: int | None = None,
+        name: str | None = None,
+        backend: str | None = None,
+    ) -> None:
+        if count is not None:
+            if value != 1:
+                raise TypeError("give the initial count once: value or count=")
+            value = count
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise ValueError("semaphore initial value must be >= 0")
+        value = _u32(value, "value")
+        maximum = U32_MAX if maximum is None else _u32(maximum, "maximum", nonzero=True)
+        if value > maximum:
+            raise ValueError(f"value ({value}) must not exceed maximum ({maximum})")
+        self._start(backend, (value, maximum), name)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Take one from the count, waiting (at most ``timeout`` seconds; None: for ever)
+        while it is 0; False if none was taken."""
+        if not blocking and timeout is not None:
+            raise ValueError("can't specify timeout for non-blocking acquire")
+        return self._acquire(_wait_deadline(timeout) if blocking else _POLL, _owner(None)) is not None
 
     def release(self, n: int = 1) -> int:
-        """Add ``n`` to the count, waking waiters; return the previous count.  OverflowError,
-        and no change, if the count would pass the maximum."""
+        """Add ``n`` (at least 1) to the count, waking waiters; return the previous count.
+        :class:`~ntshim.errors.SemaphoreOverflowError`, and no change, if the count would
+        pass the maximum."""
+        n = as_int(n, "n")
+        if n < 1:
+            raise ValueError("n must be one or more")
         n = _u32(n, "n")
-        return self._live().sem_release(n)
+        try:
+            return self._live().sem_release(n)
+        except OverflowError:
+            raise SemaphoreOverflowError(self._overflow_message(n)) from None
+
+    def _overflow_message(self, n: int) -> str:
+        count, maximum = self.read()
+        return f"releasing {n} would raise the count ({count}) past the maximum ({maximum})"
 
     def read(self) -> tuple[int, int]:
         """``(count, maximum)``"""
         return self._live().sem_read()
+
+    def __enter__(self) -> Semaphore:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     def _describe(self) -> str:
         count, maximum = self.read()
         return f"count={count} maximum={maximum}"
 
 
+class BoundedSemaphore(Semaphore):
+    """:class:`threading.BoundedSemaphore`: a semaphore whose count may not pass its initial
+    value; a release past it raises :class:`~ntshim.errors.SemaphoreOverflowError` (a
+    ValueError)."""
+
+    def __init__(self, value: int = 1, *, name: str | None = None, backend: str | None = None) -> None:
+        super().__init__(value, value, name=name, backend=backend)
+
+    def _overflow_message(self, n: int) -> str:
+        return "Semaphore released too many times"
+
+
+class Lock(Semaphore):
+    """:class:`threading.Lock` across processes: not recursive, and any thread (of any
+    process) may release it.
+
+    Not robust yet: a lock whose holder's process dies stays locked (as
+    ``multiprocessing.Lock`` does).  Use :class:`RLock` where a holder may die: its next
+    acquirer gets it.
+    """
+
+    def __init__(self, *, name: str | None = None, backend: str | None = None) -> None:
+        super().__init__(1, 1, name=name, backend=backend)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:  # type: ignore[override]
+        """Lock, waiting while another holds it (at most ``timeout`` seconds; -1: for ever);
+        False if not locked."""
+        return self._acquire(_lock_deadline(blocking, timeout), _owner(None)) is not None
+
+    def release(self, n: int = 1) -> int:
+        """Unlock; RuntimeError if it is not locked."""
+        if n != 1:
+            raise TypeError("a Lock is released once at a time")
+        try:
+            return super().release()
+        except SemaphoreOverflowError:
+            raise RuntimeError("release unlocked lock") from None
+
+    def locked(self) -> bool:
+        """Whether some thread holds the lock."""
+        return self.read()[0] == 0
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def _describe(self) -> str:
+        return "locked" if self.locked() else "unlocked"
+
+
 class Mutex(SyncObject):
-    """A recursive mutex owned by an owner id (default: the calling thread's native id).
+    """A recursive mutex owned by an owner id (default: the calling thread's native id); also
+    :class:`threading.RLock` across processes (:class:`RLock` is its threading name).
 
     ``Mutex()`` is unowned; ``Mutex(count=1)`` is owned once by the calling thread.  When the
     thread that acquired it exits, or its process dies, the mutex is abandoned: the next
-    wait acquires it and raises :class:`~ntshim.errors.AbandonedError`.
+    ``wait_any``/``wait_all`` acquires it and raises :class:`~ntshim.errors.AbandonedError`;
+    the next ``acquire()`` (or ``with``) acquires it, sets :attr:`abandoned` and warns with
+    :class:`~ntshim.errors.AbandonedWarning` instead, so that the ``with`` block runs.
     """
 
     kind = "mutex"
+    #: Whether this process's current hold began by taking over an abandoned mutex: what
+    #: the dead holder protected may be half changed.  False again once it is released.
+    abandoned: bool = False
 
     def __init__(
         self, *, owner: int | None = None, count: int = 0, name: str | None = None, backend: str | None = None
@@ -214,14 +361,90 @@ class Mutex(SyncObject):
         owner, count, abandoned = self._live().mutex_read()
         return "abandoned" if abandoned else f"owner={owner} count={count}"
 
+    # ---- threading.RLock's protocol ----
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Acquire one level for the calling thread, waiting while another thread holds it
+        (at most ``timeout`` seconds; -1: for ever); False if not acquired.  An abandoned
+        mutex is acquired (True) with :attr:`abandoned` set and an AbandonedWarning."""
+        owner = threading.get_native_id()
+        abandoned = self._acquire(_lock_deadline(blocking, timeout), owner)
+        if abandoned is None:
+            return False
+        if abandoned:  # (the flag was cleared by the release that ended the last hold)
+            self._took_over_abandoned(owner)
+        return True
+
+    def _took_over_abandoned(self, owner: int) -> None:
+        self.abandoned = True
+        try:
+            warnings.warn(
+                AbandonedWarning(f"{self!r} was abandoned: its holder died holding it; you hold it now"),
+                stacklevel=3,
+            )
+        except BaseException:  # the warning is an error here: leave the mutex abandoned, not held
+            self.abandoned = False
+            self._live().mutex_kill(owner)
+            raise
+
+    def release(self) -> None:
+        """Release one level; RuntimeError if the calling thread does not hold it."""
+        try:
+            if self._live().mutex_unlock(threading.get_native_id()) == 1:
+                self.abandoned = False
+        except PermissionError:
+            raise RuntimeError("cannot release un-acquired lock") from None
+
+    def locked(self) -> bool:
+        """Whether some thread holds it."""
+        return self._live().mutex_read()[1] > 0
+
+    def __enter__(self) -> Mutex:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    # What threading.Condition uses of an RLock: waiting releases every level, then takes them back.
+    def _is_owned(self) -> bool:
+        owner, count, _ = self._live().mutex_read()
+        return count > 0 and owner == threading.get_native_id()
+
+    def _release_save(self) -> tuple[int, int]:
+        owner = threading.get_native_id()
+        try:
+            levels = self._live().mutex_unlock(owner)
+        except PermissionError:
+            raise RuntimeError("cannot release un-acquired lock") from None
+        for _ in range(levels - 1):
+            self._live().mutex_unlock(owner)
+        return levels, owner
+
+    def _acquire_restore(self, state: tuple[int, int]) -> None:
+        levels, _ = state
+        for _ in range(levels):
+            self.acquire()
+
+
+class RLock(Mutex):
+    """:class:`threading.RLock` across processes: the NT mutex (see :class:`Mutex`), unowned
+    when made.  A holder that dies (its thread or its process) leaves it abandoned, and the
+    next ``acquire()`` gets it: see :attr:`Mutex.abandoned`."""
+
+    def __init__(self, *, name: str | None = None, backend: str | None = None) -> None:
+        super().__init__(name=name, backend=backend)
+
 
 class Event(SyncObject):
-    """A manual-reset (stays signaled until reset) or auto-reset (a wait resets it) event."""
+    """A manual-reset (stays signaled until reset) or auto-reset (a wait resets it) event;
+    with the defaults (manual, unsignaled), :class:`threading.Event` across processes.
+    Like it, not a context manager."""
 
     kind = "event"
 
     def __init__(
-        self, *, manual: bool, signaled: bool = False, name: str | None = None, backend: str | None = None
+        self, *, manual: bool = True, signaled: bool = False, name: str | None = None, backend: str | None = None
     ) -> None:
         for what, value in (("manual", manual), ("signaled", signaled)):
             if not isinstance(value, bool):
@@ -245,18 +468,29 @@ class Event(SyncObject):
         """``(manual, signaled)``"""
         return self._live().event_read()
 
+    def is_set(self) -> bool:
+        """Whether the event is signaled."""
+        return self._live().event_read()[1]
+
+    def clear(self) -> None:
+        """Unsignal the event (:meth:`reset`, as threading names it)."""
+        self._live().event_reset()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the event is signaled (at most ``timeout`` seconds; None: for ever);
+        return whether it was.  Waiting on an auto-reset event resets it."""
+        return self._acquire(_wait_deadline(timeout), _owner(None)) is not None
+
     def _describe(self) -> str:
         manual, signaled = self.read()
         return f"{'manual' if manual else 'auto'} {'signaled' if signaled else 'unsignaled'}"
 
 
-def _wait(
-    objects: Sequence[SyncObject], timeout: object, owner: object, alert: object, wait_all: bool
-) -> int:
+def _wait(objects: Sequence[SyncObject], timeout: object, owner: object, alert: object, wait_all: bool) -> int:
     if isinstance(objects, (str, bytes)) or not isinstance(objects, Sequence):
         raise TypeError(f"objects must be a sequence of sync objects, not {type(objects).__name__}")
-    if not objects:
-        raise ValueError("objects must name at least one object")
+    if not objects and (wait_all or alert is None):
+        raise ValueError("objects must name at least one object (wait_any may wait on its alert alone)")
     if len(objects) > MAX_WAIT_OBJECTS:
         raise ValueError(f"at most {MAX_WAIT_OBJECTS} objects can be waited on at once, got {len(objects)}")
     for i, obj in enumerate(objects):
@@ -282,7 +516,10 @@ def _wait(
 
 
 def wait_any(
-    objects: Sequence[SyncObject], timeout: float | None = None, *, owner: int | None = None,
+    objects: Sequence[SyncObject],
+    timeout: float | None = None,
+    *,
+    owner: int | None = None,
     alert: Event | None = None,
 ) -> int:
     """Wait until one of ``objects`` is signaled, acquire it and return its index (the lowest
@@ -295,7 +532,10 @@ def wait_any(
 
 
 def wait_all(
-    objects: Sequence[SyncObject], timeout: float | None = None, *, owner: int | None = None,
+    objects: Sequence[SyncObject],
+    timeout: float | None = None,
+    *,
+    owner: int | None = None,
     alert: Event | None = None,
 ) -> int:
     """Wait until every one of ``objects`` is signaled and acquire them all in one atomic

@@ -689,7 +689,8 @@ class SyncServer:
             raise BadRequest("WAIT payload length")
         records = [self.records.get(oid) for oid in ids]
         valid = (
-            1 <= count <= MAX_WAIT_OBJECTS
+            (1 <= count or (has_alert and not flags & WAIT_ALL))  # wait-any may wait on its alert alone
+            and count <= MAX_WAIT_OBJECTS
             and owner != 0
             and all(r is not None for r in records)
             and (not has_alert or cast(Record, records[-1]).kind == "event")

@@ -252,7 +252,7 @@ class Model:
     ) -> Waiter:
         """Queue a wait and try it at once.  The returned waiter is satisfied already (and
         :attr:`notify` was called) or pending until a signal or :meth:`cancel`.  Assumes
-        valid input: 1..64 objects, distinct for wait-all (the alert included), an event as
+        valid input: 1..64 objects (or none, for a wait-any on its alert alone), distinct for wait-all (the alert included), an event as
         alert, owner nonzero."""
         waiter = Waiter(owner=owner, wait_all=wait_all, count=len(objects), holder=holder, tag=tag)
         waiter.entries = [Entry(waiter, obj, i) for i, obj in enumerate(objects)]

@@ -1,0 +1,224 @@
+"""threading's protocol on ntshim's objects, beyond CPython's suite (test_lock_tests.py):
+``with`` acquires and never closes, the NT calls keep working beside it, abandonment
+surfaces as a flag and a warning, and the objects cross processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ntshim.errors import AbandonedWarning, SemaphoreOverflowError
+from ntshim.sync import BoundedSemaphore, Event, Lock, Mutex, RLock, Semaphore, wait_any
+
+from .helpers import BOUND, Child, StartWaiter
+
+U32_MAX = 0xFFFFFFFF
+
+
+# ---- with, and the NT calls beside the protocol ---------------------------------------------
+
+
+@pytest.mark.parametrize("make", [Lock, RLock, Semaphore, BoundedSemaphore], ids=lambda c: c.__name__)
+def test_with_acquires_and_releases_and_never_closes(sync_backend: str, make: Callable[..., Any]) -> None:
+    obj = make(backend=sync_backend)
+    with obj as entered:
+        assert entered is obj
+        if isinstance(obj, RLock):
+            assert obj.acquire(blocking=False)  # recursive: a second level
+            obj.release()
+        else:
+            assert not obj.acquire(blocking=False)  # taken: a second acquire fails
+    assert not obj.closed
+    assert obj.acquire(timeout=0)  # free again: the with block released it
+    obj.release()
+    obj.close()
+
+
+def test_an_event_is_not_a_context_manager(sync_backend: str) -> None:
+    event = Event(backend=sync_backend)
+    with pytest.raises((TypeError, AttributeError)), event:  # type: ignore[attr-defined]
+        pass
+    assert not event.closed
+    with contextlib.closing(event):
+        pass
+    assert event.closed
+
+
+def test_event_defaults_and_threading_names(sync_backend: str) -> None:
+    event = Event(backend=sync_backend)
+    assert event.read() == (True, False)  # manual, unsignaled: threading.Event
+    assert not event.is_set() and event.wait(0) is False
+    assert event.set() is False  # the NT call still answers the previous state
+    assert event.is_set() and event.wait(0) and event.wait() and event.is_set()  # manual: stays set
+    assert event.clear() is None and not event.is_set()
+    auto = Event(manual=False, signaled=True, backend=sync_backend)
+    assert auto.wait(-1) is True and not auto.is_set()  # a wait resets an auto-reset event
+    assert auto.wait(0.01) is False
+    event.close()
+    auto.close()
+
+
+def test_semaphore_values_and_bounds(sync_backend: str) -> None:
+    assert Semaphore(backend=sync_backend).read() == (1, U32_MAX)
+    assert Semaphore(count=2, maximum=5, backend=sync_backend).read() == (2, 5)  # the old keyword
+    sem = Semaphore(0, 2, backend=sync_backend)
+    assert sem.release(2) == 0  # the previous count
+    with pytest.raises(SemaphoreOverflowError) as raised:
+        sem.release()
+    assert isinstance(raised.value, ValueError) and isinstance(raised.value, OverflowError)
+    assert sem.read() == (2, 2)
+    assert sem.acquire() and sem.acquire(True, 0.01) and not sem.acquire(False)
+    with pytest.raises(ValueError, match="non-blocking"):
+        sem.acquire(False, 1)
+    bounded = BoundedSemaphore(2, backend=sync_backend)
+    with pytest.raises(ValueError, match="released too many times"):
+        bounded.release()
+    assert bounded.read() == (2, 2)
+
+
+def test_releases_that_are_not_allowed_change_nothing(sync_backend: str, waiters: StartWaiter) -> None:
+    lock, rlock = Lock(backend=sync_backend), RLock(backend=sync_backend)
+    with pytest.raises(RuntimeError):
+        lock.release()
+    with pytest.raises(RuntimeError):
+        rlock.release()
+    assert not lock.locked() and not rlock.locked()
+    rlock.acquire()
+    other = waiters(rlock.release)  # a thread that does not own it
+    with pytest.raises(RuntimeError, match="un-acquired"):
+        other.outcome()
+    assert rlock.read() == (threading.get_native_id(), 1)
+    lock.acquire()
+    waiters(lock.release).outcome()  # a Lock is released by any thread, as threading's
+    assert not lock.locked()
+    rlock.release()
+    for bad in (-2, -0.5, float("nan")):
+        with pytest.raises(ValueError):
+            lock.acquire(timeout=bad)
+    with pytest.raises(TypeError):
+        lock.acquire(timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="non-blocking"):
+        rlock.acquire(False, 1)
+    assert not lock.locked() and not rlock.locked()
+
+
+def test_threading_condition_over_an_rlock(sync_backend: str) -> None:
+    """threading.Condition accepts an ntshim RLock (its save/restore of every level)."""
+    lock = RLock(backend=sync_backend)
+    condition = threading.Condition(lock)
+    ready: list[int] = []
+
+    def producer() -> None:
+        with condition:
+            ready.append(1)
+            condition.notify()
+
+    with condition, lock:  # two levels: wait gives both up, and takes both back
+        threading.Thread(target=producer).start()
+        assert condition.wait_for(lambda: ready, BOUND)
+        assert lock.read() == (threading.get_native_id(), 2)
+    assert not lock.locked()
+
+
+def test_wait_any_on_the_alert_alone(sync_backend: str) -> None:
+    alert = Event(backend=sync_backend)
+    with pytest.raises(TimeoutError):
+        wait_any([], 0, alert=alert)
+    alert.set()
+    assert wait_any([], 0, alert=alert) == 0  # len(objects): the alert
+    with pytest.raises(ValueError):
+        wait_any([], 0)
+
+
+# ---- abandonment through the protocol -------------------------------------------------------
+
+
+def _hold_and_die(lock: RLock) -> None:
+    lock.acquire()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_an_rlock_whose_holder_process_is_killed_goes_to_the_next_acquirer(
+    sync_backend: str, children: Callable[..., Child]
+) -> None:
+    lock = RLock(backend=sync_backend)
+    child = children("fork", _hold_and_die, lock)
+    assert child.join() == -signal.SIGKILL
+    with pytest.warns(AbandonedWarning, match="abandoned"), lock:  # acquired, not raised: the with block runs
+        assert lock.abandoned
+    assert not lock.abandoned and not lock.locked()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with lock:  # an ordinary hold now
+            assert not lock.abandoned
+
+
+def test_an_abandoned_warning_made_an_error_leaves_the_lock_abandoned(sync_backend: str, waiters: StartWaiter) -> None:
+    lock = RLock(backend=sync_backend)
+    waiters(lock.acquire).outcome()
+    holder, _ = lock.read()
+    lock.kill(holder)  # as if that thread had died holding it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AbandonedWarning)
+        with pytest.raises(AbandonedWarning):
+            lock.acquire()
+    assert not lock.locked() and not lock.abandoned  # not held: abandoned for the next acquirer
+    with pytest.warns(AbandonedWarning):
+        assert lock.acquire(timeout=BOUND)
+    assert lock.abandoned
+    lock.release()
+
+
+def test_a_thread_that_exits_holding_an_rlock_abandons_it(sync_backend: str) -> None:
+    lock = RLock(backend=sync_backend)
+    holder = threading.Thread(target=lock.acquire)
+    holder.start()
+    holder.join()
+    with pytest.warns(AbandonedWarning):
+        assert lock.acquire(timeout=BOUND)
+    assert lock.abandoned
+    lock.release()
+    assert not lock.abandoned
+
+
+# ---- across processes --------------------------------------------------------------------------
+
+
+def _take_turns(lock: Lock, done: Event, sem: Semaphore) -> str:
+    with lock, sem:
+        done.set()
+    return "ran"
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_the_objects_pass_to_children_of_every_start_method(
+    sync_backend: str, method: str, children: Callable[..., Child]
+) -> None:
+    lock, done, sem = Lock(backend=sync_backend), Event(backend=sync_backend), BoundedSemaphore(backend=sync_backend)
+    lock.acquire()
+    child = children(method, _take_turns, lock, done, sem)
+    assert not done.wait(0.2)  # the child waits for the lock
+    lock.release()
+    assert child.result() == "ran"
+    assert done.is_set() and not lock.locked() and sem.read() == (1, 1)
+    for obj in (lock, done, sem):
+        assert type(pickle.loads(pickle.dumps(obj))) is type(obj)
+
+
+def test_objects_made_by_the_protocol_are_the_nt_objects(sync_backend: str, unique_name: Callable[..., str]) -> None:
+    name = unique_name("rlock")
+    lock = RLock(name=name, backend=sync_backend)
+    assert isinstance(lock, Mutex)
+    same = Mutex.open(name, backend=sync_backend)
+    with lock:
+        assert same.read() == (threading.get_native_id(), 1)
+    same.close()
+    lock.close()
