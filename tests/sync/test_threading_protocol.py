@@ -4,7 +4,9 @@ surfaces as a flag and a warning, and the objects cross processes."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import multiprocessing
 import os
 import pickle
 import signal
@@ -222,3 +224,58 @@ def test_objects_made_by_the_protocol_are_the_nt_objects(sync_backend: str, uniq
         assert same.read() == (threading.get_native_id(), 1)
     same.close()
     lock.close()
+
+
+def _hold_until_killed(lock: RLock, holding: Event) -> None:
+    with lock:
+        holding.set()
+        threading.Event().wait()  # until SIGKILL
+
+
+def test_waiters_proceed_when_the_holder_is_killed_inside_with(
+    sync_backend: str, children: Callable[..., Child], waiters: StartWaiter
+) -> None:
+    lock, holding = RLock(backend=sync_backend), Event(backend=sync_backend)
+    holder = children("fork", _hold_until_killed, lock, holding)
+    assert holding.wait(BOUND)
+
+    def take() -> bool:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with lock:
+                return lock.abandoned and any(issubclass(w.category, AbandonedWarning) for w in caught)
+
+    waiter = waiters(take)
+    assert waiter.still_waiting()
+    holder.kill()
+    assert waiter.outcome() is True  # it got the lock, learnt it was abandoned, and released it
+    assert not lock.locked()
+
+
+#: What a pool worker's initializer was given.
+_pool_objects: tuple[Lock, Semaphore] | None = None
+
+
+def _init_pool(lock: Lock, done: Semaphore) -> None:
+    global _pool_objects
+    _pool_objects = (lock, done)
+
+
+def _pool_task(extra: Event) -> int:
+    assert _pool_objects is not None
+    lock, done = _pool_objects
+    with lock:
+        done.release()
+    extra.set()
+    return os.getpid()
+
+
+def test_a_process_pool_shares_the_objects(sync_backend: str) -> None:
+    """Objects in a ProcessPoolExecutor's initializer arguments and in task arguments."""
+    lock, done, extra = Lock(backend=sync_backend), Semaphore(0, backend=sync_backend), Event(backend=sync_backend)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+        2, mp_context=context, initializer=_init_pool, initargs=(lock, done)
+    ) as pool:
+        pids = list(pool.map(_pool_task, [extra] * 8, timeout=4 * BOUND))
+    assert len(pids) == 8 and done.read()[0] == 8 and extra.is_set() and not lock.locked()
