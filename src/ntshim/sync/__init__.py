@@ -31,6 +31,7 @@ from .objects import (
     SyncObject,
     wait_all,
     wait_any,
+    wait_any_async,
 )
 from .registry import ENV_VAR, backends
 
@@ -54,4 +55,5 @@ __all__ = [
     "backends",
     "wait_all",
     "wait_any",
+    "wait_any_async",
 ]

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from .._arguments import as_int
 from ..errors import AbandonedError, AbandonedWarning, SemaphoreOverflowError
-from . import registry
+from . import aio, registry
 from .backend import MAX_NAME_BYTES, MAX_WAIT_OBJECTS, U32_MAX, Backend, Handle, InitialState, Kind
 
 
@@ -257,6 +257,17 @@ class Semaphore(SyncObject):
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """:meth:`acquire` from a coroutine (``timeout`` as there); see :func:`wait_any_async`."""
+        return await aio.wait_any([self], _wait_deadline(timeout)) is not None
+
+    async def __aenter__(self) -> Semaphore:
+        await self.acquire_async()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
     def _describe(self) -> str:
         count, maximum = self.read()
         return f"count={count} maximum={maximum}"
@@ -481,12 +492,17 @@ class Event(SyncObject):
         return whether it was.  Waiting on an auto-reset event resets it."""
         return self._acquire(_wait_deadline(timeout), _owner(None)) is not None
 
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """:meth:`wait` from a coroutine; see :func:`wait_any_async`."""
+        return await aio.wait_any([self], _wait_deadline(timeout)) is not None
+
     def _describe(self) -> str:
         manual, signaled = self.read()
         return f"{'manual' if manual else 'auto'} {'signaled' if signaled else 'unsignaled'}"
 
 
-def _wait(objects: Sequence[SyncObject], timeout: object, owner: object, alert: object, wait_all: bool) -> int:
+def _checked_wait(objects: Sequence[SyncObject], alert: object, wait_all: bool) -> list[SyncObject]:
+    """The objects of a wait, the alert last, after every check a wait makes of them."""
     if isinstance(objects, (str, bytes)) or not isinstance(objects, Sequence):
         raise TypeError(f"objects must be a sequence of sync objects, not {type(objects).__name__}")
     if not objects and (wait_all or alert is None):
@@ -503,13 +519,19 @@ def _wait(objects: Sequence[SyncObject], timeout: object, owner: object, alert: 
     for obj in everything:
         if obj._backend is not backend:
             raise ValueError(f"cannot wait on objects of different backends ({backend.name} and {obj.backend})")
-    handles = [obj._live() for obj in objects]
-    alert_handle = alert._live() if alert is not None else None
-    if wait_all and len({h.key for h in handles + ([alert_handle] if alert_handle else [])}) < len(everything):
+    handles = [obj._live() for obj in everything]
+    if wait_all and len({h.key for h in handles}) < len(everything):
         raise ValueError("wait_all: an object appears twice (the alert included)")
+    return everything
+
+
+def _wait(objects: Sequence[SyncObject], timeout: object, owner: object, alert: object, wait_all: bool) -> int:
+    everything = _checked_wait(objects, alert, wait_all)
     owner_id = _owner(owner)
     deadline = _deadline(timeout)
-    index, abandoned = backend.wait(handles, wait_all, deadline, owner_id, alert_handle)
+    handles = [obj._handle for obj in objects]
+    alert_handle = everything[-1]._handle if alert is not None else None
+    index, abandoned = everything[0]._backend.wait(handles, wait_all, deadline, owner_id, alert_handle)
     if abandoned:
         raise AbandonedError(index)
     return index
@@ -541,3 +563,20 @@ def wait_all(
     """Wait until every one of ``objects`` is signaled and acquire them all in one atomic
     step (never a part); return 0, or ``len(objects)`` if ``alert`` was signaled first."""
     return _wait(objects, timeout, owner, alert, True)
+
+
+async def wait_any_async(
+    objects: Sequence[SyncObject], timeout: float | None = None, *, alert: Event | None = None
+) -> int:
+    """:func:`wait_any` from a coroutine: the event loop runs on while it waits, and no thread
+    waits for it (one dispatcher thread per process serves every pending wait).  Events and
+    semaphores only (mutexes are owned by their waiter: not yet).  Cancelling the task takes
+    nothing: a unit or an auto-reset event handed to it meanwhile is given back."""
+    everything = _checked_wait(objects, alert, False)
+    for i, obj in enumerate(everything):
+        if isinstance(obj, Mutex):
+            raise TypeError(f"objects[{i}] is a mutex: asynchronous waits take events and semaphores (not yet mutexes)")
+    index = await aio.wait_any(everything, _deadline(timeout))
+    if index is None:
+        raise TimeoutError("the wait timed out")
+    return index
