@@ -1331,6 +1331,7 @@ class Walker:
             events = [i.obj for i in pools.sync.items() if isinstance(i.obj, ntshim.sync.Event)]
             kwargs["alert"] = rng.choice(events) if events and rng.random() < 0.8 else rng.choice((objects[0], 3))
         timeout: Any = rng.choice((0, 0, 0.001, 0.005, 0.02))
+        forever = False
         if not wait_all and rng.random() < 0.1:
             # A wait that may last forever, made to end: a signaled semaphore of its own
             # joins the objects, so the wait takes it if nothing before it is signaled.
@@ -1339,6 +1340,7 @@ class Walker:
             if sentinel is FAILED:
                 return
             objects.append(sentinel)
+            forever = True
             timeout = rng.choice((None, float("inf"), 1e10, 2**63, 10**30))
             if isinstance(timeout, int) and self.excluded("server-huge-timeout"):
                 timeout = None
@@ -1346,6 +1348,8 @@ class Walker:
             timeout = rng.choice((-1, float("nan"), "0", True, -float("inf"), 1e300, 10**400))
         if rng.random() < 0.05:
             objects = rng.choice((tuple(objects), objects * 40, [*objects, "x"], "abc", iter(objects), []))
+            if forever and not objects:  # the sentinel is gone, and an alert alone is a real wait
+                timeout = 0.01
         function = ntshim.sync.wait_all if wait_all else ntshim.sync.wait_any
         self.call("wait_all" if wait_all else "wait_any", function, objects, timeout, **kwargs)
 
