@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from ntshim.sync import MAX_WAIT_OBJECTS, Event, Lock, Mutex, RLock, Semaphore, wait_any_async
+from ntshim.errors import AbandonedWarning
+from ntshim.sync import MAX_WAIT_OBJECTS, Event, Lock, RLock, Semaphore, wait_any_async
 
-from .helpers import BOUND, Child
+from .helpers import BOUND, Child, StartWaiter
 
 
 def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -96,7 +97,7 @@ def test_many_waits_cost_no_thread_each(sync_backend: str) -> None:
         event.close()
 
 
-@pytest.mark.parametrize("kind", ["semaphore", "auto event", "lock"])
+@pytest.mark.parametrize("kind", ["semaphore", "auto event", "lock", "rlock"])
 def test_cancelling_takes_nothing(sync_backend: str, kind: str) -> None:
     """A unit (or an auto-reset event) handed over as the task is cancelled is given back:
     whichever way the race goes, the object ends as it was before the wait."""
@@ -104,9 +105,9 @@ def test_cancelling_takes_nothing(sync_backend: str, kind: str) -> None:
     def make() -> Any:
         if kind == "semaphore":
             return Semaphore(0, 1, backend=sync_backend)
-        if kind == "lock":
-            lock = Lock(backend=sync_backend)
-            lock.acquire()
+        if kind in ("lock", "rlock"):
+            lock = Lock(backend=sync_backend) if kind == "lock" else RLock(backend=sync_backend)
+            lock.acquire()  # by this thread; released below, as the task waits
             return lock
         return Event(manual=False, backend=sync_backend)
 
@@ -132,23 +133,89 @@ def test_cancelling_takes_nothing(sync_backend: str, kind: str) -> None:
     async def main() -> set[tuple[Any, ...]]:
         return {await attempt(delay) for delay in (0, 0, 0.001, 0.002, 0.005, 0.01) * 4}
 
-    expected = (False, True) if kind == "auto event" else (1, 1)
+    expected = {"auto event": (False, True), "rlock": (0, 0)}.get(kind, (1, 1))
     assert run(main()) == {expected}
 
 
-def test_async_with_and_what_is_not_served(sync_backend: str) -> None:
-    sem, lock = Semaphore(1, 1, backend=sync_backend), Lock(backend=sync_backend)
+def test_async_with(sync_backend: str) -> None:
+    sem, lock, rlock = Semaphore(1, 1, backend=sync_backend), Lock(backend=sync_backend), RLock(backend=sync_backend)
 
     async def main() -> None:
-        async with sem, lock:
-            assert sem.read()[0] == 0 and lock.locked()
-        assert sem.read()[0] == 1 and not lock.locked()
-        for mutex in (Mutex(backend=sync_backend), RLock(backend=sync_backend)):
-            with pytest.raises(TypeError, match="mutex"):
-                await wait_any_async([sem, mutex], 0)
-            assert not hasattr(mutex, "acquire_async")
+        async with sem, lock, rlock:
+            assert sem.read()[0] == 0 and lock.locked() and rlock.locked()
+        assert sem.read()[0] == 1 and not lock.locked() and not rlock.locked()
         with pytest.raises(ValueError):
             await wait_any_async([], 0)
 
     run(main())
-    assert sem.read()[0] == 1  # the refused waits took nothing
+
+
+def test_an_rlock_taken_by_a_task_is_the_tasks(sync_backend: str, waiters: StartWaiter) -> None:
+    """Owned per task: its recursion counts for it, other tasks and threads wait, and only
+    it releases."""
+    lock = RLock(backend=sync_backend)
+
+    async def main() -> list[object]:
+        seen: list[object] = []
+        holding, done = asyncio.Event(), asyncio.Event()
+
+        async def holder() -> None:
+            async with lock:
+                assert await lock.acquire_async(0)  # recursion: one more level for this task
+                lock.release()
+                with pytest.raises(ValueError, match="this task holds"):
+                    await wait_any_async([Event(backend=sync_backend), lock], 0)
+                holding.set()
+                await done.wait()
+            seen.append("released")
+
+        async def other() -> None:
+            await holding.wait()
+            seen.append(await lock.acquire_async(0.05))  # held by the other task
+            thread = waiters(lambda: lock.acquire(timeout=0.05))  # and by no thread of ours
+            seen.append(await asyncio.to_thread(thread.outcome))
+            with pytest.raises(RuntimeError):
+                await asyncio.to_thread(lock.release)  # a thread does not hold it
+            done.set()
+            seen.append(await lock.acquire_async(BOUND))  # handed over once the holder lets go
+            lock.release()
+
+        await asyncio.gather(holder(), other())
+        return seen
+
+    assert run(main()) == [False, False, "released", True]
+    assert not lock.locked()
+
+
+def _hold_in_a_task_and_die(lock: RLock, holding: Event) -> None:
+    async def main() -> None:
+        async with lock:
+            holding.set()
+            await asyncio.Event().wait()  # until SIGKILL
+
+    asyncio.run(main())
+
+
+def test_a_task_holders_process_killed_abandons_the_rlock(sync_backend: str, children: Callable[..., Child]) -> None:
+    """The dispatcher thread acquires for tasks and lives as long as its process: the
+    process's death abandons what its tasks held, and the next acquirer learns it."""
+    lock, holding = RLock(backend=sync_backend), Event(backend=sync_backend)
+    holder = children("fork", _hold_in_a_task_and_die, lock, holding)
+    assert holding.wait(BOUND)
+
+    async def take() -> tuple[bool, bool]:
+        taken = await lock.acquire_async(4 * BOUND)
+        abandoned = lock.abandoned
+        lock.release()  # by this task, which holds it (another task could not)
+        return taken, abandoned
+
+    async def main() -> tuple[bool, bool]:
+        waiting = asyncio.create_task(take())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        holder.kill()
+        with pytest.warns(AbandonedWarning):
+            return await waiting
+
+    assert run(main()) == (True, True)
+    assert not lock.locked() and not lock.abandoned

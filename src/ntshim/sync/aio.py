@@ -12,9 +12,13 @@ is given back (a semaphore unit released, an auto-reset event set again, as the 
 backend's rollback does).  A pulse that woke a request being cancelled is gone for it, as
 for any waiter that stops waiting.
 
-Mutexes are not served here yet: a wait names one owner for all its objects, and an
-asynchronous mutex wait is owned by its task, so one dispatcher wait cannot serve several
-tasks' mutexes.
+Mutexes taken this way are owned by their task.  A wait names one owner for all its
+objects, so the dispatcher acquires every mutex with its own owner id (its thread's, which
+also makes a holder's death the process's: the thread lives as long as the process) and
+keeps here which task holds it, at what recursion level.  A mutex some task of this process
+holds is left out of the dispatcher's waits until that task releases it (it would be
+acquired again, recursively, for another task); the holding task's own acquisitions only
+count levels.
 """
 
 from __future__ import annotations
@@ -33,22 +37,36 @@ if TYPE_CHECKING:
 
 
 class _Request:
-    """One asynchronous wait-any: its objects, deadline and the future its loop awaits."""
+    """One asynchronous wait-any: its objects, deadline, task and the future its loop awaits
+    (the index acquired and whether it was an abandoned mutex)."""
 
-    __slots__ = ("deadline", "future", "loop", "objects")
+    __slots__ = ("deadline", "future", "loop", "objects", "task")
 
-    def __init__(self, objects: Sequence[SyncObject], deadline: int | None, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, objects: Sequence[SyncObject], deadline: int | None) -> None:
         self.objects = list(objects)
         self.deadline = deadline
-        self.loop = loop
-        self.future: asyncio.Future[int] = loop.create_future()
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.future: asyncio.Future[tuple[int, bool]] = self.loop.create_future()
 
 
-def _give_back(obj: SyncObject) -> None:
+class _Hold:
+    """A mutex a task of this process holds through the dispatcher."""
+
+    __slots__ = ("level", "task")
+
+    def __init__(self, task: asyncio.Task[object] | None) -> None:
+        self.task = task
+        self.level = 1
+
+
+def _give_back(dispatcher: _Dispatcher, obj: SyncObject, abandoned: bool) -> None:
     """Undo an acquisition nobody will use (the request was cancelled or its loop closed)."""
-    from .objects import Event, Semaphore
+    from .objects import Event, Mutex, Semaphore
 
-    if isinstance(obj, Semaphore):
+    if isinstance(obj, Mutex):
+        dispatcher.end_hold(obj, kill=abandoned)  # an abandoned mutex stays abandoned for the next
+    elif isinstance(obj, Semaphore):
         try:
             obj._live().sem_release(1)
         except OverflowError:  # others filled it meanwhile: there is no room for the unit, nor need
@@ -57,17 +75,19 @@ def _give_back(obj: SyncObject) -> None:
         obj._live().event_set()
 
 
-def _settle(request: _Request, index: int | None, error: BaseException | None) -> None:
+def _settle(
+    dispatcher: _Dispatcher, request: _Request, index: int | None, abandoned: bool, error: BaseException | None
+) -> None:
     """In the request's loop: deliver the outcome, or give back what nobody awaits any more."""
     if request.future.done():  # cancelled meanwhile
         if index is not None:
-            _give_back(request.objects[index])
+            _give_back(dispatcher, request.objects[index], abandoned)
     elif error is not None:
         request.future.set_exception(error)
     elif index is None:
         request.future.set_exception(TimeoutError("the wait timed out"))
     else:
-        request.future.set_result(index)
+        request.future.set_result((index, abandoned))
 
 
 class _Dispatcher:
@@ -80,8 +100,12 @@ class _Dispatcher:
         self.wake: Event = Event(manual=False, backend=backend.name)
         self.lock = threading.Lock()
         self.pending: list[_Request] = []
+        self.held: dict[object, _Hold] = {}  # by handle key: the mutexes tasks hold
+        self.owner = 0  # the thread's native id: the owner of every mutex it acquires
+        self.started = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"ntshim-sync-aio-{backend.name}", daemon=True)
         self.thread.start()
+        self.started.wait()
 
     def submit(self, request: _Request) -> None:
         with self.lock:
@@ -94,59 +118,105 @@ class _Dispatcher:
                 self.pending.remove(request)
         self.wake.set()
 
-    def _deliver(self, request: _Request, index: int | None, error: BaseException | None = None) -> None:
+    def hold_of(self, mutex: SyncObject) -> _Hold | None:
+        with self.lock:
+            return self.held.get(mutex._handle.key)
+
+    def add_level(self, mutex: SyncObject, task: object) -> bool:
+        """A recursive acquisition by the task that holds ``mutex``: one more level."""
+        with self.lock:
+            hold = self.held.get(mutex._handle.key)
+            if hold is None or hold.task is not task:
+                return False
+            hold.level += 1
+            return True
+
+    def release_level(self, mutex: SyncObject, task: object) -> int | None:
+        """Release one level that ``task`` holds (the previous level), or None if it holds none."""
+        with self.lock:
+            hold = self.held.get(mutex._handle.key)
+            if hold is None or hold.task is not task:
+                return None
+            hold.level -= 1
+            if hold.level:
+                return hold.level + 1
+        self.end_hold(mutex, kill=False)
+        return 1
+
+    def end_hold(self, mutex: SyncObject, kill: bool) -> None:
+        """Give the mutex up (unlocked, or killed: left abandoned), then let waits name it again."""
+        with self.lock:
+            # Unlocked while the hold still keeps it out of the waits: a wait naming it
+            # before would take it again for the dispatcher's owner, recursively.
+            if kill:
+                mutex._live().mutex_kill(self.owner)
+            else:
+                mutex._live().mutex_unlock(self.owner)
+            del self.held[mutex._handle.key]
+        self.wake.set()
+
+    def _deliver(
+        self, request: _Request, index: int | None, error: BaseException | None = None, abandoned: bool = False
+    ) -> None:
+        from .objects import Mutex
+
         with self.lock:
             if request in self.pending:
                 self.pending.remove(request)
+            if index is not None and isinstance(request.objects[index], Mutex):
+                self.held[request.objects[index]._handle.key] = _Hold(request.task)
         try:
-            request.loop.call_soon_threadsafe(_settle, request, index, error)
+            request.loop.call_soon_threadsafe(_settle, self, request, index, abandoned, error)
         except RuntimeError:  # the loop is closed: nobody will take it
             if index is not None:
-                _give_back(request.objects[index])
+                _give_back(self, request.objects[index], abandoned)
 
     def _round(self) -> tuple[list[tuple[_Request, int]], list[Handle], int | None]:
-        """This round's requests (the oldest first, as many as fit) and their handles."""
+        """This round's objects (the oldest requests' first, as many as one wait names), what
+        request and position each is, and the earliest deadline of all pending requests."""
         slots: list[tuple[_Request, int]] = []
         handles: list[Handle] = []
-        deadline: int | None = None
         with self.lock:
             requests = list(self.pending)
+            held = set(self.held)
+        deadlines = [r.deadline for r in requests if r.deadline is not None]
         for request in requests:
-            if len(handles) + len(request.objects) > MAX_WAIT_OBJECTS:
-                break
             if any(obj.closed for obj in request.objects):
                 self._deliver(request, None, ValueError("an object of the wait was closed while it waited"))
                 continue
-            for position, obj in enumerate(request.objects):
+            # A mutex some task here holds waits until it is released (it would be taken again, recursively).
+            named = [(p, obj) for p, obj in enumerate(request.objects) if obj._handle.key not in held]
+            if len(handles) + len(named) > MAX_WAIT_OBJECTS:
+                break
+            for position, obj in named:
                 slots.append((request, position))
                 handles.append(obj._handle)
-            if request.deadline is not None and (deadline is None or request.deadline < deadline):
-                deadline = request.deadline
-        return slots, handles, deadline
+        return slots, handles, min(deadlines, default=None)
 
     def _run(self) -> None:
-        owner = threading.get_native_id()
+        owner = self.owner = threading.get_native_id()
+        self.started.set()
         wake = self.wake._handle
         while True:
             slots, handles, deadline = self._round()
             try:
-                index, _ = self.backend.wait(handles, False, deadline, owner, wake)
+                index, abandoned = self.backend.wait(handles, False, deadline, owner, wake)
             except TimeoutError:
                 now = time.monotonic_ns()
-                for request, position in slots:
-                    if position == 0 and request.deadline is not None and request.deadline <= now:
-                        self._deliver(request, None)
+                with self.lock:
+                    expired = [r for r in self.pending if r.deadline is not None and r.deadline <= now]
+                for request in expired:
+                    self._deliver(request, None)
                 continue
             except Exception as error:  # the backend failed (a damaged arena, a killed server): tell them all
-                for request, position in slots:
-                    if position == 0:
-                        self._deliver(request, None, error)
+                for request in {request for request, _ in slots}:
+                    self._deliver(request, None, error)
                 if not slots:
                     time.sleep(0.1)  # nothing to tell; do not spin on a failing backend
                 continue
             if index < len(slots):  # else the wake event: the requests changed
                 request, position = slots[index]
-                self._deliver(request, position)
+                self._deliver(request, position, abandoned=abandoned)
 
 
 _dispatchers: dict[str, _Dispatcher] = {}
@@ -168,11 +238,18 @@ def _dispatcher(backend: type[Backend]) -> _Dispatcher:
         return dispatcher
 
 
-async def wait_any(objects: Sequence[SyncObject], deadline: int | None) -> int | None:
-    """Wait, from the running event loop, until one of ``objects`` (events and semaphores of
-    one backend, already checked) is signaled and acquire it; its index, or None on timeout."""
-    request = _Request(objects, deadline, asyncio.get_running_loop())
+async def wait_any(objects: Sequence[SyncObject], deadline: int | None) -> tuple[int, bool] | None:
+    """Wait, from the running event loop, until one of ``objects`` (of one backend, already
+    checked) is signaled and acquire it for the running task: ``(index, abandoned)``, or None
+    on timeout."""
+    request = _Request(objects, deadline)
     dispatcher = _dispatcher(objects[0]._backend)
+    for i, obj in enumerate(request.objects):
+        hold = dispatcher.hold_of(obj)
+        if hold is not None and hold.task is request.task:
+            if len(request.objects) == 1 and dispatcher.add_level(obj, request.task):
+                return 0, False
+            raise ValueError(f"objects[{i}] is a mutex this task holds; acquire it again with acquire_async")
     dispatcher.submit(request)
     try:
         return await request.future
@@ -181,3 +258,22 @@ async def wait_any(objects: Sequence[SyncObject], deadline: int | None) -> int |
     except asyncio.CancelledError:
         dispatcher.withdraw(request)  # what it took meanwhile, _settle gives back
         raise
+
+
+def release(mutex: SyncObject) -> int | None:
+    """Release one level of ``mutex`` if the running task holds it through the dispatcher:
+    the previous level; None if it does not (a thread's hold, or none)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
+    dispatcher = _dispatchers.get(mutex._backend.name)
+    if task is None or dispatcher is None:
+        return None
+    return dispatcher.release_level(mutex, task)
+
+
+def abandon(mutex: SyncObject) -> None:
+    """Give up the running task's hold of ``mutex`` leaving it abandoned (the AbandonedWarning
+    of its acquisition was made an error)."""
+    _dispatchers[mutex._backend.name].end_hold(mutex, kill=True)

@@ -12,7 +12,7 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from .._arguments import as_int
@@ -258,7 +258,8 @@ class Semaphore(SyncObject):
         self.release()
 
     async def acquire_async(self, timeout: float | None = None) -> bool:
-        """:meth:`acquire` from a coroutine (``timeout`` as there); see :func:`wait_any_async`."""
+        """:meth:`acquire` from a coroutine (``timeout`` as :meth:`Event.wait`'s); see
+        :func:`wait_any_async`."""
         return await aio.wait_any([self], _wait_deadline(timeout)) is not None
 
     async def __aenter__(self) -> Semaphore:
@@ -383,23 +384,31 @@ class Mutex(SyncObject):
         if abandoned is None:
             return False
         if abandoned:  # (the flag was cleared by the release that ended the last hold)
-            self._took_over_abandoned(owner)
+            self._took_over_abandoned(lambda: self._live().mutex_kill(owner))
         return True
 
-    def _took_over_abandoned(self, owner: int) -> None:
+    def _took_over_abandoned(self, give_up: Callable[[], None]) -> None:
+        """Report an abandoned mutex just acquired; if the warning is an error here, leave
+        the mutex abandoned (``give_up``), not held, and raise it."""
         self.abandoned = True
         try:
             warnings.warn(
                 AbandonedWarning(f"{self!r} was abandoned: its holder died holding it; you hold it now"),
-                stacklevel=3,
+                stacklevel=4,
             )
-        except BaseException:  # the warning is an error here: leave the mutex abandoned, not held
+        except BaseException:
             self.abandoned = False
-            self._live().mutex_kill(owner)
+            give_up()
             raise
 
     def release(self) -> None:
-        """Release one level; RuntimeError if the calling thread does not hold it."""
+        """Release one level; RuntimeError if the calling thread (or, in a coroutine, the
+        task that took it with :meth:`acquire_async`) does not hold it."""
+        level = aio.release(self)
+        if level is not None:
+            if level == 1:
+                self.abandoned = False
+            return
         try:
             if self._live().mutex_unlock(threading.get_native_id()) == 1:
                 self.abandoned = False
@@ -415,6 +424,26 @@ class Mutex(SyncObject):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """:meth:`acquire` from a coroutine, for the running task: the task owns it (its
+        recursion counts per task) and releases it with :meth:`release` or ``async with``.
+        ``timeout`` as :meth:`Event.wait`'s.  No thread waits for it: see
+        :func:`wait_any_async`.  The dispatcher thread acquires it, so the process's death
+        abandons it."""
+        outcome = await aio.wait_any([self], _wait_deadline(timeout))
+        if outcome is None:
+            return False
+        if outcome[1]:
+            self._took_over_abandoned(lambda: aio.abandon(self))
+        return True
+
+    async def __aenter__(self) -> Mutex:
+        await self.acquire_async()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
         self.release()
 
     # What threading.Condition uses of an RLock: waiting releases every level, then takes them back.
@@ -569,14 +598,14 @@ async def wait_any_async(
     objects: Sequence[SyncObject], timeout: float | None = None, *, alert: Event | None = None
 ) -> int:
     """:func:`wait_any` from a coroutine: the event loop runs on while it waits, and no thread
-    waits for it (one dispatcher thread per process serves every pending wait).  Events and
-    semaphores only (mutexes are owned by their waiter: not yet).  Cancelling the task takes
-    nothing: a unit or an auto-reset event handed to it meanwhile is given back."""
+    waits for it (one dispatcher thread per process serves every pending wait).  A mutex it
+    acquires is owned by the calling task.  Cancelling the task takes nothing: a unit, a
+    mutex or an auto-reset event handed to it meanwhile is given back."""
     everything = _checked_wait(objects, alert, False)
-    for i, obj in enumerate(everything):
-        if isinstance(obj, Mutex):
-            raise TypeError(f"objects[{i}] is a mutex: asynchronous waits take events and semaphores (not yet mutexes)")
-    index = await aio.wait_any(everything, _deadline(timeout))
-    if index is None:
+    outcome = await aio.wait_any(everything, _deadline(timeout))
+    if outcome is None:
         raise TimeoutError("the wait timed out")
+    index, abandoned = outcome
+    if abandoned:
+        raise AbandonedError(index)
     return index
