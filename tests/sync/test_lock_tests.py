@@ -28,6 +28,7 @@ SUITES: dict[str, tuple[type[unittest.TestCase], str, Any]] = {
     "Event": (lock_tests.EventTests, "eventtype", sync.Event),
     "Semaphore": (lock_tests.SemaphoreTests, "semtype", sync.Semaphore),
     "BoundedSemaphore": (lock_tests.BoundedSemaphoreTests, "semtype", sync.BoundedSemaphore),
+    "Condition": (lock_tests.ConditionTests, "condtype", sync.Condition),
 }
 
 

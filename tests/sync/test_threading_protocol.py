@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from ntshim.errors import AbandonedWarning, SemaphoreOverflowError
-from ntshim.sync import BoundedSemaphore, Event, Lock, Mutex, RLock, Semaphore, wait_any
+from ntshim.sync import BoundedSemaphore, Condition, Event, Lock, Mutex, RLock, Semaphore, wait_any
 
 from .helpers import BOUND, Child, StartWaiter
 
@@ -279,3 +279,68 @@ def test_a_process_pool_shares_the_objects(sync_backend: str) -> None:
     ) as pool:
         pids = list(pool.map(_pool_task, [extra] * 8, timeout=4 * BOUND))
     assert len(pids) == 8 and done.read()[0] == 8 and extra.is_set() and not lock.locked()
+
+
+# ---- Condition across processes -----------------------------------------------------------------
+
+
+def _wait_on(condition: Condition, ready: Semaphore, woken: Semaphore) -> bool:
+    with condition:
+        ready.release()
+        notified = condition.wait(4 * BOUND)
+    woken.release()
+    return notified
+
+
+def test_a_condition_wakes_waiters_in_other_processes(sync_backend: str, children: Callable[..., Child]) -> None:
+    condition = Condition(backend=sync_backend)
+    ready, woken = Semaphore(0, backend=sync_backend), Semaphore(0, backend=sync_backend)
+    sleepers = [children(method, _wait_on, condition, ready, woken) for method in ("fork", "spawn", "fork")]
+    for _ in sleepers:
+        assert ready.acquire(timeout=4 * BOUND)
+    with condition:  # every sleeper is inside wait() once it has given the lock up
+        condition.notify()
+    assert woken.acquire(timeout=BOUND) and not woken.acquire(timeout=0.2)  # exactly one
+    with condition:
+        condition.notify_all()
+    assert woken.acquire(timeout=BOUND) and woken.acquire(timeout=BOUND)
+    assert [sleeper.result() for sleeper in sleepers] == [True] * 3
+
+
+def test_a_sleeper_killed_while_it_waits_does_not_block_notify(
+    sync_backend: str, children: Callable[..., Child], waiters: StartWaiter
+) -> None:
+    condition = Condition(backend=sync_backend)
+    ready, woken = Semaphore(0, backend=sync_backend), Semaphore(0, backend=sync_backend)
+    dead = children("fork", _wait_on, condition, ready, woken)
+    assert ready.acquire(timeout=4 * BOUND)
+    with condition:
+        pass  # it holds the lock no more: it sleeps
+    dead.kill()
+    live = waiters(lambda: _wait_on(condition, ready, woken))
+    assert ready.acquire(timeout=BOUND)
+    with condition:
+        condition.notify_all()  # returns at once: nobody must acknowledge
+    assert live.outcome() is True
+    assert woken.read()[0] == 1
+
+
+def _wait_on_named(name: str, backend: str) -> bool:
+    condition = Condition(name=name, backend=backend)  # opens what the parent made
+    ready = Semaphore.open(f"{name}-ready", backend=backend)
+    with condition:
+        ready.release()
+        return condition.wait(4 * BOUND)
+
+
+def test_a_named_condition_is_shared_by_unrelated_processes(
+    sync_backend: str, children: Callable[..., Child], unique_name: Callable[..., str]
+) -> None:
+    name = unique_name("cond")
+    condition = Condition(name=name, backend=sync_backend)
+    ready = Semaphore(0, name=f"{name}-ready", backend=sync_backend)
+    sleeper = children("spawn", _wait_on_named, name, sync_backend)
+    assert ready.acquire(timeout=4 * BOUND)
+    with condition:
+        condition.notify()
+    assert sleeper.result() is True

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from ..errors import AbandonedError, AbandonedWarning, BackendUnavailable, NameKindError, SemaphoreOverflowError
 from .backend import MAX_WAIT_OBJECTS, Availability
+from .condition import Condition
 from .objects import (
     MAX_NAME_BYTES,
     BoundedSemaphore,
@@ -44,6 +45,7 @@ __all__ = [
     "Availability",
     "BackendUnavailable",
     "BoundedSemaphore",
+    "Condition",
     "Event",
     "Lock",
     "Mutex",
