@@ -29,6 +29,7 @@ SUITES: dict[str, tuple[type[unittest.TestCase], str, Any]] = {
     "Semaphore": (lock_tests.SemaphoreTests, "semtype", sync.Semaphore),
     "BoundedSemaphore": (lock_tests.BoundedSemaphoreTests, "semtype", sync.BoundedSemaphore),
     "Condition": (lock_tests.ConditionTests, "condtype", sync.Condition),
+    "Barrier": (lock_tests.BarrierTests, "barriertype", sync.Barrier),
 }
 
 

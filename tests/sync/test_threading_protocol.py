@@ -18,7 +18,18 @@ from typing import Any
 import pytest
 
 from ntshim.errors import AbandonedWarning, SemaphoreOverflowError
-from ntshim.sync import BoundedSemaphore, Condition, Event, Lock, Mutex, RLock, Semaphore, wait_any
+from ntshim.sync import (
+    Barrier,
+    BoundedSemaphore,
+    BrokenBarrierError,
+    Condition,
+    Event,
+    Lock,
+    Mutex,
+    RLock,
+    Semaphore,
+    wait_any,
+)
 
 from .helpers import BOUND, Child, StartWaiter
 
@@ -344,3 +355,62 @@ def test_a_named_condition_is_shared_by_unrelated_processes(
     with condition:
         condition.notify()
     assert sleeper.result() is True
+
+
+# ---- Barrier across processes ---------------------------------------------------------------------
+
+
+def _meet(barrier: Barrier) -> int:
+    return barrier.wait(4 * BOUND)
+
+
+def test_a_barrier_across_processes(sync_backend: str, children: Callable[..., Child]) -> None:
+    barrier = Barrier(3, backend=sync_backend)
+    parties = [children(method, _meet, barrier) for method in ("fork", "spawn")]
+    mine = barrier.wait(4 * BOUND)
+    assert sorted([mine, *(party.result() for party in parties)]) == [0, 1, 2]
+    assert barrier.n_waiting == 0 and not barrier.broken
+
+
+def _meet_and_die(barrier: Barrier, waiting: Event) -> None:
+    waiting.set()
+    barrier.wait()  # killed while it waits
+
+
+@pytest.mark.parametrize("where", ["waiting", "inside the lock"])
+def test_a_party_that_dies_breaks_the_barrier(
+    sync_backend: str, where: str, children: Callable[..., Child], waiters: StartWaiter
+) -> None:
+    """Instead of leaving the others waiting for ever: BrokenBarrierError for every party."""
+    barrier = Barrier(3, backend=sync_backend)
+    if where == "waiting":
+        waiting = Event(backend=sync_backend)
+        doomed = children("fork", _meet_and_die, barrier, waiting)
+        assert waiting.wait(4 * BOUND)
+        other = waiters(barrier.wait)
+        assert other.still_waiting()
+        doomed.kill()
+    else:
+        doomed = children("fork", _hold_until_killed, barrier._cond._lock, waiting := Event(backend=sync_backend))
+        assert waiting.wait(4 * BOUND)
+        other = waiters(barrier.wait)
+        doomed.kill()
+    with pytest.raises(BrokenBarrierError):
+        other.outcome()
+    assert barrier.broken
+    barrier.reset()
+    assert not barrier.broken and barrier.n_waiting == 0
+
+
+def test_a_named_barrier_knows_its_parties(sync_backend: str, unique_name: Callable[..., str]) -> None:
+    name = unique_name("barrier")
+    barrier = Barrier(2, name=name, backend=sync_backend)
+    again = Barrier(2, name=name, backend=sync_backend)
+    assert again.parties == 2
+    with pytest.raises(ValueError, match="2 parties"):
+        Barrier(3, name=name, backend=sync_backend)
+    for bad, error in ((0, ValueError), (True, TypeError), ("2", TypeError)):
+        with pytest.raises(error):
+            Barrier(bad, backend=sync_backend)  # type: ignore[arg-type]
+    again.close()
+    barrier.close()

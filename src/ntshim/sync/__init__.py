@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from ..errors import AbandonedError, AbandonedWarning, BackendUnavailable, NameKindError, SemaphoreOverflowError
 from .backend import MAX_WAIT_OBJECTS, Availability
+from .barrier import Barrier, BrokenBarrierError
 from .condition import Condition
 from .objects import (
     MAX_NAME_BYTES,
@@ -44,7 +45,9 @@ __all__ = [
     "AbandonedWarning",
     "Availability",
     "BackendUnavailable",
+    "Barrier",
     "BoundedSemaphore",
+    "BrokenBarrierError",
     "Condition",
     "Event",
     "Lock",
