@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import asyncio
 import atexit
 import contextlib
 import ctypes
@@ -1353,6 +1354,35 @@ class Walker:
         function = ntshim.sync.wait_all if wait_all else ntshim.sync.wait_any
         self.call("wait_all" if wait_all else "wait_any", function, objects, timeout, **kwargs)
 
+    def sync_async(self) -> None:
+        """Waits from asyncio (the dispatcher thread), never long: a timeout, or a cancellation
+        that races with the hand-over.  A mutex the wait takes, its task releases."""
+        rng = self.rng
+        picked = (self.pools().sync.pick(rng) for _ in range(rng.randint(1, 3)))
+        objects = [item.obj for item in picked if item is not None]
+        if not objects:
+            return
+        timeout = rng.choice((0, 0.001, 0.01, 0.05))
+        cancel_after = rng.choice((None, None, 0, 0.001, 0.005))
+
+        async def take() -> int:
+            index = await ntshim.sync.wait_any_async(objects, timeout)
+            if isinstance(objects[index], ntshim.sync.Mutex) and rng.random() < 0.9:
+                objects[index].release()  # else the task ends holding it: abandoned, as a thread's exit
+            return index
+
+        async def walk() -> Any:
+            task = asyncio.ensure_future(take())
+            if cancel_after is not None:
+                await asyncio.sleep(cancel_after)
+                task.cancel()
+            try:
+                return await task
+            except asyncio.CancelledError:
+                return "cancelled"
+
+        self.call("wait_any_async", asyncio.run, walk())
+
     def sync_invariants(self) -> None:
         """On unnamed objects only this thread knows, the state machine answers exactly."""
         if self.run.arena_damaged:
@@ -1780,6 +1810,7 @@ OPS: tuple[tuple[str, float], ...] = (
     ("new_sync", 4),
     ("sync_op", 8),
     ("sync_wait", 6),
+    ("sync_async", 2),
     ("sync_invariants", 1),
     ("win32_memory", 4),
     ("win32_sync", 4),

@@ -219,3 +219,23 @@ def test_a_task_holders_process_killed_abandons_the_rlock(sync_backend: str, chi
 
     assert run(main()) == (True, True)
     assert not lock.locked() and not lock.abandoned
+
+
+def test_a_task_that_ends_holding_an_rlock_abandons_it(sync_backend: str) -> None:
+    """As a thread's exit does: the next acquirer gets it, warned."""
+    lock = RLock(backend=sync_backend)
+
+    async def leaky() -> None:
+        await lock.acquire_async()  # and never released
+
+    async def main() -> tuple[bool, bool]:
+        await asyncio.create_task(leaky())
+        await asyncio.sleep(0)  # the task's done callbacks run
+        with pytest.warns(AbandonedWarning):
+            taken = await lock.acquire_async(BOUND)
+        abandoned = lock.abandoned
+        lock.release()
+        return taken, abandoned
+
+    assert run(main()) == (True, True)
+    assert not lock.locked()

@@ -53,9 +53,10 @@ class _Request:
 class _Hold:
     """A mutex a task of this process holds through the dispatcher."""
 
-    __slots__ = ("level", "task")
+    __slots__ = ("level", "mutex", "task")
 
-    def __init__(self, task: asyncio.Task[object] | None) -> None:
+    def __init__(self, mutex: SyncObject, task: asyncio.Task[object] | None) -> None:
+        self.mutex = mutex
         self.task = task
         self.level = 1
 
@@ -65,7 +66,7 @@ def _give_back(dispatcher: _Dispatcher, obj: SyncObject, abandoned: bool) -> Non
     from .objects import Event, Mutex, Semaphore
 
     if isinstance(obj, Mutex):
-        dispatcher.end_hold(obj, kill=abandoned)  # an abandoned mutex stays abandoned for the next
+        dispatcher.end_hold(obj._handle.key, kill=abandoned)  # an abandoned mutex stays abandoned for the next
     elif isinstance(obj, Semaphore):
         try:
             obj._live().sem_release(1)
@@ -88,6 +89,8 @@ def _settle(
         request.future.set_exception(TimeoutError("the wait timed out"))
     else:
         request.future.set_result((index, abandoned))
+        if request.task is not None and request.objects[index]._handle.key in dispatcher.held:
+            request.task.add_done_callback(dispatcher.task_ended)
 
 
 class _Dispatcher:
@@ -140,19 +143,31 @@ class _Dispatcher:
             hold.level -= 1
             if hold.level:
                 return hold.level + 1
-        self.end_hold(mutex, kill=False)
+        self.end_hold(mutex._handle.key, kill=False)
         return 1
 
-    def end_hold(self, mutex: SyncObject, kill: bool) -> None:
-        """Give the mutex up (unlocked, or killed: left abandoned), then let waits name it again."""
+    def task_ended(self, task: object) -> None:
+        """A task ended holding mutexes: abandon them, as a thread's exit does."""
         with self.lock:
+            left = [key for key, hold in self.held.items() if hold.task is task]
+        for key in left:
+            self.end_hold(key, kill=True)
+
+    def end_hold(self, key: object, kill: bool) -> None:
+        """Give a held mutex up (unlocked, or killed: left abandoned), then let waits name it again."""
+        with self.lock:
+            hold = self.held.get(key)
+            if hold is None:
+                return
             # Unlocked while the hold still keeps it out of the waits: a wait naming it
             # before would take it again for the dispatcher's owner, recursively.
-            if kill:
-                mutex._live().mutex_kill(self.owner)
-            else:
-                mutex._live().mutex_unlock(self.owner)
-            del self.held[mutex._handle.key]
+            try:
+                if kill:
+                    hold.mutex._live().mutex_kill(self.owner)
+                else:
+                    hold.mutex._live().mutex_unlock(self.owner)
+            finally:
+                del self.held[key]
         self.wake.set()
 
     def _deliver(
@@ -164,7 +179,7 @@ class _Dispatcher:
             if request in self.pending:
                 self.pending.remove(request)
             if index is not None and isinstance(request.objects[index], Mutex):
-                self.held[request.objects[index]._handle.key] = _Hold(request.task)
+                self.held[request.objects[index]._handle.key] = _Hold(request.objects[index], request.task)
         try:
             request.loop.call_soon_threadsafe(_settle, self, request, index, abandoned, error)
         except RuntimeError:  # the loop is closed: nobody will take it
@@ -208,7 +223,7 @@ class _Dispatcher:
                 for request in expired:
                     self._deliver(request, None)
                 continue
-            except Exception as error:  # the backend failed (a damaged arena, a killed server): tell them all
+            except Exception as error:  # noqa: BLE001 (a damaged arena, a killed server: tell every request)
                 for request in {request for request, _ in slots}:
                     self._deliver(request, None, error)
                 if not slots:
@@ -276,4 +291,4 @@ def release(mutex: SyncObject) -> int | None:
 def abandon(mutex: SyncObject) -> None:
     """Give up the running task's hold of ``mutex`` leaving it abandoned (the AbandonedWarning
     of its acquisition was made an error)."""
-    _dispatchers[mutex._backend.name].end_hold(mutex, kill=True)
+    _dispatchers[mutex._backend.name].end_hold(mutex._handle.key, kill=True)
