@@ -56,7 +56,7 @@ class Barrier:
 
         lock = RLock(name=named("lock"), backend=backend)
         self._init(
-            Condition(lock, name=name),
+            Condition(_BreakingLock(lock), name=name),
             Semaphore(0, parties, name=named("count"), backend=backend),  # the maximum keeps `parties`
             Semaphore(_FILLING, 3, name=named("state"), backend=backend),
             [RLock(name=named(f"seat{i}"), backend=backend) for i in range(parties)],
@@ -105,6 +105,18 @@ class Barrier:
     def _locked(self) -> _Locked:
         return _Locked(self)
 
+    def _lock(self) -> _BreakingLock:
+        lock = self._cond._lock
+        assert isinstance(lock, _BreakingLock)
+        return lock
+
+    def _broken_by_a_death(self) -> None:
+        """Break the barrier if the lock, just taken, was taken over from a party that died
+        inside it (what that party was changing may be half done)."""
+        if self._lock().taken_over:
+            self._lock().taken_over = False
+            self._break()
+
     # ---- threading.Barrier's algorithm ----
 
     def wait(self, timeout: float | None = None) -> int:
@@ -133,6 +145,7 @@ class Barrier:
     def _enter(self) -> None:
         while self._get(self._state) in (_RESETTING, _DRAINING):
             self._cond.wait(CHECK_INTERVAL)
+            self._broken_by_a_death()
             if self._get(self._state) in (_RESETTING, _DRAINING) and self._dead_seat(None) is not None:
                 # A party died on its way out: it had passed; leave in its place.
                 self._set(self._count, self._get(self._count) - 1)
@@ -158,6 +171,7 @@ class Barrier:
                 self._break()
                 raise BrokenBarrierError
             self._cond.wait(CHECK_INTERVAL if remaining is None else min(remaining, CHECK_INTERVAL))
+            self._broken_by_a_death()
             if self._get(self._state) == _FILLING and self._dead_seat(index) is not None:
                 self._break()
         if self._get(self._state) != _DRAINING:
@@ -216,7 +230,7 @@ class Barrier:
 
     def close(self) -> None:
         """Drop this process's references to the barrier's objects."""
-        for obj in (self._cond._lock, self._count, self._state, *self._seats):
+        for obj in (self._lock().lock, self._count, self._state, *self._seats):
             obj.close()
         self._cond.close()
 
@@ -231,19 +245,59 @@ def _take(mutex: RLock, timeout: float | None = None) -> bool:
     return False
 
 
+class _BreakingLock:
+    """The barrier's RLock as its Condition takes it: a take-over from a party that died
+    inside it is noted (``taken_over``) for the barrier to break, not warned about."""
+
+    def __init__(self, lock: RLock) -> None:
+        self.lock = lock
+        self.taken_over = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_BreakingLock, (self.lock,))
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        try:
+            died = _take(self.lock, 0 if not blocking else None if timeout == -1 else timeout)
+        except TimeoutError:
+            return False
+        self.taken_over = self.taken_over or died
+        return True
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def _is_owned(self) -> bool:
+        return self.lock._is_owned()
+
+    def _release_save(self) -> tuple[int, int]:
+        return self.lock._release_save()
+
+    def _acquire_restore(self, state: tuple[int, int]) -> None:
+        for _ in range(state[0]):
+            self.acquire()
+
+    def __enter__(self) -> _BreakingLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class _Locked:
-    """``with`` on the barrier's lock; taking it over from a party that died inside breaks
-    the barrier (what that party was changing may be half done)."""
+    """``with`` on the barrier's lock, breaking the barrier if it was taken over from a
+    party that died inside it."""
 
     def __init__(self, barrier: Barrier) -> None:
         self.barrier = barrier
 
     def __enter__(self) -> None:
-        if _take(self.barrier._cond._lock):
-            self.barrier._break()
+        self.barrier._lock().acquire()
+        self.barrier._broken_by_a_death()
 
     def __exit__(self, *exc: object) -> None:
-        self.barrier._cond._lock.release()
+        self.barrier._lock().release()
 
 
 def _rebuild(
