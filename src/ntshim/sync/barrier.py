@@ -300,14 +300,8 @@ class _Locked:
         self.barrier._lock().release()
 
 
-def _rebuild(
-    cond: Condition,
-    count: Semaphore,
-    state: Semaphore,
-    seats: list[RLock],
-    action: Callable[[], object] | None,
-    timeout: float | None,
-) -> Barrier:
+def _rebuild(*parts: Any) -> Barrier:
+    """A barrier from the parts :meth:`Barrier.__reduce__` pickled (see :meth:`Barrier._init`)."""
     barrier = Barrier.__new__(Barrier)
-    barrier._init(cond, count, state, seats, action, timeout)
+    barrier._init(*parts)
     return barrier

@@ -316,10 +316,6 @@ class Lock(Semaphore):
         """Whether some thread holds the lock."""
         return self.read()[0] == 0
 
-    def __enter__(self) -> Lock:
-        self.acquire()
-        return self
-
     def _describe(self) -> str:
         return "locked" if self.locked() else "unlocked"
 
