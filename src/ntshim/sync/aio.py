@@ -90,7 +90,7 @@ def _settle(
     else:
         request.future.set_result((index, abandoned))
         if request.task is not None and request.objects[index]._handle.key in dispatcher.held:
-            request.task.add_done_callback(dispatcher.task_ended)
+            dispatcher.watch_task(request.task)
 
 
 class _Dispatcher:
@@ -104,6 +104,7 @@ class _Dispatcher:
         self.lock = threading.Lock()
         self.pending: list[_Request] = []
         self.held: dict[object, _Hold] = {}  # by handle key: the mutexes tasks hold
+        self.watched_tasks: set[object] = set()  # tasks whose end abandons what they hold
         self.owner = 0  # the thread's native id: the owner of every mutex it acquires
         self.started = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"ntshim-sync-aio-{backend.name}", daemon=True)
@@ -121,33 +122,35 @@ class _Dispatcher:
                 self.pending.remove(request)
         self.wake.set()
 
-    def hold_of(self, mutex: SyncObject) -> _Hold | None:
+    def hold_of(self, obj: SyncObject, task: object) -> _Hold | None:
+        """The hold ``task`` has of ``obj`` (a mutex), if any.  Levels change only in the
+        holding task's loop, so the caller may count them without the lock."""
+        if not self.held:  # (the common case, threads only: no lock taken)
+            return None
         with self.lock:
-            return self.held.get(mutex._handle.key)
-
-    def add_level(self, mutex: SyncObject, task: object) -> bool:
-        """A recursive acquisition by the task that holds ``mutex``: one more level."""
-        with self.lock:
-            hold = self.held.get(mutex._handle.key)
-            if hold is None or hold.task is not task:
-                return False
-            hold.level += 1
-            return True
+            hold = self.held.get(obj._handle.key)
+        return hold if hold is not None and hold.task is task else None
 
     def release_level(self, mutex: SyncObject, task: object) -> int | None:
         """Release one level that ``task`` holds (the previous level), or None if it holds none."""
-        with self.lock:
-            hold = self.held.get(mutex._handle.key)
-            if hold is None or hold.task is not task:
-                return None
-            hold.level -= 1
-            if hold.level:
-                return hold.level + 1
-        self.end_hold(mutex._handle.key, kill=False)
-        return 1
+        hold = self.hold_of(mutex, task)
+        if hold is None:
+            return None
+        hold.level -= 1
+        if not hold.level:
+            self.end_hold(mutex._handle.key, kill=False)
+        return hold.level + 1
+
+    def watch_task(self, task: asyncio.Task[object]) -> None:
+        """In the task's loop: abandon what it still holds when it ends (once per task, not
+        per acquisition: a task that takes a lock in a loop adds one callback)."""
+        if task not in self.watched_tasks:
+            self.watched_tasks.add(task)
+            task.add_done_callback(self.task_ended)
 
     def task_ended(self, task: object) -> None:
         """A task ended holding mutexes: abandon them, as a thread's exit does."""
+        self.watched_tasks.discard(task)
         with self.lock:
             left = [key for key, hold in self.held.items() if hold.task is task]
         for key in left:
@@ -260,11 +263,12 @@ async def wait_any(objects: Sequence[SyncObject], deadline: int | None) -> tuple
     request = _Request(objects, deadline)
     dispatcher = _dispatcher(objects[0]._backend)
     for i, obj in enumerate(request.objects):
-        hold = dispatcher.hold_of(obj)
-        if hold is not None and hold.task is request.task:
-            if len(request.objects) == 1 and dispatcher.add_level(obj, request.task):
-                return 0, False
-            raise ValueError(f"objects[{i}] is a mutex this task holds; acquire it again with acquire_async")
+        hold = dispatcher.hold_of(obj, request.task)
+        if hold is not None:
+            if len(request.objects) > 1:
+                raise ValueError(f"objects[{i}] is a mutex this task holds; acquire it again with acquire_async")
+            hold.level += 1  # recursion: counted here, the dispatcher already holds it
+            return 0, False
     dispatcher.submit(request)
     try:
         return await request.future
@@ -278,12 +282,12 @@ async def wait_any(objects: Sequence[SyncObject], deadline: int | None) -> tuple
 def release(mutex: SyncObject) -> int | None:
     """Release one level of ``mutex`` if the running task holds it through the dispatcher:
     the previous level; None if it does not (a thread's hold, or none)."""
+    dispatcher = _dispatchers.get(mutex._backend.name)
+    if dispatcher is None or not dispatcher.held:  # no task holds anything: a thread's release
+        return None
     try:
         task = asyncio.current_task()
     except RuntimeError:  # no running loop
-        return None
-    dispatcher = _dispatchers.get(mutex._backend.name)
-    if task is None or dispatcher is None:
         return None
     return dispatcher.release_level(mutex, task)
 

@@ -17,9 +17,8 @@ from collections.abc import Callable
 from threading import BrokenBarrierError
 from typing import Any
 
-from ..errors import AbandonedError
 from .condition import Condition
-from .objects import RLock, Semaphore, _checked_seconds, wait_any
+from .objects import _POLL, RLock, Semaphore, _checked_seconds, _lock_deadline, _owner
 
 #: How often a waiting party looks whether the others still live (seconds).
 CHECK_INTERVAL = 0.1
@@ -56,7 +55,7 @@ class Barrier:
 
         lock = RLock(name=named("lock"), backend=backend)
         self._init(
-            Condition(_BreakingLock(lock), name=name),
+            Condition(_BreakingLock(lock), name=name, backend=backend),
             Semaphore(0, parties, name=named("count"), backend=backend),  # the maximum keeps `parties`
             Semaphore(_FILLING, 3, name=named("state"), backend=backend),
             [RLock(name=named(f"seat{i}"), backend=backend) for i in range(parties)],
@@ -129,7 +128,7 @@ class Barrier:
             self._enter()
             index = self._get(self._count)
             seat = self._seats[index]
-            _take(seat)  # held while this party is inside: its death abandons it
+            seat._acquire(None, _owner(None))  # held while this party is inside: its death abandons it
             self._set(self._count, index + 1)
             try:
                 if index + 1 == self.parties:
@@ -183,9 +182,8 @@ class Barrier:
         for i in range(self._get(self._count)):
             if i == mine:
                 continue
-            try:
-                died = _take(self._seats[i], 0)
-            except TimeoutError:
+            died = self._seats[i]._acquire(_POLL, _owner(None))
+            if died is None:
                 continue  # held: that party lives
             self._seats[i].release()  # free (its party is leaving), or abandoned
             if died:
@@ -235,16 +233,6 @@ class Barrier:
         self._cond.close()
 
 
-def _take(mutex: RLock, timeout: float | None = None) -> bool:
-    """Acquire ``mutex`` for this thread; whether it was abandoned (no warning: the barrier
-    answers that by breaking).  TimeoutError past ``timeout``."""
-    try:
-        wait_any([mutex], timeout)
-    except AbandonedError:
-        return True
-    return False
-
-
 class _BreakingLock:
     """The barrier's RLock as its Condition takes it: a take-over from a party that died
     inside it is noted (``taken_over``) for the barrier to break, not warned about."""
@@ -257,9 +245,9 @@ class _BreakingLock:
         return (_BreakingLock, (self.lock,))
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        try:
-            died = _take(self.lock, 0 if not blocking else None if timeout == -1 else timeout)
-        except TimeoutError:
+        # Acquired without RLock.acquire's warning: the barrier answers a take-over by breaking.
+        died = self.lock._acquire(_lock_deadline(blocking, timeout), _owner(None))
+        if died is None:
             return False
         self.taken_over = self.taken_over or died
         return True

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .objects import Mutex, RLock, Semaphore, _checked_seconds
+from .objects import Mutex, RLock, Semaphore
 
 T = TypeVar("T")
 
@@ -101,12 +101,11 @@ class Condition:
         ever), take the lock again; whether it was notified."""
         if not self._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
-        blocking = timeout is None or _checked_seconds(timeout) > 0
         self._waiters.release()
         saved = self._release_save()
         notified = False
         try:
-            notified = self._sleep.acquire(blocking, timeout if blocking else None)
+            notified = self._sleep.acquire(True, timeout)  # (0 or less: a poll, as threading's)
         finally:  # (interrupted too: the lock is held again and the count put right)
             self._acquire_restore(saved)
             if not notified:

@@ -92,8 +92,9 @@ nts_tracker *nts_tracker_alloc(const nts_ww_ops *ops, uintptr_t base, size_t siz
     t->book = book;
     t->shared_prots = shared;
     t->prots = shared ? shared->prot : (uint8_t *)book + prots_at;
-    for (size_t i = 0; !shared && i < npages; i++)
-        t->prots[i] = ((const uint8_t *)p.buf)[i] & NTS_PROT_MASK;
+    if (!shared)
+        for (size_t i = 0; i < npages; i++)
+            t->prots[i] = ((const uint8_t *)p.buf)[i] & NTS_PROT_MASK;
     PyBuffer_Release(&p);
     t->lock = &book->lock;
     t->state = (uint8_t *)(book + 1);
