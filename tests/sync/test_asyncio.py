@@ -239,3 +239,29 @@ def test_a_task_that_ends_holding_an_rlock_abandons_it(sync_backend: str) -> Non
 
     assert run(main()) == (True, True)
     assert not lock.locked()
+
+
+def test_a_task_taking_a_lock_in_a_loop_adds_one_end_callback(sync_backend: str) -> None:
+    """What abandons a task's locks when it ends is registered once per task, not per
+    acquisition (they piled up in a task that takes a lock in a loop)."""
+    lock = RLock(backend=sync_backend)
+    registered: list[object] = []
+
+    class CountingTask(asyncio.Task):  # type: ignore[type-arg]
+        def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
+            if getattr(fn, "__name__", "") == "task_ended":
+                registered.append(fn)
+            super().add_done_callback(fn, context=context)
+
+    async def worker() -> None:
+        for _ in range(20):
+            async with lock:
+                pass
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_task_factory(lambda loop, coro, **kw: CountingTask(coro, loop=loop, **kw))
+        await asyncio.create_task(worker())
+
+    run(main())
+    assert len(registered) == 1
+    assert not lock.locked()

@@ -376,7 +376,8 @@ def _meet_and_die(barrier: Barrier, waiting: Event) -> None:
     barrier.wait()  # killed while it waits
 
 
-@pytest.mark.parametrize("where", ["waiting", "inside the lock"])
+@pytest.mark.filterwarnings("error::ntshim.errors.AbandonedWarning")  # the barrier answers by breaking, silently
+@pytest.mark.parametrize("where", ["waiting", "inside the lock", "inside the lock while another waits"])
 def test_a_party_that_dies_breaks_the_barrier(
     sync_backend: str, where: str, children: Callable[..., Child], waiters: StartWaiter
 ) -> None:
@@ -389,10 +390,16 @@ def test_a_party_that_dies_breaks_the_barrier(
         other = waiters(barrier.wait)
         assert other.still_waiting()
         doomed.kill()
-    else:
+    elif where == "inside the lock":
         doomed = children("fork", _hold_until_killed, barrier._cond._lock, waiting := Event(backend=sync_backend))
         assert waiting.wait(4 * BOUND)
         other = waiters(barrier.wait)
+        doomed.kill()
+    else:  # the waiting party finds the lock abandoned as it takes it back inside the condition's wait
+        other = waiters(barrier.wait)
+        assert other.still_waiting()
+        doomed = children("fork", _hold_until_killed, barrier._cond._lock, waiting := Event(backend=sync_backend))
+        assert waiting.wait(4 * BOUND)
         doomed.kill()
     with pytest.raises(BrokenBarrierError):
         other.outcome()
@@ -413,3 +420,17 @@ def test_a_named_barrier_knows_its_parties(sync_backend: str, unique_name: Calla
             Barrier(bad, backend=sync_backend)  # type: ignore[arg-type]
     again.close()
     barrier.close()
+
+
+def test_a_barriers_parts_live_on_its_backend(sync_backend: str) -> None:
+    barrier = Barrier(2, backend=sync_backend)
+    condition = barrier._cond
+    parts = [
+        condition._lock.lock,
+        condition._sleep,
+        condition._waiters,
+        barrier._count,
+        barrier._state,
+        *barrier._seats,
+    ]
+    assert {part.backend for part in parts} == {sync_backend}
