@@ -19,7 +19,8 @@ class BackendUnavailable(RuntimeError):
 
 
 class AbandonedError(Exception):
-    """A mutex was abandoned: its owner died, or ``Mutex.kill`` declared it dead, while holding it.
+    """A mutex was abandoned: its owner died, or ``Mutex.kill`` declared it dead, while holding
+    it (or a ``Lock``'s holding process ended).
 
     Raised by a wait that *did* acquire the abandoned mutex (the caller owns it now, as
     ``WAIT_ABANDONED`` on Windows): ``index`` is the position of the mutex in the waited-on

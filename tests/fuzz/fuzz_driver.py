@@ -90,7 +90,7 @@ ALLOWED: tuple[type[BaseException], ...] = (
     MemoryError,
     OverflowError,
     AbandonedError,
-    AbandonedWarning,  # an RLock acquired abandoned, in runs that make the warning an error
+    AbandonedWarning,  # an RLock or Lock acquired abandoned, in runs that make the warning an error
     BackendUnavailable,  # a RuntimeError: a backend that cannot watch this memory
 )
 
@@ -297,7 +297,7 @@ class Run:
         # (Every choice is drawn whatever is excluded, so that exclusions leave the others alone.)
         self.damage_arena = plan.random() < 0.35 and "arena-garbage" not in self.exclude
         self.forks = 0 if "fork" in self.exclude else FORKS_PER_RUN
-        # An RLock acquired abandoned warns; half the runs make that an error (the lock is then
+        # An RLock or Lock acquired abandoned warns; half the runs make that an error (the lock is then
         # left abandoned, not held).  Drawn apart, so that the plan's other draws stay as they were.
         abandoned_is_error = random.Random(f"{args.seed}:warnings").random() < 0.5
         warnings.simplefilter("error" if abandoned_is_error else "ignore", AbandonedWarning)
@@ -1246,11 +1246,13 @@ class Walker:
                 if rng.random() < 0.3:
                     kwargs["owner"] = rng.choice((1, threading.get_native_id(), U32, 0, -1, 2**40))
             obj = self.call(f"{label}=Mutex", ntshim.sync.Mutex, **kwargs)
+        elif which < 0.65:
+            obj = self.call(f"{label}=Lock", ntshim.sync.Lock, **kwargs)
         elif which < 0.85:
             manual = rng.random() < 0.5 if rng.random() < 0.95 else rng.choice((1, None))
             obj = self.call(f"{label}=Event", ntshim.sync.Event, manual=manual, signaled=rng.random() < 0.5, **kwargs)
         else:
-            kind = rng.choice((ntshim.sync.Semaphore, ntshim.sync.Mutex, ntshim.sync.Event))
+            kind = rng.choice((ntshim.sync.Semaphore, ntshim.sync.Mutex, ntshim.sync.Event, ntshim.sync.Lock))
             obj = self.call(f"{label}={kind.__name__}.open", kind.open, self.name(), backend=backend)
         if obj is not FAILED:
             self.run.sync_objects[obj.backend] += 1
@@ -1271,7 +1273,7 @@ class Walker:
         if which < 0.1:
             self.call(f"{label}.close", obj.close)
         elif which < 0.2:
-            self.call(f"{label}.read", obj.read)
+            self.call(f"{label}.read", obj.locked if isinstance(obj, ntshim.sync.Lock) else obj.read)
         elif which < 0.25:
             self.call(f"{label}.repr", repr, obj)
         elif which < 0.32:
@@ -1283,6 +1285,8 @@ class Walker:
         elif isinstance(obj, ntshim.sync.Semaphore):
             n = rng.choice((1, 1, 2, U32)) if rng.random() < 0.9 else rng.choice((0, -1, U32 + 1, True, None))
             self.call(f"{label}.release", obj.release, n)
+        elif isinstance(obj, ntshim.sync.Lock):  # (by any thread: another thread's hold included)
+            self.call(f"{label}.release", _release_unless_unheld, obj)
         elif isinstance(obj, ntshim.sync.Mutex):
             if rng.random() < 0.7:
                 owner = None if rng.random() < 0.7 else rng.choice((1, 0, -1, U32, U32 + 1, True))
@@ -1367,8 +1371,10 @@ class Walker:
 
         async def take() -> int:
             index = await ntshim.sync.wait_any_async(objects, timeout)
-            if isinstance(objects[index], ntshim.sync.Mutex) and rng.random() < 0.9:
-                objects[index].release()  # else the task ends holding it: abandoned, as a thread's exit
+            if isinstance(objects[index], (ntshim.sync.Mutex, ntshim.sync.Lock)) and rng.random() < 0.9:
+                # (another thread may have released a Lock meanwhile.)  Else the task ends holding
+                # it: a mutex is abandoned, a lock stays held.
+                _release_unless_unheld(objects[index])
             return index
 
         async def walk() -> Any:
@@ -1766,7 +1772,7 @@ def in_child(watches: list[Any], objects: list[Any]) -> int:
     one in the child).  Its exit status."""
     watches = [watch.write_watch if isinstance(watch, ntshim.Region) else watch for watch in watches]
     calls = [(watch.dirty, dropped_at_fork(watch)) for watch in watches if watch is not None]
-    calls += [(obj.read, False) for obj in objects]
+    calls += [(obj.locked if isinstance(obj, ntshim.sync.Lock) else obj.read, False) for obj in objects]
     for call, may_refuse in calls:
         try:
             call()

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from required import require_sync_backend
 
+from ntshim import _core
 from ntshim.sync.userdir import ROOT_ENV_VAR, user_directory
 
 ROOT_UID = os.geteuid() == 0
@@ -189,7 +190,7 @@ def test_an_arena_of_another_layout_in_use_is_refused_loudly(root: Path) -> None
         out = proc.stdout.strip()
         assert out.startswith("error EBUSY"), (out, proc.stderr)
         assert str(path) in out
-        assert "layout 99" in out and "layout 2" in out  # both layouts
+        assert "layout 99" in out and f"layout {_core.SYNC_LAYOUT}" in out  # both layouts
         assert "Stop the processes" in out and ROOT_ENV_VAR in out  # what to do
         assert path.read_bytes()[:16] == struct.pack("=IIQ", MAGIC, 99, 1 << 20)  # left alone
     assert _attach(root).stdout.strip() == _current()  # once nobody uses it, it is replaced

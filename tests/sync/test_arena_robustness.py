@@ -228,7 +228,7 @@ def _copy(arena: Path, root: Path) -> Path:
     return target
 
 
-# The header of the current layout (src/ntshim/_core/sync/arena.c, "Layout, version 2"): magic u32,
+# The header of the current layout (src/ntshim/_core/sync/arena.c, "Layout, version 3"): magic u32,
 # version u32, size u64, lock u32 at 16, then the high-water marks and free lists (objects at
 # 20, free objects at 24, thread blocks 28, references 32, free references 36, processes 40).
 HEADER_LOCK, HEADER_OBJ_HW = 16, 20
@@ -344,7 +344,7 @@ def test_random_bytes_in_the_arena_never_crash_or_hang_its_users(tmp_path: Path)
 
 
 # --- targeted damage ------------------------------------------------------------------------
-# The current layout (src/ntshim/_core/sync/arena.c, "Layout, version 2"): byte offsets of what the
+# The current layout (src/ntshim/_core/sync/arena.c, "Layout, version 3"): byte offsets of what the
 # cases below overwrite (the header's are above).
 CHUNK = 0x10000
 NPROC, NHASH, NOBJ = 1024, 32768, 16384
@@ -363,9 +363,13 @@ OFF_THR = OFF_OBJ + _round(OBJ_SIZE * (NOBJ + 1)) + _round(NAME_SIZE * (NOBJ + 1
 ENTRY_SIZE = 16  # obj, prev, next, linked
 
 
+# A thread block: pthread_mutex_t (40 bytes); gen, in_use, proc, tid, signaled, poke, sleeping,
+# owner, all, count, alert, abandoned, held, queued, anchor; then its 65 entries.
+THR_ENTRIES_AT = 40 + 15 * 4
+
+
 def _thread_block_size() -> int:
-    token, fields = 40, 14 * 4  # pthread_mutex_t; gen, in_use, proc, tid, signaled, poke, sleeping, owner, ...
-    block = token + fields + 65 * ENTRY_SIZE
+    block = THR_ENTRIES_AT + 65 * ENTRY_SIZE
     return block + -block % 8
 
 
@@ -475,9 +479,9 @@ def test_a_cyclic_wait_queue_is_a_clean_error(tmp_path: Path) -> None:
 
 def _entry_offset(entry_id: int) -> int:
     """Byte offset of wait-queue entry `entry_id` (entries are numbered from 1 across the
-    thread blocks, 65 per block, stored at the end of each block)."""
+    thread blocks, 65 per block, after each block's fields)."""
     thr, i = (entry_id - 1) // 65 + 1, (entry_id - 1) % 65
-    return OFF_THR + thr * _thread_block_size() + _thread_block_size() - 65 * ENTRY_SIZE + i * ENTRY_SIZE
+    return OFF_THR + thr * _thread_block_size() + THR_ENTRIES_AT + i * ENTRY_SIZE
 
 
 def test_a_queue_left_half_unlinked_by_a_process_killed_in_the_lock_is_mended(tmp_path: Path) -> None:

@@ -125,7 +125,7 @@ def test_cancelling_takes_nothing(sync_backend: str, kind: str) -> None:
         # A wait started after the cancellation is served after whatever was given back.
         barrier = Event(signaled=True, backend=sync_backend)
         assert await barrier.wait_async(BOUND)
-        state = obj.read()
+        state = (obj.locked(),) if isinstance(obj, Lock) else obj.read()
         obj.close()
         barrier.close()
         return state
@@ -133,7 +133,7 @@ def test_cancelling_takes_nothing(sync_backend: str, kind: str) -> None:
     async def main() -> set[tuple[Any, ...]]:
         return {await attempt(delay) for delay in (0, 0, 0.001, 0.002, 0.005, 0.01) * 4}
 
-    expected = {"auto event": (False, True), "rlock": (0, 0)}.get(kind, (1, 1))
+    expected = {"auto event": (False, True), "rlock": (0, 0), "lock": (False,)}.get(kind, (1, 1))
     assert run(main()) == {expected}
 
 
@@ -187,7 +187,7 @@ def test_an_rlock_taken_by_a_task_is_the_tasks(sync_backend: str, waiters: Start
     assert not lock.locked()
 
 
-def _hold_in_a_task_and_die(lock: RLock, holding: Event) -> None:
+def _hold_in_a_task_and_die(lock: Lock | RLock, holding: Event) -> None:
     async def main() -> None:
         async with lock:
             holding.set()
@@ -196,10 +196,13 @@ def _hold_in_a_task_and_die(lock: RLock, holding: Event) -> None:
     asyncio.run(main())
 
 
-def test_a_task_holders_process_killed_abandons_the_rlock(sync_backend: str, children: Callable[..., Child]) -> None:
+@pytest.mark.parametrize("make", [Lock, RLock], ids=lambda c: c.__name__)
+def test_a_task_holders_process_killed_abandons_the_lock(
+    sync_backend: str, make: Callable[..., Any], children: Callable[..., Child]
+) -> None:
     """The dispatcher thread acquires for tasks and lives as long as its process: the
     process's death abandons what its tasks held, and the next acquirer learns it."""
-    lock, holding = RLock(backend=sync_backend), Event(backend=sync_backend)
+    lock, holding = make(backend=sync_backend), Event(backend=sync_backend)
     holder = children("fork", _hold_in_a_task_and_die, lock, holding)
     assert holding.wait(BOUND)
 

@@ -152,6 +152,96 @@ def test_a_recursive_acquisition_keeps_the_first_holder() -> None:
     assert model.mutex_read(mutex) == (0, 0, True)
 
 
+def test_a_lock_is_not_recursive_and_anyone_releases_it() -> None:
+    model = Model()
+    lock = model.create("lock", (0, 0))
+    first = model.wait([lock], False, owner=5, holder="thread-a", process="process-1")
+    assert first.signaled == 0 and not first.abandoned
+    assert model.lock_read(lock) == (True, False)
+    again = model.wait([lock], False, owner=5, holder="thread-a", process="process-1")
+    assert again.pending  # the same owner, thread and process wait like anyone else
+    assert model.cancel(again)  # (what the server does at its deadline)
+    model.lock_release(lock)  # no owner to name: another thread or process may release
+    assert model.lock_read(lock) == (False, False)
+    with pytest.raises(PermissionError):
+        model.lock_release(lock)
+    assert model.lock_read(lock) == (False, False)
+    assert model.abandon_holder("process-1") == 0  # released: nothing left to abandon
+
+
+def test_a_lock_is_abandoned_with_its_process_not_its_thread() -> None:
+    woken: list[Waiter] = []
+    model = Model(woken.append)
+    lock = model.create("lock", (0, 0))
+    model.wait([lock], False, owner=5, holder="thread-a", process="process-1")
+    following = model.wait([lock], False, owner=6, holder="thread-b", process="process-2")
+    assert following.pending
+    assert model.abandon_holder("thread-a") == 0  # the acquiring thread ended: still locked
+    assert following.pending and model.lock_read(lock) == (True, False)
+    assert model.abandon_holder("process-1") == 1
+    assert woken[-1] is following and following.signaled == 0 and following.abandoned
+    assert model.lock_read(lock) == (True, False)  # handed over, the flag cleared by the taking
+    assert model.abandon_holder("process-1") == 0
+    assert model.abandon_holder("process-2") == 1
+    assert model.lock_read(lock) == (False, True)
+
+
+def test_a_lock_released_abandoned_tells_the_next_acquirer() -> None:
+    model = Model()
+    lock = model.create("lock", (0, 0))
+    model.wait([lock], False, owner=5, process="process-1")
+    model.lock_release(lock, abandon=True)
+    assert model.lock_read(lock) == (False, True)
+    following = model.wait([lock], False, owner=6, process="process-2")
+    assert following.signaled == 0 and following.abandoned
+    model.lock_release(lock)
+    assert model.lock_read(lock) == (False, False)
+    third = model.wait([lock], False, owner=7, process="process-3")
+    assert third.signaled == 0 and not third.abandoned
+
+
+def test_wait_all_takes_a_lock_and_a_semaphore_at_once() -> None:
+    model = Model()
+    lock = model.create("lock", (0, 0))
+    sem = model.create("semaphore", (0, 1))
+    model.wait([lock], False, owner=1, process="process-1")
+    any_waiter = model.wait([lock], False, owner=2, process="process-2")
+    both = model.wait([sem, lock], True, owner=3, process="process-3")
+    model.sem_release(sem, 1)
+    assert both.pending and sem.count == 1  # the lock is still locked: nothing taken
+    model.lock_release(lock)
+    # Wait-all first, though the wait-any came earlier; both objects in one step.
+    assert both.signaled == 0 and any_waiter.pending
+    assert sem.count == 0 and model.lock_read(lock) == (True, False)
+    assert model.abandon_holder("process-3") == 1
+    assert any_waiter.signaled == 0 and any_waiter.abandoned
+
+
+def test_rollback_of_an_abandoned_lock_leaves_it_abandoned() -> None:
+    model = Model()
+    lock = model.create("lock", (0, 0))
+    model.wait([lock], False, owner=5, process="process-1")
+    model.abandon_holder("process-1")
+    waiter = model.wait([lock], False, owner=7, process="process-2")
+    assert waiter.abandoned and model.lock_read(lock) == (True, False)
+    given = model.rollback(waiter)
+    assert (given.returned, given.kept) == (1, 0)
+    assert model.lock_read(lock) == (False, True)  # the next acquirer still learns
+    assert model.abandon_holder("process-2") == 0
+
+
+def test_rollback_keeps_a_lock_released_and_taken_again_meanwhile() -> None:
+    model = Model()
+    lock = model.create("lock", (0, 0))
+    waiter = model.wait([lock], False, owner=5, process="process-1")
+    model.lock_release(lock)  # by anyone, before the rollback comes
+    model.wait([lock], False, owner=6, process="process-2")
+    given = model.rollback(waiter)
+    assert (given.returned, given.kept) == (0, 1)
+    assert model.lock_read(lock) == (True, False)  # still the second taker's
+    assert model.abandon_holder("process-2") == 1
+
+
 # ----- starting and stopping the server ----------------------------------------------------
 
 
@@ -292,7 +382,7 @@ def test_fork_while_other_threads_make_and_close_objects(private_root: dict[str,
     raised "Set changed size during iteration", leaving the child without a prepared anchor;
     found by the API fuzz test)."""
     proc = subprocess.run(
-        [sys.executable, "-c", FORK_WHILE_THREADS_CHURN], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", FORK_WHILE_THREADS_CHURN], capture_output=True, text=True, timeout=60, check=False,
         env={**os.environ, **private_root},
     )
     assert proc.returncode == 0, proc.stderr
@@ -628,6 +718,59 @@ def test_a_thread_hello_with_an_unknown_process_is_refused() -> None:
     sock.sendall(protocol.frame(protocol.HELLO_THREAD, protocol.HELLO_THREAD_REQUEST.pack(protocol.PROTOCOL_VERSION, 1, 1, 12345)))
     assert read_reply(sock)[:2] == (protocol.HELLO_THREAD, protocol.E_UNKNOWN_PROCESS)
     sock.close()
+
+
+def test_lock_requests_on_the_wire() -> None:
+    lock, _ = client.Server.create("lock", (0, 0), None)
+    sem = Semaphore(1, 1, backend="server")
+    sock = raw_connection()
+    sock.sendall(protocol.frame(protocol.CREATE, protocol.CREATE_REQUEST.pack(protocol.KIND_CODES["lock"], 0, 1)))
+    assert read_reply(sock)[:2] == (protocol.CREATE, protocol.E_INVALID)  # created unlocked only
+    sock.sendall(protocol.frame(protocol.LOCK_RELEASE, protocol.OBJECT_ID_AND_ARGUMENT.pack(lock.key, 0)))
+    assert read_reply(sock) == (protocol.LOCK_RELEASE, protocol.E_PERM, b"")  # not locked
+    sock.sendall(protocol.frame(protocol.LOCK_READ, protocol.OBJECT_ID.pack(sem._handle.key)))
+    assert read_reply(sock)[:2] == (protocol.LOCK_READ, protocol.E_NOENT)  # a semaphore read as a lock
+    sock.sendall(protocol.frame(protocol.LOCK_READ, protocol.OBJECT_ID.pack(lock.key)))
+    assert read_reply(sock) == (protocol.LOCK_READ, protocol.OK, protocol.LOCK_STATE.pack(0, 0))
+    sock.sendall(protocol.frame(protocol.LOCK_RELEASE, protocol.OBJECT_ID_AND_ARGUMENT.pack(lock.key, 2)))
+    assert dropped(sock)  # an abandon that is neither 0 nor 1
+    sock.close()
+    with pytest.raises(PermissionError):
+        lock.lock_release(False)
+    assert lock.lock_read() == (False, False)
+    lock.close()
+
+
+def process_known(token: int) -> bool:
+    """Whether the server still knows the process of ``token`` (its anchor is open)."""
+    probe = raw_connection(hello=False)
+    hello = protocol.HELLO_THREAD_REQUEST.pack(protocol.PROTOCOL_VERSION, os.getpid(), 1, token)
+    probe.sendall(protocol.frame(protocol.HELLO_THREAD, hello))
+    known = read_reply(probe)[1] == protocol.OK
+    probe.close()
+    return known
+
+
+def test_a_lock_taken_by_a_thread_of_a_process_already_gone_is_abandoned_with_its_connection() -> None:
+    # The kernel closes all of a dead process's connections, but the server may read the
+    # anchor's end first; a wait still pending on a thread connection can take a lock in
+    # between, for a process that no longer has an anchor to abandon it.
+    lock, _ = client.Server.create("lock", (0, 0), None)
+    deadline = time.monotonic_ns() + 30_000_000_000
+    assert client.Server.wait([lock], False, deadline, 11, None) == (0, False)
+    anchor = raw_connection(hello=False)
+    anchor.sendall(process_hello())
+    token = protocol.HELLO_PROC_REPLY.unpack(read_reply(anchor)[2])[0]
+    thread = raw_connection(thread=(token, 2))
+    thread.sendall(protocol.wait_frame([lock.key], False, deadline, 22, None))
+    anchor.close()
+    assert until(lambda: not process_known(token)), "the server kept a process whose anchor closed"
+    lock.lock_release(False)  # the pending wait takes it for the process that is gone
+    assert read_reply(thread) == (protocol.WAIT, protocol.OK, protocol.WAIT_REPLY.pack(0, 0))
+    assert lock.lock_read() == (True, False)
+    thread.close()
+    assert until(lambda: lock.lock_read() == (False, True)), "the lock outlived its process"
+    lock.close()
 
 
 # ----- the server's descriptor limit -------------------------------------------------------
@@ -1088,3 +1231,49 @@ def test_a_wait_keeps_its_objects_alive_when_their_last_handle_closes(waiters: S
     sem.release(1)
     assert blocked.outcome() == 1
     blocked.finish()
+
+
+LOCK_HOLDER = """
+    import sys, threading, time
+    from ntshim.sync.server import client
+    lock = client.Server.from_state("lock", (int(sys.argv[1]), int(sys.argv[2])))
+
+    def take():  # from a thread that ends: the lock stays with the process
+        print(*client.Server.wait([lock], False, time.monotonic_ns() + 30_000_000_000, 1234, None), flush=True)
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join()
+    print("held", flush=True)
+    sys.stdin.readline()  # until killed
+"""
+
+
+def test_a_lock_held_by_a_killed_process_is_abandoned_to_the_next_waiter(waiters: StartWaiter) -> None:
+    lock, _ = client.Server.create("lock", (0, 0), None)
+    instance, oid = lock.state()
+    with subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(LOCK_HOLDER), str(instance), str(oid)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdout is not None and child.stderr is not None
+        try:
+            for expected in ("0 False\n", "held\n"):
+                line = child.stdout.readline()
+                assert line == expected, line or child.stderr.read()
+            assert lock.lock_read() == (True, False)
+            deadline = time.monotonic_ns() + 30_000_000_000
+            waiter = waiters(lambda: client.Server.wait([lock], False, deadline, 4321, None))
+            assert waiter.still_waiting()  # the child's thread ended; its process holds the lock
+            child.kill()
+            assert waiter.outcome(30) == (0, True)
+        finally:
+            child.kill()
+    assert lock.lock_read() == (True, False)  # this process took it, and the flag with it
+    lock.lock_release(False)
+    assert lock.lock_read() == (False, False)
+    waiter.finish()
+    lock.close()

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ntshim.errors import AbandonedWarning, SemaphoreOverflowError
+from ntshim.errors import AbandonedError, AbandonedWarning, SemaphoreOverflowError
 from ntshim.sync import (
     Barrier,
     BoundedSemaphore,
@@ -154,19 +155,29 @@ def test_wait_any_on_the_alert_alone(sync_backend: str) -> None:
 # ---- abandonment through the protocol -------------------------------------------------------
 
 
-def _hold_and_die(lock: RLock) -> None:
+#: The locks that survive their holder's death: a Lock its process's, an RLock its thread's too.
+ROBUST_LOCKS = pytest.mark.parametrize("make", [Lock, RLock], ids=lambda c: c.__name__)
+
+
+def _hold_and_die(lock: Lock | RLock) -> None:
     lock.acquire()
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def test_an_rlock_whose_holder_process_is_killed_goes_to_the_next_acquirer(
-    sync_backend: str, children: Callable[..., Child]
+def _abandoned(make: Callable[..., Any], backend: str, children: Callable[..., Child]) -> Any:
+    """A new lock whose holder, a child process, was killed holding it."""
+    lock = make(backend=backend)
+    assert children("fork", _hold_and_die, lock).join() == -signal.SIGKILL
+    return lock
+
+
+@ROBUST_LOCKS
+def test_a_lock_whose_holder_process_is_killed_goes_to_the_next_acquirer(
+    sync_backend: str, make: Callable[..., Any], children: Callable[..., Child]
 ) -> None:
-    lock = RLock(backend=sync_backend)
-    child = children("fork", _hold_and_die, lock)
-    assert child.join() == -signal.SIGKILL
+    lock = _abandoned(make, sync_backend, children)
     with pytest.warns(AbandonedWarning, match="abandoned"), lock:  # acquired, not raised: the with block runs
-        assert lock.abandoned
+        assert lock.abandoned and lock.locked()
     assert not lock.abandoned and not lock.locked()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -174,11 +185,11 @@ def test_an_rlock_whose_holder_process_is_killed_goes_to_the_next_acquirer(
             assert not lock.abandoned
 
 
-def test_an_abandoned_warning_made_an_error_leaves_the_lock_abandoned(sync_backend: str, waiters: StartWaiter) -> None:
-    lock = RLock(backend=sync_backend)
-    waiters(lock.acquire).outcome()
-    holder, _ = lock.read()
-    lock.kill(holder)  # as if that thread had died holding it
+@ROBUST_LOCKS
+def test_an_abandoned_warning_made_an_error_leaves_the_lock_abandoned(
+    sync_backend: str, make: Callable[..., Any], children: Callable[..., Child]
+) -> None:
+    lock = _abandoned(make, sync_backend, children)
     with warnings.catch_warnings():
         warnings.simplefilter("error", AbandonedWarning)
         with pytest.raises(AbandonedWarning):
@@ -187,6 +198,76 @@ def test_an_abandoned_warning_made_an_error_leaves_the_lock_abandoned(sync_backe
     with pytest.warns(AbandonedWarning):
         assert lock.acquire(timeout=BOUND)
     assert lock.abandoned
+    lock.release()
+
+
+@ROBUST_LOCKS
+def test_wait_any_reports_an_abandoned_lock_and_holds_it(
+    sync_backend: str, make: Callable[..., Any], children: Callable[..., Child]
+) -> None:
+    lock, other = _abandoned(make, sync_backend, children), Semaphore(0, backend=sync_backend)
+    with pytest.raises(AbandonedError) as raised:
+        wait_any([other, lock], BOUND)
+    assert raised.value.index == 1 and lock.locked()
+    lock.release()  # (wait_any's owner is the calling thread, as release's)
+    assert not lock.locked()
+
+
+def test_a_lock_is_held_by_its_process_not_its_thread(sync_backend: str) -> None:
+    """A thread that exits holding a Lock abandons nothing (threading.Lock has no owner; any
+    thread may release it)."""
+    lock = Lock(backend=sync_backend)
+    holder = threading.Thread(target=lock.acquire)
+    holder.start()
+    holder.join()
+    assert lock.locked() and not lock.acquire(timeout=0.1)
+    lock.release()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lock.acquire(timeout=0)
+    assert not lock.abandoned
+    lock.release()
+
+
+def _hold_then_end(lock: Lock, holding: Event, end: str) -> None:
+    lock.acquire()
+    holding.set()
+    if end == "exec":  # the process lives on as another program: it is not the holder any more
+        os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+@pytest.mark.parametrize("end", ["exit", "exec"])
+def test_a_lock_whose_holder_process_exits_or_execs_is_abandoned(
+    sync_backend: str, children: Callable[..., Child], end: str
+) -> None:
+    lock, holding = Lock(backend=sync_backend), Event(backend=sync_backend)
+    holder = children("fork", _hold_then_end, lock, holding, end)
+    try:
+        assert holding.wait(BOUND)
+        with pytest.warns(AbandonedWarning):
+            assert lock.acquire(timeout=4 * BOUND)
+        assert lock.abandoned
+        lock.release()
+        if end == "exec":
+            assert holder.process.is_alive()  # abandoned by the exec itself, not by an exit
+    finally:
+        holder.kill()
+
+
+def _release(lock: Lock) -> bool:
+    was_locked = lock.locked()
+    lock.release()
+    return was_locked
+
+
+def test_a_lock_is_released_by_another_process(sync_backend: str, children: Callable[..., Child]) -> None:
+    lock = Lock(backend=sync_backend)
+    lock.acquire()
+    assert children("spawn", _release, lock).result() is True
+    assert not lock.locked()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lock.acquire(timeout=0)
     lock.release()
 
 
@@ -237,16 +318,17 @@ def test_objects_made_by_the_protocol_are_the_nt_objects(sync_backend: str, uniq
     lock.close()
 
 
-def _hold_until_killed(lock: RLock, holding: Event) -> None:
+def _hold_until_killed(lock: Lock | RLock, holding: Event) -> None:
     with lock:
         holding.set()
         threading.Event().wait()  # until SIGKILL
 
 
+@ROBUST_LOCKS
 def test_waiters_proceed_when_the_holder_is_killed_inside_with(
-    sync_backend: str, children: Callable[..., Child], waiters: StartWaiter
+    sync_backend: str, make: Callable[..., Any], children: Callable[..., Child], waiters: StartWaiter
 ) -> None:
-    lock, holding = RLock(backend=sync_backend), Event(backend=sync_backend)
+    lock, holding = make(backend=sync_backend), Event(backend=sync_backend)
     holder = children("fork", _hold_until_killed, lock, holding)
     assert holding.wait(BOUND)
 

@@ -8,8 +8,8 @@ event as its alert, which a new or cancelled request sets so that the dispatcher
 on the new set.  What the dispatcher acquires it hands to the request's event loop.
 
 A request that is cancelled, or whose loop is gone, takes nothing: what was acquired for it
-is given back (a semaphore unit released, an auto-reset event set again, as the server
-backend's rollback does).  A pulse that woke a request being cancelled is gone for it, as
+is given back (a semaphore unit released, a lock unlocked, an auto-reset event set again,
+as the server backend's rollback does).  A pulse that woke a request being cancelled is gone for it, as
 for any waiter that stops waiting.
 
 Mutexes taken this way are owned by their task.  A wait names one owner for all its
@@ -63,10 +63,15 @@ class _Hold:
 
 def _give_back(dispatcher: _Dispatcher, obj: SyncObject, abandoned: bool) -> None:
     """Undo an acquisition nobody will use (the request was cancelled or its loop closed)."""
-    from .objects import Event, Mutex, Semaphore
+    from .objects import Event, Lock, Mutex, Semaphore
 
     if isinstance(obj, Mutex):
         dispatcher.end_hold(obj._handle.key, kill=abandoned)  # an abandoned mutex stays abandoned for the next
+    elif isinstance(obj, Lock):
+        try:
+            obj._live().lock_release(abandoned)  # (abandoned: it stays so for the next)
+        except PermissionError:  # another thread released it meanwhile, as a Lock allows
+            pass
     elif isinstance(obj, Semaphore):
         try:
             obj._live().sem_release(1)

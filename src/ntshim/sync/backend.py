@@ -17,6 +17,9 @@ Rules every backend keeps (the tests check them on each):
 - A mutex is signaled for a waiter when it is unowned or owned by the waiter's owner id
   with a count below 0xFFFFFFFF.  Killing it (or its owner's death) leaves it unowned,
   count 0, *abandoned*; the next acquisition clears that and reports it.
+- A lock (``threading.Lock`` across processes) is signaled when unlocked, whoever asks; it
+  is held by the acquiring thread's *process*, and released by anyone.  When that process
+  ends (SIGKILL and exec included) it is abandoned exactly as a mutex whose owner died.
 """
 
 from __future__ import annotations
@@ -40,11 +43,11 @@ __all__ = [
     "Kind",
 ]
 
-Kind = Literal["semaphore", "mutex", "event"]
-KINDS: tuple[Kind, ...] = ("semaphore", "mutex", "event")
+Kind = Literal["semaphore", "mutex", "event", "lock"]
+KINDS: tuple[Kind, ...] = ("semaphore", "mutex", "event", "lock")
 #: A new object's state, two unsigned 32-bit numbers whose meaning depends on the kind:
 #: semaphore ``(count, maximum)``; mutex ``(owner, count)`` (both 0: unowned); event
-#: ``(manual, signaled)`` as 0/1.
+#: ``(manual, signaled)`` as 0/1; lock ``(0, 0)`` (a lock is created unlocked).
 InitialState = tuple[int, int]
 
 # The limits every backend enforces, defined once, in the C core (sync/sync.h), whose arena is sized by them.
@@ -96,6 +99,15 @@ class Handle(Protocol):
 
     def mutex_read(self) -> tuple[int, int, bool]:
         """(owner, count, abandoned); an abandoned mutex reads (0, 0, True)."""
+
+    # lock
+    def lock_release(self, abandon: bool) -> None:
+        """Unlock, from any thread or process; with ``abandon``, leave it abandoned as if
+        its holder had died (the next acquisition reports it).  PermissionError, no change,
+        if it is not locked."""
+
+    def lock_read(self) -> tuple[bool, bool]:
+        """(locked, abandoned)"""
 
     # event
     def event_set(self) -> bool:

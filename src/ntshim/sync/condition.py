@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .objects import Mutex, RLock, Semaphore
+from .objects import RLock, Semaphore, SyncObject
 
 T = TypeVar("T")
 
@@ -42,7 +42,7 @@ class Condition:
         for method in ("acquire", "release"):
             if not callable(getattr(lock, method, None)):
                 raise TypeError(f"lock must have acquire() and release(), not be a {type(lock).__name__}")
-        if backend is None and isinstance(lock, (Mutex, Semaphore)):
+        if backend is None and isinstance(lock, SyncObject):
             backend = lock.backend  # the semaphores live where the lock does
         self._init(
             lock,

@@ -39,6 +39,7 @@ _KIND_CODES: dict[str, int] = {
     "semaphore": _core.SYNC_SEMAPHORE,
     "mutex": _core.SYNC_MUTEX,
     "event": _core.SYNC_EVENT,
+    "lock": _core.SYNC_LOCK,
 }
 
 #: The arena's file name in the per-user directory, the same for every ntshim version.
@@ -367,6 +368,14 @@ class FutexHandle:
     @_explain_errors
     def mutex_read(self) -> tuple[int, int, bool]:
         return _core.sync_mutex_read(self._slot)
+
+    @_explain_errors
+    def lock_release(self, abandon: bool) -> None:
+        _core.sync_lock_release(self._slot, abandon)
+
+    @_explain_errors
+    def lock_read(self) -> tuple[bool, bool]:
+        return _core.sync_lock_read(self._slot)
 
     @_explain_errors
     def event_set(self) -> bool:

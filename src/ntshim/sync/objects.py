@@ -12,8 +12,8 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, TypeVar
 
 from .._arguments import as_int
 from ..errors import AbandonedError, AbandonedWarning, SemaphoreOverflowError
@@ -286,41 +286,110 @@ class BoundedSemaphore(Semaphore):
         return "Semaphore released too many times"
 
 
-class Lock(Semaphore):
-    """:class:`threading.Lock` across processes: not recursive, and any thread (of any
-    process) may release it.
+_H = TypeVar("_H", bound="_Held")
 
-    Not robust yet: a lock whose holder's process dies stays locked (as
-    ``multiprocessing.Lock`` does).  Use :class:`RLock` where a holder may die: its next
-    acquirer gets it.
+
+class _Held(SyncObject):
+    """What :class:`Lock` and :class:`Mutex` share: a holder that dies abandons them, the
+    next acquirer learns it, and ``with`` / ``async with`` acquire and release."""
+
+    #: Whether this process's current hold began by taking over an abandoned lock: what
+    #: the dead holder protected may be half changed.  False again once it is released.
+    abandoned: bool = False
+    # Each kind defines them (declared for the shared methods below, which call them).
+    acquire: Callable[..., bool]
+    release: Callable[[], None]
+    acquire_async: Callable[..., Awaitable[bool]]
+
+    def _took_over_abandoned(self, give_up: Callable[[], None]) -> None:
+        """Report an abandoned lock just acquired; if the warning is an error here, leave
+        the lock abandoned (``give_up``), not held, and raise it."""
+        self.abandoned = True
+        try:
+            warnings.warn(
+                AbandonedWarning(f"{self!r} was abandoned: its holder died holding it; you hold it now"),
+                stacklevel=4,
+            )
+        except BaseException:
+            self.abandoned = False
+            give_up()
+            raise
+
+    def __enter__(self: _H) -> _H:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    async def __aenter__(self: _H) -> _H:
+        await self.acquire_async()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Lock(_Held):
+    """:class:`threading.Lock` across processes: not recursive, and any thread of any
+    process may release it.
+
+    It is held by the *process* of the thread that took it: if that process ends while
+    holding it (killed, or exiting without releasing), the lock is abandoned, and the next
+    ``acquire()`` (or ``with``) gets it, sets :attr:`abandoned` and warns with
+    :class:`~ntshim.errors.AbandonedWarning`; ``wait_any``/``wait_all`` raise
+    :class:`~ntshim.errors.AbandonedError` as for a mutex.  A thread that exits holding it
+    abandons nothing: another thread may release it, as with ``threading.Lock``.
     """
 
+    kind = "lock"
+
     def __init__(self, *, name: str | None = None, backend: str | None = None) -> None:
-        super().__init__(1, 1, name=name, backend=backend)
+        self._start(backend, (0, 0), name)
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:  # type: ignore[override]
-        """Lock, waiting while another holds it (at most ``timeout`` seconds; -1: for ever);
-        False if not locked."""
-        return self._acquire(_lock_deadline(blocking, timeout), _owner(None)) is not None
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Lock, waiting while it is locked (at most ``timeout`` seconds; -1: for ever);
+        False if not locked.  An abandoned lock is acquired (True) with :attr:`abandoned`
+        set and an AbandonedWarning."""
+        abandoned = self._acquire(_lock_deadline(blocking, timeout), _owner(None))
+        if abandoned is None:
+            return False
+        if abandoned:
+            self._took_over_abandoned(self._give_up)
+        return True
 
-    def release(self, n: int = 1) -> int:
+    def release(self) -> None:
         """Unlock; RuntimeError if it is not locked."""
-        if n != 1:
-            raise TypeError("a Lock is released once at a time")
+        was_abandoned, self.abandoned = self.abandoned, False  # (before: the next holder may set it)
         try:
-            return super().release()
-        except SemaphoreOverflowError:
+            self._live().lock_release(False)
+        except PermissionError:
+            self.abandoned = was_abandoned
             raise RuntimeError("release unlocked lock") from None
+
+    def _give_up(self) -> None:
+        self._live().lock_release(True)
 
     def locked(self) -> bool:
         """Whether some thread holds the lock."""
-        return self.read()[0] == 0
+        return self._live().lock_read()[0]
+
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """:meth:`acquire` from a coroutine (``timeout`` as :meth:`Event.wait`'s); see
+        :func:`wait_any_async`."""
+        outcome = await aio.wait_any([self], _wait_deadline(timeout))
+        if outcome is None:
+            return False
+        if outcome[1]:
+            self._took_over_abandoned(self._give_up)
+        return True
 
     def _describe(self) -> str:
-        return "locked" if self.locked() else "unlocked"
+        locked, abandoned = self._live().lock_read()
+        return "abandoned" if abandoned else "locked" if locked else "unlocked"
 
 
-class Mutex(SyncObject):
+class Mutex(_Held):
     """A recursive mutex owned by an owner id (default: the calling thread's native id); also
     :class:`threading.RLock` across processes (:class:`RLock` is its threading name).
 
@@ -332,9 +401,6 @@ class Mutex(SyncObject):
     """
 
     kind = "mutex"
-    #: Whether this process's current hold began by taking over an abandoned mutex: what
-    #: the dead holder protected may be half changed.  False again once it is released.
-    abandoned: bool = False
 
     def __init__(
         self, *, owner: int | None = None, count: int = 0, name: str | None = None, backend: str | None = None
@@ -383,20 +449,6 @@ class Mutex(SyncObject):
             self._took_over_abandoned(lambda: self._live().mutex_kill(owner))
         return True
 
-    def _took_over_abandoned(self, give_up: Callable[[], None]) -> None:
-        """Report an abandoned mutex just acquired; if the warning is an error here, leave
-        the mutex abandoned (``give_up``), not held, and raise it."""
-        self.abandoned = True
-        try:
-            warnings.warn(
-                AbandonedWarning(f"{self!r} was abandoned: its holder died holding it; you hold it now"),
-                stacklevel=4,
-            )
-        except BaseException:
-            self.abandoned = False
-            give_up()
-            raise
-
     def release(self) -> None:
         """Release one level; RuntimeError if the calling thread (or, in a coroutine, the
         task that took it with :meth:`acquire_async`) does not hold it."""
@@ -415,13 +467,6 @@ class Mutex(SyncObject):
         """Whether some thread holds it."""
         return self._live().mutex_read()[1] > 0
 
-    def __enter__(self) -> Mutex:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
     async def acquire_async(self, timeout: float | None = None) -> bool:
         """:meth:`acquire` from a coroutine, for the running task: the task owns it (its
         recursion counts per task) and releases it with :meth:`release` or ``async with``.
@@ -434,13 +479,6 @@ class Mutex(SyncObject):
         if outcome[1]:
             self._took_over_abandoned(lambda: aio.abandon(self))
         return True
-
-    async def __aenter__(self) -> Mutex:
-        await self.acquire_async()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
 
     # What threading.Condition uses of an RLock: waiting releases every level, then takes them back.
     def _is_owned(self) -> bool:
@@ -536,7 +574,7 @@ def _checked_wait(objects: Sequence[SyncObject], alert: object, wait_all: bool) 
         raise ValueError(f"at most {MAX_WAIT_OBJECTS} objects can be waited on at once, got {len(objects)}")
     for i, obj in enumerate(objects):
         if not isinstance(obj, SyncObject):
-            raise TypeError(f"objects[{i}] is a {type(obj).__name__}, not a Semaphore, Mutex or Event")
+            raise TypeError(f"objects[{i}] is a {type(obj).__name__}, not a Lock, Mutex, Semaphore or Event")
     if alert is not None and not isinstance(alert, Event):
         raise TypeError(f"alert must be an Event or None, not {type(alert).__name__}")
     everything = [*objects, alert] if alert is not None else list(objects)

@@ -26,6 +26,12 @@
  *   once its token reads dead, so glibc never follows the list pointers of a token
  *   (never unlocking one is what keeps pthread_mutex_unlock from writing through
  *   pointers read from shared memory).
+ * - Locks (threading.Lock across processes) are held by a process, not a thread:
+ *   their holder is the process's *anchor*, a thread block whose token a thread of
+ *   our own holds, started on the process's first wait that names a lock and asleep
+ *   (every signal blocked) for the rest of the process's life.  Only the process's
+ *   end, or exec, ends it; then its locks are abandoned exactly as a dead thread's
+ *   mutexes are, and waiters in other processes watch its token the same way.
  * - Liveness: a process owns a slot of the process table by holding an OFD lock
  *   (fcntl F_OFD_SETLK) on byte <slot> of the arena file, through a descriptor it
  *   keeps open, close-on-exec, for its life (an open file description of its own
@@ -53,7 +59,7 @@
  * chunks as the table grows, before they are touched, so a full tmpfs yields
  * ENOSPC, never a SIGBUS.
  *
- * Layout, version 2 (native-endian; entry 0 of each table is never used, 0 means
+ * Layout, version 3 (native-endian; entry 0 of each table is never used, 0 means
  * "none" everywhere; each table starts on a 64 KiB boundary):
  *   0          header: magic "NTSY", version, size (u64), lock, high-water marks, free lists
  *   4096       process table   [NPROC + 1]  {in_use, gen, pid, pad}
@@ -74,6 +80,8 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,6 +158,7 @@ struct thr {
     uint32_t poke;     /* futex: bumped when a mutex we wait for changes holder */
     uint32_t sleeping; /* in futex_waitv (else spinning or running): whether a hand-off must wake */
     uint32_t owner, all, count, alert, abandoned, held, queued;
+    uint32_t anchor; /* while it waits: its process's anchor block, the holder of the locks it acquires */
     struct entry e[NQ];
 };
 
@@ -639,6 +648,8 @@ static int is_signaled(struct obj *o, uint32_t owner)
         return o->state.sem.count > 0;
     case NTS_SYNC_MUTEX:
         return o->state.mutex.count == 0 || (o->state.mutex.owner == owner && o->state.mutex.count < UINT32_MAX);
+    case NTS_SYNC_LOCK:
+        return o->state.mutex.count == 0;
     default:
         return o->state.event.signaled != 0;
     }
@@ -727,6 +738,18 @@ static void poke_other_processes(nts_arena *a, uint32_t oi, uint32_t holder_proc
                 poke(a, ENTRY_THR(id));
 }
 
+/* The block that holds what waiter ti acquires of o: the waiter for a mutex, its
+ * process's anchor for a lock (the waiter itself if the anchor it names is no live
+ * block of its process, which only a damaged arena shows). */
+static uint32_t holder_for(nts_arena *a, uint32_t ti, struct obj *o)
+{
+    struct thr *t = &a->t[ti];
+    uint32_t ai = o->kind == NTS_SYNC_LOCK ? READ_ONCE(t->anchor) : 0;
+    if (ai && (ai = thr_index(a, ai)) && a->t[ai].in_use && a->t[ai].proc == t->proc)
+        return ai;
+    return ti;
+}
+
 static void acquire(nts_arena *a, uint32_t ti, uint32_t oi)
 {
     struct thr *t = &a->t[ti];
@@ -736,16 +759,20 @@ static void acquire(nts_arena *a, uint32_t ti, uint32_t oi)
         o->state.sem.count--;
         break;
     case NTS_SYNC_MUTEX:
+    case NTS_SYNC_LOCK:
         if (o->abandoned) {
             t->abandoned = 1;
             o->abandoned = 0;
         }
-        o->state.mutex.owner = t->owner;
+        if (o->kind == NTS_SYNC_MUTEX)
+            o->state.mutex.owner = t->owner;
         if (o->state.mutex.count++ == 0) {
-            o->holder = ti;
-            o->holder_gen = t->gen;
-            t->held++;
-            poke_other_processes(a, oi, t->proc);
+            uint32_t hi = holder_for(a, ti, o);
+            struct thr *h = &a->t[hi];
+            o->holder = hi;
+            o->holder_gen = h->gen;
+            h->held++;
+            poke_other_processes(a, oi, h->proc);
         }
         break;
     default:
@@ -818,7 +845,7 @@ static void try_wake(nts_arena *a, uint32_t oi)
         uint32_t ti = ENTRY_THR(id);
         if (!is_signaled(o, a->t[ti].owner)) {
             if (o->kind != NTS_SYNC_MUTEX)
-                break; /* nobody else can take it either */
+                break; /* nobody else can take it either (a lock included) */
             prev = id; /* a mutex may still be signaled for another owner */
             id = READ_ONCE(entry_at(a, id)->next);
             continue;
@@ -857,23 +884,29 @@ static void abandon(nts_arena *a, uint32_t oi)
     try_wake(a, oi);
 }
 
-/* Abandon every mutex the thread holds. */
+static int is_held(struct obj *o)
+{
+    return (o->kind == NTS_SYNC_MUTEX || o->kind == NTS_SYNC_LOCK) && o->state.mutex.count;
+}
+
+/* Abandon every mutex (and, for an anchor, every lock) the thread holds. */
 static void abandon_thread(nts_arena *a, uint32_t ti)
 {
     struct thr *t = &a->t[ti];
     uint32_t hw = obj_hw(a);
     for (uint32_t i = 1; i <= hw && t->held && !damaged(); i++) {
         struct obj *o = &a->o[i];
-        if (o->kind == NTS_SYNC_MUTEX && o->state.mutex.count && o->holder == ti && o->holder_gen == t->gen)
+        if (is_held(o) && o->holder == ti && o->holder_gen == t->gen)
             abandon(a, i);
     }
 }
 
-/* A mutex whose holding thread is gone is abandoned before anyone looks at it. */
+/* A mutex whose holding thread is gone (a lock whose process is) is abandoned
+ * before anyone looks at it. */
 static void check_holder(nts_arena *a, uint32_t oi)
 {
     struct obj *o = &a->o[oi];
-    if (o->kind != NTS_SYNC_MUTEX || !o->state.mutex.count || !o->holder)
+    if (!is_held(o) || !o->holder)
         return;
     uint32_t hi = thr_index(a, READ_ONCE(o->holder));
     struct thr *h = &a->t[hi];
@@ -1187,6 +1220,68 @@ static int self_thread(nts_arena *a, uint32_t *out)
     return 0;
 }
 
+/* ---------------------------------------------------------------- the anchor */
+
+/* This process's anchor block, 0 until its thread holds the token (and again in a
+ * forked child, which has no such thread); g_anchor_lock serializes starting it. */
+static uint32_t g_anchor;
+static int g_anchor_lock;
+#define ANCHOR_STACK 65536 /* enough for self_thread's sweep of dead processes */
+
+struct anchor_start {
+    nts_arena *a;
+    uint32_t done; /* futex: set once ti and err are */
+    uint32_t ti;
+    int err;
+};
+
+static void *anchor_main(void *arg)
+{
+    struct anchor_start *start = arg;
+    static uint32_t never; /* (nothing wakes it) */
+    uint32_t ti = 0;
+    int err = self_thread(start->a, &ti);
+    start->ti = ti;
+    start->err = err;
+    __atomic_store_n(&start->done, 1, __ATOMIC_RELEASE);
+    syscall(SYS_futex, &start->done, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    /* Our token stays locked while this thread lives: for the rest of the process. */
+    while (!err)
+        syscall(SYS_futex, &never, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+    return NULL;
+}
+
+/* The anchor block, its thread started on first use (with every signal blocked, so
+ * that signals go to the threads that expect them). */
+static int anchor(nts_arena *a, uint32_t *out)
+{
+    if ((*out = __atomic_load_n(&g_anchor, __ATOMIC_ACQUIRE)) != 0)
+        return 0;
+    int err = 0;
+    nts_lock(&g_anchor_lock);
+    if (!g_anchor) {
+        struct anchor_start start = {.a = a};
+        pthread_attr_t attr;
+        pthread_t thread;
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_attr_init(&attr);
+        pthread_attr_setstacksize(&attr, ANCHOR_STACK);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        err = pthread_create(&thread, &attr, anchor_main, &start);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_attr_destroy(&attr);
+        while (!err && !__atomic_load_n(&start.done, __ATOMIC_ACQUIRE))
+            syscall(SYS_futex, &start.done, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+        if (!err && !(err = start.err))
+            __atomic_store_n(&g_anchor, start.ti, __ATOMIC_RELEASE);
+    }
+    *out = g_anchor;
+    nts_unlock(&g_anchor_lock);
+    return err;
+}
+
 /* ---------------------------------------------------------------- fork */
 
 /* Before fork: claim a process slot for the child on a descriptor of its own, and
@@ -1250,7 +1345,9 @@ static void fork_child(void)
 {
     nts_arena *a = g_arena;
     g_pid = getpid();
-    tls_thr = 0; /* the parent thread's block is not ours */
+    tls_thr = 0;  /* the parent thread's block is not ours */
+    g_anchor = 0; /* nor its anchor, whose thread did not come along */
+    g_anchor_lock = 0;
     pthread_setspecific(g_thread_key, NULL);
     if (!a)
         return;
@@ -1434,8 +1531,9 @@ static int valid(nts_arena *a, uint32_t oi, int kind)
 int nts_sync_create(nts_arena *a, int kind, nts_sync_state initial, const char *name, size_t len, uint32_t *slot,
                     uint32_t *gen, int *created)
 {
-    if (kind < NTS_SYNC_SEMAPHORE || kind > NTS_SYNC_EVENT || len > NTS_SYNC_MAX_NAME)
-        return EINVAL;
+    if (kind < NTS_SYNC_SEMAPHORE || kind > NTS_SYNC_LOCK || len > NTS_SYNC_MAX_NAME ||
+        (kind == NTS_SYNC_LOCK && (initial.mutex.owner || initial.mutex.count)))
+        return EINVAL; /* (a lock is made unlocked) */
     int err = install_sigbus();
     uint32_t holder = 0;
     if (!err && kind == NTS_SYNC_MUTEX && initial.mutex.count)
@@ -1596,6 +1694,31 @@ int nts_sync_mutex_read(nts_arena *a, uint32_t slot, uint32_t *owner, uint32_t *
     });
 }
 
+int nts_sync_lock_release(nts_arena *a, uint32_t slot, int leave_abandoned)
+{
+    OBJECT_OP(a, slot, NTS_SYNC_LOCK, {
+        check_holder(a, slot);
+        if (!o->state.mutex.count) {
+            err_ = EPERM;
+        } else if (leave_abandoned) {
+            abandon(a, slot);
+        } else {
+            o->state.mutex.count = 0;
+            drop_holder(a, o);
+            try_wake(a, slot);
+        }
+    });
+}
+
+int nts_sync_lock_read(nts_arena *a, uint32_t slot, int *locked, int *abandoned)
+{
+    OBJECT_OP(a, slot, NTS_SYNC_LOCK, {
+        check_holder(a, slot);
+        *locked = o->state.mutex.count != 0;
+        *abandoned = (int)o->abandoned;
+    });
+}
+
 int nts_sync_event_op(nts_arena *a, uint32_t slot, int op, int *prev)
 {
     OBJECT_OP(a, slot, NTS_SYNC_EVENT, {
@@ -1649,7 +1772,8 @@ static int try_now(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32_t co
 }
 
 /* The futex words to sleep on: our own, our poke word, this process's damage word,
- * and the tokens of the holders (in other processes) of the mutexes we wait for.
+ * and the tokens of the holders (in other processes) of the mutexes and locks we
+ * wait for.
  * Lock held. */
 static size_t watch_set(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32_t count, struct nts_futex_waitv *w)
 {
@@ -1660,7 +1784,7 @@ static size_t watch_set(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32
     w[n++] = (struct nts_futex_waitv){0, (uintptr_t)&g_damaged, NTS_FUTEX2_SIZE_U32 | NTS_FUTEX2_PRIVATE, 0};
     for (uint32_t i = 0; i < count && n < NTS_FUTEX_WAITV_MAX; i++) {
         struct obj *o = &a->o[slots[i]];
-        if (o->kind != NTS_SYNC_MUTEX || !o->state.mutex.count || !o->holder)
+        if (!is_held(o) || !o->holder)
             continue;
         struct thr *h = &a->t[thr_index(a, READ_ONCE(o->holder))];
         if (h->proc == t->proc)
@@ -1681,9 +1805,15 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
 {
     if (count > NTS_SYNC_MAX_WAIT || !owner)
         return EINVAL;
-    uint32_t ti;
-    int err = self_thread(a, &ti);
-    if (err || (err = begin(a)))
+    /* A lock is held by our anchor (a look without the lock: the kinds of the objects
+     * we reference do not change, and valid() checks the slots below). */
+    uint32_t ti, anchor_ti = 0;
+    int err = 0;
+    for (uint32_t i = 0; i < count && !err && !anchor_ti; i++)
+        if (slots[i] >= 1 && slots[i] <= NOBJ && a->my_count[slots[i]] &&
+            READ_ONCE(a->o[slots[i]].kind) == NTS_SYNC_LOCK)
+            err = anchor(a, &anchor_ti);
+    if (err || (err = self_thread(a, &ti)) || (err = begin(a)))
         return err;
     struct thr *t = &a->t[ti];
     if (!t->in_use || t->proc != a->proc || t->gen != tls_gen)
@@ -1701,6 +1831,7 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
     t->count = count;
     t->alert = alert;
     t->abandoned = 0;
+    t->anchor = anchor_ti;
     if (try_now(a, ti, slots, count, all, alert, index)) {
         *abandoned = (int)t->abandoned;
         return done(a, 0);

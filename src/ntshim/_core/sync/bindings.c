@@ -221,6 +221,29 @@ static PyObject *py_mutex_read(PyObject *self, PyObject *args)
     return err ? fail(err, "mutex read") : Py_BuildValue("IIO", owner, count, abandoned ? Py_True : Py_False);
 }
 
+static PyObject *py_lock_release(PyObject *self, PyObject *args)
+{
+    unsigned int slot;
+    int leave_abandoned;
+    nts_arena *a = parse(args, "Ip", &slot, &leave_abandoned);
+    if (!a)
+        return NULL;
+    int err = nts_sync_lock_release(a, slot, leave_abandoned);
+    return err ? fail(err, "lock release: not locked") : Py_NewRef(Py_None);
+}
+
+static PyObject *py_lock_read(PyObject *self, PyObject *args)
+{
+    unsigned int slot;
+    nts_arena *a = parse(args, "I", &slot);
+    if (!a)
+        return NULL;
+    int locked, abandoned;
+    int err = nts_sync_lock_read(a, slot, &locked, &abandoned);
+    return err ? fail(err, "lock read")
+               : Py_BuildValue("OO", locked ? Py_True : Py_False, abandoned ? Py_True : Py_False);
+}
+
 static PyObject *py_event(PyObject *self, PyObject *args)
 {
     unsigned int slot;
@@ -375,6 +398,8 @@ static PyMethodDef sync_methods[] = {
     {"sync_mutex_unlock", py_mutex_unlock, METH_VARARGS, "sync_mutex_unlock(slot, owner) -> previous count"},
     {"sync_mutex_kill", py_mutex_kill, METH_VARARGS, "sync_mutex_kill(slot, owner)"},
     {"sync_mutex_read", py_mutex_read, METH_VARARGS, "sync_mutex_read(slot) -> (owner, count, abandoned)"},
+    {"sync_lock_release", py_lock_release, METH_VARARGS, "sync_lock_release(slot, leave_abandoned)"},
+    {"sync_lock_read", py_lock_read, METH_VARARGS, "sync_lock_read(slot) -> (locked, abandoned)"},
     {"sync_event", py_event, METH_VARARGS, "sync_event(slot, op) -> previous state (op: SYNC_SET/RESET/PULSE)"},
     {"sync_event_read", py_event_read, METH_VARARGS, "sync_event_read(slot) -> (manual, signaled)"},
     {"sync_wait", py_wait, METH_VARARGS,
@@ -388,6 +413,7 @@ int nts_sync_module_init(PyObject *m)
                    PyModule_AddIntConstant(m, "SYNC_SEMAPHORE", NTS_SYNC_SEMAPHORE) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_MUTEX", NTS_SYNC_MUTEX) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_EVENT", NTS_SYNC_EVENT) < 0 ||
+                   PyModule_AddIntConstant(m, "SYNC_LOCK", NTS_SYNC_LOCK) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_SET", NTS_SYNC_EVENT_SET) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_RESET", NTS_SYNC_EVENT_RESET) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_PULSE", NTS_SYNC_EVENT_PULSE) < 0 ||

@@ -16,11 +16,14 @@
 /* Pauses a waiter spins before it sleeps, on machines with more than one CPU. */
 #define NTS_SYNC_SPIN 300
 /* The arena layout this build reads and writes (the header's version field). */
-#define NTS_SYNC_LAYOUT 2u
+#define NTS_SYNC_LAYOUT 3u
 /* Bytes [1, NTS_SYNC_LIVE_END) of an arena file carry the OFD locks of the processes
  * attached to it, in every layout version. */
 #define NTS_SYNC_LIVE_END 65536
-enum { NTS_SYNC_SEMAPHORE = 1, NTS_SYNC_MUTEX = 2, NTS_SYNC_EVENT = 3 };
+/* A lock is threading.Lock across processes: signaled when unlocked (not recursive),
+ * held by the acquiring thread's process, released by anyone, abandoned when the
+ * process ends.  Its state is a mutex's with owner 0. */
+enum { NTS_SYNC_SEMAPHORE = 1, NTS_SYNC_MUTEX = 2, NTS_SYNC_EVENT = 3, NTS_SYNC_LOCK = 4 };
 enum { NTS_SYNC_EVENT_SET, NTS_SYNC_EVENT_RESET, NTS_SYNC_EVENT_PULSE };
 typedef struct nts_arena nts_arena;
 /* Every call returns 0 or an errno and runs without the GIL.  Objects are named by
@@ -33,7 +36,8 @@ int nts_sync_format(int fd); /* size a new arena file, reserve its first chunks,
 /* The header fields of an arena file of any layout (size: the file's, when it differs). */
 int nts_sync_layout(int fd, uint32_t *magic, uint32_t *version, uint64_t *size);
 /* An object's state: two words, read by kind (as the ntsync driver's union).  A
- * mutex is unowned when its count is 0; an event's words are 0 or 1. */
+ * mutex is unowned when its count is 0 (a lock: owner 0, count 0 or 1); an event's
+ * words are 0 or 1. */
 typedef union {
     struct {
         uint32_t count, max;
@@ -65,6 +69,9 @@ int nts_sync_sem_read(nts_arena *a, uint32_t slot, uint32_t *count, uint32_t *ma
 int nts_sync_mutex_unlock(nts_arena *a, uint32_t slot, uint32_t owner, uint32_t *prev); /* EPERM */
 int nts_sync_mutex_kill(nts_arena *a, uint32_t slot, uint32_t owner);                   /* EPERM */
 int nts_sync_mutex_read(nts_arena *a, uint32_t slot, uint32_t *owner, uint32_t *count, int *abandoned);
+/* EPERM: not locked.  abandon: leave it abandoned, as nts_sync_mutex_kill does. */
+int nts_sync_lock_release(nts_arena *a, uint32_t slot, int abandon);
+int nts_sync_lock_read(nts_arena *a, uint32_t slot, int *locked, int *abandoned);
 int nts_sync_event_op(nts_arena *a, uint32_t slot, int op, int *prev);
 int nts_sync_event_read(nts_arena *a, uint32_t slot, int *manual, int *signaled);
 /* Wait for any/all of `slots` (or the `alert` event slot, 0 for none) until the

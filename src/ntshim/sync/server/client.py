@@ -58,6 +58,9 @@ from .protocol import (
     KIND_CODES,
     LINGER_ENV_VAR,
     LOCK_NAME,
+    LOCK_READ,
+    LOCK_RELEASE,
+    LOCK_STATE,
     LOG_NAME,
     MAX_BODY,
     MUTEX_KILL,
@@ -119,8 +122,8 @@ def raise_status(status: int, what: str) -> None:
         raise FileNotFoundError(f"{what}: no such object (it was closed by every process that had it)")
     if status == E_KIND:
         raise NameKindError(f"{what}: the name belongs to an object of another kind")
-    if status == E_PERM:
-        raise PermissionError(f"{what}: the owner does not own this mutex")
+    if status == E_PERM:  # (``what`` is the kind for the operations on one object)
+        raise PermissionError(f"{what}: not locked" if what == "lock" else f"{what}: the owner does not own this mutex")
     if status == E_OVERFLOW:
         raise OverflowError(f"{what}: the count would pass the semaphore's maximum")
     if status == E_TIMEOUT:
@@ -732,6 +735,13 @@ class ServerHandle:
     def mutex_read(self) -> tuple[int, int, bool]:
         owner, count, abandoned = MUTEX_STATE.unpack(self._op(OBJECT_REQUEST_FRAME, MUTEX_READ))
         return owner, count, bool(abandoned)
+
+    def lock_release(self, abandon: bool) -> None:
+        self._op(OBJECT_ARGUMENT_REQUEST_FRAME, LOCK_RELEASE, int(abandon))
+
+    def lock_read(self) -> tuple[bool, bool]:
+        locked, abandoned = LOCK_STATE.unpack(self._op(OBJECT_REQUEST_FRAME, LOCK_READ))
+        return bool(locked), bool(abandoned)
 
     def event_set(self) -> bool:
         return bool(self._op(OBJECT_REQUEST_FRAME, EVENT_SET)[0])

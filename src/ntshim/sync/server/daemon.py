@@ -72,6 +72,9 @@ from .protocol import (
     KINDS_BY_CODE,
     LINGER_ENV_VAR,
     LOCK_NAME,
+    LOCK_READ,
+    LOCK_RELEASE,
+    LOCK_STATE,
     MAX_BODY,
     MUTEX_KILL,
     MUTEX_READ,
@@ -103,6 +106,24 @@ from .protocol import (
 
 #: A client that lets this much output pile up unread is dropped.
 MAX_PENDING_OUTPUT = 1 << 20
+
+#: The operations on one object, and the kind of object each applies to (an id of another
+#: kind is no such object).
+OBJECT_OP_KINDS: dict[int, Kind] = {
+    SEM_RELEASE: "semaphore",
+    SEM_READ: "semaphore",
+    MUTEX_UNLOCK: "mutex",
+    MUTEX_KILL: "mutex",
+    MUTEX_READ: "mutex",
+    EVENT_SET: "event",
+    EVENT_RESET: "event",
+    EVENT_PULSE: "event",
+    EVENT_READ: "event",
+    LOCK_RELEASE: "lock",
+    LOCK_READ: "lock",
+}
+#: Those whose request is OBJECT_ID_AND_ARGUMENT; the others' is OBJECT_ID.
+ARGUMENT_OPS = frozenset({SEM_RELEASE, MUTEX_UNLOCK, MUTEX_KILL, LOCK_RELEASE})
 
 
 class BadRequest(Exception):
@@ -185,15 +206,7 @@ class SyncServer:
             OPEN_ID: self._open,
             ADDREF: self._addref,
             CLOSE: self._close_refs,
-            SEM_RELEASE: self._object_op,
-            SEM_READ: self._object_op,
-            MUTEX_UNLOCK: self._object_op,
-            MUTEX_KILL: self._object_op,
-            MUTEX_READ: self._object_op,
-            EVENT_SET: self._object_op,
-            EVENT_RESET: self._object_op,
-            EVENT_PULSE: self._object_op,
-            EVENT_READ: self._object_op,
+            **dict.fromkeys(OBJECT_OP_KINDS, self._object_op),
             WAIT: self._wait,
             CANCEL: self._cancel,
         }
@@ -413,7 +426,8 @@ class SyncServer:
 
     def _drop(self, connection: ClientConnection, why: str | None = None) -> None:
         """Forget a connection: cancel its wait, abandon the mutexes its thread held, and
-        if it was a process's anchor, drop the process's references."""
+        if it was a process's anchor, abandon the locks the process held and drop its
+        references."""
         if connection.closed:
             return
         if why:
@@ -433,6 +447,11 @@ class SyncServer:
         self._release_wait_records(connection)
         self.model.abandon_holder(connection)
         process = connection.process
+        if process is not None and (connection.anchor or not process.alive):
+            # The process is gone.  Its thread connections go with it, but the server may
+            # read one's end only after the anchor's, and meanwhile its pending wait may have
+            # taken a lock (or a request read late taken one): abandon those too as each goes.
+            self.model.abandon_holder(process)
         if connection.anchor and process is not None and process.alive:
             process.alive = False
             self.processes.pop(process.token, None)
@@ -570,6 +589,8 @@ class SyncServer:
         if kind == "mutex":
             owner, count = initial
             return (owner == 0) == (count == 0)
+        if kind == "lock":
+            return initial == (0, 0)  # created unlocked: nobody to hold it yet
         manual, signaled = initial
         return manual in (0, 1) and signaled in (0, 1)
 
@@ -635,13 +656,12 @@ class SyncServer:
 
     def _object_op(self, connection: ClientConnection, op: int, payload: memoryview) -> None:
         model = self.model
-        if op in (SEM_RELEASE, MUTEX_UNLOCK, MUTEX_KILL):
+        if op in ARGUMENT_OPS:
             oid, argument = OBJECT_ID_AND_ARGUMENT.unpack(payload)
         else:
             (oid,) = OBJECT_ID.unpack(payload)
             argument = 0
-        kind: Kind = "semaphore" if op in (SEM_RELEASE, SEM_READ) else "mutex" if op <= MUTEX_READ else "event"
-        obj = self._object(oid, kind)
+        obj = self._object(oid, OBJECT_OP_KINDS[op])
         if obj is None:
             self._reply(connection, op, E_NOENT)
             return
@@ -667,8 +687,15 @@ class SyncServer:
                 result = bytes((model.event_reset(obj),))
             elif op == EVENT_PULSE:
                 result = bytes((model.event_pulse(obj),))
-            else:
+            elif op == EVENT_READ:
                 result = EVENT_STATE.pack(*model.event_read(obj))
+            elif op == LOCK_RELEASE:
+                if argument not in (0, 1):
+                    raise BadRequest(f"abandon {argument}")
+                model.lock_release(obj, abandon=bool(argument))
+                result = b""
+            else:  # LOCK_READ: OBJECT_OP_KINDS has no other op
+                result = LOCK_STATE.pack(*model.lock_read(obj))
         except OverflowError:
             self._reply(connection, op, E_OVERFLOW)
             return
@@ -705,7 +732,10 @@ class SyncServer:
         connection.wait_records = live
         objects = [r.obj for r in live]
         alert = objects.pop() if has_alert else None
-        waiter = self.model.wait(objects, bool(flags & WAIT_ALL), owner, alert, holder=connection, tag=connection)
+        # A mutex is held by the thread (its connection), a lock by the process.
+        waiter = self.model.wait(
+            objects, bool(flags & WAIT_ALL), owner, alert, holder=connection, tag=connection, process=connection.process
+        )
         if not waiter.pending:
             return  # satisfied at once: _on_satisfied replied
         if flags & WAIT_DEADLINE and deadline <= time.monotonic_ns():

@@ -14,9 +14,12 @@ its locking (one thread owns a :class:`Model`):
   *completes* each satisfied waiter's acquisition before returning (hand-off).
 
 Beyond ntsync, each wait and each owned creation names a *holder* (an opaque hashable: the
-server uses the client connection of the acquiring thread).  A mutex remembers the holder
-that took it from unowned; :meth:`Model.abandon_holder` abandons every mutex a vanished
-holder still owns, exactly as ``kill`` would, waking the next waiter.
+server uses the client connection of the acquiring thread), and each wait its *process* (the
+server uses the process's record).  A mutex remembers the holder that took it from unowned;
+a lock (``threading.Lock`` across processes: signaled when unlocked, never recursive,
+released by anyone) remembers the process that took it, because it outlives the acquiring
+thread.  :meth:`Model.abandon_holder` abandons every mutex or lock a vanished holder or
+process still has, exactly as ``kill`` would, waking the next waiter.
 
 Nothing here does I/O or knows about time: the server reacts to :attr:`Model.notify`
 (called once for every waiter the moment it is satisfied) and cancels waiters whose deadline
@@ -36,7 +39,7 @@ CANCELLED = -2
 
 
 class ObjectState:
-    """One semaphore, mutex or event with its two wait queues.
+    """One semaphore, mutex, event or lock with its two wait queues.
 
     Queues are dicts used as ordered sets (insertion order is FIFO order; removal is O(1)).
     """
@@ -53,15 +56,19 @@ class ObjectState:
         "maximum",
         "owner",
         "signaled",
+        "taker",
     )
 
     def __init__(self, kind: Kind) -> None:
         self.kind: Kind = kind
-        self.count = 0  # semaphore count, mutex recursion count
+        self.count = 0  # semaphore count, mutex recursion count, lock 1 when locked
         self.maximum = 0  # semaphore
         self.owner = 0  # mutex owner id, 0 when unowned
-        self.abandoned = False  # mutex
-        self.holder: Hashable | None = None  # mutex: who took it from unowned
+        self.abandoned = False  # mutex, lock
+        self.holder: Hashable | None = None  # mutex: who took it from unowned; lock: whose process
+        #: lock: the wait that took it, so that a rollback gives back only that acquisition
+        #: (anyone may release a lock, and another may take it before the rollback comes).
+        self.taker: Waiter | None = None
         self.manual = False  # event
         self.signaled = False  # event
         self.any_waiters: dict[Entry, None] = {}
@@ -74,6 +81,8 @@ class ObjectState:
             if self.owner and self.owner != owner:
                 return False
             return self.count < U32_MAX
+        if self.kind == "lock":
+            return self.count == 0  # whoever asks: a lock is not recursive
         return self.signaled
 
     def __repr__(self) -> str:
@@ -81,6 +90,8 @@ class ObjectState:
             return f"<semaphore {self.count}/{self.maximum}>"
         if self.kind == "mutex":
             return f"<mutex owner={self.owner} count={self.count}{' abandoned' if self.abandoned else ''}>"
+        if self.kind == "lock":
+            return f"<lock {'locked' if self.count else 'unlocked'}{' abandoned' if self.abandoned else ''}>"
         return f"<{'manual' if self.manual else 'auto'} event {'set' if self.signaled else 'unset'}>"
 
 
@@ -99,13 +110,15 @@ class Entry:
 @dataclass(eq=False, slots=True)
 class Waiter:
     """One wait.  ``signaled`` is :data:`PENDING`, :data:`CANCELLED` or the satisfied index;
-    ``acquired`` lists what the wait took, with whether each mutex was abandoned, so that an
-    interrupted client's wait can be given back (:meth:`Model.rollback`)."""
+    ``acquired`` lists what the wait took, with whether each mutex or lock was abandoned, so
+    that an interrupted client's wait can be given back (:meth:`Model.rollback`)."""
 
     owner: int
     wait_all: bool
     count: int  # objects, the alert excluded
     holder: Hashable | None
+    #: Who holds a lock the wait takes (None: nobody, it is never abandoned for a death).
+    process: Hashable | None = None
     entries: list[Entry] = field(default_factory=list)
     signaled: int = PENDING
     abandoned: bool = False
@@ -121,7 +134,8 @@ class Waiter:
 @dataclass
 class Rollback:
     """What :meth:`Model.rollback` gave back: ``returned`` objects, and those it could not
-    (a semaphore refilled to its maximum meanwhile, a mutex no longer owned by the waiter)."""
+    (a semaphore refilled to its maximum meanwhile, a mutex no longer owned by the waiter, a
+    lock released meanwhile)."""
 
     returned: int = 0
     kept: int = 0
@@ -133,14 +147,14 @@ class Model:
     def __init__(self, notify: Callable[[Waiter], None] | None = None) -> None:
         #: Called once for each waiter as it is satisfied (its acquisition already done).
         self.notify: Callable[[Waiter], None] = notify or (lambda waiter: None)
-        #: holder -> mutexes it took from unowned and still owns.
+        #: holder -> mutexes it took from unowned and still owns; process -> locks it holds.
         self._held: dict[Hashable, set[ObjectState]] = {}
 
     # ----- objects -----------------------------------------------------------------
 
     def create(self, kind: Kind, initial: InitialState, holder: Hashable | None = None) -> ObjectState:
         """A new object in the state ``initial`` (:data:`~ntshim.sync.backend.InitialState`),
-        assumed valid.  An owned mutex is held by ``holder``."""
+        assumed valid.  An owned mutex is held by ``holder``; a lock starts unlocked."""
         obj = ObjectState(kind)
         if kind == "semaphore":
             obj.count, obj.maximum = initial
@@ -148,7 +162,7 @@ class Model:
             obj.owner, obj.count = initial
             if obj.count:
                 self._hold(obj, holder)
-        else:
+        elif kind == "event":
             manual, signaled = initial
             obj.manual, obj.signaled = bool(manual), bool(signaled)
         return obj
@@ -180,17 +194,21 @@ class Model:
         abandoned = False
         if obj.kind == "semaphore":
             obj.count -= 1
-        elif obj.kind == "mutex":
-            abandoned = obj.abandoned
-            if abandoned:
-                waiter.abandoned = True
-            obj.abandoned = False
-            if obj.count == 0:
-                self._hold(obj, waiter.holder)
-            obj.count += 1
-            obj.owner = waiter.owner
-        elif not obj.manual:
-            obj.signaled = False
+        elif obj.kind == "event":
+            if not obj.manual:
+                obj.signaled = False
+        else:
+            abandoned, obj.abandoned = obj.abandoned, False
+            waiter.abandoned |= abandoned
+            if obj.kind == "lock":
+                obj.count = 1
+                obj.taker = waiter
+                self._hold(obj, waiter.process)
+            else:
+                if obj.count == 0:
+                    self._hold(obj, waiter.holder)
+                obj.count += 1
+                obj.owner = waiter.owner
         waiter.acquired.append((obj, abandoned))
 
     def _satisfy(self, waiter: Waiter, index: int) -> None:
@@ -228,6 +246,9 @@ class Model:
                     break
                 if obj.owner and obj.owner != waiter.owner:
                     continue
+            elif obj.kind == "lock":
+                if obj.count:
+                    break  # locked for every waiter alike
             elif not obj.signaled:
                 break
             if waiter.pending:
@@ -249,12 +270,13 @@ class Model:
         alert: ObjectState | None = None,
         holder: Hashable | None = None,
         tag: object = None,
+        process: Hashable | None = None,
     ) -> Waiter:
         """Queue a wait and try it at once.  The returned waiter is satisfied already (and
         :attr:`notify` was called) or pending until a signal or :meth:`cancel`.  Assumes
         valid input: 1..64 objects (or none, for a wait-any on its alert alone), distinct for wait-all (the alert included), an event as
-        alert, owner nonzero."""
-        waiter = Waiter(owner=owner, wait_all=wait_all, count=len(objects), holder=holder, tag=tag)
+        alert, owner nonzero.  A mutex it takes is held by ``holder``, a lock by ``process``."""
+        waiter = Waiter(owner=owner, wait_all=wait_all, count=len(objects), holder=holder, process=process, tag=tag)
         waiter.entries = [Entry(waiter, obj, i) for i, obj in enumerate(objects)]
         if alert is not None:
             waiter.entries.append(Entry(waiter, alert, len(objects)))
@@ -290,7 +312,8 @@ class Model:
         """Give back what a satisfied wait acquired, with ordinary operations, as if its
         client had released everything the moment it woke: a semaphore unit is released, a
         mutex unlocked once (killed again if the wait had taken it abandoned, so the next
-        owner still learns), an auto-reset event set again.  Used when the client was
+        owner still learns), a lock released (left abandoned again likewise) unless it is no
+        longer this wait's, an auto-reset event set again.  Used when the client was
         interrupted and will never learn that it acquired anything."""
         result = Rollback()
         taken, waiter.acquired = waiter.acquired, []
@@ -303,6 +326,13 @@ class Model:
                         self.mutex_kill(obj, waiter.owner)
                     else:
                         self.mutex_unlock(obj, waiter.owner)
+                elif obj.kind == "lock":
+                    if obj.taker is not waiter:
+                        # Released meanwhile (anyone may), perhaps taken again by another
+                        # wait: that acquisition is not this one's to give back.
+                        result.kept += 1
+                        continue
+                    self.lock_release(obj, abandon=abandoned)
                 elif not obj.manual:
                     self.event_set(obj)
                 else:
@@ -343,26 +373,44 @@ class Model:
             raise PermissionError(f"owner {owner} does not own this mutex")
         self._abandon(mutex)
 
-    def _abandon(self, mutex: ObjectState) -> None:
-        mutex.abandoned = True
-        mutex.owner = 0
-        mutex.count = 0
-        self._unhold(mutex)
-        self._signal(mutex)
+    def _abandon(self, obj: ObjectState) -> None:
+        """Leave a mutex or lock free and abandoned, and hand it on."""
+        obj.abandoned = True
+        obj.owner = 0
+        obj.count = 0
+        obj.taker = None
+        self._unhold(obj)
+        self._signal(obj)
 
     def abandon_holder(self, holder: Hashable) -> int:
         """``holder`` is gone (its thread exited, its process died): abandon every mutex it
-        still owns.  Returns how many."""
-        mutexes = self._held.pop(holder, set())
-        for mutex in mutexes:
-            mutex.holder = None  # already out of the index
-            if mutex.count:
-                self._abandon(mutex)
-        return len(mutexes)
+        still owns, or every lock if it is a process.  Returns how many."""
+        held = self._held.pop(holder, set())
+        for obj in held:
+            obj.holder = None  # already out of the index
+            if obj.count:
+                self._abandon(obj)
+        return len(held)
 
     @staticmethod
     def mutex_read(mutex: ObjectState) -> tuple[int, int, bool]:
         return mutex.owner, mutex.count, mutex.abandoned
+
+    def lock_release(self, lock: ObjectState, abandon: bool = False) -> None:
+        """Unlock (anyone may); with ``abandon``, leave it abandoned as if its holder died."""
+        if not lock.count:
+            raise PermissionError("the lock is not locked")
+        if abandon:
+            self._abandon(lock)
+            return
+        lock.count = 0
+        lock.taker = None
+        self._unhold(lock)
+        self._signal(lock)
+
+    @staticmethod
+    def lock_read(lock: ObjectState) -> tuple[bool, bool]:
+        return bool(lock.count), lock.abandoned
 
     def event_set(self, event: ObjectState, pulse: bool = False) -> bool:
         previous = event.signaled

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 from ..backend import Kind
 
-PROTOCOL_VERSION = 1
+#: 2: the lock kind (LOCK_RELEASE, LOCK_READ).  A server drops a client whose hello names another.
+PROTOCOL_VERSION = 2
 SOCKET_NAME = "server.sock"
 LOCK_NAME = "server.lock"
 LOG_NAME = "server.log"
@@ -21,7 +22,7 @@ DEFAULT_LINGER = 2.0
 #: Largest frame body either side accepts.
 MAX_BODY = 1 << 16
 
-KIND_CODES: dict[Kind, int] = {"semaphore": 0, "mutex": 1, "event": 2}
+KIND_CODES: dict[Kind, int] = {"semaphore": 0, "mutex": 1, "event": 2, "lock": 3}
 KINDS_BY_CODE: dict[int, Kind] = {code: kind for kind, code in KIND_CODES.items()}
 
 # Op codes.
@@ -42,6 +43,8 @@ EVENT_SET = 0x25
 EVENT_RESET = 0x26
 EVENT_PULSE = 0x27
 EVENT_READ = 0x28
+LOCK_RELEASE = 0x29
+LOCK_READ = 0x2A
 WAIT = 0x30
 CANCEL = 0x31
 
@@ -96,7 +99,8 @@ OPEN_ID_REQUEST = struct.Struct("<BQ")
 #: One object id: OPEN's reply, the request of the operations on one object, and each
 #: element of ADDREF's and CLOSE's lists.
 OBJECT_ID = struct.Struct("<Q")
-#: SEM_RELEASE (object id, count), MUTEX_UNLOCK and MUTEX_KILL (object id, owner).
+#: SEM_RELEASE (object id, count), MUTEX_UNLOCK and MUTEX_KILL (object id, owner),
+#: LOCK_RELEASE (object id, abandon 0/1).
 OBJECT_ID_AND_ARGUMENT = struct.Struct("<QI")
 #: SEM_RELEASE's and MUTEX_UNLOCK's reply: the count before.
 PREVIOUS_COUNT = struct.Struct("<I")
@@ -106,9 +110,11 @@ SEM_STATE = struct.Struct("<II")
 MUTEX_STATE = struct.Struct("<IIB")
 #: EVENT_READ's reply: manual, signaled.
 EVENT_STATE = struct.Struct("<BB")
+#: LOCK_READ's reply: locked, abandoned.
+LOCK_STATE = struct.Struct("<BB")
 #: WAIT, before the ids: flags, owner, deadline, how many objects.
 WAIT_REQUEST = struct.Struct("<BIQB")
-#: WAIT's reply: the index acquired, whether an acquired mutex was abandoned.
+#: WAIT's reply: the index acquired, whether an acquired mutex or lock was abandoned.
 WAIT_REPLY = struct.Struct("<IB")
 #: CANCEL's reply: its outcome (CANCEL_*), objects given back, objects that could not be.
 CANCEL_REPLY = struct.Struct("<BII")
