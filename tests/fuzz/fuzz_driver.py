@@ -1368,13 +1368,16 @@ class Walker:
             return
         timeout = rng.choice((0, 0.001, 0.01, 0.05))
         cancel_after = rng.choice((None, None, 0, 0.001, 0.005))
+        wait_all = rng.random() < 0.3  # (an object named twice: ValueError)
+        wait = ntshim.sync.wait_all_async if wait_all else ntshim.sync.wait_any_async
 
         async def take() -> int:
-            index = await ntshim.sync.wait_any_async(objects, timeout)
-            if isinstance(objects[index], (ntshim.sync.Mutex, ntshim.sync.Lock)) and rng.random() < 0.9:
-                # (another thread may have released a Lock meanwhile.)  Else the task ends holding
-                # it: a mutex is abandoned, a lock stays held.
-                _release_unless_unheld(objects[index])
+            index = await wait(objects, timeout)
+            for obj in objects if wait_all else [objects[index]]:
+                if isinstance(obj, (ntshim.sync.Mutex, ntshim.sync.Lock)) and rng.random() < 0.9:
+                    # (another thread may have released a Lock meanwhile.)  Else the task ends
+                    # holding it: a mutex is abandoned, a lock stays held.
+                    _release_unless_unheld(obj)
             return index
 
         async def walk() -> Any:
@@ -1387,7 +1390,7 @@ class Walker:
             except asyncio.CancelledError:
                 return "cancelled"
 
-        self.call("wait_any_async", asyncio.run, walk())
+        self.call("wait_all_async" if wait_all else "wait_any_async", asyncio.run, walk())
 
     def sync_invariants(self) -> None:
         """On unnamed objects only this thread knows, the state machine answers exactly."""

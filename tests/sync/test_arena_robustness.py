@@ -228,7 +228,7 @@ def _copy(arena: Path, root: Path) -> Path:
     return target
 
 
-# The header of the current layout (src/ntshim/_core/sync/arena.c, "Layout, version 3"): magic u32,
+# The header of the current layout (src/ntshim/_core/sync/arena.c, "Layout, version 4"): magic u32,
 # version u32, size u64, lock u32 at 16, then the high-water marks and free lists (objects at
 # 20, free objects at 24, thread blocks 28, references 32, free references 36, processes 40).
 HEADER_LOCK, HEADER_OBJ_HW = 16, 20
@@ -344,7 +344,7 @@ def test_random_bytes_in_the_arena_never_crash_or_hang_its_users(tmp_path: Path)
 
 
 # --- targeted damage ------------------------------------------------------------------------
-# The current layout (src/ntshim/_core/sync/arena.c, "Layout, version 3"): byte offsets of what the
+# The current layout (src/ntshim/_core/sync/arena.c, "Layout, version 4"): byte offsets of what the
 # cases below overwrite (the header's are above).
 CHUNK = 0x10000
 NPROC, NHASH, NOBJ = 1024, 32768, 16384
@@ -364,8 +364,8 @@ ENTRY_SIZE = 16  # obj, prev, next, linked
 
 
 # A thread block: pthread_mutex_t (40 bytes); gen, in_use, proc, tid, signaled, poke, sleeping,
-# owner, all, count, alert, abandoned, held, queued, anchor; then its 65 entries.
-THR_ENTRIES_AT = 40 + 15 * 4
+# owner, all, count, alert, abandoned, held, queued, anchor, notify; then its 65 entries.
+THR_ENTRIES_AT = 40 + 16 * 4
 
 
 def _thread_block_size() -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ntshim.errors import AbandonedWarning
-from ntshim.sync import MAX_WAIT_OBJECTS, Event, Lock, RLock, Semaphore, wait_any_async
+from ntshim.sync import MAX_WAIT_OBJECTS, Event, Lock, RLock, Semaphore, wait_all, wait_all_async, wait_any_async
 
 from .helpers import BOUND, Child, StartWaiter
 
@@ -268,3 +268,137 @@ def test_a_task_taking_a_lock_in_a_loop_adds_one_end_callback(sync_backend: str)
     run(main())
     assert len(registered) == 1
     assert not lock.locked()
+
+
+# ---- wait_all_async ----------------------------------------------------------------------------
+
+
+def test_wait_all_async_takes_everything_in_one_step(sync_backend: str) -> None:
+    sem, event = Semaphore(0, 1, backend=sync_backend), Event(manual=False, backend=sync_backend)
+    lock = Lock(backend=sync_backend)
+
+    async def main() -> int:
+        waiting = asyncio.create_task(wait_all_async([sem, event, lock], BOUND))
+        await asyncio.sleep(0.05)
+        sem.release()
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and sem.read() == (1, 1)  # never a part: the unit stays
+        event.set()
+        return await waiting
+
+    assert run(main()) == 0
+    assert sem.read() == (0, 1) and not event.is_set() and lock.locked()
+    lock.release()
+
+
+def test_wait_all_async_answers_as_wait_all(sync_backend: str) -> None:
+    sem, event = Semaphore(0, backend=sync_backend), Event(backend=sync_backend)
+    alert = Event(backend=sync_backend)
+
+    async def main() -> None:
+        with pytest.raises(TimeoutError):
+            await wait_all_async([sem, event], 0.02)
+        event.set()
+        with pytest.raises(TimeoutError):
+            await wait_all_async([sem, event], 0)
+        alert.set()
+        assert await wait_all_async([sem, event], BOUND, alert=alert) == 2  # len(objects): the alert
+        with pytest.raises(ValueError, match="twice"):
+            await wait_all_async([sem, sem], 0)
+        with pytest.raises(ValueError):
+            await wait_all_async([], 0, alert=alert)
+
+    run(main())
+    assert sem.read()[0] == 0 and event.is_set()  # nothing taken by the waits that failed
+
+
+def test_an_async_wait_all_takes_its_turn_with_threads(sync_backend: str, waiters: StartWaiter) -> None:
+    """The request is queued like a thread's wait: a thread that waited first is served first."""
+    sem, event = Semaphore(0, 1, backend=sync_backend), Event(backend=sync_backend)
+    first = waiters(lambda: wait_all([sem, event], 4 * BOUND))
+    assert first.still_waiting()
+
+    async def main() -> list[Any]:
+        waiting = asyncio.create_task(wait_all_async([sem, event], 4 * BOUND))
+        await asyncio.sleep(0.05)
+        event.set()
+        sem.release()  # the thread's: it waited first
+        await asyncio.sleep(0.05)
+        seen = [first.returned.is_set(), waiting.done()]
+        sem.release()
+        seen.append(await waiting)
+        return seen
+
+    assert run(main()) == [True, False, 0]
+    assert first.outcome() == 0
+
+
+@pytest.mark.parametrize("wait_all", [False, True], ids=["any", "all"])
+def test_a_pulse_reaches_pending_async_waits(sync_backend: str, wait_all: bool) -> None:
+    event = Event(manual=True, backend=sync_backend)
+    wait = wait_all_async if wait_all else wait_any_async
+
+    async def main() -> list[int]:
+        waits = [asyncio.create_task(wait([event], BOUND)) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        event.pulse()
+        return list(await asyncio.gather(*waits))
+
+    assert run(main()) == [0, 0, 0]
+    assert not event.is_set()
+
+
+def test_cancelling_a_wait_all_takes_nothing(sync_backend: str) -> None:
+    async def attempt(delay: float) -> tuple[Any, ...]:
+        sem, event = Semaphore(0, 1, backend=sync_backend), Event(manual=False, backend=sync_backend)
+        waiting = asyncio.create_task(wait_all_async([sem, event]))
+        await asyncio.sleep(delay)
+        event.set()
+        sem.release()  # hand-off: if the request is queued, both are its now
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        barrier = Event(signaled=True, backend=sync_backend)
+        assert await barrier.wait_async(BOUND)  # served after whatever was given back
+        state = sem.read(), event.read()
+        for obj in (sem, event, barrier):
+            obj.close()
+        return state
+
+    async def main() -> set[tuple[Any, ...]]:
+        return {await attempt(delay) for delay in (0, 0, 0.001, 0.002, 0.005, 0.01) * 4}
+
+    assert run(main()) == {((1, 1), (False, True))}
+
+
+def test_many_wait_alls_cost_no_thread_each(sync_backend: str) -> None:
+    count = 2 * MAX_WAIT_OBJECTS
+    pairs = [(Semaphore(0, 1, backend=sync_backend), Event(backend=sync_backend)) for _ in range(count)]
+
+    async def main() -> list[int]:
+        before = threading.active_count()
+        waits = [asyncio.create_task(wait_all_async(list(pair), 4 * BOUND)) for pair in pairs]
+        await asyncio.sleep(0.1)
+        assert threading.active_count() <= before + 1  # at most the dispatcher, started now
+        for sem, event in reversed(pairs):
+            event.set()
+            sem.release()
+        return list(await asyncio.gather(*waits))
+
+    assert run(main()) == [0] * count
+    assert all(sem.read()[0] == 0 for sem, _ in pairs)
+
+
+def test_a_task_owns_the_mutexes_its_wait_all_took(sync_backend: str) -> None:
+    first, second = RLock(backend=sync_backend), RLock(backend=sync_backend)
+
+    async def main() -> list[bool]:
+        assert await wait_all_async([first, second], BOUND) == 0
+        other = asyncio.create_task(first.acquire_async(0.05))  # another task: not the owner
+        seen = [first.locked(), second.locked(), not await other]
+        first.release()
+        second.release()
+        return seen
+
+    assert run(main()) == [True, True, True]
+    assert not first.locked() and not second.locked()

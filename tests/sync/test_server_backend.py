@@ -1,8 +1,8 @@
 """The server backend's own mechanisms: the model's extras (rollback, holders), starting and
 stopping the server, its protocol against malformed and vanishing clients and against
 descriptors passed to it, its descriptor limit, per-thread connections, abandonment when a
-thread or process ends, fork, pickling, references and names across processes, and waits
-interrupted by a signal.
+thread or process ends, fork, pickling, references and names across processes, waits
+interrupted by a signal, and asynchronous requests (their connections, doorbell and races).
 
 The ntsync semantics themselves are checked on every backend by the shared tests; here the
 subject is how the server backend carries them across threads and processes.
@@ -10,6 +10,7 @@ subject is how the server backend carries them across threads and processes.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import gc
@@ -33,6 +34,7 @@ from required import require_sync_backend
 
 from ntshim.errors import AbandonedError, NameKindError
 from ntshim.sync import Event, Mutex, Semaphore, userdir, wait_all, wait_any
+from ntshim.sync.backend import Handle
 from ntshim.sync.server import client, protocol
 from ntshim.sync.server.model import Model, Waiter
 
@@ -1277,3 +1279,258 @@ def test_a_lock_held_by_a_killed_process_is_abandoned_to_the_next_waiter(waiters
     assert lock.lock_read() == (False, False)
     waiter.finish()
     lock.close()
+
+
+# ----- asynchronous requests (Backend.request) ---------------------------------------------
+
+Server = client.Server
+#: BOUND in CLOCK_MONOTONIC nanoseconds, for deadlines.
+BOUND_NS = int(BOUND * 1e9)
+
+
+def ready_within(request: client.ServerRequest, bound: float = BOUND) -> bool:
+    """Sleep on ``request`` until it is ready, as asyncio's dispatcher does; False if it is not
+    within ``bound`` seconds."""
+    deadline = time.monotonic_ns() + int(bound * 1e9)
+    while not request.ready():
+        if time.monotonic_ns() >= deadline:
+            return False
+        Server.sleep([request], deadline, Server.bell())
+    return True
+
+
+def start(handles: list[Handle], wait_all: bool = False, owner: int = 1) -> client.ServerRequest:
+    request = Server.request(handles, wait_all, owner, None)
+    assert isinstance(request, client.ServerRequest)
+    return request
+
+
+@pytest.fixture
+def own_requests(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The test starts with no request connections (earlier tests left idle ones), and those
+    it opens are closed after it (their mutexes are the test's)."""
+    monkeypatch.setattr(client.CLIENT, "request_connections", [])
+    monkeypatch.setattr(client.CLIENT, "idle_requests", collections.deque())
+    yield
+    for connection in client.CLIENT.request_connections:
+        connection.close()
+
+
+def test_a_request_on_a_signaled_semaphore_is_ready_and_takes_a_unit() -> None:
+    sem, _ = Server.create("semaphore", (1, 3), None)
+    request = start([sem])
+    assert ready_within(request)
+    assert request.end() == (0, False)
+    assert sem.sem_read() == (0, 3)
+    with pytest.raises(RuntimeError):
+        request.end()  # used once
+
+
+def test_a_pending_request_ended_early_takes_nothing_then_or_later() -> None:
+    sem, _ = Server.create("semaphore", (0, 3), None)
+    mutex, _ = Server.create("mutex", (5, 1), None)
+    request = start([sem, mutex], wait_all=True, owner=9)
+    assert not ready_within(request, 0.1)
+    assert request.end() is None
+    # It is off the queues: what comes free now goes to nobody.
+    sem.sem_release(1)
+    mutex.mutex_unlock(5)
+    assert sem.sem_read() == (1, 3) and mutex.mutex_read() == (0, 0, False)
+
+
+@pytest.mark.parametrize("seen", ["as-it-comes", "not-yet"])
+def test_a_request_satisfied_as_it_ends_leaks_nothing(seen: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Satisfied just before end(): whether end() sees the reply (and the caller holds what it
+    # took) or cancels (and the server gives it back), once the caller gives back what end()
+    # says it holds, the objects are as before the request.  "not-yet": end() does not see
+    # the reply that is already on its way, which forces the give-back.
+    if seen == "not-yet":
+        monkeypatch.setattr(client.ServerConnection, "reply_in", lambda self: False)
+    outcomes = set()
+    for _ in range(20):
+        sem, _ = Server.create("semaphore", (0, 1), None)
+        mutex, _ = Server.create("mutex", (0, 0), None)
+        request = start([sem, mutex], wait_all=True, owner=7)
+        sem.sem_release(1)  # satisfies it (the server may read the request after this)
+        outcome = request.end()
+        outcomes.add(outcome)
+        if outcome is not None:
+            assert outcome == (0, False)
+            assert sem.sem_read() == (0, 1) and mutex.mutex_read() == (7, 1, False)
+            sem.sem_release(1)
+            mutex.mutex_unlock(7)
+        assert sem.sem_read() == (1, 1) and mutex.mutex_read() == (0, 0, False)
+        assert Server.wait([sem, mutex], True, 0, 8, None) == (0, False)  # nobody else took them
+        sem.close()
+        mutex.close()
+    if seen == "not-yet":
+        assert outcomes == {None}
+
+
+RINGS = """
+    import threading, time
+    from ntshim.sync.server import client
+    Server = client.Server
+    event, _ = Server.create("event", (1, 0), None)
+    request = Server.request([event], False, 1, None)
+
+    def slept(bell, pause):  # whether sleep() returned before its deadline
+        deadline = time.monotonic_ns() + int(pause * 1e9)
+        Server.sleep([request], deadline, bell)
+        return time.monotonic_ns() < deadline
+
+    bell = Server.bell()
+    ringer = threading.Timer(0.1, Server.ring)  # from another thread, while this one sleeps
+    ringer.start()
+    print(slept(bell, 20), flush=True)
+    ringer.join()
+    bell = Server.bell()
+    Server.ring()  # between bell() and sleep()
+    print(slept(bell, 20), flush=True)
+    Server.ring()  # before bell(): drained by it
+    print(slept(Server.bell(), 0.2), flush=True)
+    print(request.ready(), request.end())
+"""
+
+
+def test_sleep_returns_on_a_ring() -> None:
+    # In a fresh interpreter: the doorbell is the process's, and the asyncio dispatcher that
+    # other tests leave running in this one would take the rings (its bell() drains them).
+    assert python(RINGS).split("\n")[:4] == ["True", "True", "False", "False None"]
+
+
+def test_sleep_returns_when_a_request_becomes_ready() -> None:
+    sem, _ = Server.create("semaphore", (0, 1), None)
+    other, _ = Server.create("semaphore", (0, 1), None)
+    idle = start([other])
+    request = start([sem])
+    releaser = threading.Timer(0.1, lambda: sem.sem_release(1))
+    releaser.start()
+    try:
+        deadline = time.monotonic_ns() + 4 * BOUND_NS
+        while not request.ready() and time.monotonic_ns() < deadline:
+            Server.sleep([idle, request], deadline, Server.bell())
+    finally:
+        releaser.join()
+    assert request.ready() and request.end() == (0, False)
+    assert not idle.ready() and idle.end() is None
+    assert sem.sem_read() == (0, 1) and other.sem_read() == (0, 1)
+
+
+def test_sleep_ends_at_its_deadline() -> None:
+    event, _ = Server.create("event", (0, 0), None)
+    request = start([event])
+    for pause in (0, 1_000_000, 200_000_000):  # (rounded up to whole milliseconds)
+        deadline = time.monotonic_ns() + pause
+        Server.sleep([request], deadline, Server.bell())
+        assert time.monotonic_ns() >= deadline
+    Server.sleep([], time.monotonic_ns() - 1, Server.bell())  # a deadline past: at once
+    assert request.end() is None
+
+
+@pytest.mark.usefixtures("own_requests")
+def test_requests_beyond_the_connection_cap_wait_for_one_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client, "MAX_REQUEST_CONNECTIONS", 2)
+    event, _ = Server.create("event", (1, 0), None)
+    first, second = start([event]), start([event])
+    with pytest.raises(OSError) as caught:
+        start([event])
+    assert caught.value.errno == errno.ENOSPC
+    connection = first._connection
+    assert first.end() is None
+    third = start([event])
+    assert third._connection is connection  # reused, not a third connection
+    event.event_set()
+    assert ready_within(second) and ready_within(third)
+    assert second.end() == third.end() == (0, False)
+    assert len(client.CLIENT.request_connections) == 2
+
+
+@pytest.mark.usefixtures("own_requests")
+def test_a_mutex_a_request_took_stays_held_when_its_connection_is_reused() -> None:
+    mutex, _ = Server.create("mutex", (0, 0), None)
+    request = start([mutex], owner=4242)
+    assert ready_within(request)
+    connection = request._connection
+    assert request.end() == (0, False)
+    del request
+    gc.collect()
+    # Its connection is idle now, and open: the mutex is held, not abandoned.
+    assert connection is not None and not connection.closed
+    assert mutex.mutex_read() == (4242, 1, False)
+    again = start([mutex], owner=4242)  # the same connection: a recursive acquisition
+    assert again._connection is connection
+    assert ready_within(again) and again.end() == (0, False)
+    assert mutex.mutex_read() == (4242, 2, False)
+    assert mutex.mutex_unlock(4242) == 2 and mutex.mutex_unlock(4242) == 1
+    assert mutex.mutex_read() == (0, 0, False)
+
+
+@pytest.mark.usefixtures("own_requests")
+def test_a_request_dropped_unended_is_given_back_before_its_connection_is_reused() -> None:
+    sem, _ = Server.create("semaphore", (1, 1), None)
+    request = start([sem])
+    assert ready_within(request)
+    connection = request._connection
+    del request  # nobody knows of the unit it took
+    gc.collect()
+    other, _ = Server.create("semaphore", (0, 1), None)
+    again = start([other])
+    assert again._connection is connection
+    assert sem.sem_read() == (1, 1)
+    assert again.end() is None
+
+
+NAMED_REQUEST = """
+    import time
+    from ntshim.sync.server import client
+    Server = client.Server
+    event, _ = Server.create("event", (1, 1), b"asked")
+    request = Server.request([event], False, 1, None)
+    deadline = time.monotonic_ns() + 20_000_000_000
+    while not request.ready() and time.monotonic_ns() < deadline:
+        Server.sleep([request], deadline, Server.bell())
+    print(request.end(), flush=True)
+    event.close()  # the last handle; the request's connection stays open, idle
+    while time.monotonic_ns() < deadline:
+        try:
+            Server.open("event", b"asked").close()
+        except FileNotFoundError:
+            print("gone")
+            break
+        time.sleep(0.01)
+"""
+
+
+def test_a_named_object_a_request_took_goes_with_its_last_handle(private_root: dict[str, str]) -> None:
+    # The server keeps a satisfied wait (to give it back on CANCEL) until the connection moves
+    # on; an idle request connection must not keep its objects, and their names, alive.
+    assert python(NAMED_REQUEST, private_root).split("\n")[:2] == ["(0, False)", "gone"]
+
+
+def test_a_fork_child_has_neither_the_requests_nor_the_doorbell_of_its_parent() -> None:
+    sem, _ = Server.create("semaphore", (0, 1), None)
+    request = start([sem])
+    bell = Server.bell()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            assert client.CLIENT.request_connections == [] and not client.CLIENT.idle_requests
+            assert not request.ready() and request.end() is None  # the parent's, not ours
+            Server.ring()  # our own doorbell: the parent's sleep below does not hear it
+            mine, _ = Server.create("semaphore", (1, 1), None)
+            own = start([mine])
+            assert ready_within(own) and own.end() == (0, False)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    deadline = time.monotonic_ns() + 200_000_000
+    Server.sleep([request], deadline, bell)
+    assert time.monotonic_ns() >= deadline
+    # The parent's request is still queued on the server (the child's copy closed, not shut down).
+    sem.sem_release(1)
+    assert ready_within(request) and request.end() == (0, False)
+    assert sem.sem_read() == (0, 1)

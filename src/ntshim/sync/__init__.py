@@ -32,6 +32,7 @@ from .objects import (
     Semaphore,
     SyncObject,
     wait_all,
+    wait_all_async,
     wait_any,
     wait_any_async,
 )
@@ -60,5 +61,6 @@ __all__ = [
     "backends",
     "wait_all",
     "wait_any",
+    "wait_all_async",
     "wait_any_async",
 ]

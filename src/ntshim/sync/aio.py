@@ -1,53 +1,71 @@
 """Waiting from asyncio without a thread per wait.
 
 Futexes cannot be polled, so an event loop cannot watch the objects itself.  Instead each
-process has one dispatcher thread per backend, which waits on behalf of every pending
-asynchronous request at once: one ``wait_any`` over the objects of all of them (the oldest
-first, at most :data:`~ntshim.sync.backend.MAX_WAIT_OBJECTS`), with a private auto-reset
-event as its alert, which a new or cancelled request sets so that the dispatcher waits again
-on the new set.  What the dispatcher acquires it hands to the request's event loop.
+process has one dispatcher thread per backend, which serves every pending asynchronous wait
+of the process with the backend's *requests* (:meth:`~ntshim.sync.backend.Backend.request`):
+a request is queued on its objects exactly as a thread's wait is (the same order, the same
+hand-over, wait-any and wait-all alike), but no thread sleeps in it; the dispatcher sleeps
+on all its requests at once and on a doorbell that a new or cancelled wait rings.  What a
+request acquires the dispatcher hands to the wait's event loop.
 
-A request that is cancelled, or whose loop is gone, takes nothing: what was acquired for it
-is given back (a semaphore unit released, a lock unlocked, an auto-reset event set again,
-as the server backend's rollback does).  A pulse that woke a request being cancelled is gone for it, as
-for any waiter that stops waiting.
+A wait that is cancelled, or whose loop is gone, takes nothing: what was acquired for it is
+given back (a semaphore unit released, a lock unlocked, an auto-reset event set again, even
+if a pulse handed it over, as the server backend's rollback does).  A manual-reset event's
+pulse that woke a wait being cancelled is gone for it, as for any waiter that stops waiting.
 
-Mutexes taken this way are owned by their task.  A wait names one owner for all its
+Mutexes taken this way are owned by their task.  A request names one owner for all its
 objects, so the dispatcher acquires every mutex with its own owner id (its thread's, which
 also makes a holder's death the process's: the thread lives as long as the process) and
-keeps here which task holds it, at what recursion level.  A mutex some task of this process
-holds is left out of the dispatcher's waits until that task releases it (it would be
-acquired again, recursively, for another task); the holding task's own acquisitions only
-count levels.
+keeps here which task holds it, at what recursion level.  Since every request has that one
+owner, two requests must never wait on one mutex at once (the second would take it again,
+recursively, for another task): a wait naming a mutex that a task holds, or that a started
+request waits on, is started once that ends.  The holding task's own acquisitions only count
+levels.  At most a backend's limit of requests (256 per process) are started at once; later
+waits start as earlier ones end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .backend import MAX_WAIT_OBJECTS, Backend, Handle
+from .backend import Backend, Request
 
 if TYPE_CHECKING:
     from .objects import Event, SyncObject
 
 
-class _Request:
-    """One asynchronous wait-any: its objects, deadline, task and the future its loop awaits
-    (the index acquired and whether it was an abandoned mutex)."""
+class _Wait:
+    """One asynchronous wait: its objects, alert, deadline, task and the future its loop
+    awaits (the index acquired and whether an acquired mutex was abandoned)."""
 
-    __slots__ = ("deadline", "future", "loop", "objects", "task")
+    __slots__ = ("alert", "deadline", "future", "loop", "objects", "task", "wait_all")
 
-    def __init__(self, objects: Sequence[SyncObject], deadline: int | None) -> None:
+    def __init__(
+        self, objects: Sequence[SyncObject], alert: Event | None, wait_all: bool, deadline: int | None
+    ) -> None:
         self.objects = list(objects)
+        self.alert = alert
+        self.wait_all = wait_all
         self.deadline = deadline
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
         self.future: asyncio.Future[tuple[int, bool]] = self.loop.create_future()
+
+    def named(self) -> list[SyncObject]:
+        return [*self.objects, self.alert] if self.alert is not None else self.objects
+
+    def acquired(self, index: int) -> list[SyncObject]:
+        """What an outcome with ``index`` took: the object, every object (wait-all), or the alert."""
+        if index == len(self.objects):
+            assert self.alert is not None
+            return [self.alert]
+        return self.objects if self.wait_all else [self.objects[index]]
 
 
 class _Hold:
@@ -61,53 +79,57 @@ class _Hold:
         self.level = 1
 
 
-def _give_back(dispatcher: _Dispatcher, obj: SyncObject, abandoned: bool) -> None:
-    """Undo an acquisition nobody will use (the request was cancelled or its loop closed)."""
-    from .objects import Event, Lock, Mutex, Semaphore
+def _is_mutex(obj: SyncObject) -> bool:
+    return obj.kind == "mutex"
 
-    if isinstance(obj, Mutex):
-        dispatcher.end_hold(obj._handle.key, kill=abandoned)  # an abandoned mutex stays abandoned for the next
-    elif isinstance(obj, Lock):
+
+def _give_back(dispatcher: _Dispatcher, objects: list[SyncObject], abandoned: bool) -> None:
+    """Undo an acquisition nobody will use (the wait was cancelled or its loop closed).  An
+    abandoned mutex stays abandoned for the next; a wait-all that took one abandoned leaves
+    every mutex it took so (which of them it was is not known)."""
+    from .objects import Event, Lock, Semaphore
+
+    for obj in objects:
         try:
-            obj._live().lock_release(abandoned)  # (abandoned: it stays so for the next)
-        except PermissionError:  # another thread released it meanwhile, as a Lock allows
+            if _is_mutex(obj):
+                dispatcher.end_hold(obj._handle.key, kill=abandoned)
+            elif isinstance(obj, Lock):
+                obj._live().lock_release(abandoned)
+            elif isinstance(obj, Semaphore):
+                obj._live().sem_release(1)
+            elif isinstance(obj, Event) and not obj.read()[0]:  # an auto-reset event: the wait reset it
+                obj._live().event_set()
+        except (OverflowError, PermissionError):
+            # A semaphore others filled meanwhile has no room for the unit, nor need of it; a
+            # Lock may have been released by another thread, as a Lock allows.
             pass
-    elif isinstance(obj, Semaphore):
-        try:
-            obj._live().sem_release(1)
-        except OverflowError:  # others filled it meanwhile: there is no room for the unit, nor need
-            pass
-    elif isinstance(obj, Event) and not obj.read()[0]:  # an auto-reset event: the wait reset it
-        obj._live().event_set()
 
 
 def _settle(
-    dispatcher: _Dispatcher, request: _Request, index: int | None, abandoned: bool, error: BaseException | None
+    dispatcher: _Dispatcher, wait: _Wait, outcome: tuple[int, bool] | None, error: BaseException | None
 ) -> None:
-    """In the request's loop: deliver the outcome, or give back what nobody awaits any more."""
-    if request.future.done():  # cancelled meanwhile
-        if index is not None:
-            _give_back(dispatcher, request.objects[index], abandoned)
+    """In the wait's loop: deliver the outcome, or give back what nobody awaits any more."""
+    if wait.future.done():  # cancelled meanwhile
+        if outcome is not None:
+            _give_back(dispatcher, wait.acquired(outcome[0]), outcome[1])
     elif error is not None:
-        request.future.set_exception(error)
-    elif index is None:
-        request.future.set_exception(TimeoutError("the wait timed out"))
+        wait.future.set_exception(error)
+    elif outcome is None:
+        wait.future.set_exception(TimeoutError("the wait timed out"))
     else:
-        request.future.set_result((index, abandoned))
-        if request.task is not None and request.objects[index]._handle.key in dispatcher.held:
-            dispatcher.watch_task(request.task)
+        wait.future.set_result(outcome)
+        if wait.task is not None and any(_is_mutex(obj) for obj in wait.acquired(outcome[0])):
+            dispatcher.watch_task(wait.task)
 
 
 class _Dispatcher:
-    """The thread that waits for every pending request of one backend in this process."""
+    """The thread that serves every asynchronous wait of one backend in this process."""
 
     def __init__(self, backend: type[Backend]) -> None:
-        from .objects import Event
-
         self.backend = backend
-        self.wake: Event = Event(manual=False, backend=backend.name)
         self.lock = threading.Lock()
-        self.pending: list[_Request] = []
+        self.pending: list[_Wait] = []  # submitted, not started (oldest first)
+        self.withdrawn: list[_Wait] = []  # cancelled by their task: to end
         self.held: dict[object, _Hold] = {}  # by handle key: the mutexes tasks hold
         self.watched_tasks: set[object] = set()  # tasks whose end abandons what they hold
         self.owner = 0  # the thread's native id: the owner of every mutex it acquires
@@ -116,16 +138,18 @@ class _Dispatcher:
         self.thread.start()
         self.started.wait()
 
-    def submit(self, request: _Request) -> None:
+    def submit(self, wait: _Wait) -> None:
         with self.lock:
-            self.pending.append(request)
-        self.wake.set()
+            self.pending.append(wait)
+        self.backend.ring()
 
-    def withdraw(self, request: _Request) -> None:
+    def withdraw(self, wait: _Wait) -> None:
         with self.lock:
-            if request in self.pending:
-                self.pending.remove(request)
-        self.wake.set()
+            if wait in self.pending:
+                self.pending.remove(wait)
+            else:
+                self.withdrawn.append(wait)
+        self.backend.ring()
 
     def hold_of(self, obj: SyncObject, task: object) -> _Hold | None:
         """The hold ``task`` has of ``obj`` (a mutex), if any.  Levels change only in the
@@ -167,7 +191,7 @@ class _Dispatcher:
             hold = self.held.get(key)
             if hold is None:
                 return
-            # Unlocked while the hold still keeps it out of the waits: a wait naming it
+            # Unlocked while the hold still keeps it out of the requests: a request naming it
             # before would take it again for the dispatcher's owner, recursively.
             try:
                 if kill:
@@ -176,70 +200,112 @@ class _Dispatcher:
                     hold.mutex._live().mutex_unlock(self.owner)
             finally:
                 del self.held[key]
-        self.wake.set()
+        self.backend.ring()
 
-    def _deliver(
-        self, request: _Request, index: int | None, error: BaseException | None = None, abandoned: bool = False
-    ) -> None:
-        from .objects import Mutex
-
-        with self.lock:
-            if request in self.pending:
-                self.pending.remove(request)
-            if index is not None and isinstance(request.objects[index], Mutex):
-                self.held[request.objects[index]._handle.key] = _Hold(request.objects[index], request.task)
+    def _deliver(self, wait: _Wait, outcome: tuple[int, bool] | None, error: BaseException | None = None) -> None:
+        """Hand the outcome to the wait's loop (the dispatcher thread)."""
+        if outcome is not None:
+            with self.lock:
+                for obj in wait.acquired(outcome[0]):
+                    if _is_mutex(obj):
+                        self.held[obj._handle.key] = _Hold(obj, wait.task)
         try:
-            request.loop.call_soon_threadsafe(_settle, self, request, index, abandoned, error)
+            wait.loop.call_soon_threadsafe(_settle, self, wait, outcome, error)
         except RuntimeError:  # the loop is closed: nobody will take it
-            if index is not None:
-                _give_back(self, request.objects[index], abandoned)
+            if outcome is not None:
+                _give_back(self, wait.acquired(outcome[0]), outcome[1])
 
-    def _round(self) -> tuple[list[tuple[_Request, int]], list[Handle], int | None]:
-        """This round's objects (the oldest requests' first, as many as one wait names), what
-        request and position each is, and the earliest deadline of all pending requests."""
-        slots: list[tuple[_Request, int]] = []
-        handles: list[Handle] = []
+    def _startable(self, busy: set[object]) -> list[_Wait]:
+        """The pending waits that may start now, oldest first, taken off the pending list:
+        none naming a mutex a task holds or a started request waits on (``busy``, updated)."""
+        chosen = []
         with self.lock:
-            requests = list(self.pending)
-            held = set(self.held)
-        deadlines = [r.deadline for r in requests if r.deadline is not None]
-        for request in requests:
-            if any(obj.closed for obj in request.objects):
-                self._deliver(request, None, ValueError("an object of the wait was closed while it waited"))
-                continue
-            # A mutex some task here holds waits until it is released (it would be taken again, recursively).
-            named = [(p, obj) for p, obj in enumerate(request.objects) if obj._handle.key not in held]
-            if len(handles) + len(named) > MAX_WAIT_OBJECTS:
-                break
-            for position, obj in named:
-                slots.append((request, position))
-                handles.append(obj._handle)
-        return slots, handles, min(deadlines, default=None)
+            busy |= self.held.keys()
+            for wait in list(self.pending):
+                mutexes = {obj._handle.key for obj in wait.named() if _is_mutex(obj) and not obj.closed}
+                if mutexes & busy:
+                    continue
+                busy |= mutexes
+                chosen.append(wait)
+                self.pending.remove(wait)
+        return chosen
 
     def _run(self) -> None:
-        owner = self.owner = threading.get_native_id()
+        self.owner = threading.get_native_id()
         self.started.set()
-        wake = self.wake._handle
+        backend = self.backend
+        running: dict[_Wait, Request] = {}
         while True:
-            slots, handles, deadline = self._round()
+            bell = backend.bell()  # (before looking: a ring from now on cuts the sleep short)
+            with self.lock:
+                withdrawn, self.withdrawn = self.withdrawn, []
+            for wait in withdrawn:
+                if wait in running:
+                    self._end(wait, running.pop(wait), timed_out=False)
+            busy = {obj._handle.key for wait in running for obj in wait.named() if _is_mutex(obj)}
+            for wait in self._startable(busy):
+                if not self._start(wait, running):
+                    break  # no room for another request now: the rest wait for one to end
+            now = time.monotonic_ns()
+            for wait, request in list(running.items()):
+                expired = wait.deadline is not None and wait.deadline <= now
+                if request.ready() or expired:
+                    del running[wait]
+                    self._end(wait, request, timed_out=True)
+            deadlines = [w.deadline for w in (*running, *self.pending) if w.deadline is not None]
+            self._expire_pending(now)
             try:
-                index, abandoned = self.backend.wait(handles, False, deadline, owner, wake)
-            except TimeoutError:
-                now = time.monotonic_ns()
-                with self.lock:
-                    expired = [r for r in self.pending if r.deadline is not None and r.deadline <= now]
-                for request in expired:
-                    self._deliver(request, None)
-                continue
-            except Exception as error:  # noqa: BLE001 (a damaged arena, a killed server: tell every request)
-                for request in {request for request, _ in slots}:
-                    self._deliver(request, None, error)
-                if not slots:
-                    time.sleep(0.1)  # nothing to tell; do not spin on a failing backend
-                continue
-            if index < len(slots):  # else the wake event: the requests changed
-                request, position = slots[index]
-                self._deliver(request, position, abandoned=abandoned)
+                backend.sleep(list(running.values()), min(deadlines, default=None), bell)
+            except Exception as error:  # noqa: BLE001 (a damaged arena, a killed server: tell every wait)
+                for wait, request in running.items():
+                    try:
+                        request.end()
+                    except Exception:  # noqa: BLE001, S110 (the error below says it)
+                        pass
+                    self._deliver(wait, None, error)
+                running.clear()
+                time.sleep(0.1)  # do not spin on a failing backend
+
+    def _start(self, wait: _Wait, running: dict[_Wait, Request]) -> bool:
+        """Start a wait's request; False when the backend has no room for it now (it goes
+        back to the head of the pending list)."""
+        if any(obj.closed for obj in wait.named()):
+            self._deliver(wait, None, ValueError("an object of the wait was closed before it started"))
+            return True
+        handles = [obj._handle for obj in wait.objects]
+        alert = wait.alert._handle if wait.alert is not None else None
+        try:
+            running[wait] = self.backend.request(handles, wait.wait_all, self.owner, alert)
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                self._deliver(wait, None, error)
+                return True
+            with self.lock:
+                self.pending.insert(0, wait)
+            return False
+        except Exception as error:  # noqa: BLE001 (told to the wait)
+            self._deliver(wait, None, error)
+        return True
+
+    def _end(self, wait: _Wait, request: Request, timed_out: bool) -> None:
+        """End a started request and deliver what it took (None: a timeout, or nothing for a
+        withdrawn wait, whose future is cancelled already)."""
+        try:
+            outcome = request.end()
+        except Exception as error:  # noqa: BLE001 (told to the wait)
+            self._deliver(wait, None, error)
+            return
+        if outcome is not None or timed_out:
+            self._deliver(wait, outcome)
+
+    def _expire_pending(self, now: int) -> None:
+        """Waits that never started (their mutex busy, or no room) time out at their deadline."""
+        with self.lock:
+            expired = [w for w in self.pending if w.deadline is not None and w.deadline <= now]
+            for wait in expired:
+                self.pending.remove(wait)
+        for wait in expired:
+            self._deliver(wait, None)
 
 
 _dispatchers: dict[str, _Dispatcher] = {}
@@ -261,26 +327,28 @@ def _dispatcher(backend: type[Backend]) -> _Dispatcher:
         return dispatcher
 
 
-async def wait_any(objects: Sequence[SyncObject], deadline: int | None) -> tuple[int, bool] | None:
-    """Wait, from the running event loop, until one of ``objects`` (of one backend, already
-    checked) is signaled and acquire it for the running task: ``(index, abandoned)``, or None
-    on timeout."""
-    request = _Request(objects, deadline)
-    dispatcher = _dispatcher(objects[0]._backend)
-    for i, obj in enumerate(request.objects):
-        hold = dispatcher.hold_of(obj, request.task)
+async def wait(
+    objects: Sequence[SyncObject], alert: Event | None, wait_all: bool, deadline: int | None
+) -> tuple[int, bool] | None:
+    """Wait, from the running event loop, until one of ``objects`` (or all, ``wait_all``) or
+    the alert is signaled, and acquire for the running task (objects and alert of one
+    backend, already checked): ``(index, abandoned)``, or None on timeout."""
+    wait = _Wait(objects, alert, wait_all, deadline)
+    dispatcher = _dispatcher((objects[0] if objects else alert)._backend)  # type: ignore[union-attr]
+    for i, obj in enumerate(wait.objects):
+        hold = dispatcher.hold_of(obj, wait.task)
         if hold is not None:
-            if len(request.objects) > 1:
+            if len(wait.objects) > 1 or alert is not None:
                 raise ValueError(f"objects[{i}] is a mutex this task holds; acquire it again with acquire_async")
             hold.level += 1  # recursion: counted here, the dispatcher already holds it
             return 0, False
-    dispatcher.submit(request)
+    dispatcher.submit(wait)
     try:
-        return await request.future
+        return await wait.future
     except TimeoutError:
         return None
     except asyncio.CancelledError:
-        dispatcher.withdraw(request)  # what it took meanwhile, _settle gives back
+        dispatcher.withdraw(wait)  # what it took meanwhile, _settle gives back
         raise
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "Handle",
     "InitialState",
     "Kind",
+    "Request",
 ]
 
 Kind = Literal["semaphore", "mutex", "event", "lock"]
@@ -125,6 +126,20 @@ class Handle(Protocol):
         """(manual, signaled)"""
 
 
+class Request(Protocol):
+    """An asynchronous wait (:meth:`Backend.request`): queued on its objects exactly as a
+    thread's wait is, served in the same order and handed what it acquires, while no thread
+    sleeps in it."""
+
+    def ready(self) -> bool:
+        """Whether it was satisfied (a cheap look)."""
+
+    def end(self) -> tuple[int, bool] | None:
+        """Stop it: ``(index, abandoned)`` as :meth:`Backend.wait` answers if it was satisfied
+        (the caller holds what it acquired), else None (it acquired nothing, and is off the
+        queues).  A request is used once."""
+
+
 class Backend(ProbedBackend):
     """One synchronization mechanism.  Subclasses live one per module in this package."""
 
@@ -171,4 +186,35 @@ class Backend(ProbedBackend):
         ``wait_all`` handles are distinct (the alert included); all handles belong to this
         backend.  Must release the GIL while blocked.
         """
+
+    # Asynchronous waits: what asyncio's dispatcher (ntshim.sync.aio) builds on.  One thread
+    # per process makes the requests, sleeps on them and ends them (bell() and sleep() are
+    # its alone: a doorbell may be drained by bell()); it lives as long as the process,
+    # because what its requests acquire is held as that thread's would be (a mutex whose
+    # owner id is the thread's; abandoned when the thread, or the process, dies).
+
+    @classmethod
+    @abc.abstractmethod
+    def request(cls, handles: Sequence[Handle], wait_all: bool, owner: int, alert: Handle | None) -> Request:
+        """Start a wait with :meth:`wait`'s arguments and rules, but no deadline: it is
+        satisfied at once or queued, and the caller ends it.  OSError(ENOSPC) when the backend
+        has no room for another pending request now (the caller keeps it until one ends)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def bell(cls) -> int:
+        """The doorbell's state now, for :meth:`sleep`: a :meth:`ring` after this call makes
+        that sleep return."""
+
+    @classmethod
+    @abc.abstractmethod
+    def ring(cls) -> None:
+        """Wake the request thread's :meth:`sleep` (from any thread of the process)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def sleep(cls, requests: Sequence[Request], deadline: int | None, bell: int) -> None:
+        """Block, the GIL released, until one of ``requests`` may be ready, the doorbell rings
+        after :meth:`bell` returned ``bell``, or ``deadline`` (CLOCK_MONOTONIC ns, None: none)
+        passes; no TimeoutError, and a return may be spurious: the caller looks."""
 

@@ -28,11 +28,11 @@ import stat
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .. import _core, _kernel
 from ..errors import NameKindError
-from .backend import Availability, Backend, Handle, InitialState, Kind
+from .backend import Availability, Backend, Handle, InitialState, Kind, Request
 from .userdir import ROOT_ENV_VAR, user_directory
 
 _KIND_CODES: dict[str, int] = {
@@ -453,9 +453,82 @@ class Futex(Backend):
     def wait(
         cls, handles: Sequence[Handle], wait_all: bool, deadline: int | None, owner: int, alert: Handle | None
     ) -> tuple[int, bool]:
-        slots = [h.slot for h in handles]  # type: ignore[attr-defined]  # every handle here is a FutexHandle
-        alert_slot = alert.slot if alert is not None else 0  # type: ignore[attr-defined]
+        slots, alert_slot = _slots(handles, alert)
         return _core.sync_wait(slots, wait_all, deadline, owner, alert_slot)
+
+    @classmethod
+    @_explain_errors
+    def request(cls, handles: Sequence[Handle], wait_all: bool, owner: int, alert: Handle | None) -> Request:
+        if _requests.pool:
+            block = _requests.pool.pop()
+        elif _requests.made >= MAX_REQUESTS:
+            raise OSError(errno.ENOSPC, f"this process has {MAX_REQUESTS} pending requests, the most it may have")
+        else:
+            block = _core.sync_request_new()
+            _requests.made += 1
+        slots, alert_slot = _slots(handles, alert)
+        try:
+            now = _core.sync_request_start(block, slots, wait_all, owner, alert_slot)
+        except BaseException:
+            _requests.pool.append(block)
+            raise
+        return FutexRequest(block, now)
+
+    @classmethod
+    def bell(cls) -> int:
+        return _core.sync_bell()
+
+    @classmethod
+    def ring(cls) -> None:
+        _core.sync_ring()
+
+    @classmethod
+    @_explain_errors
+    def sleep(cls, requests: Sequence[Request], deadline: int | None, bell: int) -> None:
+        pending = cast("list[FutexRequest]", requests)
+        if all(r.outcome is None for r in pending):
+            _core.sync_request_sleep([r.block for r in pending], deadline, bell)
+
+
+def _slots(handles: Sequence[Handle], alert: Handle | None) -> tuple[list[int], int]:
+    slots = [h.slot for h in handles]  # type: ignore[attr-defined]  # every handle here is a FutexHandle
+    return slots, alert.slot if alert is not None else 0  # type: ignore[attr-defined]
+
+
+#: Most requests one process has pending at once: each holds a wait block, of which the
+#: arena has 4096 for every process of the user.
+MAX_REQUESTS = 256
+
+
+class _Requests(threading.local):
+    """The request blocks of the thread that makes requests (they belong to that thread:
+    its token holds what they acquire) and are reused once ended."""
+
+    def __init__(self) -> None:
+        self.pool: list[int] = []
+        self.made = 0
+
+
+_requests = _Requests()  # (per thread: a fork child's threads start with none)
+
+
+class FutexRequest:
+    """A wait in a block of its own (see arena.c, "requests")."""
+
+    __slots__ = ("block", "outcome")
+
+    def __init__(self, block: int, outcome: tuple[int, bool] | None) -> None:
+        self.block = block
+        self.outcome = outcome  # set when satisfied at once
+
+    def ready(self) -> bool:
+        return self.outcome is not None or _core.sync_request_ready(self.block)
+
+    @_explain_errors
+    def end(self) -> tuple[int, bool] | None:
+        outcome = self.outcome if self.outcome is not None else _core.sync_request_end(self.block)
+        _requests.pool.append(self.block)
+        return outcome
 
 
 BACKEND = Futex

@@ -260,7 +260,7 @@ class Semaphore(SyncObject):
     async def acquire_async(self, timeout: float | None = None) -> bool:
         """:meth:`acquire` from a coroutine (``timeout`` as :meth:`Event.wait`'s); see
         :func:`wait_any_async`."""
-        return await aio.wait_any([self], _wait_deadline(timeout)) is not None
+        return await aio.wait([self], None, False, _wait_deadline(timeout)) is not None
 
     async def __aenter__(self) -> Semaphore:
         await self.acquire_async()
@@ -377,7 +377,7 @@ class Lock(_Held):
     async def acquire_async(self, timeout: float | None = None) -> bool:
         """:meth:`acquire` from a coroutine (``timeout`` as :meth:`Event.wait`'s); see
         :func:`wait_any_async`."""
-        outcome = await aio.wait_any([self], _wait_deadline(timeout))
+        outcome = await aio.wait([self], None, False, _wait_deadline(timeout))
         if outcome is None:
             return False
         if outcome[1]:
@@ -473,7 +473,7 @@ class Mutex(_Held):
         ``timeout`` as :meth:`Event.wait`'s.  No thread waits for it: see
         :func:`wait_any_async`.  The dispatcher thread acquires it, so the process's death
         abandons it."""
-        outcome = await aio.wait_any([self], _wait_deadline(timeout))
+        outcome = await aio.wait([self], None, False, _wait_deadline(timeout))
         if outcome is None:
             return False
         if outcome[1]:
@@ -557,7 +557,7 @@ class Event(SyncObject):
 
     async def wait_async(self, timeout: float | None = None) -> bool:
         """:meth:`wait` from a coroutine; see :func:`wait_any_async`."""
-        return await aio.wait_any([self], _wait_deadline(timeout)) is not None
+        return await aio.wait([self], None, False, _wait_deadline(timeout)) is not None
 
     def _describe(self) -> str:
         manual, signaled = self.read()
@@ -634,9 +634,21 @@ async def wait_any_async(
     """:func:`wait_any` from a coroutine: the event loop runs on while it waits, and no thread
     waits for it (one dispatcher thread per process serves every pending wait).  A mutex it
     acquires is owned by the calling task.  Cancelling the task takes nothing: a unit, a
-    mutex or an auto-reset event handed to it meanwhile is given back."""
-    everything = _checked_wait(objects, alert, False)
-    outcome = await aio.wait_any(everything, _deadline(timeout))
+    lock, a mutex or an auto-reset event handed to it meanwhile is given back."""
+    return await _wait_async(objects, timeout, alert, False)
+
+
+async def wait_all_async(
+    objects: Sequence[SyncObject], timeout: float | None = None, *, alert: Event | None = None
+) -> int:
+    """:func:`wait_all` from a coroutine, as :func:`wait_any_async` is :func:`wait_any`'s:
+    every object is acquired in one atomic step, for the calling task, or none is."""
+    return await _wait_async(objects, timeout, alert, True)
+
+
+async def _wait_async(objects: Sequence[SyncObject], timeout: object, alert: Event | None, wait_all: bool) -> int:
+    _checked_wait(objects, alert, wait_all)
+    outcome = await aio.wait(list(objects), alert, wait_all, _deadline(timeout))
     if outcome is None:
         raise TimeoutError("the wait timed out")
     index, abandoned = outcome

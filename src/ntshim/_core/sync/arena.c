@@ -59,7 +59,7 @@
  * chunks as the table grows, before they are touched, so a full tmpfs yields
  * ENOSPC, never a SIGBUS.
  *
- * Layout, version 3 (native-endian; entry 0 of each table is never used, 0 means
+ * Layout, version 4 (native-endian; entry 0 of each table is never used, 0 means
  * "none" everywhere; each table starts on a 64 KiB boundary):
  *   0          header: magic "NTSY", version, size (u64), lock, high-water marks, free lists
  *   4096       process table   [NPROC + 1]  {in_use, gen, pid, pad}
@@ -159,6 +159,7 @@ struct thr {
     uint32_t sleeping; /* in futex_waitv (else spinning or running): whether a hand-off must wake */
     uint32_t owner, all, count, alert, abandoned, held, queued;
     uint32_t anchor; /* while it waits: its process's anchor block, the holder of the locks it acquires */
+    uint32_t notify; /* a request's block: its maker's own, whose poke word rings at a hand-over (else 0) */
     struct entry e[NQ];
 };
 
@@ -197,6 +198,8 @@ struct nts_arena {
     uint32_t me;                 /* our lock identity, ID(proc, gen) */
     uint32_t my_rec[NOBJ + 1];   /* our reference record per object */
     uint32_t my_count[NOBJ + 1]; /* our references per object (private: fork copies it exactly) */
+    uint8_t my_req[NTHR + 1];    /* the request blocks this process made */
+    uint32_t req_gen[NTHR + 1];  /* and their generations */
     /* fork: the slot, descriptor and references prepared for the child */
     int child_fd;
     uint32_t child_proc, child_gen;
@@ -719,9 +722,14 @@ static void dequeue(nts_arena *a, uint32_t ti)
     t->queued = 0;
 }
 
+/* Wake a waiter to look again; a request's maker sleeps on its own poke word for all
+ * its requests. */
 static void poke(nts_arena *a, uint32_t ti)
 {
     struct thr *t = &a->t[ti];
+    uint32_t maker = READ_ONCE(t->notify);
+    if (maker && (maker = thr_index(a, maker)) != 0)
+        t = &a->t[maker];
     __atomic_add_fetch(&t->poke, 1, __ATOMIC_RELEASE);
     futex_wake(&t->poke, 1);
 }
@@ -785,6 +793,11 @@ static void hand_over(nts_arena *a, uint32_t ti, uint32_t index)
 {
     struct thr *t = &a->t[ti];
     dequeue(a, ti);
+    if (t->notify) { /* a request: its maker looks at its word when its poke word rings */
+        __atomic_store_n(&t->signaled, index, __ATOMIC_SEQ_CST);
+        poke(a, ti);
+        return;
+    }
     /* Store, then look whether it sleeps; the waiter says it sleeps, then futex_waitv
      * looks at the word: with full fences one of the two sees the other's store. */
     __atomic_store_n(&t->signaled, index, __ATOMIC_SEQ_CST);
@@ -1182,6 +1195,29 @@ static uint32_t take_thr(nts_arena *a, int *err)
     return hw + 1;
 }
 
+/* Make block ti, just taken, the calling thread's: its token locked by this thread.
+ * Lock held. */
+static int claim_block(nts_arena *a, uint32_t ti, uint32_t notify)
+{
+    struct thr *t = &a->t[ti];
+    int err = 0;
+    /* Nobody's robust list holds a dead token: it is ours to initialize.  Locked once
+     * here, never unlocked (see the top of this file). */
+    if (init_robust_shared(&t->token) || pthread_mutex_trylock(&t->token))
+        err = damage("a thread token in the arena could not be taken");
+    t->gen += !t->gen; /* generations start at 1 */
+    t->in_use = 1;
+    t->proc = a->proc;
+    t->tid = (uint32_t)syscall(SYS_gettid);
+    t->held = 0;
+    t->queued = 0;
+    t->count = 0;
+    t->alert = 0;
+    t->notify = notify;
+    store(&t->signaled, 0);
+    return err;
+}
+
 /* The calling thread's block, taken (and its token locked) on first use. */
 static int self_thread(nts_arena *a, uint32_t *out)
 {
@@ -1194,23 +1230,8 @@ static int self_thread(nts_arena *a, uint32_t *out)
     if (err || (err = begin(a)))
         return err;
     uint32_t ti = alloc_entry(a, take_thr, &err);
-    if (ti) {
-        struct thr *t = &a->t[ti];
-        /* Nobody's robust list holds a dead token: it is ours to initialize.  Locked
-         * once here, never unlocked (see the top of this file). */
-        if (init_robust_shared(&t->token) || pthread_mutex_trylock(&t->token))
-            err = damage("a thread token in the arena could not be taken");
-        t->gen += !t->gen; /* generations start at 1 */
-        t->in_use = 1;
-        t->proc = a->proc;
-        t->tid = (uint32_t)syscall(SYS_gettid);
-        t->held = 0;
-        t->queued = 0;
-        t->count = 0;
-        t->alert = 0;
-        store(&t->signaled, 0);
-        tls_gen = t->gen;
-    }
+    if (ti && !(err = claim_block(a, ti, 0)))
+        tls_gen = a->t[ti].gen;
     if ((err = done(a, err)))
         return err;
     tls_thr = ti;
@@ -1348,6 +1369,8 @@ static void fork_child(void)
     tls_thr = 0;  /* the parent thread's block is not ours */
     g_anchor = 0; /* nor its anchor, whose thread did not come along */
     g_anchor_lock = 0;
+    if (a)
+        memset(a->my_req, 0, sizeof a->my_req); /* nor the requests, whose maker did not either */
     pthread_setspecific(g_thread_key, NULL);
     if (!a)
         return;
@@ -1771,33 +1794,110 @@ static int try_now(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32_t co
     return 0;
 }
 
-/* The futex words to sleep on: our own, our poke word, this process's damage word,
- * and the tokens of the holders (in other processes) of the mutexes and locks we
- * wait for.
- * Lock held. */
-static size_t watch_set(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32_t count, struct nts_futex_waitv *w)
+/* Add to w[n..] the tokens of the holders, in other processes than `proc`, of the
+ * mutexes and locks among `slots` (a waiter wakes at once when one dies); *partial set
+ * when some did not fit.  The new n, or 0 if a holder died since we looked (the
+ * kernel's wake-up is spent: look again).  Lock held. */
+static size_t watch_holders(nts_arena *a, uint32_t proc, const uint32_t *slots, uint32_t count,
+                            struct nts_futex_waitv *w, size_t n, int *partial)
 {
-    struct thr *t = &a->t[ti];
-    size_t n = 0;
-    w[n++] = (struct nts_futex_waitv){WAITING, (uintptr_t)&t->signaled, NTS_FUTEX2_SIZE_U32, 0};
-    w[n++] = (struct nts_futex_waitv){load(&t->poke), (uintptr_t)&t->poke, NTS_FUTEX2_SIZE_U32, 0};
-    w[n++] = (struct nts_futex_waitv){0, (uintptr_t)&g_damaged, NTS_FUTEX2_SIZE_U32 | NTS_FUTEX2_PRIVATE, 0};
-    for (uint32_t i = 0; i < count && n < NTS_FUTEX_WAITV_MAX; i++) {
+    for (uint32_t i = 0; i < count; i++) {
         struct obj *o = &a->o[slots[i]];
         if (!is_held(o) || !o->holder)
             continue;
         struct thr *h = &a->t[thr_index(a, READ_ONCE(o->holder))];
-        if (h->proc == t->proc)
+        if (h->proc == proc)
             continue;
+        if (n == NTS_FUTEX_WAITV_MAX) {
+            *partial = 1;
+            break;
+        }
         uint32_t *word = token_word(h);
         /* The kernel wakes a token's waiters at its owner's death only if
          * FUTEX_WAITERS is set; setting it is harmless to glibc. */
         uint32_t v = __atomic_fetch_or(word, FUTEX_WAITERS, __ATOMIC_ACQ_REL) | FUTEX_WAITERS;
         if (v & FUTEX_OWNER_DIED)
-            return 0; /* died since we looked: the kernel's wake-up is already spent */
+            return 0;
         w[n++] = (struct nts_futex_waitv){v, (uintptr_t)word, NTS_FUTEX2_SIZE_U32, 0};
     }
     return n;
+}
+
+/* The futex words a waiter sleeps on: its own, its poke word, this process's damage
+ * word, and the tokens of the holders of what it waits for.  0: look again.  Lock held. */
+static size_t watch_set(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32_t count, struct nts_futex_waitv *w)
+{
+    struct thr *t = &a->t[ti];
+    size_t n = 0;
+    int partial = 0; /* (cannot happen: see the assertion below) */
+    w[n++] = (struct nts_futex_waitv){WAITING, (uintptr_t)&t->signaled, NTS_FUTEX2_SIZE_U32, 0};
+    w[n++] = (struct nts_futex_waitv){load(&t->poke), (uintptr_t)&t->poke, NTS_FUTEX2_SIZE_U32, 0};
+    w[n++] = (struct nts_futex_waitv){0, (uintptr_t)&g_damaged, NTS_FUTEX2_SIZE_U32 | NTS_FUTEX2_PRIVATE, 0};
+    return watch_holders(a, t->proc, slots, count, w, n, &partial);
+}
+_Static_assert(3 + NTS_SYNC_MAX_WAIT <= NTS_FUTEX_WAITV_MAX, "a thread's wait watches every holder");
+
+/* The anchor, if one of the objects is a lock (a look without the lock: the kinds of
+ * the objects we reference do not change, and valid() checks the slots later). */
+static int anchor_for(nts_arena *a, const uint32_t *slots, uint32_t count, uint32_t *anchor_ti)
+{
+    *anchor_ti = 0;
+    for (uint32_t i = 0; i < count; i++)
+        if (slots[i] >= 1 && slots[i] <= NOBJ && a->my_count[slots[i]] &&
+            READ_ONCE(a->o[slots[i]].kind) == NTS_SYNC_LOCK)
+            return anchor(a, anchor_ti);
+    return 0;
+}
+
+/* Check a wait's objects and note the wait in waiter ti's block.  Lock held. */
+static int prepare(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32_t count, int all, uint32_t owner,
+                   uint32_t alert, uint32_t anchor_ti)
+{
+    int err = 0;
+    for (uint32_t i = 0; i < count && !err; i++)
+        err = valid(a, slots[i], 0);
+    if (!err && alert)
+        err = valid(a, alert, NTS_SYNC_EVENT);
+    if (err)
+        return err;
+    for (uint32_t i = 0; i < count; i++)
+        check_holder(a, slots[i]);
+    struct thr *t = &a->t[ti];
+    t->owner = owner;
+    t->all = all;
+    t->count = count;
+    t->alert = alert;
+    t->abandoned = 0;
+    t->anchor = anchor_ti;
+    return 0;
+}
+
+/* Queue waiter ti: one entry per object (and the alert), each holding a reference so
+ * that closing the last handle during the wait frees nothing under it.  Lock held. */
+static void enqueue(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32_t count, int all, uint32_t alert)
+{
+    struct thr *t = &a->t[ti];
+    store(&t->signaled, WAITING);
+    t->queued = 1;
+    for (uint32_t i = 0; i < count + (alert != 0) && !damaged(); i++) {
+        uint32_t oi = i < count ? slots[i] : alert;
+        t->e[i].obj = oi;
+        link_entry(a, oi, all && i < count, entry_id(ti, i));
+        a->o[oi].refs++;
+    }
+}
+
+/* What a satisfied waiter's block says it took: 0, or EUCLEAN when the index, which came
+ * through shared memory, names nothing it waited for. */
+static int outcome(nts_arena *a, uint32_t ti, uint32_t *index, int *abandoned)
+{
+    struct thr *t = &a->t[ti];
+    uint32_t count = READ_ONCE(t->count), alert = READ_ONCE(t->alert);
+    *index = load(&t->signaled);
+    *abandoned = (int)t->abandoned;
+    if (t->all ? *index != 0 && !(alert && *index == count) : *index > count || (*index == count && !alert))
+        return damage(BAD_COUNT);
+    return damaged() ? EUCLEAN : 0;
 }
 
 int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, const struct timespec *deadline,
@@ -1805,33 +1905,15 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
 {
     if (count > NTS_SYNC_MAX_WAIT || !owner)
         return EINVAL;
-    /* A lock is held by our anchor (a look without the lock: the kinds of the objects
-     * we reference do not change, and valid() checks the slots below). */
-    uint32_t ti, anchor_ti = 0;
-    int err = 0;
-    for (uint32_t i = 0; i < count && !err && !anchor_ti; i++)
-        if (slots[i] >= 1 && slots[i] <= NOBJ && a->my_count[slots[i]] &&
-            READ_ONCE(a->o[slots[i]].kind) == NTS_SYNC_LOCK)
-            err = anchor(a, &anchor_ti);
+    uint32_t ti, anchor_ti;
+    int err = anchor_for(a, slots, count, &anchor_ti);
     if (err || (err = self_thread(a, &ti)) || (err = begin(a)))
         return err;
     struct thr *t = &a->t[ti];
     if (!t->in_use || t->proc != a->proc || t->gen != tls_gen)
         err = damage(SWEPT);
-    for (uint32_t i = 0; i < count && !err; i++)
-        err = valid(a, slots[i], 0);
-    if (!err && alert)
-        err = valid(a, alert, NTS_SYNC_EVENT);
-    if (err)
+    if (err || (err = prepare(a, ti, slots, count, all, owner, alert, anchor_ti)))
         return done(a, err);
-    for (uint32_t i = 0; i < count; i++)
-        check_holder(a, slots[i]);
-    t->owner = owner;
-    t->all = all;
-    t->count = count;
-    t->alert = alert;
-    t->abandoned = 0;
-    t->anchor = anchor_ti;
     if (try_now(a, ti, slots, count, all, alert, index)) {
         *abandoned = (int)t->abandoned;
         return done(a, 0);
@@ -1842,16 +1924,7 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
         if (now.tv_sec > deadline->tv_sec || (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec))
             return done(a, ETIMEDOUT);
     }
-    /* Queue: one entry per object (and the alert), each holding a reference so
-     * that closing the last handle during the wait frees nothing under us. */
-    store(&t->signaled, WAITING);
-    t->queued = 1;
-    for (uint32_t i = 0; i < count + (alert != 0) && !damaged(); i++) {
-        uint32_t oi = i < count ? slots[i] : alert;
-        t->e[i].obj = oi;
-        link_entry(a, oi, all && i < count, entry_id(ti, i));
-        a->o[oi].refs++;
-    }
+    enqueue(a, ti, slots, count, all, alert);
     for (unsigned spin = g_spin;; spin = 0) {
         struct nts_futex_waitv w[NTS_FUTEX_WAITV_MAX];
         size_t n = watch_set(a, ti, slots, count, w);
@@ -1889,12 +1962,153 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
             break;
         }
     }
-    *index = load(&t->signaled);
-    *abandoned = (int)t->abandoned;
-    /* The index came through shared memory: it must name what we waited for. */
-    if (all ? *index != 0 && !(alert && *index == count) : *index > count || (*index == count && !alert))
-        return damage(BAD_COUNT);
-    return damaged() ? EUCLEAN : 0;
+    return outcome(a, ti, index, abandoned);
+}
+
+/* ---------------------------------------------------------------- requests */
+
+/* A request is a wait nobody sleeps in: a wait block of its own, made by a thread that
+ * holds its token (so that what the request acquires is held as that thread's would be),
+ * queued and served exactly as a thread's wait, whose hand-over rings its maker's poke
+ * word.  The maker sleeps on that one word for all its requests, and collects them. */
+
+/* Whether req is a request block of ours, still ours.  Lock held. */
+static int valid_request(nts_arena *a, uint32_t req)
+{
+    if (req < 1 || req > NTHR || !a->my_req[req])
+        return EBADF;
+    struct thr *t = &a->t[req];
+    if (req > thr_hw(a) || !t->in_use || t->proc != a->proc || t->gen != a->req_gen[req])
+        return damage(SWEPT);
+    return 0;
+}
+
+int nts_sync_request_new(nts_arena *a, uint32_t *req)
+{
+    uint32_t maker;
+    int err = self_thread(a, &maker);
+    if (err || (err = begin(a)))
+        return err;
+    uint32_t ri = alloc_entry(a, take_thr, &err);
+    if (ri && !(err = claim_block(a, ri, maker))) {
+        a->my_req[ri] = 1;
+        a->req_gen[ri] = a->t[ri].gen;
+        *req = ri;
+    }
+    return done(a, err);
+}
+
+int nts_sync_request_start(nts_arena *a, uint32_t req, const uint32_t *slots, uint32_t count, int all, uint32_t owner,
+                           uint32_t alert, int *now, uint32_t *index, int *abandoned)
+{
+    if (count > NTS_SYNC_MAX_WAIT || !owner)
+        return EINVAL;
+    uint32_t anchor_ti;
+    int err = anchor_for(a, slots, count, &anchor_ti);
+    if (err || (err = begin(a)))
+        return err;
+    if (!(err = valid_request(a, req)) && a->t[req].queued)
+        err = EBUSY;
+    if (err || (err = prepare(a, req, slots, count, all, owner, alert, anchor_ti)))
+        return done(a, err);
+    *now = try_now(a, req, slots, count, all, alert, index);
+    if (*now)
+        *abandoned = (int)a->t[req].abandoned;
+    else
+        enqueue(a, req, slots, count, all, alert);
+    return done(a, 0);
+}
+
+int nts_sync_request_ready(nts_arena *a, uint32_t req)
+{
+    return req >= 1 && req <= NTHR && a->my_req[req] && load(&a->t[req].signaled) != WAITING;
+}
+
+int nts_sync_request_end(nts_arena *a, uint32_t req, int *acquired, uint32_t *index, int *abandoned)
+{
+    int err = begin(a);
+    if (err)
+        return err;
+    if ((err = valid_request(a, req)))
+        return done(a, err);
+    *acquired = load(&a->t[req].signaled) != WAITING;
+    if (*acquired)
+        err = outcome(a, req, index, abandoned);
+    else
+        dequeue(a, req);
+    return done(a, err);
+}
+
+/* The doorbell: a private word the request thread sleeps on beside its requests. */
+static uint32_t g_bell;
+
+uint32_t nts_sync_bell(void) { return load(&g_bell); }
+
+void nts_sync_ring(void)
+{
+    __atomic_add_fetch(&g_bell, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &g_bell, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+int nts_sync_request_sleep(nts_arena *a, const uint32_t *reqs, uint32_t n, const struct timespec *deadline,
+                           uint32_t bell)
+{
+    uint32_t maker;
+    int err = self_thread(a, &maker);
+    if (err || (err = begin(a)))
+        return err;
+    struct nts_futex_waitv w[NTS_FUTEX_WAITV_MAX];
+    size_t k = 0;
+    int ready = 0, partial = 0;
+    w[k++] = (struct nts_futex_waitv){bell, (uintptr_t)&g_bell, NTS_FUTEX2_SIZE_U32 | NTS_FUTEX2_PRIVATE, 0};
+    w[k++] = (struct nts_futex_waitv){0, (uintptr_t)&g_damaged, NTS_FUTEX2_SIZE_U32 | NTS_FUTEX2_PRIVATE, 0};
+    w[k++] = (struct nts_futex_waitv){load(&a->t[maker].poke), (uintptr_t)&a->t[maker].poke, NTS_FUTEX2_SIZE_U32, 0};
+    for (uint32_t i = 0; i < n && !err && !ready; i++) {
+        if ((err = valid_request(a, reqs[i])))
+            break;
+        struct thr *t = &a->t[reqs[i]];
+        if (t->notify != maker) {
+            err = EINVAL; /* another thread's request: its hand-over rings that thread */
+            break;
+        }
+        if (load(&t->signaled) != WAITING) {
+            ready = 1;
+            break;
+        }
+        uint32_t count = READ_ONCE(t->count), objs[NTS_SYNC_MAX_WAIT];
+        if (count > NTS_SYNC_MAX_WAIT) {
+            err = damage(BAD_COUNT);
+            break;
+        }
+        for (uint32_t j = 0; j < count; j++)
+            check_holder(a, objs[j] = obj_index(a, READ_ONCE(t->e[j].obj)));
+        size_t more = load(&t->signaled) == WAITING ? watch_holders(a, t->proc, objs, count, w, k, &partial) : 0;
+        ready = more == 0; /* satisfied, or a holder died as we looked: the caller looks again */
+        k = more;
+    }
+    if (err || ready || damaged())
+        return done(a, err);
+    if ((err = done(a, 0)))
+        return err;
+    /* Every holder that did not fit is looked at again after the patience a lock waiter has. */
+    struct timespec patience;
+    const struct timespec *until = deadline;
+    if (partial) {
+        clock_gettime(CLOCK_MONOTONIC, &patience);
+        patience.tv_nsec += LOCK_PATIENCE_NS;
+        patience.tv_sec += patience.tv_nsec / 1000000000;
+        patience.tv_nsec %= 1000000000;
+        if (!deadline || patience.tv_sec < deadline->tv_sec ||
+            (patience.tv_sec == deadline->tv_sec && patience.tv_nsec < deadline->tv_nsec))
+            until = &patience;
+    }
+    long r = syscall(SYS_futex_waitv, w, k, 0, until, CLOCK_MONOTONIC);
+    int why = r < 0 ? errno : 0;
+    if (why == EFAULT)
+        damage("a futex word of the arena could not be read");
+    if (damaged())
+        return EUCLEAN;
+    return why == EAGAIN || (why == ETIMEDOUT && until != deadline) ? 0 : why;
 }
 
 size_t nts_sync_arena_size(void) { return ARENA_SIZE; }

@@ -272,6 +272,54 @@ static PyObject *py_event_read(PyObject *self, PyObject *args)
                : Py_BuildValue("OO", manual ? Py_True : Py_False, signaled ? Py_True : Py_False);
 }
 
+/* A sequence of at most `max` u32 (slots, requests) into out: its length, or -1 with
+ * the exception set. */
+static Py_ssize_t parse_u32s(PyObject *seq, uint32_t *out, Py_ssize_t max, const char *what)
+{
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (!fast)
+        return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    if (count > max) {
+        Py_DECREF(fast);
+        PyErr_Format(PyExc_ValueError, "at most %zd items (%s)", max, what);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        unsigned long v = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (v == (unsigned long)-1 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        out[i] = (uint32_t)v;
+    }
+    Py_DECREF(fast);
+    return count;
+}
+
+/* A deadline in CLOCK_MONOTONIC ns (None: none) as a timespec: *out NULL for none; -1
+ * with the exception set. */
+static int parse_deadline(PyObject *obj, struct timespec *ts, struct timespec **out)
+{
+    *out = NULL;
+    if (obj == Py_None)
+        return 0;
+    long long ns = PyLong_AsLongLong(obj);
+    if (ns == -1 && PyErr_Occurred())
+        return -1;
+    if (ns < 0)
+        ns = 0;
+    ts->tv_sec = (time_t)(ns / 1000000000);
+    ts->tv_nsec = (long)(ns % 1000000000);
+    *out = ts;
+    return 0;
+}
+
+static PyObject *outcome(uint32_t index, int abandoned)
+{
+    return Py_BuildValue("IO", index, abandoned ? Py_True : Py_False);
+}
+
 static PyObject *py_wait(PyObject *self, PyObject *args)
 {
     PyObject *seq, *deadline_obj;
@@ -280,36 +328,11 @@ static PyObject *py_wait(PyObject *self, PyObject *args)
     nts_arena *a = parse(args, "OpOII", &seq, &all, &deadline_obj, &owner, &alert);
     if (!a)
         return NULL;
-    PyObject *fast = PySequence_Fast(seq, "slots must be a sequence");
-    if (!fast)
-        return NULL;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
     uint32_t slots[NTS_SYNC_MAX_WAIT];
-    if (count > NTS_SYNC_MAX_WAIT) {
-        Py_DECREF(fast);
-        PyErr_Format(PyExc_ValueError, "at most %d objects", NTS_SYNC_MAX_WAIT);
+    Py_ssize_t count = parse_u32s(seq, slots, NTS_SYNC_MAX_WAIT, "slots must be a sequence");
+    struct timespec deadline, *dp;
+    if (count < 0 || parse_deadline(deadline_obj, &deadline, &dp) < 0)
         return NULL;
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        unsigned long v = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (v == (unsigned long)-1 && PyErr_Occurred()) {
-            Py_DECREF(fast);
-            return NULL;
-        }
-        slots[i] = (uint32_t)v;
-    }
-    Py_DECREF(fast);
-    struct timespec deadline, *dp = NULL;
-    if (deadline_obj != Py_None) {
-        long long ns = PyLong_AsLongLong(deadline_obj);
-        if (ns == -1 && PyErr_Occurred())
-            return NULL;
-        if (ns < 0)
-            ns = 0;
-        deadline.tv_sec = (time_t)(ns / 1000000000);
-        deadline.tv_nsec = (long)(ns % 1000000000);
-        dp = &deadline;
-    }
     static const struct timespec poll = {0, 0};
     for (int attempt = 0;; attempt++) {
         uint32_t index;
@@ -320,7 +343,7 @@ static PyObject *py_wait(PyObject *self, PyObject *args)
         if (err == ETIMEDOUT && attempt == 0)
             continue; /* nothing signaled yet: now wait for real, without the GIL */
         if (!err)
-            return Py_BuildValue("IO", index, abandoned ? Py_True : Py_False);
+            return outcome(index, abandoned);
         if (err == ETIMEDOUT) {
             PyErr_SetString(PyExc_TimeoutError, "the wait timed out");
             return NULL;
@@ -369,6 +392,90 @@ static PyObject *py_futex_waitv_errno(PyObject *self, PyObject *unused)
     return PyLong_FromLong(r < 0 ? errno : 0);
 }
 
+static PyObject *py_request_new(PyObject *self, PyObject *args)
+{
+    nts_arena *a = parse(args, "");
+    if (!a)
+        return NULL;
+    uint32_t req;
+    int err = CALL(nts_sync_request_new(a, &req)); /* (it may sweep dead processes) */
+    return err ? fail(err, "sync request") : PyLong_FromUnsignedLong(req);
+}
+
+static PyObject *py_request_start(PyObject *self, PyObject *args)
+{
+    PyObject *seq;
+    int all;
+    unsigned int req, owner, alert;
+    nts_arena *a = parse(args, "IOpII", &req, &seq, &all, &owner, &alert);
+    if (!a)
+        return NULL;
+    uint32_t slots[NTS_SYNC_MAX_WAIT], index;
+    Py_ssize_t count = parse_u32s(seq, slots, NTS_SYNC_MAX_WAIT, "slots must be a sequence");
+    if (count < 0)
+        return NULL;
+    int now, abandoned;
+    int err = nts_sync_request_start(a, req, slots, (uint32_t)count, all, owner, alert, &now, &index, &abandoned);
+    if (err)
+        return fail(err, "sync request start");
+    return now ? outcome(index, abandoned) : Py_NewRef(Py_None);
+}
+
+static PyObject *py_request_ready(PyObject *self, PyObject *args)
+{
+    unsigned int req;
+    nts_arena *a = parse(args, "I", &req);
+    return a ? PyBool_FromLong(nts_sync_request_ready(a, req)) : NULL;
+}
+
+static PyObject *py_request_end(PyObject *self, PyObject *args)
+{
+    unsigned int req;
+    nts_arena *a = parse(args, "I", &req);
+    if (!a)
+        return NULL;
+    uint32_t index;
+    int acquired, abandoned;
+    int err = nts_sync_request_end(a, req, &acquired, &index, &abandoned);
+    if (err)
+        return fail(err, "sync request end");
+    return acquired ? outcome(index, abandoned) : Py_NewRef(Py_None);
+}
+
+static PyObject *py_request_sleep(PyObject *self, PyObject *args)
+{
+    PyObject *seq, *deadline_obj;
+    unsigned int bell;
+    nts_arena *a = parse(args, "OOI", &seq, &deadline_obj, &bell);
+    if (!a)
+        return NULL;
+    Py_ssize_t max = PySequence_Size(seq);
+    if (max < 0)
+        return NULL;
+    uint32_t *reqs = PyMem_Malloc(sizeof *reqs * (size_t)(max + 1));
+    if (!reqs)
+        return PyErr_NoMemory();
+    struct timespec deadline, *dp;
+    Py_ssize_t n = parse_u32s(seq, reqs, max, "requests must be a sequence");
+    if (n < 0 || parse_deadline(deadline_obj, &deadline, &dp) < 0) {
+        PyMem_Free(reqs);
+        return NULL;
+    }
+    int err = CALL(nts_sync_request_sleep(a, reqs, (uint32_t)n, dp, bell));
+    PyMem_Free(reqs);
+    if (err && err != ETIMEDOUT && err != EINTR)
+        return fail(err, "sync request sleep");
+    return Py_NewRef(Py_None);
+}
+
+static PyObject *py_bell(PyObject *self, PyObject *args) { return PyLong_FromUnsignedLong(nts_sync_bell()); }
+
+static PyObject *py_ring(PyObject *self, PyObject *args)
+{
+    nts_sync_ring();
+    return Py_NewRef(Py_None);
+}
+
 static PyMethodDef sync_methods[] = {
     {"futex_waitv_errno", py_futex_waitv_errno, METH_NOARGS,
      "futex_waitv_errno() -> errno of an empty futex_waitv call: EINVAL where the call exists, ENOSYS where not"},
@@ -404,6 +511,16 @@ static PyMethodDef sync_methods[] = {
     {"sync_event_read", py_event_read, METH_VARARGS, "sync_event_read(slot) -> (manual, signaled)"},
     {"sync_wait", py_wait, METH_VARARGS,
      "sync_wait(slots, all, deadline_ns|None, owner, alert_slot) -> (index, abandoned); TimeoutError"},
+    {"sync_request_new", py_request_new, METH_VARARGS, "sync_request_new() -> request: a wait block of this thread's"},
+    {"sync_request_start", py_request_start, METH_VARARGS,
+     "sync_request_start(req, slots, all, owner, alert_slot) -> (index, abandoned) if satisfied now, else None"},
+    {"sync_request_ready", py_request_ready, METH_VARARGS, "sync_request_ready(req) -> bool"},
+    {"sync_request_end", py_request_end, METH_VARARGS,
+     "sync_request_end(req) -> (index, abandoned) if it was satisfied, else None (dequeued)"},
+    {"sync_request_sleep", py_request_sleep, METH_VARARGS,
+     "sync_request_sleep(reqs, deadline_ns|None, bell): until one may be ready, the bell rings or the deadline"},
+    {"sync_bell", py_bell, METH_NOARGS, "sync_bell() -> the doorbell's count"},
+    {"sync_ring", py_ring, METH_NOARGS, "sync_ring(): wake the request thread's sleep"},
     {NULL},
 };
 

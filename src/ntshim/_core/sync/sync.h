@@ -16,7 +16,7 @@
 /* Pauses a waiter spins before it sleeps, on machines with more than one CPU. */
 #define NTS_SYNC_SPIN 300
 /* The arena layout this build reads and writes (the header's version field). */
-#define NTS_SYNC_LAYOUT 3u
+#define NTS_SYNC_LAYOUT 4u
 /* Bytes [1, NTS_SYNC_LIVE_END) of an arena file carry the OFD locks of the processes
  * attached to it, in every layout version. */
 #define NTS_SYNC_LIVE_END 65536
@@ -79,6 +79,23 @@ int nts_sync_event_read(nts_arena *a, uint32_t slot, int *manual, int *signaled)
  * arrived first: then nothing was acquired. */
 int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, const struct timespec *deadline,
                   uint32_t owner, uint32_t alert, uint32_t *index, int *abandoned);
+/* Requests: waits that no thread sleeps in, for asyncio's dispatcher.  A request is a
+ * wait block made by the calling thread (which holds what it acquires, as its own wait
+ * would: that thread should live as long as the process); it is started like a wait,
+ * without a deadline, satisfied at once (*now) or queued; the maker sleeps on all its
+ * requests and the doorbell at once, and ends each: *acquired, or taken off the queues.
+ * ENOSPC from request_new: no free wait block in the arena. */
+int nts_sync_request_new(nts_arena *a, uint32_t *req);
+int nts_sync_request_start(nts_arena *a, uint32_t req, const uint32_t *slots, uint32_t count, int all, uint32_t owner,
+                           uint32_t alert, int *now, uint32_t *index, int *abandoned); /* EBUSY: still pending */
+int nts_sync_request_ready(nts_arena *a, uint32_t req); /* satisfied (a look without the lock) */
+int nts_sync_request_end(nts_arena *a, uint32_t req, int *acquired, uint32_t *index, int *abandoned);
+/* Until a request of `reqs` (the caller's) may be ready, the doorbell moves past `bell`,
+ * or the deadline: 0 (perhaps spuriously), ETIMEDOUT or EINTR. */
+int nts_sync_request_sleep(nts_arena *a, const uint32_t *reqs, uint32_t n, const struct timespec *deadline,
+                           uint32_t bell);
+uint32_t nts_sync_bell(void); /* this process's doorbell */
+void nts_sync_ring(void);     /* ring it: a request_sleep that saw the old value returns */
 /* Objects, thread blocks, references and processes in use, and the capacities;
  * and the thread ids of this process's blocks (at most *ntids; *ntids set to the number). */
 void nts_sync_usage(nts_arena *a, uint32_t used[4], uint32_t capacity[4], uint32_t *tids, size_t *ntids);

@@ -1,6 +1,8 @@
 """The client side of the ``server`` backend: connections to the per-user server (started
 on first use), the per-process client that keeps them across threads and fork, and the
-backend class, whose handles turn each operation into one round trip.
+backend class, whose handles turn each operation into one round trip.  Its asynchronous
+requests (what asyncio's dispatcher builds on) are WAITs left in flight on connections of
+their own, whose sockets it polls beside an eventfd doorbell.
 
 The protocol, and what each connection is for, is docs/sync-protocol.md.
 """
@@ -12,18 +14,20 @@ import contextlib
 import errno
 import fcntl
 import os
+import select
 import socket
 import struct
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn, cast
 
 from ...errors import NameKindError
 from .. import userdir
-from ..backend import Availability, Backend, Handle, InitialState, Kind
+from ..backend import Availability, Backend, Handle, InitialState, Kind, Request
 from .protocol import (
     ADDREF,
     CANCEL,
@@ -89,6 +93,14 @@ from .protocol import (
     object_ids,
     wait_frame,
 )
+
+#: Most request connections (:meth:`Client.open_request`) a process keeps, so most requests in
+#: flight at once.  Each is a descriptor here and one in the server, which serves every
+#: process of the user from its RLIMIT_NOFILE; asyncio's dispatcher keeps the requests beyond
+#: this queued (OSError(ENOSPC)) until one ends, and so never takes more than its share.
+MAX_REQUEST_CONNECTIONS = 256
+#: Longest poll in :meth:`Server.sleep` (ms, a C int): a longer one returns early, as allowed.
+_MAX_POLL_MS = 1 << 30
 
 
 class ProtocolError(ConnectionError):
@@ -158,18 +170,51 @@ class ServerConnection:
         """The next reply body (op, status, payload)."""
         buffer = self._buffer
         while True:
-            if len(buffer) >= 4:
-                (length,) = FRAME_LENGTH.unpack_from(buffer)
-                if not 2 <= length <= MAX_BODY:
-                    raise ProtocolError(f"bad reply length {length}")
-                if len(buffer) >= 4 + length:
-                    body = bytes(buffer[4 : 4 + length])
-                    del buffer[: 4 + length]
-                    return body
+            length = self._whole_reply()
+            if length:
+                body = bytes(buffer[4 : 4 + length])
+                del buffer[: 4 + length]
+                return body
             data = self.sock.recv(MAX_BODY)
             if not data:
                 raise ServerGone("the sync server closed the connection (it was killed or crashed)")
             buffer += data
+
+    def _whole_reply(self) -> int:
+        """The length of the buffered reply's body if all of it is in, else 0; ProtocolError
+        if the buffer starts with a length no reply has."""
+        buffer = self._buffer
+        if len(buffer) < 4:
+            return 0
+        (length,) = FRAME_LENGTH.unpack_from(buffer)
+        if not 2 <= length <= MAX_BODY:
+            raise ProtocolError(f"bad reply length {length}")
+        return length if len(buffer) >= 4 + length else 0
+
+    def reply_buffered(self) -> bool:
+        """Whether a whole reply (or a bad length, which :meth:`receive` raises) is in the
+        buffer: then :meth:`receive` returns (or raises) without touching the socket."""
+        try:
+            return bool(self._whole_reply())
+        except ProtocolError:
+            return True
+
+    def reply_in(self) -> bool:
+        """Whether :meth:`receive` would return (or raise) without blocking: a whole reply is
+        buffered once what has arrived is read, without waiting; or the connection ended (the
+        server closed it, or it failed), which :meth:`receive` then reports."""
+        if self.reply_buffered():
+            return True
+        try:
+            data = self.sock.recv(MAX_BODY, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True  # (a reset is reported once; the receive then sees the end)
+        if not data:
+            return True
+        self._buffer += data
+        return self.reply_buffered()
 
     def call(self, data: bytes, op: int, what: str) -> tuple[int, bytes]:
         """Send a request (``data`` may carry CLOSE frames ahead of it) and read its reply:
@@ -252,6 +297,13 @@ class ServerConnection:
         """End whatever request is in flight on this connection (a pending wait is
         cancelled, a satisfied one given back, any other reply skipped); say what happened
         to a wait, and return the first interruption that came meanwhile."""
+        wait_reply, cancel_reply, first = self.cancel()
+        return _cancel_note(wait_reply, cancel_reply), first
+
+    def cancel(self) -> tuple[bytes | None, bytes, BaseException | None]:
+        """:meth:`_cancel`'s work: the WAIT reply that came before CANCEL's (None if none
+        did), CANCEL's reply, and the first interruption that came meanwhile (not raised:
+        the connection is brought in step first)."""
         self.sock.sendall(frame(CANCEL))
         wait_reply: bytes | None = None
         first: BaseException | None = None
@@ -263,7 +315,7 @@ class ServerConnection:
             if body[:1] == bytes((WAIT,)):
                 wait_reply = body
         self.unsettled = False
-        return _cancel_note(wait_reply, body), first
+        return wait_reply, body, first
 
     def settle(self) -> None:
         """Bring a connection that an exception left in the middle of a request back in step
@@ -290,10 +342,16 @@ class ServerConnection:
             pass
 
 
+def _cancel_outcome(cancel_reply: bytes) -> tuple[int, int, int]:
+    """CANCEL's reply: (outcome, returned, kept); a short reply: nothing to report."""
+    if len(cancel_reply) < 2 + CANCEL_REPLY.size:  # (after the reply's op and status bytes)
+        return CANCEL_NOTHING, 0, 0
+    outcome, returned, kept = CANCEL_REPLY.unpack_from(cancel_reply, 2)
+    return outcome, returned, kept
+
+
 def _cancel_note(wait_reply: bytes | None, cancel_reply: bytes) -> str:
-    # (after the reply's op and status bytes; a short reply: nothing to report)
-    complete = len(cancel_reply) >= 2 + CANCEL_REPLY.size
-    outcome, returned, kept = CANCEL_REPLY.unpack_from(cancel_reply, 2) if complete else (CANCEL_NOTHING, 0, 0)
+    outcome, returned, kept = _cancel_outcome(cancel_reply)
     if outcome == CANCEL_CANCELLED:
         return "ntshim.sync: the interrupted wait was cancelled; it acquired nothing"
     if outcome == CANCEL_GIVEN_BACK:
@@ -461,6 +519,18 @@ class Client:
         self._child_token = 0
         #: A child forked without a prepared anchor re-takes its references on connection.
         self._retake = False
+        #: Request connections (see :meth:`open_request`): every one this process opened,
+        #: held here so that none closes while the process lives, and the idle ones among
+        #: them (a deque: a request dropped unended puts its connection back from a finalizer,
+        #: which must take no lock).
+        self.request_connections: list[ServerConnection] = []
+        self.idle_requests: collections.deque[ServerConnection] = collections.deque()
+        #: Guards the cap on request connections while one is being opened.
+        self._request_lock = threading.Lock()
+        self._requests_opening = 0
+        #: The doorbell (:meth:`doorbell`): an eventfd, -1 until first used.
+        self._doorbell = -1
+        self._doorbell_lock = threading.Lock()
 
     # -- connections --
 
@@ -502,6 +572,12 @@ class Client:
         self._ensure_anchor()
         return self.instance
 
+    def ensure_own(self) -> None:
+        """Repair this client in a child forked without os.fork()'s hooks (a C extension's
+        fork()): what :meth:`after_fork_child` would have done."""
+        if self.pid != os.getpid():
+            self.after_fork_child()
+
     def connection(self) -> ServerConnection:
         """A connection of this thread that is not in a request, opened on first use.
 
@@ -509,9 +585,7 @@ class Client:
         sync objects while its thread is in a request (a SIGINT handler setting the event
         the main thread waits on): the busy connection's frames must not interleave.
         """
-        if self.pid != os.getpid():
-            # Forked without os.fork()'s hooks (a C extension's fork()): same repair.
-            self.after_fork_child()
+        self.ensure_own()
         pool: ThreadConnections | None = getattr(self.local, "pool", None)
         if pool is None:
             pool = self.local.pool = ThreadConnections()
@@ -555,6 +629,9 @@ class Client:
         pool: list[ServerConnection] = getattr(self.local, "pool", [])
         if connection in pool:
             pool.remove(connection)
+        with self._request_lock:
+            if connection in self.request_connections:
+                self.request_connections.remove(connection)
         connection.close()
 
     def _close_frames(self) -> bytes:
@@ -578,9 +655,7 @@ class Client:
             return connection.call(self._close_frames() + data, op, what)
         except (ConnectionError, OSError) as exc:
             self.drop(connection)
-            if isinstance(exc, ProtocolError):
-                raise
-            raise ServerGone(f"{what}: lost the connection to the sync server ({exc})") from exc
+            _lost(exc, what)
 
     def release(self, oid: int) -> None:
         """Drop one reference, now (another process may be about to look the name up)."""
@@ -592,6 +667,137 @@ class Client:
         except (ConnectionError, OSError):
             if connection is not None:
                 self.drop(connection)  # the server is gone, and with it the reference
+
+    # -- requests (Backend.request) --
+
+    def open_request(self, data: bytes, what: str) -> ServerRequest:
+        """Send a WAIT (``data``, without a deadline) on a request connection, and return
+        without waiting for its reply.
+
+        The server allows one pending wait per connection, so each request in flight has a
+        connection of its own: a HELLO_THREAD connection of the calling thread (the asyncio
+        dispatcher), kept for reuse once the request ends.  None is ever closed while the
+        process lives: a mutex a request acquired is held by its connection, and stays held
+        (by the task the dispatcher gave it to) after the request ended.
+        """
+        self.ensure_own()
+        payload: bytes | None = None
+        while True:
+            connection, reused = self._request_connection()
+            if payload is None:  # (the pending CLOSE frames once, even if a send fails)
+                payload = self._close_frames() + data
+            connection.unsettled = True  # until its reply is read, or the request cancelled
+            try:
+                connection.send(payload)
+            except (ConnectionError, OSError) as exc:
+                self.drop(connection)
+                if reused:
+                    continue  # a connection to a server killed since: the next try opens anew
+                _lost(exc, what)
+            except BaseException:
+                # Interrupted (the wait may be out): settled (cancelled, or given back) before
+                # the connection's next use.
+                self.idle_requests.append(connection)
+                raise
+            return ServerRequest(connection, what)
+
+    def _request_connection(self) -> tuple[ServerConnection, bool]:
+        """An idle request connection, brought in step, or a new one: ``(connection,
+        reused)``.  OSError(ENOSPC) when :data:`MAX_REQUEST_CONNECTIONS` are all busy, or
+        when a new one cannot be had for want of descriptors while others are busy (the
+        caller waits for a request to end, and its connection)."""
+        while True:
+            try:
+                connection = self.idle_requests.pop()  # the most recent: the fewest idle
+            except IndexError:
+                break
+            if connection.closed:
+                self.drop(connection)
+                continue
+            if connection.unsettled:
+                try:
+                    connection.settle()
+                except (ConnectionError, OSError):
+                    self.drop(connection)
+                    continue
+                except BaseException:
+                    self.idle_requests.append(connection)
+                    raise
+            return connection, True
+        with self._request_lock:
+            busy = len(self.request_connections) + self._requests_opening
+            if busy >= MAX_REQUEST_CONNECTIONS:
+                raise OSError(
+                    errno.ENOSPC,
+                    f"all {busy} request connections to the sync server are in use "
+                    "(ntshim.sync.server.client.MAX_REQUEST_CONNECTIONS); end a request first",
+                )
+            self._requests_opening += 1
+        try:
+            connection = self._open_thread_connection()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE) and self.request_connections:
+                # (the server's descriptors, or ours): those in use come back as requests end
+                raise OSError(
+                    errno.ENOSPC,
+                    f"no descriptor for another request connection while {busy} are in use; "
+                    f"end a request first ({exc})",
+                ) from exc
+            raise
+        finally:
+            with self._request_lock:
+                self._requests_opening -= 1
+        with self._request_lock:
+            self.request_connections.append(connection)
+        return connection, False
+
+    def end_request(self, connection: ServerConnection, what: str) -> tuple[int, bool] | None:
+        """End the request in flight on ``connection`` (see :meth:`ServerRequest.end`) and put
+        the connection back among the idle ones."""
+        interrupted: BaseException | None = None
+        result: tuple[int, bytes] | None = None
+        try:
+            if connection.reply_in():
+                reply: bytes | None = connection.receive()  # all in: it does not block
+                connection.unsettled = False
+            else:
+                # Pending as far as we know: cancel it.  The server drops it (its reply says
+                # cancelled), or gives back what it took if it was satisfied meanwhile.  A
+                # satisfied reply with nothing given back (which the server never sends, as
+                # it keeps a satisfied wait until the client moves on, but which costs nothing
+                # to honour) is the caller's.
+                wait_reply, cancel_reply, interrupted = connection.cancel()
+                reply = wait_reply if _cancel_outcome(cancel_reply)[0] == CANCEL_NOTHING else None
+            if reply is not None:
+                result = connection._check(reply, WAIT, what)
+                if result[0] == OK:
+                    # The server keeps a satisfied wait, for CANCEL to give back, and with it
+                    # its objects (their names included) until the client moves on: say so
+                    # now, as this connection may stay idle a long time.
+                    connection.send(self._close_frames() or frame(CLOSE))
+        except (ConnectionError, OSError) as exc:
+            self.drop(connection)
+            _lost(exc, what)
+        except BaseException:
+            # Interrupted before the end was complete: still unsettled if so, and settled
+            # (cancelled, or given back) before the connection's next use.
+            self.idle_requests.append(connection)
+            raise
+        self.idle_requests.append(connection)
+        if interrupted is not None:
+            raise interrupted
+        return None if result is None else _wait_result(*result, what)
+
+    def doorbell(self) -> int:
+        """This process's doorbell for :meth:`Server.sleep`: a non-blocking eventfd that
+        :meth:`Server.ring` adds to and :meth:`Server.bell` drains (made on first use)."""
+        fd = self._doorbell
+        if fd < 0:
+            with self._doorbell_lock:
+                fd = self._doorbell
+                if fd < 0:
+                    fd = self._doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        return fd
 
     # -- fork --
 
@@ -623,10 +829,21 @@ class Client:
 
     def after_fork_child(self) -> None:
         child_anchor, self._child_anchor = self._child_anchor, None
-        for connection in list(self.connections):
+        for connection in list(self.connections):  # the request connections among them
             if connection is not child_anchor:
                 connection.close()
         self.connections = weakref.WeakSet()
+        # The parent's requests and doorbell are the parent's: close our copies (the parent's
+        # are untouched) and start with none.
+        self.request_connections = []
+        self.idle_requests = collections.deque()
+        self._request_lock = threading.Lock()
+        self._requests_opening = 0
+        if self._doorbell >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._doorbell)
+            self._doorbell = -1
+        self._doorbell_lock = threading.Lock()
         self.local = threading.local()
         self.lock = threading.RLock()
         self._forking_thread = None
@@ -640,6 +857,14 @@ class Client:
             self.anchor = None
             self.closes_to_send.clear()
             self._retake = bool(self.live_handles())
+
+
+def _lost(exc: ConnectionError | OSError, what: str) -> NoReturn:
+    """Raise what a request whose connection failed with ``exc`` raises (the caller has
+    dropped the connection): the protocol error itself, or ServerGone."""
+    if isinstance(exc, ProtocolError):
+        raise exc
+    raise ServerGone(f"{what}: lost the connection to the sync server ({exc})") from exc
 
 
 def _at_end(sock: socket.socket) -> bool:
@@ -757,6 +982,98 @@ class ServerHandle:
         return bool(manual), bool(signaled)
 
 
+class ServerRequest:
+    """An asynchronous wait (:class:`~ntshim.sync.backend.Request`): a WAIT sent on a request
+    connection of its own (:meth:`Client.open_request`), whose reply is read when it ends."""
+
+    __slots__ = ("_connection", "_pid", "_what")
+
+    def __init__(self, connection: ServerConnection, what: str) -> None:
+        self._connection: ServerConnection | None = connection
+        #: A fork child has its parent's request objects, but their connections are closed
+        #: there (or, forked without the hooks, still the parent's): never the child's to use.
+        self._pid = os.getpid()
+        self._what = what
+
+    def _own(self) -> ServerConnection | None:
+        """The connection, if this request is in flight and this process's."""
+        connection = self._connection
+        if connection is None or connection.closed or self._pid != os.getpid():
+            return None
+        return connection
+
+    def ready(self) -> bool:
+        """Whether the WAIT's reply is in (reading what arrived, without waiting)."""
+        connection = self._own()
+        return connection is not None and connection.reply_in()
+
+    def poll_fd(self) -> int | None:
+        """For :meth:`Server.sleep`: the socket to watch, None if the reply is buffered
+        already (no need to sleep), -1 if nothing is (ended, or a fork parent's)."""
+        connection = self._own()
+        if connection is None:
+            return -1
+        return None if connection.reply_buffered() else connection.sock.fileno()
+
+    def end(self) -> tuple[int, bool] | None:
+        """``(index, abandoned)`` if the wait was satisfied (the reply is in, or it came in
+        before the cancellation and was not given back), else None: it was cancelled, or
+        its acquisition given back, on the server.  Raises what :meth:`Server.wait` raises
+        for the reply's status; ServerGone if the connection failed.  In a fork child, a
+        parent's request ends as None (what it acquires is the parent's)."""
+        connection = self._connection
+        if connection is None:
+            raise RuntimeError("this request has ended already")
+        self._connection = None
+        if connection.closed or self._pid != os.getpid():
+            return None
+        return CLIENT.end_request(connection, self._what)
+
+    def __del__(self) -> None:
+        # Dropped without end(): give the connection back unsettled, to be settled (its
+        # wait cancelled or given back: nobody knows of it) before its next use.  Never
+        # talk to the server from a finalizer (it may run inside a request of this thread).
+        connection = self._connection
+        if connection is not None and self._pid == os.getpid() and not connection.closed:
+            self._connection = None
+            try:
+                connection.unsettled = True
+                CLIENT.idle_requests.append(connection)
+            except Exception:  # noqa: BLE001, S110 - at interpreter exit module globals may be gone already
+                pass
+
+
+def _wait_result(status: int, payload: bytes, what: str) -> tuple[int, bool]:
+    """A WAIT reply's ``(index, abandoned)``, or the exception its status stands for."""
+    raise_status(status, what)
+    index, abandoned = WAIT_REPLY.unpack(payload)
+    return index, bool(abandoned)
+
+
+def _wait_request(
+    handles: Sequence[Handle], wait_all: bool, deadline: int | None, owner: int, alert: Handle | None
+) -> tuple[bytes, str]:
+    """A WAIT frame for :meth:`Server.wait` and :meth:`Server.request`, and what to call it
+    in errors; ServerGone if an object belongs to a server killed since."""
+    for handle in [*handles, alert] if alert is not None else handles:
+        if getattr(handle, "instance", None) != CLIENT.instance:
+            raise _gone(handle.kind)
+    ids = [handle.key for handle in handles]
+    data = wait_frame(ids, wait_all, deadline, owner, alert.key if alert is not None else None)
+    return data, "wait_all" if wait_all else "wait_any"
+
+
+def _poll_timeout(deadline: int | None) -> int | None:
+    """poll()'s timeout in ms for a CLOCK_MONOTONIC deadline in ns: rounded up (never a
+    return before the deadline that could have been a sleep), never negative."""
+    if deadline is None:
+        return None
+    remaining = deadline - time.monotonic_ns()
+    if remaining <= 0:
+        return 0
+    return min(-(-remaining // 1_000_000), _MAX_POLL_MS)
+
+
 def _gone(kind: str) -> ServerGone:
     return ServerGone(f"{kind}: the sync server that held this object was killed; the object is gone")
 
@@ -811,15 +1128,44 @@ class Server(Backend):
         owner: int,
         alert: Handle | None,
     ) -> tuple[int, bool]:
-        ids = [handle.key for handle in handles]
-        for handle in [*handles, alert] if alert is not None else handles:
-            if getattr(handle, "instance", None) != CLIENT.instance:
-                raise _gone(handle.kind)
-        data = wait_frame(ids, wait_all, deadline, owner, alert.key if alert is not None else None)
-        status, payload = CLIENT.call(data, "wait_all" if wait_all else "wait_any")
-        raise_status(status, "wait_all" if wait_all else "wait_any")
-        index, abandoned = WAIT_REPLY.unpack(payload)
-        return index, bool(abandoned)
+        data, what = _wait_request(handles, wait_all, deadline, owner, alert)
+        status, payload = CLIENT.call(data, what)
+        return _wait_result(status, payload, what)
+
+    # Asynchronous waits: each request is a WAIT on a connection of its own, whose socket
+    # becomes readable when the server answers; the doorbell is an eventfd beside them.
+
+    @classmethod
+    def request(cls, handles: Sequence[Handle], wait_all: bool, owner: int, alert: Handle | None) -> Request:
+        data, what = _wait_request(handles, wait_all, None, owner, alert)
+        return CLIENT.open_request(data, what)
+
+    @classmethod
+    def bell(cls) -> int:
+        # Drained: a ring() after this leaves the eventfd readable for sleep().
+        CLIENT.ensure_own()
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(CLIENT.doorbell())
+        return 0
+
+    @classmethod
+    def ring(cls) -> None:
+        CLIENT.ensure_own()
+        with contextlib.suppress(BlockingIOError):  # (only if 2**64 - 2 rings were never drained)
+            os.eventfd_write(CLIENT.doorbell(), 1)
+
+    @classmethod
+    def sleep(cls, requests: Sequence[Request], deadline: int | None, bell: int) -> None:
+        CLIENT.ensure_own()
+        poller = select.poll()
+        for request in requests:
+            fd = cast(ServerRequest, request).poll_fd()
+            if fd is None:
+                return  # its reply is in already
+            if fd >= 0:
+                poller.register(fd, select.POLLIN)
+        poller.register(CLIENT.doorbell(), select.POLLIN)
+        poller.poll(_poll_timeout(deadline))  # (the GIL released; EINTR retried to the deadline)
 
 
 BACKEND = Server

@@ -383,8 +383,10 @@ class SyncServer:
             raise BadRequest(f"unknown op {op:#x}")
         if connection.process is None and op not in (HELLO_PROC, HELLO_THREAD):
             raise BadRequest("a request before hello")
-        if op not in (CANCEL, CLOSE) and connection.last_wait is not None:
-            # The client has read its wait's result and moved on: nothing to give back.
+        if op != CANCEL and connection.last_wait is not None:
+            # The client has read its wait's result and moved on: nothing to give back.  (A
+            # CLOSE counts: a client sends none between a wait and its CANCEL, and an idle
+            # connection's last wait would otherwise keep its objects, and their names, alive.)
             connection.last_wait = None
             self._release_wait_records(connection)
         handler(connection, op, body[1:])
