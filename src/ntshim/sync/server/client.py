@@ -590,18 +590,22 @@ class Client:
         if pool is None:
             pool = self.local.pool = ThreadConnections()
         for connection in list(pool):
-            if connection.busy or connection.closed:
-                continue
-            if connection.unsettled:
-                try:
-                    connection.settle()
-                except (ConnectionError, OSError):
-                    self.drop(connection)
-                    continue
-            return connection
+            if not connection.busy and not connection.closed and self._in_step(connection):
+                return connection
         connection = self._open_thread_connection()
         pool.append(connection)
         return connection
+
+    def _in_step(self, connection: ServerConnection) -> bool:
+        """Bring a connection that an exception left in the middle of a request back in step
+        with the server; False (and dropped) if it is gone."""
+        if connection.unsettled:
+            try:
+                connection.settle()
+            except (ConnectionError, OSError):
+                self.drop(connection)
+                return False
+        return True
 
     def _open_thread_connection(self) -> ServerConnection:
         with self.lock:
@@ -714,16 +718,12 @@ class Client:
             if connection.closed:
                 self.drop(connection)
                 continue
-            if connection.unsettled:
-                try:
-                    connection.settle()
-                except (ConnectionError, OSError):
-                    self.drop(connection)
-                    continue
-                except BaseException:
-                    self.idle_requests.append(connection)
-                    raise
-            return connection, True
+            try:
+                if self._in_step(connection):
+                    return connection, True
+            except BaseException:
+                self.idle_requests.append(connection)
+                raise
         with self._request_lock:
             busy = len(self.request_connections) + self._requests_opening
             if busy >= MAX_REQUEST_CONNECTIONS:
