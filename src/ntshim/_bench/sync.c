@@ -16,6 +16,8 @@
  *              until `amount` acquisitions in total are done; result: elapsed ns
  *   zigzag     auto events A and B; side 1 sets A and waits B, side 2 waits A
  *              and sets B, for `amount` ns; result: round trips
+ *   uncontended  one side alone acquires and releases the semaphore `amount` times
+ *              (what a program does most: it never waits); result: elapsed ns
  */
 #include "bench.h"
 
@@ -31,7 +33,7 @@
 #include <unistd.h>
 
 enum { MECH_FLOOR_FUTEX, MECH_FLOOR_EVENTFD, MECH_FUTEX, MECH_FLOOR_FUTEX_FIFO };
-enum { TEST_CONTENDED, TEST_ZIGZAG };
+enum { TEST_CONTENDED, TEST_ZIGZAG, TEST_UNCONTENDED };
 
 struct fsem {
     uint32_t value, waiters;
@@ -212,8 +214,8 @@ static int do_signal(shared *s, int which)
 
 static void side(shared *s, int number)
 {
-    if (s->test == TEST_CONTENDED) {
-        uint64_t mine = s->amount / 2 + (number == 0 ? s->amount % 2 : 0);
+    if (s->test != TEST_ZIGZAG) {
+        uint64_t mine = s->test == TEST_UNCONTENDED ? s->amount : s->amount / 2 + (number == 0 ? s->amount % 2 : 0);
         for (uint64_t i = 0; i < mine; i++) {
             CHECK(do_wait(s, 0, number));
             CHECK(do_signal(s, 0));
@@ -267,8 +269,8 @@ static int run(shared *s, int processes, uint64_t *elapsed)
     pthread_t threads[2];
     pid_t pids[2];
     side_arg args[2] = {{s, 0}, {s, 1}};
-    int started = 0, err = 0;
-    for (; started < 2; started++) {
+    int started = 0, err = 0, sides = s->test == TEST_UNCONTENDED ? 1 : 2;
+    for (; started < sides; started++) {
         if (processes) {
             pids[started] = fork();
             if (pids[started] == 0) {
@@ -308,7 +310,7 @@ PyObject *nts_bench_sync(PyObject *mod, PyObject *args)
     unsigned int slot_sem = 0, slot_a = 0, slot_b = 0;
     if (!PyArg_ParseTuple(args, "iipK|(III)", &mech, &test, &processes, &amount, &slot_sem, &slot_a, &slot_b))
         return NULL;
-    if (mech < MECH_FLOOR_FUTEX || mech > MECH_FLOOR_FUTEX_FIFO || test < TEST_CONTENDED || test > TEST_ZIGZAG) {
+    if (mech < MECH_FLOOR_FUTEX || mech > MECH_FLOOR_FUTEX_FIFO || test < TEST_CONTENDED || test > TEST_UNCONTENDED) {
         PyErr_SetString(PyExc_ValueError, "unknown mechanism or test");
         return NULL;
     }

@@ -147,8 +147,8 @@ def sync_table(results: Sequence[sy.Measurement], show_references: bool = True) 
 
     mode = "processes" if results and results[0].processes else "threads"
     table = Table(
-        title=f"sync, two {mode}: ns per acquisition (contended) / per round trip (zigzag), median; "
-        "ratios to the floors measured in this run",
+        title=f"sync, two {mode}: ns per acquisition (contended) / per round trip (zigzag) / per acquire + "
+        "release (uncontended, one side), median; ratios to the floors measured in this run",
         title_justify="left",
         caption="floor:futex lets a releaser take the unit back (sem_t); floor:futex-fifo hands it over "
         "as NT objects must, with ntshim's waiting policy",
@@ -186,7 +186,8 @@ def sync_json(results: Sequence[sy.Measurement], machine: dict[str, Any], settin
         "benchmark": "sync",
         "machine": machine,
         "settings": settings,
-        "unit": "ns per acquisition (contended) / ns per round trip (zigzag)",
+        "unit": "ns per acquisition (contended) / ns per round trip (zigzag) / ns per acquire + release "
+        "(uncontended)",
         "results": [
             {"test": m.test, "subject": m.subject, "kind": m.kind, "processes": m.processes, "amount": m.amount,
              "median": m.median, "samples": m.samples}
@@ -215,7 +216,8 @@ def sync_plot(results: Sequence[sy.Measurement], path: str | Path) -> None:
                 hatch=None)
         ax.set_xscale("log")
         ax.invert_yaxis()
-        ax.set_xlabel("ns per acquisition" if test == "contended" else "ns per round trip")
+        ax.set_xlabel({"contended": "ns per acquisition", "zigzag": "ns per round trip"}.get(
+            test, "ns per acquire + release"))
         ax.set_title(f"{test} ({'processes' if rows and rows[0].processes else 'threads'})")
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle("ntshim sync: grey floors (minimal C), blue native, green Python API, red Python's own tools")

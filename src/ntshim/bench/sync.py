@@ -6,9 +6,13 @@ README's), for every sync backend, Python's own tools, and the raw mechanisms, i
   acquisition (elapsed / iterations).
 - *zigzag*: two auto-reset events A and B; side 1 sets A and waits on B, side 2 waits on A
   and sets B, for ``seconds``.  Figure: ns per round trip (seconds / round trips).
+- *uncontended* (beyond the msync README: what a program does most): one side alone takes a
+  free lock and releases it, ``iterations`` times; ``with lock:`` on ntshim's, threading's
+  and multiprocessing's ``Lock``, the semaphore of the floors and native loops.  Figure: ns
+  per acquire + release.
 
 Sides are two threads, or with ``processes`` two processes (named objects, opened by name
-in the children).  Subjects:
+in the children); the uncontended side runs in this process either way.  Subjects:
 
 - ``floor:futex``, ``floor:futex-fifo``, ``floor:eventfd``: the raw mechanism driven by
   minimal C (``_bench/sync.c``, in the ``ntshim._bench`` extension).  ``floor:futex`` lets a releaser take the unit back
@@ -38,9 +42,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _bench
-from ..sync import Event, Semaphore, registry, wait_any
+from ..sync import Event, Lock, Semaphore, registry, wait_any
 
-TESTS = ("contended", "zigzag")
+TESTS = ("contended", "zigzag", "uncontended")
+#: The tests that take ``iterations`` (the others take ``seconds``).
+COUNTED = ("contended", "uncontended")
 FLOORS = {"floor:futex": 0, "floor:eventfd": 1, "floor:futex-fifo": 3}
 NATIVE = {"native:futex": 2}
 BASELINES = ("threading", "multiprocessing")
@@ -121,6 +127,13 @@ class _Ops:
             return multiprocessing.get_context("fork").Semaphore(1)
         return Semaphore(1, 1, name=name, backend=self.subject)
 
+    def lock(self) -> Any:
+        if self.subject == "threading":
+            return threading.Lock()
+        if self.subject == "multiprocessing":
+            return multiprocessing.get_context("fork").Lock()
+        return Lock(backend=self.subject)
+
     def event(self, name: str | None) -> Any:
         if self.subject == "threading":
             return threading.Event()
@@ -184,8 +197,23 @@ def _get(board: mmap.mmap, index: int) -> int:
     return int(struct.unpack("=q", board[index * 8 + 40 : index * 8 + 48])[0])
 
 
+def _uncontended(lock: Any, iterations: int) -> float:
+    start = time.perf_counter_ns()
+    for _ in range(iterations):
+        with lock:
+            pass
+    return (time.perf_counter_ns() - start) / iterations
+
+
 def _python_once(subject: str, test: str, processes: bool, amount: float) -> float:
     ops = _Ops(subject)
+    if test == "uncontended":
+        lock = ops.lock()
+        try:
+            return _uncontended(lock, int(amount))
+        finally:
+            if subject not in BASELINES:
+                lock.close()
     stem = f"ntshim-bench-{uuid.uuid4().hex[:12]}" if processes and subject not in BASELINES else None
     named = (lambda label: f"{stem}-{label}") if stem else (lambda label: None)
     objects: tuple[Any, ...] = (
@@ -235,8 +263,8 @@ def _child(subject: str, test: str, number: int, objects: tuple[Any, ...], stem:
 
 
 def measure_once(subject: str, test: str, processes: bool, amount: float) -> float:
-    """ns per acquisition (contended, ``amount`` iterations) or per round trip (zigzag,
-    ``amount`` seconds)."""
+    """ns per acquisition (contended, ``amount`` iterations), per round trip (zigzag,
+    ``amount`` seconds) or per acquire + release (uncontended, ``amount`` iterations)."""
     if subject in FLOORS or subject in NATIVE:
         slots: tuple[int, ...] = ()
         keep: list[Any] = []
@@ -245,14 +273,14 @@ def measure_once(subject: str, test: str, processes: bool, amount: float) -> flo
                     Event(manual=False, backend="futex")]
             slots = tuple(o._handle.slot for o in keep)
         mechanism = {**FLOORS, **NATIVE}[subject]
-        n = int(amount) if test == "contended" else int(amount * 1e9)
+        n = int(amount) if test in COUNTED else int(amount * 1e9)
         try:
             elapsed, trips = _bench.bench_sync(mechanism, TESTS.index(test), processes, n, *(
                 (slots,) if slots else ()))
         finally:
             for obj in keep:
                 obj.close()
-        return elapsed / n if test == "contended" else elapsed / max(trips, 1)
+        return elapsed / n if test in COUNTED else elapsed / max(trips, 1)
     return _python_once(subject, test, processes, amount)
 
 
@@ -263,7 +291,7 @@ def run(
     """Every subject on every test, ``repeat`` times interleaved (a slow moment of the
     machine then hits every subject alike), medians."""
     results = [
-        Measurement(test, subject, processes, iterations if test == "contended" else seconds)
+        Measurement(test, subject, processes, iterations if test in COUNTED else seconds)
         for test in tests
         for subject in subjects(backends, processes)
     ]
@@ -295,7 +323,7 @@ def _median(results: list[Measurement], test: str, subject: str) -> float | None
 def targets(results: list[Measurement]) -> list[Target]:
     out = []
     mode = "processes" if results and results[0].processes else "threads"
-    for test in TESTS:
+    for test in ("contended", "zigzag"):
         native, floor, fifo = (_median(results, test, s) for s in ("native:futex", "floor:futex", "floor:futex-fifo"))
         if native and floor:
             detail = f"{native / floor:.2f}x floor:futex"
@@ -310,4 +338,8 @@ def targets(results: list[Measurement]) -> list[Target]:
                 out.append(Target(
                     f"futex (Python) {'faster than' if factor == 1 else f'{factor}x faster than'} {other}, "
                     f"{test}, {mode}", theirs >= factor * futex, f"{theirs / futex:.1f}x"))
+    futex, theirs = _median(results, "uncontended", "futex"), _median(results, "uncontended", "multiprocessing")
+    if futex and theirs:  # issue 14's
+        out.append(Target("futex Lock (Python) within 1.5x of multiprocessing.Lock, uncontended",
+                          futex <= 1.5 * theirs, f"{futex / theirs:.1f}x"))
     return out

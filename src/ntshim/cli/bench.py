@@ -60,13 +60,16 @@ class BenchCommand:
 
         q = which.add_parser(
             "sync",
-            help="contended wait and zigzag for every sync backend, Python's own tools and the raw mechanisms",
+            help="contended wait, zigzag and uncontended locking for every sync backend, Python's own tools and "
+            "the raw mechanisms",
             description="contended: two sides loop wait -> release on one semaphore (count 1, max 1) for "
             "ITERATIONS acquisitions in total; zigzag: side 1 sets auto event A and waits on B, side 2 "
-            "waits on A and sets B, for SECONDS.  Sides are threads, or processes with --processes.",
+            "waits on A and sets B, for SECONDS; uncontended: one side takes and releases a free lock "
+            "ITERATIONS times.  Sides are threads, or processes with --processes.",
         )
-        q.add_argument("--test", choices=("contended", "zigzag", "all"), default="all")
-        q.add_argument("--iterations", type=_positive(int), default=50_000, help="contended: acquisitions (default 50000)")
+        q.add_argument("--test", choices=(*sy.TESTS, "all"), default="all")
+        q.add_argument("--iterations", type=_positive(int), default=50_000,
+                       help="contended, uncontended: acquisitions (default 50000)")
         q.add_argument("--seconds", type=_positive(float), default=1.0, help="zigzag: seconds (default 1)")
         q.add_argument("--backend", default="all", help="a sync backend name, or all (default)")
         q.add_argument("--processes", action="store_true", help="two processes (named objects) instead of threads")
