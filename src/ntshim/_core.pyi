@@ -4,7 +4,7 @@
 
 from array import array
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 PAGE_SIZE: int
 PROT_NONE: int
@@ -51,6 +51,19 @@ class View:
     """Part of a Mapping as a buffer; holds an export of it while alive."""
 
     def __buffer__(self, flags: int) -> memoryview: ...
+
+_L = TypeVar("_L", bound=LockBase)
+
+class LockBase:
+    """The hot methods of ntshim.sync.Lock (_core/sync/hot.c); the rest are its subclass's."""
+
+    _slot: int
+    abandoned: bool
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool: ...
+    def release(self) -> None: ...
+    def locked(self) -> bool: ...
+    def __enter__(self: _L) -> _L: ...
+    def __exit__(self, *exc: object) -> None: ...
 
 class Pin:
     """A held writable, contiguous export of ``obj``, re-exported as flat bytes."""

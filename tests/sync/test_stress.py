@@ -19,7 +19,9 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from ntshim.sync import Event, Mutex, Semaphore, wait_all, wait_any
+import pytest
+
+from ntshim.sync import Event, Lock, Mutex, RLock, Semaphore, wait_all, wait_any
 
 from .helpers import BOUND, Child
 
@@ -131,6 +133,18 @@ def test_mutex(sync_backend: str) -> None:
     worker = functools.partial(_exclusive, take, mutex.unlock, go, counter, holders)
     check_exclusive(run_everywhere(worker, go), counter)
     assert mutex.read() == (0, 0)
+
+
+@pytest.mark.parametrize("make", [Lock, RLock], ids=lambda c: c.__name__)
+def test_threading_protocol(sync_backend: str, make: Callable[..., Any]) -> None:
+    """``acquire()`` / ``release()`` as threading's users call them (on futex, a Lock's come
+    from C, which hands the waits that must sleep to Python: both paths mix here)."""
+    lock = make(backend=sync_backend)
+    go = Event(manual=True, backend=sync_backend)
+    counter, holders = _shared("q"), _shared("q")
+    worker = functools.partial(_exclusive, lock.acquire, lock.release, go, counter, holders)
+    check_exclusive(run_everywhere(worker, go), counter)
+    assert not lock.locked()
 
 
 def test_auto_event_as_a_lock(sync_backend: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from ntshim import _core
 from ntshim.errors import AbandonedError, AbandonedWarning, SemaphoreOverflowError
 from ntshim.sync import (
     Barrier,
@@ -516,3 +517,30 @@ def test_a_barriers_parts_live_on_its_backend(sync_backend: str) -> None:
         *barrier._seats,
     ]
     assert {part.backend for part in parts} == {sync_backend}
+
+
+def test_a_futex_lock_serves_its_hot_methods_in_c(sync_backend: str) -> None:
+    """On futex an open Lock's acquire, release, locked and with come from C (_core/sync/hot.c)
+    and answer as the Python forms they hand every other call to: the same results and
+    exceptions, closed or not."""
+    lock = Lock(backend=sync_backend)
+    assert (lock._slot != 0) is (sync_backend == "futex")
+    assert type(lock).acquire is _core.LockBase.acquire  # (not a Python override)
+    assert lock.acquire() and lock.locked() and not lock.acquire(False) and not lock.acquire(blocking=False)
+    assert not lock.acquire(timeout=0.01)  # a timeout: Python's checks, then the same wait
+    lock.release()
+    with pytest.raises(RuntimeError, match="release unlocked lock"):
+        lock.release()
+    with pytest.raises(TypeError, match="at most 2 arguments"):
+        lock.acquire(True, -1, 3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        lock.acquire(bogus=1)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="non-blocking"):
+        lock.acquire(False, 1)
+    with lock:
+        assert lock.locked()
+    lock.close()
+    assert lock._slot == 0
+    for call in (lock.acquire, lock.release, lock.locked, lock.__enter__):
+        with pytest.raises(ValueError, match="closed lock"):
+            call()

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
+from .. import _core
 from .._arguments import as_int
 from ..errors import AbandonedError, AbandonedWarning, SemaphoreOverflowError
 from . import aio, registry
@@ -125,12 +126,17 @@ class SyncObject:
         self._handle, self.created = chosen.create(self.kind, initial, encoded)
         self._backend = chosen
         self._name: str | None = name if isinstance(name, str) else None
+        self._opened()
 
     @classmethod
     def _wrap(cls, chosen: type[Backend], handle: Handle, name: str | None, created: bool) -> Any:
         self = cls.__new__(cls)
         self._handle, self._backend, self._name, self.created = handle, chosen, name, created
+        self._opened()
         return self
+
+    def _opened(self) -> None:
+        """Called once the handle is set (a kind with methods in C tells them the object)."""
 
     @classmethod
     def open(cls, name: str, *, backend: str | None = None) -> Any:
@@ -330,7 +336,7 @@ class _Held(SyncObject):
         self.release()
 
 
-class Lock(_Held):
+class Lock(_core.LockBase, _Held):
     """:class:`threading.Lock` across processes: not recursive, and any thread of any
     process may release it.
 
@@ -347,10 +353,17 @@ class Lock(_Held):
     def __init__(self, *, name: str | None = None, backend: str | None = None) -> None:
         self._start(backend, (0, 0), name)
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        """Lock, waiting while it is locked (at most ``timeout`` seconds; -1: for ever);
-        False if not locked.  An abandoned lock is acquired (True) with :attr:`abandoned`
-        set and an AbandonedWarning."""
+    # acquire, release, locked, with: _core.LockBase's C methods serve an open futex lock
+    # themselves and hand every other call to the _slow_ method of the same name.
+
+    def _opened(self) -> None:
+        self._slot = self._handle.slot if self._backend.name == "futex" else 0  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self._slot = 0  # (first: the C methods then hand every call here, which says it is closed)
+        super().close()
+
+    def _slow_acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         abandoned = self._acquire(_lock_deadline(blocking, timeout), _owner(None))
         if abandoned is None:
             return False
@@ -358,8 +371,7 @@ class Lock(_Held):
             self._took_over_abandoned(self._give_up)
         return True
 
-    def release(self) -> None:
-        """Unlock; RuntimeError if it is not locked."""
+    def _slow_release(self) -> None:
         was_abandoned, self.abandoned = self.abandoned, False  # (before: the next holder may set it)
         try:
             self._live().lock_release(False)
@@ -370,8 +382,7 @@ class Lock(_Held):
     def _give_up(self) -> None:
         self._live().lock_release(True)
 
-    def locked(self) -> bool:
-        """Whether some thread holds the lock."""
+    def _slow_locked(self) -> bool:
         return self._live().lock_read()[0]
 
     async def acquire_async(self, timeout: float | None = None) -> bool:

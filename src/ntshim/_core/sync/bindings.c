@@ -526,7 +526,7 @@ static PyMethodDef sync_methods[] = {
 
 int nts_sync_module_init(PyObject *m)
 {
-    return PyModule_AddFunctions(m, sync_methods) < 0 ||
+    return PyModule_AddFunctions(m, sync_methods) < 0 || nts_sync_hot_init(m) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_SEMAPHORE", NTS_SYNC_SEMAPHORE) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_MUTEX", NTS_SYNC_MUTEX) < 0 ||
                    PyModule_AddIntConstant(m, "SYNC_EVENT", NTS_SYNC_EVENT) < 0 ||
