@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import multiprocessing
 import os
 import pickle
@@ -519,28 +520,67 @@ def test_a_barriers_parts_live_on_its_backend(sync_backend: str) -> None:
     assert {part.backend for part in parts} == {sync_backend}
 
 
-def test_a_futex_lock_serves_its_hot_methods_in_c(sync_backend: str) -> None:
-    """On futex an open Lock's acquire, release, locked and with come from C (_core/sync/hot.c)
-    and answer as the Python forms they hand every other call to: the same results and
-    exceptions, closed or not."""
-    lock = Lock(backend=sync_backend)
+@pytest.mark.parametrize("make", [Lock, RLock, Semaphore, BoundedSemaphore], ids=lambda c: c.__name__)
+def test_the_hot_methods_answer_alike_in_c_and_python(sync_backend: str, make: Callable[..., Any]) -> None:
+    """On futex an open object's acquire, release, locked and with come from C
+    (_core/sync/hot.c), which hands every other call to the Python forms: the same results
+    and exceptions, open or closed."""
+    lock = make(backend=sync_backend)
     assert (lock._slot != 0) is (sync_backend == "futex")
-    assert type(lock).acquire is _core.LockBase.acquire  # (not a Python override)
-    assert lock.acquire() and lock.locked() and not lock.acquire(False) and not lock.acquire(blocking=False)
-    assert not lock.acquire(timeout=0.01)  # a timeout: Python's checks, then the same wait
-    lock.release()
-    with pytest.raises(RuntimeError, match="release unlocked lock"):
+    assert "acquire" not in vars(type(lock)) and "release" not in vars(type(lock))  # the C type's
+    recursive = make is RLock
+    assert lock.acquire()
+    assert lock.acquire(False) is recursive and lock.acquire(blocking=False) is recursive
+    if recursive:
         lock.release()
+        lock.release()
+    else:
+        assert not lock.acquire(timeout=0.01)  # a timeout: Python's checks, then the same wait
+    if make in (Lock, RLock):
+        assert lock.locked()
+    lock.release()
+    with pytest.raises((RuntimeError, ValueError)):  # unheld lock, or a semaphore past its bound
+        (lock.release if make is not Semaphore else functools.partial(lock.release, U32_MAX))()
     with pytest.raises(TypeError, match="at most 2 arguments"):
-        lock.acquire(True, -1, 3)  # type: ignore[call-arg]
+        lock.acquire(True, -1, 3)
     with pytest.raises(TypeError):
-        lock.acquire(bogus=1)  # type: ignore[call-arg]
+        lock.acquire(bogus=1)
     with pytest.raises(ValueError, match="non-blocking"):
         lock.acquire(False, 1)
-    with lock:
-        assert lock.locked()
+    with lock as entered:
+        assert entered is lock
     lock.close()
     assert lock._slot == 0
-    for call in (lock.acquire, lock.release, lock.locked, lock.__enter__):
-        with pytest.raises(ValueError, match="closed lock"):
+    for call in (lock.acquire, lock.release, lock.__enter__):
+        with pytest.raises(ValueError, match="closed"):
             call()
+
+
+def test_an_events_hot_methods_answer_alike_in_c_and_python(sync_backend: str) -> None:
+    event, auto = Event(backend=sync_backend), Event(manual=False, backend=sync_backend)
+    assert "wait" not in vars(Event)  # the C type's
+    assert event.set() is False and event.set() is True and event.is_set()
+    assert event.wait() and event.wait(0) and event.wait(0.0) and event.wait(timeout=0.01)
+    event.clear()
+    assert not event.is_set() and event.wait(0) is False and event.wait(-1) is False
+    with pytest.raises(TypeError):
+        event.wait("0")  # type: ignore[arg-type]
+    auto.set()
+    assert auto.wait(0) and not auto.is_set()  # the wait took it
+    event.close()
+    for call in (event.set, event.is_set, event.clear, event.wait):
+        with pytest.raises(ValueError, match="closed"):
+            call()
+
+
+@pytest.mark.parametrize("make", [Lock, RLock], ids=lambda c: c.__name__)
+def test_the_abandoned_warning_names_the_callers_line(
+    sync_backend: str, make: Callable[..., Any], children: Callable[..., Child]
+) -> None:
+    """Whether the call came through C or Python, the warning points at the caller."""
+    for take in (lambda lock: lock.acquire(), lambda lock: lock.acquire(timeout=BOUND)):
+        lock = _abandoned(make, sync_backend, children)
+        with pytest.warns(AbandonedWarning) as caught:
+            assert take(lock)
+        assert caught[0].filename == __file__
+        lock.release()

@@ -9,6 +9,8 @@ and :class:`Event` accept the calls, arguments, results and exceptions of their 
 from __future__ import annotations
 
 import math
+import os
+import sys
 import threading
 import time
 import warnings
@@ -72,6 +74,18 @@ def _deadline(timeout: object) -> int | None:
     return deadline if deadline < 1 << 63 else None  # past the clock's range: never reached
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that names the first caller outside this package (the frames
+    between differ: the C methods have none, asyncio's path has more)."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 #: A deadline that has passed: the wait tries once (a poll).
 _POLL = 0
 
@@ -119,6 +133,9 @@ class SyncObject:
     kind: ClassVar[Kind]
     _handle: Handle
     _backend: type[Backend]
+    #: The futex arena's object, for the kind's hot methods in C (_core/sync/hot.c), which
+    #: hand every call to the Python ``_slow_`` methods while it is 0.
+    _slot: int
 
     def _start(self, backend: object, initial: InitialState, name: object) -> None:
         encoded = _name(name)
@@ -136,7 +153,7 @@ class SyncObject:
         return self
 
     def _opened(self) -> None:
-        """Called once the handle is set (a kind with methods in C tells them the object)."""
+        self._slot = self._handle.slot if self._backend.name == "futex" else 0  # type: ignore[attr-defined]
 
     @classmethod
     def open(cls, name: str, *, backend: str | None = None) -> Any:
@@ -164,6 +181,7 @@ class SyncObject:
         """Drop this reference (idempotent).  The object, and its name, live on while any
         process holds a reference.  (``with`` acquires and releases the locks and semaphores;
         ``contextlib.closing`` closes.)"""
+        self._slot = 0  # (first: the C methods then hand every call to Python, which says it is closed)
         self._handle.close()
 
     def _live(self) -> Handle:
@@ -196,7 +214,7 @@ def _reopen(cls: type[SyncObject], backend: str, name: str | None, state: Any) -
     return cls._wrap(chosen, chosen.from_state(cls.kind, state), name, False)
 
 
-class Semaphore(SyncObject):
+class Semaphore(_core.SemaphoreBase, SyncObject):
     """A counting semaphore, as :class:`threading.Semaphore` across processes: ``acquire``
     takes one from the count, waiting while it is 0; ``release`` gives back.
 
@@ -228,17 +246,15 @@ class Semaphore(SyncObject):
             raise ValueError(f"value ({value}) must not exceed maximum ({maximum})")
         self._start(backend, (value, maximum), name)
 
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        """Take one from the count, waiting (at most ``timeout`` seconds; None: for ever)
-        while it is 0; False if none was taken."""
+    # acquire, release, with: _core.SemaphoreBase's C methods serve an open futex semaphore
+    # themselves and hand every other call to the _slow_ method of the same name.
+
+    def _slow_acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         if not blocking and timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
         return self._acquire(_wait_deadline(timeout) if blocking else _POLL, _owner(None)) is not None
 
-    def release(self, n: int = 1) -> int:
-        """Add ``n`` (at least 1) to the count, waking waiters; return the previous count.
-        :class:`~ntshim.errors.SemaphoreOverflowError`, and no change, if the count would
-        pass the maximum."""
+    def _slow_release(self, n: int = 1) -> int:
         n = as_int(n, "n")
         if n < 1:
             raise ValueError("n must be one or more")
@@ -255,13 +271,6 @@ class Semaphore(SyncObject):
     def read(self) -> tuple[int, int]:
         """``(count, maximum)``"""
         return self._live().sem_read()
-
-    def __enter__(self) -> Semaphore:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
     async def acquire_async(self, timeout: float | None = None) -> bool:
         """:meth:`acquire` from a coroutine (``timeout`` as :meth:`Event.wait`'s); see
@@ -299,11 +308,9 @@ class _Held(SyncObject):
     """What :class:`Lock` and :class:`Mutex` share: a holder that dies abandons them, the
     next acquirer learns it, and ``with`` / ``async with`` acquire and release."""
 
-    #: Whether this process's current hold began by taking over an abandoned lock: what
-    #: the dead holder protected may be half changed.  False again once it is released.
-    abandoned: bool = False
-    # Each kind defines them (declared for the shared methods below, which call them).
-    acquire: Callable[..., bool]
+    # ``abandoned`` (whether this process's current hold began by taking over an abandoned
+    # lock), acquire, release, locked and with are each kind's C type's (_core/sync/hot.c).
+    abandoned: bool
     release: Callable[[], None]
     acquire_async: Callable[..., Awaitable[bool]]
 
@@ -314,19 +321,12 @@ class _Held(SyncObject):
         try:
             warnings.warn(
                 AbandonedWarning(f"{self!r} was abandoned: its holder died holding it; you hold it now"),
-                stacklevel=4,
+                stacklevel=_caller_level(),
             )
         except BaseException:
             self.abandoned = False
             give_up()
             raise
-
-    def __enter__(self: _H) -> _H:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
     async def __aenter__(self: _H) -> _H:
         await self.acquire_async()
@@ -355,13 +355,6 @@ class Lock(_core.LockBase, _Held):
 
     # acquire, release, locked, with: _core.LockBase's C methods serve an open futex lock
     # themselves and hand every other call to the _slow_ method of the same name.
-
-    def _opened(self) -> None:
-        self._slot = self._handle.slot if self._backend.name == "futex" else 0  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        self._slot = 0  # (first: the C methods then hand every call here, which says it is closed)
-        super().close()
 
     def _slow_acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         abandoned = self._acquire(_lock_deadline(blocking, timeout), _owner(None))
@@ -400,7 +393,7 @@ class Lock(_core.LockBase, _Held):
         return "abandoned" if abandoned else "locked" if locked else "unlocked"
 
 
-class Mutex(_Held):
+class Mutex(_core.MutexBase, _Held):
     """A recursive mutex owned by an owner id (default: the calling thread's native id); also
     :class:`threading.RLock` across processes (:class:`RLock` is its threading name).
 
@@ -446,23 +439,22 @@ class Mutex(_Held):
         owner, count, abandoned = self._live().mutex_read()
         return "abandoned" if abandoned else f"owner={owner} count={count}"
 
-    # ---- threading.RLock's protocol ----
+    # ---- threading.RLock's protocol: acquire, release, locked, with are _core.MutexBase's
+    # C methods, which serve an open futex mutex held by a thread themselves and hand every
+    # other call to the _slow_ method of the same name. ----
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        """Acquire one level for the calling thread, waiting while another thread holds it
-        (at most ``timeout`` seconds; -1: for ever); False if not acquired.  An abandoned
-        mutex is acquired (True) with :attr:`abandoned` set and an AbandonedWarning."""
-        owner = threading.get_native_id()
-        abandoned = self._acquire(_lock_deadline(blocking, timeout), owner)
+    def _slow_acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        abandoned = self._acquire(_lock_deadline(blocking, timeout), threading.get_native_id())
         if abandoned is None:
             return False
         if abandoned:  # (the flag was cleared by the release that ended the last hold)
-            self._took_over_abandoned(lambda: self._live().mutex_kill(owner))
+            self._took_over_abandoned(self._give_up)
         return True
 
-    def release(self) -> None:
-        """Release one level; RuntimeError if the calling thread (or, in a coroutine, the
-        task that took it with :meth:`acquire_async`) does not hold it."""
+    def _give_up(self) -> None:
+        self._live().mutex_kill(threading.get_native_id())
+
+    def _slow_release(self) -> None:
         level = aio.release(self)
         if level is not None:
             if level == 1:
@@ -474,8 +466,7 @@ class Mutex(_Held):
         except PermissionError:
             raise RuntimeError("cannot release un-acquired lock") from None
 
-    def locked(self) -> bool:
-        """Whether some thread holds it."""
+    def _slow_locked(self) -> bool:
         return self._live().mutex_read()[1] > 0
 
     async def acquire_async(self, timeout: float | None = None) -> bool:
@@ -521,7 +512,7 @@ class RLock(Mutex):
         super().__init__(name=name, backend=backend)
 
 
-class Event(SyncObject):
+class Event(_core.EventBase, SyncObject):
     """A manual-reset (stays signaled until reset) or auto-reset (a wait resets it) event;
     with the defaults (manual, unsignaled), :class:`threading.Event` across processes.
     Like it, not a context manager."""
@@ -536,8 +527,10 @@ class Event(SyncObject):
                 raise TypeError(f"{what} must be a bool, not {type(value).__name__}")
         self._start(backend, (int(manual), int(signaled)), name)
 
-    def set(self) -> bool:
-        """Signal the event; return the previous state."""
+    # set, is_set, clear, wait: _core.EventBase's C methods serve an open futex event
+    # themselves and hand every other call to the _slow_ method of the same name.
+
+    def _slow_set(self) -> bool:
         return self._live().event_set()
 
     def reset(self) -> bool:
@@ -553,17 +546,13 @@ class Event(SyncObject):
         """``(manual, signaled)``"""
         return self._live().event_read()
 
-    def is_set(self) -> bool:
-        """Whether the event is signaled."""
+    def _slow_is_set(self) -> bool:
         return self._live().event_read()[1]
 
-    def clear(self) -> None:
-        """Unsignal the event (:meth:`reset`, as threading names it)."""
+    def _slow_clear(self) -> None:
         self._live().event_reset()
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the event is signaled (at most ``timeout`` seconds; None: for ever);
-        return whether it was.  Waiting on an auto-reset event resets it."""
+    def _slow_wait(self, timeout: float | None = None) -> bool:
         return self._acquire(_wait_deadline(timeout), _owner(None)) is not None
 
     async def wait_async(self, timeout: float | None = None) -> bool:

@@ -1241,6 +1241,17 @@ static int self_thread(nts_arena *a, uint32_t *out)
     return 0;
 }
 
+uint32_t nts_sync_thread_id(void)
+{
+    static __thread uint32_t tid;
+    static __thread pid_t tid_pid;
+    if (!tid || tid_pid != g_pid) { /* (a forked child's thread has another id) */
+        tid = (uint32_t)syscall(SYS_gettid);
+        tid_pid = g_pid;
+    }
+    return tid;
+}
+
 /* ---------------------------------------------------------------- the anchor */
 
 /* This process's anchor block, 0 until its thread holds the token (and again in a

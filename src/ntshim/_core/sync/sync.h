@@ -101,6 +101,8 @@ void nts_sync_ring(void);     /* ring it: a request_sleep that saw the old value
 void nts_sync_usage(nts_arena *a, uint32_t used[4], uint32_t capacity[4], uint32_t *tids, size_t *ntids);
 /* The arena ntshim.sync.futex attached, or NULL with RuntimeError set. */
 nts_arena *nts_sync_py_arena(void);
+/* The calling thread's id (gettid, cached per thread and process): threading.get_native_id(). */
+uint32_t nts_sync_thread_id(void);
 /* Add the types with the objects' hot methods (hot.c) to the module. */
 int nts_sync_hot_init(PyObject *mod);
 /* Add the sync functions and constants to the module. */
