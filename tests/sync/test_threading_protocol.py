@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from ntshim import _core
 from ntshim.errors import AbandonedError, AbandonedWarning, SemaphoreOverflowError
 from ntshim.sync import (
     Barrier,
