@@ -85,3 +85,19 @@ def test_native_loops_really_alternate(mechanism: str, processes: bool) -> None:
     assert keep[1].read() == (False, False) and keep[2].read() == (False, False)
     for obj in keep:
         obj.close()
+
+
+def test_under_load(tmp_path: Path) -> None:
+    """--load N runs N spinning processes beside the subjects, and stops them after."""
+    require_sync_backend("futex")
+    proc = bench("--test", "uncontended", "--backend", "futex", "--iterations", "1000", "--repeat", "1", "--load",
+                 "2", "--json", "o.json", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 busy process(es) beside" in proc.stdout
+    data = json.loads((tmp_path / "o.json").read_text())
+    assert data["settings"]["load"] == 2 and all(r["samples"] for r in data["results"])
+    left = subprocess.run(["pgrep", "-f", "^" + sys.executable + " -c while True: pass$"], capture_output=True,
+                          text=True, check=False)
+    assert not left.stdout.strip(), "a busy process outlived the benchmark"
+    refused = bench("--load", "-1", tmp_path=tmp_path)
+    assert refused.returncode != 0 and "--load must be 0 or more" in refused.stderr

@@ -30,14 +30,17 @@ docs/benchmarks.md has the details and how to read the results.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import multiprocessing
 import statistics
 import struct
+import subprocess
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -284,22 +287,39 @@ def measure_once(subject: str, test: str, processes: bool, amount: float) -> flo
     return _python_once(subject, test, processes, amount)
 
 
+@contextlib.contextmanager
+def busy(processes: int) -> Iterator[None]:
+    """``processes`` processes that spin on the CPUs while the block runs: the load of a
+    machine that is rarely idle, the same for every subject."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+        for _ in range(processes)
+    ]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
 def run(
     backends: list[str], tests: Iterable[str], processes: bool, iterations: int, seconds: float, repeat: int,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, load: int = 0,
 ) -> list[Measurement]:
     """Every subject on every test, ``repeat`` times interleaved (a slow moment of the
-    machine then hits every subject alike), medians."""
+    machine then hits every subject alike), medians; with ``load`` busy processes beside."""
     results = [
         Measurement(test, subject, processes, iterations if test in COUNTED else seconds)
         for test in tests
         for subject in subjects(backends, processes)
     ]
-    for _ in range(repeat):
-        for m in results:
-            if progress:
-                progress(f"{m.test} {m.subject}")
-            m.samples.append(measure_once(m.subject, m.test, processes, m.amount))
+    with busy(load):
+        for _ in range(repeat):
+            for m in results:
+                if progress:
+                    progress(f"{m.test} {m.subject}")
+                m.samples.append(measure_once(m.subject, m.test, processes, m.amount))
     return results
 
 
