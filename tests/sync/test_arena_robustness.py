@@ -228,10 +228,11 @@ def _copy(arena: Path, root: Path) -> Path:
     return target
 
 
-# The header of the current layout (src/ntshim/_core/sync/arena.c, "Layout, version 4"): magic u32,
+# The header of the current layout (src/ntshim/_core/sync/arena.c, "Layout, version 5"): magic u32,
 # version u32, size u64, lock u32 at 16, then the high-water marks and free lists (objects at
-# 20, free objects at 24, thread blocks 28, references 32, free references 36, processes 40).
-HEADER_LOCK, HEADER_OBJ_HW = 16, 20
+# 20, free objects at 24, thread blocks 28, references 32, free references 36, processes 40), the spinners
+# at 44.
+HEADER_LOCK, HEADER_OBJ_HW, HEADER_SPINNERS = 16, 20, 44
 
 INTERESTING = (0, 1, 2, 3, 0xFFFFFFFF, 0xFFFFFFFE, 0x80000000, 0x7FFFFFFF, 65, 66, 1024, 1025, 4096, 16384, 16385)
 
@@ -344,7 +345,7 @@ def test_random_bytes_in_the_arena_never_crash_or_hang_its_users(tmp_path: Path)
 
 
 # --- targeted damage ------------------------------------------------------------------------
-# The current layout (src/ntshim/_core/sync/arena.c, "Layout, version 4"): byte offsets of what the
+# The current layout (src/ntshim/_core/sync/arena.c, "Layout, version 5"): byte offsets of what the
 # cases below overwrite (the header's are above).
 CHUNK = 0x10000
 NPROC, NHASH, NOBJ = 1024, 32768, 16384
@@ -364,8 +365,8 @@ ENTRY_SIZE = 16  # obj, prev, next, linked
 
 
 # A thread block: pthread_mutex_t (40 bytes); gen, in_use, proc, tid, signaled, poke, sleeping,
-# owner, all, count, alert, abandoned, held, queued, anchor, notify; then its 65 entries.
-THR_ENTRIES_AT = 40 + 16 * 4
+# owner, all, count, alert, abandoned, held, queued, anchor, notify, spinning; then its 65 entries.
+THR_ENTRIES_AT = 40 + 17 * 4
 
 
 def _thread_block_size() -> int:
@@ -526,6 +527,41 @@ def test_a_huge_high_water_mark_is_a_clean_error(tmp_path: Path) -> None:
     _expect_damaged(root, """
         attempt("create", lambda: Event(manual=True, backend="futex"))
     """)
+
+
+# Two threads pass a semaphore back and forth (each handing over to the other, which may spin).
+PING_PONG = PRELUDE + textwrap.dedent("""
+    sems = [Semaphore(0, 1, backend="futex"), Semaphore(0, 1, backend="futex")]
+    def side(me):
+        for _ in range(2000):
+            wait_any([sems[me]], 30)
+            sems[1 - me].release()
+    threads = [threading.Thread(target=side, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    sems[0].release()
+    for t in threads:
+        t.join()
+    print("done")
+""")
+
+
+def test_the_count_of_spinners_is_given_back(tmp_path: Path) -> None:
+    """Every waiter that spun has left the count (a waiter spins only while fewer than the
+    CPUs - 1 do, across processes)."""
+    root = _root(tmp_path, "spin")
+    proc = _run(PING_PONG, root)
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr
+    assert _peek(_arena_of(root), HEADER_SPINNERS) == 0
+
+
+def test_garbage_in_the_count_of_spinners_only_stops_spinning(tmp_path: Path) -> None:
+    root = _root(tmp_path, "spin-garbage")
+    _named_event(root, "x")
+    _poke(_arena_of(root), HEADER_SPINNERS, 0xFFFFFFFF)
+    proc = _run(PING_PONG, root)
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr  # no damage, no hang
+    assert _peek(_arena_of(root), HEADER_SPINNERS) == 0xFFFFFFFF  # nobody took a place, nobody gave one
 
 
 def test_garbage_in_the_arena_lock_is_a_clean_error(tmp_path: Path) -> None:

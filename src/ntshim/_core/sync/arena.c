@@ -59,9 +59,9 @@
  * chunks as the table grows, before they are touched, so a full tmpfs yields
  * ENOSPC, never a SIGBUS.
  *
- * Layout, version 4 (native-endian; entry 0 of each table is never used, 0 means
+ * Layout, version 5 (native-endian; entry 0 of each table is never used, 0 means
  * "none" everywhere; each table starts on a 64 KiB boundary):
- *   0          header: magic "NTSY", version, size (u64), lock, high-water marks, free lists
+ *   0          header: magic "NTSY", version, size (u64), lock, high-water marks, free lists, spinners
  *   4096       process table   [NPROC + 1]  {in_use, gen, pid, pad}
  *   OFF_HASH   name index      [NHASH] object slot, linear probing from the name's hash
  *   OFF_OBJ    objects         [NOBJ + 1]
@@ -125,6 +125,7 @@ struct header {
     uint64_t size;
     uint32_t lock;
     uint32_t obj_hw, obj_free, thr_hw, ref_hw, ref_free, proc_hw;
+    uint32_t spinners; /* waiters spinning now, in every process (see may_spin) */
 };
 
 struct proc {
@@ -158,8 +159,9 @@ struct thr {
     uint32_t poke;     /* futex: bumped when a mutex we wait for changes holder */
     uint32_t sleeping; /* in futex_waitv (else spinning or running): whether a hand-off must wake */
     uint32_t owner, all, count, alert, abandoned, held, queued;
-    uint32_t anchor; /* while it waits: its process's anchor block, the holder of the locks it acquires */
-    uint32_t notify; /* a request's block: its maker's own, whose poke word rings at a hand-over (else 0) */
+    uint32_t anchor;   /* while it waits: its process's anchor block, the holder of the locks it acquires */
+    uint32_t notify;   /* a request's block: its maker's own, whose poke word rings at a hand-over (else 0) */
+    uint32_t spinning; /* counted in the header's spinners */
     struct entry e[NQ];
 };
 
@@ -216,8 +218,10 @@ static __thread pid_t tls_pid;
 static pthread_key_t g_thread_key;
 /* How long a waiter spins before sleeping, when there is another CPU for the
  * signaller to run on: a contended hand-off then costs a cache-line transfer, not
- * two context switches. */
-static unsigned g_spin;
+ * two context switches.  At most g_max_spinners (CPUs - 1) spin at once, in all
+ * processes: more would take the CPUs their signallers need, and on a busy machine turn
+ * a hand-off of microseconds into one of scheduler ticks. */
+static unsigned g_spin, g_max_spinners;
 /* Held while this process's reference counts change, and across fork, so that the
  * references prepared for a child are exactly those the child's copy counts. */
 static int g_refs_lock;
@@ -936,9 +940,12 @@ static void check_holder(nts_arena *a, uint32_t oi)
 
 /* ---------------------------------------------------------------- reclaiming */
 
+static void stop_spinning(nts_arena *a, struct thr *t);
+
 static void free_thread_block(nts_arena *a, uint32_t ti)
 {
     struct thr *t = &a->t[ti];
+    stop_spinning(a, t); /* (a process killed while it spun) */
     dequeue(a, ti);
     abandon_thread(a, ti);
     t->in_use = 0;
@@ -1456,7 +1463,9 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static void init_once(void)
 {
     g_pid = getpid();
-    g_spin = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? NTS_SYNC_SPIN : 0;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    g_spin = cpus > 1 ? NTS_SYNC_SPIN : 0;
+    g_max_spinners = cpus > 1 ? (unsigned)(cpus - 1) : 0;
     pthread_key_create(&g_thread_key, thread_exit);
     pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
@@ -1848,6 +1857,28 @@ static size_t watch_set(nts_arena *a, uint32_t ti, const uint32_t *slots, uint32
 }
 _Static_assert(3 + NTS_SYNC_MAX_WAIT <= NTS_FUTEX_WAITV_MAX, "a thread's wait watches every holder");
 
+/* Whether waiter t may spin now: a place among the spinners, taken.  (The count is
+ * shared memory: a value past any real count only means no spinning, never damage.) */
+static int may_spin(nts_arena *a, struct thr *t)
+{
+    uint32_t n = load(&a->h->spinners);
+    while (n < g_max_spinners)
+        if (__atomic_compare_exchange_n(&a->h->spinners, &n, n + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            store(&t->spinning, 1);
+            return 1;
+        }
+    return 0;
+}
+
+static void stop_spinning(nts_arena *a, struct thr *t)
+{
+    if (!__atomic_exchange_n(&t->spinning, 0, __ATOMIC_ACQ_REL))
+        return;
+    uint32_t n = load(&a->h->spinners);
+    while (n && !__atomic_compare_exchange_n(&a->h->spinners, &n, n - 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        ;
+}
+
 /* The anchor, if one of the objects is a lock (a look without the lock: the kinds of
  * the objects we reference do not change, and valid() checks the slots later). */
 static int anchor_for(nts_arena *a, const uint32_t *slots, uint32_t count, uint32_t *anchor_ti)
@@ -1941,8 +1972,11 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
         size_t n = watch_set(a, ti, slots, count, w);
         if ((err = done(a, 0)))
             return err;
-        for (unsigned i = 0; i < spin && load(&t->signaled) == WAITING; i++)
-            nts_cpu_relax();
+        if (spin && may_spin(a, t)) {
+            for (unsigned i = 0; i < spin && load(&t->signaled) == WAITING; i++)
+                nts_cpu_relax();
+            stop_spinning(a, t);
+        }
         if (load(&t->signaled) != WAITING)
             break;
         __atomic_store_n(&t->sleeping, 1, __ATOMIC_SEQ_CST);
