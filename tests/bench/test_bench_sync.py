@@ -46,6 +46,8 @@ def test_every_subject_on_every_test_json_and_plot(tmp_path: Path, processes: bo
         for r in rows.values():
             assert r["processes"] is processes
             assert len(r["samples"]) == 2 and all(s > 0 for s in r["samples"])
+            if test == "oversubscribed":  # every subject's waits timed, on every repeat
+                assert len(r["waits"]) == 2 and 0 < r["wait_median_p99"][0] <= r["wait_median_p99"][1]
     assert data["settings"]["iterations"] == 2000
     assert {r["test"] for r in data["references"]} == {"contended", "zigzag"}  # (the msync README's two)
     assert data["targets"], "targets are computed whenever futex and its comparisons ran"
@@ -75,11 +77,13 @@ def test_native_loops_really_alternate(mechanism: str, processes: bool) -> None:
     keep = [Semaphore(1, 1, backend="futex"), Event(manual=False, backend="futex"), Event(manual=False, backend="futex")]
     slots = tuple(o._handle.slot for o in keep)  # type: ignore[attr-defined]
     code = {**sy.FLOORS, **sy.NATIVE}[mechanism]
-    elapsed, trips = _bench.bench_sync(code, sy.TESTS.index("zigzag"), processes, 100_000_000, slots)
+    elapsed, trips, _, _ = _bench.bench_sync(code, sy.TESTS.index("zigzag"), processes, 100_000_000, slots)
     assert trips > 0 and elapsed >= 100_000_000
     for test in ("contended", "uncontended"):
-        elapsed, _ = _bench.bench_sync(code, sy.TESTS.index(test), processes, 10_000, slots)
+        elapsed, _, _, _ = _bench.bench_sync(code, sy.TESTS.index(test), processes, 10_000, slots)
         assert elapsed > 0
+    elapsed, _, median, p99 = _bench.bench_sync(code, sy.TESTS.index("oversubscribed"), processes, 10_000, slots, 5)
+    assert elapsed > 0 and 0 < median <= p99  # every acquisition's wait was timed
     # The loops leave the objects as they found them: every wait was matched by a signal.
     assert keep[0].read() == (1, 1)
     assert keep[1].read() == (False, False) and keep[2].read() == (False, False)
@@ -101,3 +105,5 @@ def test_under_load(tmp_path: Path) -> None:
     assert not left.stdout.strip(), "a busy process outlived the benchmark"
     refused = bench("--load", "-1", tmp_path=tmp_path)
     assert refused.returncode != 0 and "--load must be 0 or more" in refused.stderr
+    refused = bench("--sides", "1", tmp_path=tmp_path)
+    assert refused.returncode != 0 and "--sides must be 2..16" in refused.stderr

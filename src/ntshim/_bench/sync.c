@@ -18,12 +18,16 @@
  *              and sets B, for `amount` ns; result: round trips
  *   uncontended  one side alone acquires and releases the semaphore `amount` times
  *              (what a program does most: it never waits); result: elapsed ns
+ *   oversubscribed  `sides` sides (more than the CPUs) loop wait -> release on the
+ *              semaphore until `amount` acquisitions in total; each wait's duration is
+ *              recorded; results: elapsed ns, and the median and 99th percentile wait
  */
 #include "bench.h"
 
 #include <errno.h>
 #include <linux/futex.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -33,7 +37,8 @@
 #include <unistd.h>
 
 enum { MECH_FLOOR_FUTEX, MECH_FLOOR_EVENTFD, MECH_FUTEX, MECH_FLOOR_FUTEX_FIFO };
-enum { TEST_CONTENDED, TEST_ZIGZAG, TEST_UNCONTENDED };
+enum { TEST_CONTENDED, TEST_ZIGZAG, TEST_UNCONTENDED, TEST_OVERSUBSCRIBED };
+#define MAX_SIDES 16
 
 struct fsem {
     uint32_t value, waiters;
@@ -57,11 +62,11 @@ static void shared_unlock(uint32_t *w)
         syscall(SYS_futex, w, FUTEX_WAKE, 1, NULL, NULL, 0);
 }
 
-/* A hand-off semaphore for two sides: a lock, the count, and one futex word per
- * side that a release sets to grant the unit to that (queued) side. */
+/* A hand-off semaphore: a lock, the count, the queue of waiting sides (FIFO), and one
+ * futex word per side that a release sets to grant the unit to that (queued) side. */
 struct hsem {
     uint32_t lock;
-    uint32_t count, queued[2], nqueued, granted[2], sleeping[2];
+    uint32_t count, queued[MAX_SIDES], nqueued, granted[MAX_SIDES], sleeping[MAX_SIDES];
 };
 
 static void hsem_wait(struct hsem *s, int me)
@@ -94,8 +99,7 @@ static void hsem_post(struct hsem *s)
         return;
     }
     uint32_t to = s->queued[0];
-    s->queued[0] = s->queued[1];
-    s->nqueued--;
+    memmove(s->queued, s->queued + 1, sizeof s->queued[0] * --s->nqueued);
     __atomic_store_n(&s->granted[to], 1, __ATOMIC_SEQ_CST);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     int sleeps = __atomic_load_n(&s->sleeping[to], __ATOMIC_SEQ_CST);
@@ -106,8 +110,9 @@ static void hsem_post(struct hsem *s)
 
 /* Everything both sides touch; MAP_SHARED so that forked sides share it too. */
 typedef struct {
-    int mech, test;
+    int mech, test, sides;
     uint64_t amount;
+    uint32_t *waits; /* oversubscribed: each acquisition's wait, ns (saturated), MAP_SHARED */
     int stop, quit;
     uint64_t round_trips;
     int failed;
@@ -214,7 +219,15 @@ static int do_signal(shared *s, int which)
 
 static void side(shared *s, int number)
 {
-    if (s->test != TEST_ZIGZAG) {
+    if (s->test == TEST_OVERSUBSCRIBED) {
+        for (uint64_t i = (uint64_t)number; i < s->amount; i += (uint64_t)s->sides) {
+            uint64_t t0 = nts_now_ns();
+            CHECK(do_wait(s, 0, number));
+            uint64_t waited = nts_now_ns() - t0;
+            s->waits[i] = waited > UINT32_MAX ? UINT32_MAX : (uint32_t)waited;
+            CHECK(do_signal(s, 0));
+        }
+    } else if (s->test != TEST_ZIGZAG) {
         uint64_t mine = s->test == TEST_UNCONTENDED ? s->amount : s->amount / 2 + (number == 0 ? s->amount % 2 : 0);
         for (uint64_t i = 0; i < mine; i++) {
             CHECK(do_wait(s, 0, number));
@@ -266,10 +279,12 @@ static void sleep_ns(uint64_t ns)
 static int run(shared *s, int processes, uint64_t *elapsed)
 {
     uint64_t t0 = nts_now_ns();
-    pthread_t threads[2];
-    pid_t pids[2];
-    side_arg args[2] = {{s, 0}, {s, 1}};
-    int started = 0, err = 0, sides = s->test == TEST_UNCONTENDED ? 1 : 2;
+    pthread_t threads[MAX_SIDES];
+    pid_t pids[MAX_SIDES];
+    side_arg args[MAX_SIDES];
+    int started = 0, err = 0, sides = s->sides;
+    for (int i = 0; i < sides; i++)
+        args[i] = (side_arg){s, i};
     for (; started < sides; started++) {
         if (processes) {
             pids[started] = fork();
@@ -300,18 +315,27 @@ static int run(shared *s, int processes, uint64_t *elapsed)
     return err ? err : s->failed;
 }
 
-/* bench_sync(mechanism, test, processes, amount, slots) -> (elapsed_ns, round_trips).
+static int by_value(const void *x, const void *y)
+{
+    uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
+    return (a > b) - (a < b);
+}
+
+/* bench_sync(mechanism, test, processes, amount, slots=(0, 0, 0), sides=4)
+ *   -> (elapsed_ns, round_trips, median_wait_ns, p99_wait_ns)
  * slots: (semaphore, event A, event B) of the futex backend, referenced by this
- * process (ignored by the floors). */
+ * process (ignored by the floors); sides: the oversubscribed test's (2..16).  The
+ * waits' percentiles are the oversubscribed test's (0 for the others). */
 PyObject *nts_bench_sync(PyObject *mod, PyObject *args)
 {
-    int mech, test, processes;
+    int mech, test, processes, sides = 4;
     unsigned long long amount;
     unsigned int slot_sem = 0, slot_a = 0, slot_b = 0;
-    if (!PyArg_ParseTuple(args, "iipK|(III)", &mech, &test, &processes, &amount, &slot_sem, &slot_a, &slot_b))
+    if (!PyArg_ParseTuple(args, "iipK|(III)i", &mech, &test, &processes, &amount, &slot_sem, &slot_a, &slot_b, &sides))
         return NULL;
-    if (mech < MECH_FLOOR_FUTEX || mech > MECH_FLOOR_FUTEX_FIFO || test < TEST_CONTENDED || test > TEST_UNCONTENDED) {
-        PyErr_SetString(PyExc_ValueError, "unknown mechanism or test");
+    if (mech < MECH_FLOOR_FUTEX || mech > MECH_FLOOR_FUTEX_FIFO || test < TEST_CONTENDED ||
+        test > TEST_OVERSUBSCRIBED || sides < 2 || sides > MAX_SIDES || !amount) {
+        PyErr_SetString(PyExc_ValueError, "unknown mechanism or test, sides not in 2..16, or no amount");
         return NULL;
     }
     g_smp = sysconf(_SC_NPROCESSORS_ONLN) > 1;
@@ -324,6 +348,7 @@ PyObject *nts_bench_sync(PyObject *mod, PyObject *args)
     memset(s, 0, sizeof *s);
     s->mech = mech;
     s->test = test;
+    s->sides = test == TEST_OVERSUBSCRIBED ? sides : test == TEST_UNCONTENDED ? 1 : 2;
     s->amount = amount;
     s->arena = arena;
     s->slot_sem = slot_sem;
@@ -333,7 +358,15 @@ PyObject *nts_bench_sync(PyObject *mod, PyObject *args)
     s->hsem.count = 1;
     s->efd_sem = s->efd_a = s->efd_b = -1;
     int err = 0;
-    if (mech == MECH_FLOOR_EVENTFD) {
+    size_t waits_size = test == TEST_OVERSUBSCRIBED ? sizeof *s->waits * amount : 0;
+    if (waits_size) {
+        s->waits = mmap(NULL, waits_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (s->waits == MAP_FAILED) {
+            s->waits = NULL;
+            err = errno;
+        }
+    }
+    if (!err && mech == MECH_FLOOR_EVENTFD) {
         s->efd_sem = eventfd(1, EFD_SEMAPHORE | EFD_CLOEXEC);
         s->efd_a = eventfd(0, EFD_CLOEXEC);
         s->efd_b = eventfd(0, EFD_CLOEXEC);
@@ -347,6 +380,15 @@ PyObject *nts_bench_sync(PyObject *mod, PyObject *args)
         Py_END_ALLOW_THREADS
     }
     uint64_t round_trips = s->round_trips;
+    uint32_t median = 0, p99 = 0;
+    if (s->waits) {
+        if (!err) {
+            qsort(s->waits, amount, sizeof *s->waits, by_value);
+            median = s->waits[amount / 2];
+            p99 = s->waits[amount - 1 - amount / 100];
+        }
+        munmap(s->waits, waits_size);
+    }
     for (int fd_i = 0; fd_i < 3; fd_i++) {
         int fd = fd_i == 0 ? s->efd_sem : fd_i == 1 ? s->efd_a : s->efd_b;
         if (fd >= 0)
@@ -355,5 +397,5 @@ PyObject *nts_bench_sync(PyObject *mod, PyObject *args)
     munmap(s, sizeof *s);
     if (err)
         return nts_raise_errno(err, "bench_sync");
-    return Py_BuildValue("KK", (unsigned long long)elapsed, (unsigned long long)round_trips);
+    return Py_BuildValue("KKII", (unsigned long long)elapsed, (unsigned long long)round_trips, median, p99);
 }

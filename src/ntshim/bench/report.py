@@ -154,18 +154,25 @@ def sync_table(results: Sequence[sy.Measurement], show_references: bool = True) 
         "as NT objects must, with ntshim's waiting policy",
         caption_justify="left",
     )
-    for column, justify in [("test", "left"), ("subject", "left"), ("ns/op", "right"), ("ops/s", "right"),
-                            ("x floor:futex", "right"), ("x floor:futex-fifo", "right")]:
+    oversubscribed = any(m.waits for m in results)
+    columns = [("test", "left"), ("subject", "left"), ("ns/op", "right"), ("ops/s", "right"),
+               ("x floor:futex", "right"), ("x floor:futex-fifo", "right")]
+    if oversubscribed:
+        columns += [("wait median", "right"), ("wait p99", "right")]
+    for column, justify in columns:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     tests = list(dict.fromkeys(m.test for m in results))
     for n, test in enumerate(tests):
         floors = {m.subject: m.median for m in results if m.test == test and m.kind == "floor" and m.samples}
         for m in (m for m in results if m.test == test and m.samples):
             plain, fifo = floors.get("floor:futex"), floors.get("floor:futex-fifo")
+            waits = m.wait_percentiles
+            extra = [_number(waits[0], 0), _number(waits[1], 0)] if waits else ["", ""]
             table.add_row(
                 test, m.subject, _number(m.median, 0), _number(1e9 / m.median, 0),
                 _ratio(m.median / plain if plain and m.kind != "floor" else None),
                 _ratio(m.median / fifo if fifo and m.kind != "floor" else None),
+                *(extra if oversubscribed else []),
                 style="dim" if m.kind == "floor" else None,
             )
         if show_references:
@@ -190,7 +197,8 @@ def sync_json(results: Sequence[sy.Measurement], machine: dict[str, Any], settin
         "(uncontended)",
         "results": [
             {"test": m.test, "subject": m.subject, "kind": m.kind, "processes": m.processes, "amount": m.amount,
-             "median": m.median, "samples": m.samples}
+             "median": m.median, "samples": m.samples,
+             **({"wait_median_p99": m.wait_percentiles, "waits": m.waits} if m.waits else {})}
             for m in results if m.samples
         ],
         "targets": [t.__dict__ for t in sy.targets(list(results))],

@@ -10,6 +10,10 @@ README's), for every sync backend, Python's own tools, and the raw mechanisms, i
   free lock and releases it, ``iterations`` times; ``with lock:`` on ntshim's, threading's
   and multiprocessing's ``Lock``, the semaphore of the floors and native loops.  Figure: ns
   per acquire + release.
+- *oversubscribed*: ``sides`` sides, more than the CPUs, share the semaphore as in
+  *contended* until ``iterations`` acquisitions in total; each wait is timed.  Figures: ns per
+  acquisition, and the median and 99th percentile of the waits (how waiting degrades when
+  waiters outnumber the CPUs).
 
 Sides are two threads, or with ``processes`` two processes (named objects, opened by name
 in the children); the uncontended side runs in this process either way.  Subjects:
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import os
 import multiprocessing
 import statistics
 import struct
@@ -47,9 +52,11 @@ from typing import Any
 from .. import _bench
 from ..sync import Event, Lock, Semaphore, registry, wait_any
 
-TESTS = ("contended", "zigzag", "uncontended")
+TESTS = ("contended", "zigzag", "uncontended", "oversubscribed")
 #: The tests that take ``iterations`` (the others take ``seconds``).
-COUNTED = ("contended", "uncontended")
+COUNTED = ("contended", "uncontended", "oversubscribed")
+#: The oversubscribed test's sides by default: twice the CPUs, 4 to 16 (the C loops' most).
+DEFAULT_SIDES = min(16, max(4, 2 * (os.cpu_count() or 1)))
 FLOORS = {"floor:futex": 0, "floor:eventfd": 1, "floor:futex-fifo": 3}
 NATIVE = {"native:futex": 2}
 BASELINES = ("threading", "multiprocessing")
@@ -83,10 +90,18 @@ class Measurement:
     processes: bool
     amount: float  # iterations (contended) or seconds (zigzag)
     samples: list[float] = field(default_factory=list)  # ns per acquisition / per round trip
+    waits: list[tuple[float, float]] = field(default_factory=list)  # oversubscribed: (median, p99) ns
 
     @property
     def median(self) -> float:
         return statistics.median(self.samples)
+
+    @property
+    def wait_percentiles(self) -> tuple[float, float] | None:
+        """The median over the repeats of each run's median and 99th percentile wait."""
+        if not self.waits:
+            return None
+        return statistics.median(w[0] for w in self.waits), statistics.median(w[1] for w in self.waits)
 
     @property
     def kind(self) -> str:
@@ -253,6 +268,49 @@ def _python_once(subject: str, test: str, processes: bool, amount: float) -> flo
                 obj.close()
 
 
+def _wait_side(subject: str, sem: Any, stem: str | None, number: int, sides: int, waits: mmap.mmap) -> None:
+    """One oversubscribed side: acquisitions number, number + sides, ...; each wait timed."""
+    if stem is not None:
+        sem = Semaphore.open(f"{stem}-sem", backend=subject)
+    wait_sem, _, signal = _Ops(subject).functions()
+    for i in range(number, len(waits) // 8, sides):
+        start = time.perf_counter_ns()
+        wait_sem(sem)
+        _WAIT.pack_into(waits, 8 * i, time.perf_counter_ns() - start)
+        signal(sem)
+
+
+_WAIT = struct.Struct("=q")
+
+
+def _python_oversubscribed(subject: str, processes: bool, iterations: int, sides: int) -> Sample:
+    stem = f"ntshim-bench-{uuid.uuid4().hex[:12]}" if processes and subject not in BASELINES else None
+    sem = _Ops(subject).semaphore(f"{stem}-sem" if stem else None)
+    waits = mmap.mmap(-1, 8 * iterations)  # shared with forked children
+    try:
+        if processes:
+            context = multiprocessing.get_context("fork")
+            runners: list[Any] = [context.Process(target=_wait_side, args=(subject, sem, stem, n, sides, waits))
+                                  for n in range(sides)]
+        else:
+            runners = [threading.Thread(target=_wait_side, args=(subject, sem, None, n, sides, waits))
+                       for n in range(sides)]
+        start = time.perf_counter_ns()
+        for runner in runners:
+            runner.start()
+        for runner in runners:
+            runner.join()
+        elapsed = time.perf_counter_ns() - start
+        if processes and any(r.exitcode != 0 for r in runners):
+            raise RuntimeError(f"{subject} oversubscribed: a side process failed")
+        ordered = sorted(w for (w,) in _WAIT.iter_unpack(waits))
+        return elapsed / iterations, (float(ordered[len(ordered) // 2]), float(ordered[-1 - len(ordered) // 100]))
+    finally:
+        waits.close()
+        if subject not in BASELINES:
+            sem.close()
+
+
 def _child(subject: str, test: str, number: int, objects: tuple[Any, ...], stem: str | None, amount: float,
            board: mmap.mmap) -> None:
     if stem is not None:  # the issue's "named objects": open them by name, as another program would
@@ -265,26 +323,35 @@ def _child(subject: str, test: str, number: int, objects: tuple[Any, ...], stem:
 # ---- one measurement ---------------------------------------------------------------------
 
 
-def measure_once(subject: str, test: str, processes: bool, amount: float) -> float:
-    """ns per acquisition (contended, ``amount`` iterations), per round trip (zigzag,
-    ``amount`` seconds) or per acquire + release (uncontended, ``amount`` iterations)."""
+#: One measurement: ns per operation, and the waits' (median, 99th percentile) in ns for the
+#: oversubscribed test (None for the others).
+Sample = tuple[float, "tuple[float, float] | None"]
+
+
+def measure_once(subject: str, test: str, processes: bool, amount: float, sides: int = DEFAULT_SIDES) -> Sample:
+    """ns per acquisition (contended, oversubscribed: ``amount`` iterations), per round trip
+    (zigzag, ``amount`` seconds) or per acquire + release (uncontended, ``amount``
+    iterations); and the oversubscribed test's waits."""
     if subject in FLOORS or subject in NATIVE:
-        slots: tuple[int, ...] = ()
+        slots = (0, 0, 0)
         keep: list[Any] = []
         if subject in NATIVE:
             keep = [Semaphore(1, 1, backend="futex"), Event(manual=False, backend="futex"),
                     Event(manual=False, backend="futex")]
-            slots = tuple(o._handle.slot for o in keep)
+            slots = (keep[0]._slot, keep[1]._slot, keep[2]._slot)
         mechanism = {**FLOORS, **NATIVE}[subject]
         n = int(amount) if test in COUNTED else int(amount * 1e9)
         try:
-            elapsed, trips = _bench.bench_sync(mechanism, TESTS.index(test), processes, n, *(
-                (slots,) if slots else ()))
+            elapsed, trips, median, p99 = _bench.bench_sync(mechanism, TESTS.index(test), processes, n,
+                                                            slots, sides)
         finally:
             for obj in keep:
                 obj.close()
-        return elapsed / n if test in COUNTED else elapsed / max(trips, 1)
-    return _python_once(subject, test, processes, amount)
+        waits = (float(median), float(p99)) if test == "oversubscribed" else None
+        return (elapsed / n if test in COUNTED else elapsed / max(trips, 1)), waits
+    if test == "oversubscribed":
+        return _python_oversubscribed(subject, processes, int(amount), sides)
+    return _python_once(subject, test, processes, amount), None
 
 
 @contextlib.contextmanager
@@ -305,7 +372,7 @@ def busy(processes: int) -> Iterator[None]:
 
 def run(
     backends: list[str], tests: Iterable[str], processes: bool, iterations: int, seconds: float, repeat: int,
-    progress: Callable[[str], None] | None = None, load: int = 0,
+    progress: Callable[[str], None] | None = None, load: int = 0, sides: int = DEFAULT_SIDES,
 ) -> list[Measurement]:
     """Every subject on every test, ``repeat`` times interleaved (a slow moment of the
     machine then hits every subject alike), medians; with ``load`` busy processes beside."""
@@ -319,7 +386,10 @@ def run(
             for m in results:
                 if progress:
                     progress(f"{m.test} {m.subject}")
-                m.samples.append(measure_once(m.subject, m.test, processes, m.amount))
+                ns, waits = measure_once(m.subject, m.test, processes, m.amount, sides)
+                m.samples.append(ns)
+                if waits is not None:
+                    m.waits.append(waits)
     return results
 
 
@@ -358,6 +428,15 @@ def targets(results: list[Measurement]) -> list[Target]:
                 out.append(Target(
                     f"futex (Python) {'faster than' if factor == 1 else f'{factor}x faster than'} {other}, "
                     f"{test}, {mode}", theirs >= factor * futex, f"{theirs / futex:.1f}x"))
+    floor_waits = next((m.wait_percentiles for m in results
+                        if m.test == "oversubscribed" and m.subject == "floor:futex-fifo" and m.waits), None)
+    for m in results:
+        ours = m.wait_percentiles
+        if m.test == "oversubscribed" and m.subject in ("native:futex", "futex") and ours and floor_waits:
+            out.append(Target(
+                f"{m.subject} waits within 1.5x of floor:futex-fifo's, oversubscribed ({mode}): median and p99",
+                ours[0] <= 1.5 * floor_waits[0] and ours[1] <= 1.5 * floor_waits[1],
+                f"median {ours[0] / floor_waits[0]:.1f}x, p99 {ours[1] / floor_waits[1]:.1f}x"))
     futex, theirs = _median(results, "uncontended", "futex"), _median(results, "uncontended", "multiprocessing")
     if futex and theirs:  # issue 14's
         out.append(Target("futex Lock (Python) within 1.5x of multiprocessing.Lock, uncontended",

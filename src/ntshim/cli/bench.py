@@ -74,6 +74,9 @@ class BenchCommand:
         q.add_argument("--backend", default="all", help="a sync backend name, or all (default)")
         q.add_argument("--processes", action="store_true", help="two processes (named objects) instead of threads")
         q.add_argument("--repeat", type=_positive(int), default=3, help="repeats, interleaved; medians (default 3)")
+        q.add_argument("--sides", type=int, default=sy.DEFAULT_SIDES, metavar="N",
+                       help=f"oversubscribed: sides sharing the semaphore, 2..16 (default {sy.DEFAULT_SIDES}, "
+                       "twice the CPUs)")
         q.add_argument("--load", type=int, default=0, metavar="N",
                        help="N processes spinning on the CPUs meanwhile: a busy machine (default 0)")
         q.add_argument("--json", metavar="FILE", help="write every figure as JSON")
@@ -98,6 +101,8 @@ class BenchCommand:
         subjects = sy.subjects(backends, args.processes)
         if args.load < 0:
             raise SystemExit("ntshim bench sync: --load must be 0 or more")
+        if not 2 <= args.sides <= 16:
+            raise SystemExit("ntshim bench sync: --sides must be 2..16")
         total = len(tests) * len(subjects) * args.repeat
         console.print(f"{len(tests)} test(s) x {len(subjects)} subjects x {args.repeat} repeat(s)"
                       + (f", {args.load} busy process(es) beside" if args.load else ""))
@@ -107,13 +112,13 @@ class BenchCommand:
             task = progress.add_task("", total=total)
             results = sy.run(
                 backends, tests, args.processes, args.iterations, args.seconds, args.repeat,
-                lambda what: progress.update(task, advance=1, description=f"{what:<28}"), args.load,
+                lambda what: progress.update(task, advance=1, description=f"{what:<28}"), args.load, args.sides,
             )
         console.print(report.sync_table(results))
         for line in report.sync_targets_text(results):
             console.print(line)
         settings = {"tests": tests, "subjects": subjects, "iterations": args.iterations, "seconds": args.seconds,
-                    "repeat": args.repeat, "processes": args.processes, "load": args.load,
+                    "repeat": args.repeat, "processes": args.processes, "load": args.load, "sides": args.sides,
                     "command": " ".join(sys.argv)}
         self._save(args, console, lambda: report.sync_json(results, _kernel.machine(), settings),
                    lambda path: report.sync_plot(results, path))
