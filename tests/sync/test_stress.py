@@ -16,14 +16,16 @@ import multiprocessing
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from ntshim.errors import AbandonedWarning
 from ntshim.sync import Event, Lock, Mutex, RLock, Semaphore, wait_all, wait_any
 
-from .helpers import BOUND, Child
+from .helpers import BOUND, SETTLE, Child
 
 PROCESSES = 3
 THREADS = 4
@@ -144,6 +146,45 @@ def test_threading_protocol(sync_backend: str, make: Callable[..., Any]) -> None
     counter, holders = _shared("q"), _shared("q")
     worker = functools.partial(_exclusive, lock.acquire, lock.release, go, counter, holders)
     check_exclusive(run_everywhere(worker, go), counter)
+    assert not lock.locked()
+
+
+def _hold_until_killed(lock: Lock | RLock, holding: Event) -> None:
+    with lock:
+        holding.set()
+        threading.Event().wait()  # until SIGKILL
+
+
+@pytest.mark.parametrize("make", [Lock, RLock], ids=lambda c: c.__name__)
+def test_a_holder_killed_while_everyone_waits(sync_backend: str, make: Callable[..., Any]) -> None:
+    """A process holding the lock is killed while every thread of the others waits for it:
+    exactly one of them takes it over (told so by ``abandoned``), and mutual exclusion, the
+    count of updates and every later wait are as if nothing had happened."""
+    lock, holding = make(backend=sync_backend), Event(manual=True, backend=sync_backend)
+    go = Event(manual=True, backend=sync_backend)
+    counter, holders, taken_over = _shared("q"), _shared("q"), _shared("q")
+    victim = Child("fork", _hold_until_killed, lock, holding)
+    assert holding.wait(WAIT_BOUND)
+    holders.value = 999  # the victim's mark, which it never clears
+
+    def take() -> None:
+        warnings.simplefilter("ignore", AbandonedWarning)  # (process-wide, in a forked child)
+        lock.acquire()
+        if lock.abandoned:  # what the dead holder was doing may be half done: here, its mark
+            taken_over.value += 1
+            holders.value = 0
+
+    def kill_soon() -> None:
+        time.sleep(SETTLE)  # every thread is queued behind the victim by now, or soon
+        victim.kill()
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    worker = functools.partial(_exclusive, take, lock.release, go, counter, holders)
+    results = run_everywhere(worker, go)
+    killer.join()
+    check_exclusive(results, counter)
+    assert taken_over.value == 1
     assert not lock.locked()
 
 

@@ -455,16 +455,21 @@ class Mutex(_core.MutexBase, _Held):
         self._live().mutex_kill(threading.get_native_id())
 
     def _slow_release(self) -> None:
-        level = aio.release(self)
-        if level is not None:
-            if level == 1:
-                self.abandoned = False
-            return
+        # The flag goes before the last level does: once the mutex is free, the next holder
+        # (another thread of this process, sharing this object) may set it.
+        was_abandoned, self.abandoned = self.abandoned, False
         try:
-            if self._live().mutex_unlock(threading.get_native_id()) == 1:
-                self.abandoned = False
-        except PermissionError:
-            raise RuntimeError("cannot release un-acquired lock") from None
+            level = aio.release(self)  # a task's hold, through the dispatcher
+            if level is None:
+                try:
+                    level = self._live().mutex_unlock(threading.get_native_id())
+                except PermissionError:
+                    raise RuntimeError("cannot release un-acquired lock") from None
+        except BaseException:
+            self.abandoned = was_abandoned
+            raise
+        if level > 1:
+            self.abandoned = was_abandoned  # still held (nobody else could take it meanwhile)
 
     def _slow_locked(self) -> bool:
         return self._live().mutex_read()[1] > 0

@@ -169,11 +169,14 @@ static PyObject *mutex_release(nts_hot *self, PyObject *unused)
      * whose owner id is the dispatcher's; no hold at all) Python sorts out. */
     nts_arena *a = arena_of(self);
     uint32_t prev;
+    char was = self->abandoned;
+    self->abandoned = 0; /* (before the last level goes, as the Python form does) */
     if (a && !nts_sync_mutex_unlock(a, self->slot, nts_sync_thread_id(), &prev)) {
-        if (prev == 1)
-            self->abandoned = 0;
+        if (prev > 1)
+            self->abandoned = was; /* still held */
         Py_RETURN_NONE;
     }
+    self->abandoned = was;
     return slow((PyObject *)self, s_slow_release, NULL, 0, NULL);
 }
 
