@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -402,3 +404,34 @@ def test_a_task_owns_the_mutexes_its_wait_all_took(sync_backend: str) -> None:
 
     assert run(main()) == [True, True, True]
     assert not first.locked() and not second.locked()
+
+
+ROOMLESS = """
+import asyncio, sys
+from ntshim.sync import Event, futex
+from ntshim.sync.server import client
+
+futex.MAX_REQUESTS = client.MAX_REQUEST_CONNECTIONS = 2  # room for 2 started requests
+
+
+async def main():
+    events = [Event(backend=sys.argv[1]) for _ in range(6)]
+    waits = [asyncio.create_task(event.wait_async(10)) for event in events]
+    await asyncio.sleep(0.1)
+    for event in events:
+        event.set()
+    print(await asyncio.wait_for(asyncio.gather(*waits), 20))
+
+
+asyncio.run(main())
+"""
+
+
+def test_waits_beyond_the_backends_room_start_as_room_is_made(sync_backend: str) -> None:
+    """More waits than the backend has room for requests: the rest wait, in order, and all
+    are served (the waits after the first that found no room were once dropped)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", ROOMLESS, sync_backend], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str([True] * 6)

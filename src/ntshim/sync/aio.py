@@ -243,17 +243,28 @@ class _Dispatcher:
                 if wait in running:
                     self._end(wait, running.pop(wait), timed_out=False)
             busy = {obj._handle.key for wait in running for obj in wait.named() if _is_mutex(obj)}
-            for wait in self._startable(busy):
+            chosen, no_room = self._startable(busy), False
+            for i, wait in enumerate(chosen):
                 if not self._start(wait, running):
-                    break  # no room for another request now: the rest wait for one to end
-            now = time.monotonic_ns()
+                    # No room for another request now: these wait, first in line, for one to end.
+                    with self.lock:
+                        self.pending[:0] = chosen[i:]
+                    no_room = True
+                    break
+            now, ended = time.monotonic_ns(), False
             for wait, request in list(running.items()):
                 expired = wait.deadline is not None and wait.deadline <= now
                 if request.ready() or expired:
                     del running[wait]
                     self._end(wait, request, timed_out=True)
-            deadlines = [w.deadline for w in (*running, *self.pending) if w.deadline is not None]
+                    ended = True
+            if no_room and ended:
+                continue  # room now: start the waits that had none
             self._expire_pending(now)
+            with self.lock:
+                deadlines = [w.deadline for w in (*running, *self.pending) if w.deadline is not None]
+            if no_room and not running:  # (no request of ours to end: the room is others' to give back)
+                deadlines.append(now + _RETRY_NS)
             try:
                 backend.sleep(list(running.values()), min(deadlines, default=None), bell)
             except Exception as error:  # noqa: BLE001 (a damaged arena, a killed server: tell every wait)
@@ -267,8 +278,7 @@ class _Dispatcher:
                 time.sleep(0.1)  # do not spin on a failing backend
 
     def _start(self, wait: _Wait, running: dict[_Wait, Request]) -> bool:
-        """Start a wait's request; False when the backend has no room for it now (it goes
-        back to the head of the pending list)."""
+        """Start a wait's request; False when the backend has no room for it now."""
         if any(obj.closed for obj in wait.named()):
             self._deliver(wait, None, ValueError("an object of the wait was closed before it started"))
             return True
@@ -280,8 +290,6 @@ class _Dispatcher:
             if error.errno != errno.ENOSPC:
                 self._deliver(wait, None, error)
                 return True
-            with self.lock:
-                self.pending.insert(0, wait)
             return False
         except Exception as error:  # noqa: BLE001 (told to the wait)
             self._deliver(wait, None, error)
@@ -307,6 +315,10 @@ class _Dispatcher:
         for wait in expired:
             self._deliver(wait, None)
 
+
+#: How often the dispatcher tries again to start a wait the backend had no room for, when
+#: none of its own requests is pending (whose end would make room).
+_RETRY_NS = 10_000_000
 
 _dispatchers: dict[str, _Dispatcher] = {}
 _dispatchers_lock = threading.Lock()
