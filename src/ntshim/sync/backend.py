@@ -132,7 +132,9 @@ class Request(Protocol):
     sleeps in it."""
 
     def ready(self) -> bool:
-        """Whether it was satisfied (a cheap look)."""
+        """Whether it was satisfied, as far as a cheap look can tell: the futex backend reads
+        the request's word; the server backend reads only sockets its last :meth:`Backend.sleep`
+        found readable (a reply that came since makes the next sleep return at once)."""
 
     def end(self) -> tuple[int, bool] | None:
         """Stop it: ``(index, abandoned)`` as :meth:`Backend.wait` answers if it was satisfied

@@ -986,10 +986,13 @@ class ServerRequest:
     """An asynchronous wait (:class:`~ntshim.sync.backend.Request`): a WAIT sent on a request
     connection of its own (:meth:`Client.open_request`), whose reply is read when it ends."""
 
-    __slots__ = ("_connection", "_pid", "_what")
+    __slots__ = ("_connection", "_pid", "_polled", "_what")
 
     def __init__(self, connection: ServerConnection, what: str) -> None:
         self._connection: ServerConnection | None = connection
+        #: The last :meth:`Server.sleep` found its socket readable: the one case in which
+        #: :meth:`ready` reads it (the dispatcher asks every pending request after each sleep).
+        self._polled = False
         #: A fork child has its parent's request objects, but their connections are closed
         #: there (or, forked without the hooks, still the parent's): never the child's to use.
         self._pid = os.getpid()
@@ -1003,9 +1006,15 @@ class ServerRequest:
         return connection
 
     def ready(self) -> bool:
-        """Whether the WAIT's reply is in (reading what arrived, without waiting)."""
+        """Whether the WAIT's reply is in: buffered, or on a socket the last sleep found
+        readable (read now, without waiting)."""
         connection = self._own()
-        return connection is not None and connection.reply_in()
+        if connection is None:
+            return False
+        if connection.reply_buffered():
+            return True
+        polled, self._polled = self._polled, False
+        return polled and connection.reply_in()
 
     def poll_fd(self) -> int | None:
         """For :meth:`Server.sleep`: the socket to watch, None if the reply is buffered
@@ -1158,14 +1167,18 @@ class Server(Backend):
     def sleep(cls, requests: Sequence[Request], deadline: int | None, bell: int) -> None:
         CLIENT.ensure_own()
         poller = select.poll()
-        for request in requests:
-            fd = cast(ServerRequest, request).poll_fd()
+        watched: dict[int, ServerRequest] = {}
+        for request in cast("Sequence[ServerRequest]", requests):
+            fd = request.poll_fd()
             if fd is None:
                 return  # its reply is in already
             if fd >= 0:
                 poller.register(fd, select.POLLIN)
+                watched[fd] = request
         poller.register(CLIENT.doorbell(), select.POLLIN)
-        poller.poll(_poll_timeout(deadline))  # (the GIL released; EINTR retried to the deadline)
+        for fd, _events in poller.poll(_poll_timeout(deadline)):  # (the GIL released; EINTR retried)
+            if fd in watched:
+                watched[fd]._polled = True
 
 
 BACKEND = Server
