@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import threading
+import warnings
+from collections.abc import Callable
 
 import pytest
 
@@ -88,6 +92,78 @@ def test_threads_placing_at_once_never_overlap() -> None:
     finally:
         for region in regions:
             region.free()
+
+
+def test_placements_take_turns() -> None:
+    """A thread placing memory while another is between reading the maps and mapping waits
+    for it: otherwise both pick the same highest range and one loses, round after round."""
+    inside, release = threading.Event(), threading.Event()
+    second_saw_first_inside: list[bool] = []
+    regions: list[ntshim.Reservation] = []
+    first_inside = False
+
+    def first_map(at: int) -> ntshim.Reservation:
+        nonlocal first_inside
+        first_inside = True
+        inside.set()
+        release.wait(10)
+        first_inside = False
+        return ntshim.reserve(PAGE_SIZE, address=at)
+
+    def second_map(at: int) -> ntshim.Reservation:
+        second_saw_first_inside.append(first_inside)
+        return ntshim.reserve(PAGE_SIZE, address=at)
+
+    def place(map_at: Callable[[int], ntshim.Reservation]) -> None:
+        regions.append(placement.place_below(PAGE_SIZE, 4 * GiB, PAGE_SIZE, map_at))
+
+    first = threading.Thread(target=place, args=(first_map,))
+    first.start()
+    try:
+        assert inside.wait(10)
+        second = threading.Thread(target=place, args=(second_map,))
+        second.start()
+        second.join(0.2)  # long enough to reach the map if nothing holds it back
+    finally:
+        release.set()
+        first.join()
+        second.join()
+    try:
+        assert second_saw_first_inside == [False]
+        assert len(regions) == 2 and regions[0].address != regions[1].address
+    finally:
+        for region in regions:
+            region.free()
+
+
+def test_a_fork_child_places_memory_while_a_parent_thread_was_placing() -> None:
+    """The child of a fork made while another thread holds the placement turn has no such
+    thread: its own placements must not wait for it."""
+    inside, release = threading.Event(), threading.Event()
+
+    def held_map(at: int) -> ntshim.Reservation:
+        inside.set()
+        release.wait(10)
+        return ntshim.reserve(PAGE_SIZE, address=at)
+
+    holder = threading.Thread(target=lambda: placement.place_below(PAGE_SIZE, 4 * GiB, PAGE_SIZE, held_map).free())
+    holder.start()
+    try:
+        assert inside.wait(10)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12: fork with threads
+            pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)  # a child that waits for the turn dies of SIGALRM
+            try:
+                ntshim.alloc(PAGE_SIZE, below=4 * GiB).free()
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        holder.join()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
 
 
 def test_bad_bounds_are_refused() -> None:

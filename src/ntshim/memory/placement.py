@@ -4,14 +4,18 @@ The kernel's own search (``mmap`` without an address) cannot be told "below 4 Gi
 ``MAP_32BIT`` only searches 1–2 GiB on x86-64.  So: read the free ranges from
 ``/proc/self/maps``, pick the highest range that fits below the bound (top-down, leaving the
 lowest addresses for tighter bounds), and map there with ``MAP_FIXED_NOREPLACE``, which
-never replaces anything.  Another thread may map into the range between the read and the
-map; the kernel then refuses (EEXIST) and we read the maps again: race-free without a lock
-that other mmap callers in the process would ignore anyway.
+never replaces anything.  Other code in the process may map into the range between the read
+and the map; the kernel then refuses (EEXIST) and we read the maps again.  ntshim's own
+placements take turns (``_PLACING``): threads placing at once would otherwise all pick the
+same highest range, only one of them wins each round, and a thread could lose any number of
+rounds in a row.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -25,8 +29,21 @@ T = TypeVar("T")
 #: The end of the user address space on x86-64 with 4-level page tables (the kernel's
 #: TASK_SIZE): a bound beyond it cannot mean anything.
 USER_SPACE_END = 0x7FFFFFFFF000
-#: How often to re-read the maps when other threads keep taking the chosen range.
+#: How often to re-read the maps when code outside ntshim keeps taking the chosen range.
 ATTEMPTS = 64
+#: Held from reading the maps until the mapping is made, so that this process's threads
+#: placing memory never race each other for the same range.
+_PLACING = threading.Lock()
+
+
+def _fresh_lock_in_child() -> None:
+    # A fork child has only the forking thread: a placement another thread was making holds
+    # the lock for nobody there.  The lock guards no data, only turns, so a new one is right.
+    global _PLACING
+    _PLACING = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock_in_child)
 
 
 @functools.cache
@@ -71,18 +88,19 @@ def place_below(size: int, below: int, align: int, map_at: Callable[[int], T]) -
     """``map_at(address)`` at the highest free address that keeps ``[address, address+size)``
     below ``below``; ``map_at`` must refuse (FileExistsError) rather than replace.  Raises
     MemoryError when no free range fits."""
-    for _ in range(ATTEMPTS):
-        start = highest_fit(size, below, align)
-        if start is None:
-            raise MemoryError(
-                f"no free range of {size:#x} bytes (aligned to {align:#x}) ends below {below:#x}: "
-                "the address space under the bound is full or too fragmented"
-            )
-        try:
-            return map_at(start)
-        except FileExistsError:
-            continue  # another thread mapped there after we read the maps: look again
-    raise MemoryError(f"other threads took every free range below {below:#x} {ATTEMPTS} times in a row")
+    with _PLACING:
+        for _ in range(ATTEMPTS):
+            start = highest_fit(size, below, align)
+            if start is None:
+                raise MemoryError(
+                    f"no free range of {size:#x} bytes (aligned to {align:#x}) ends below {below:#x}: "
+                    "the address space under the bound is full or too fragmented"
+                )
+            try:
+                return map_at(start)
+            except FileExistsError:
+                continue  # other code mapped there after we read the maps: look again
+    raise MemoryError(f"other code took every free range below {below:#x} {ATTEMPTS} times in a row")
 
 
 # ---- NtAllocateVirtualMemory's zero_bits -------------------------------------------------------
