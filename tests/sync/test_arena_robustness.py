@@ -228,7 +228,7 @@ def _copy(arena: Path, root: Path) -> Path:
     return target
 
 
-# The header of the current layout (src/ntshim/_core/sync/arena.c, "Layout, version 5"): magic u32,
+# The header of the current layout (src/ntshim/_core/sync/arena.c, "Layout, version 6"): magic u32,
 # version u32, size u64, lock u32 at 16, then the high-water marks and free lists (objects at
 # 20, free objects at 24, thread blocks 28, references 32, free references 36, processes 40), the spinners
 # at 44.
@@ -345,7 +345,7 @@ def test_random_bytes_in_the_arena_never_crash_or_hang_its_users(tmp_path: Path)
 
 
 # --- targeted damage ------------------------------------------------------------------------
-# The current layout (src/ntshim/_core/sync/arena.c, "Layout, version 5"): byte offsets of what the
+# The current layout (src/ntshim/_core/sync/arena.c, "Layout, version 6"): byte offsets of what the
 # cases below overwrite (the header's are above).
 CHUNK = 0x10000
 NPROC, NHASH, NOBJ = 1024, 32768, 16384
@@ -357,7 +357,7 @@ def _round(x: int) -> int:
 
 OFF_HASH = _round(4096 + 16 * (NPROC + 1))
 OFF_OBJ = OFF_HASH + _round(4 * NHASH)
-OBJ_SIZE = 64  # kind, gen, refs, name, x, y, abandoned, holder, holder_gen, heads and tails, next_free, pad
+OBJ_SIZE = 64  # kind, gen, refs, name, x, y, abandoned, holder, holder_gen, heads and tails, next_free, word (u64)
 OBJ_ANY_HEAD = 36
 NAME_SIZE = 8 + 256  # hash, len, bytes
 OFF_THR = OFF_OBJ + _round(OBJ_SIZE * (NOBJ + 1)) + _round(NAME_SIZE * (NOBJ + 1))
@@ -365,8 +365,8 @@ ENTRY_SIZE = 16  # obj, prev, next, linked
 
 
 # A thread block: pthread_mutex_t (40 bytes); gen, in_use, proc, tid, signaled, poke, sleeping,
-# owner, all, count, alert, abandoned, held, queued, anchor, notify, spinning; then its 65 entries.
-THR_ENTRIES_AT = 40 + 17 * 4
+# owner, all, count, alert, abandoned, held, queued, anchor, notify, spinning, fast; then its 65 entries.
+THR_ENTRIES_AT = 40 + 18 * 4
 
 
 def _thread_block_size() -> int:

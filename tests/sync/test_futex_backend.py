@@ -151,12 +151,15 @@ def test_a_killed_process_gives_back_its_references_and_abandons_its_mutexes() -
 
 def test_thread_blocks_are_given_back_when_threads_exit() -> None:
     sem = Semaphore(100, 100, backend="futex")
+    never = Event(backend="futex")
     leave = threading.Event()
     ids: list[int] = []
 
     def take_one_and_stay() -> None:
         ids.append(threading.get_native_id())
-        wait_any([sem])  # this gives the thread its block
+        # A wait on two objects goes through the arena's lock, which gives the thread its
+        # block (taking a unit alone is lock-free and needs none).
+        wait_any([sem, never])
         leave.wait()
 
     threads = [threading.Thread(target=take_one_and_stay) for _ in range(20)]

@@ -94,24 +94,28 @@ def _shared(typecode: str, value: Any = 0) -> Any:
 # --- mutual exclusion ---------------------------------------------------------------------
 
 
+def _inside(counter: Any, holders: Any, me: int, loop: int) -> int:
+    """The critical section: check we are alone, a read-modify-write; intruders seen."""
+    seen = holders.value != 0
+    holders.value = me + 1
+    value = counter.value
+    if loop % 64 == 0:
+        time.sleep(0)  # give another thread a chance to run inside, if the lock lets it
+    counter.value = value + 1
+    seen += holders.value != me + 1
+    holders.value = 0
+    return seen
+
+
 def _exclusive(
     take: Callable[[], object], give: Callable[[], object], go: Event, counter: Any, holders: Any, me: int
 ) -> tuple[int, int]:
-    """Loop: take, check we are alone, a read-modify-write, give.  (loops, intruders seen)"""
+    """Loop: take, the critical section, give.  (loops, intruders seen)"""
     stop = _timed(go)
     loops = seen = 0
     while loops < LOOPS and time.monotonic() < stop:
         take()
-        if holders.value != 0:
-            seen += 1
-        holders.value = me + 1
-        value = counter.value
-        if loops % 64 == 0:
-            time.sleep(0)  # give another thread a chance to run inside, if the lock lets it
-        counter.value = value + 1
-        if holders.value != me + 1:
-            seen += 1
-        holders.value = 0
+        seen += _inside(counter, holders, me, loops)
         give()
         loops += 1
     return loops, seen
@@ -186,6 +190,67 @@ def test_a_holder_killed_while_everyone_waits(sync_backend: str, make: Callable[
     check_exclusive(results, counter)
     assert taken_over.value == 1
     assert not lock.locked()
+
+
+def _hold_twice_until_killed(lock: RLock, holding: Event) -> None:
+    lock.acquire()
+    lock.acquire()
+    holding.set()
+    threading.Event().wait()  # until SIGKILL
+
+
+def test_lock_free_and_queued_operations_mixed(sync_backend: str) -> None:
+    """Issue 14's fast path.  Every thread mixes operations the futex backend serves
+    without its arena lock (a lock of the thread's own, never contended; a private
+    auto-reset event; the shared objects whenever nobody waits for them) with ones that
+    queue (the same shared objects while others hold them).  A process that took the shared
+    RLock twice, lock-free, is killed in the middle.  Mutual exclusion holds for the RLock
+    (taken twice, recursively) and for a semaphore of one; no wait loses its wake-up;
+    exactly one thread takes the dead owner's RLock over; every count ends as it began."""
+    rlock, unit = RLock(backend=sync_backend), Semaphore(1, 1, backend=sync_backend)
+    holding, go = Event(manual=True, backend=sync_backend), Event(manual=True, backend=sync_backend)
+    counter, holders, taken_over = _shared("q"), _shared("q"), _shared("q")
+    unit_counter, unit_holders = _shared("q"), _shared("q")
+    victim = Child("fork", _hold_twice_until_killed, rlock, holding)
+    assert holding.wait(WAIT_BOUND)
+    holders.value = 999  # the victim's mark, which it never clears
+
+    def worker(me: int) -> tuple[int, int, int]:
+        warnings.simplefilter("ignore", AbandonedWarning)  # (process-wide, in a forked child)
+        mine, flag = Lock(backend=sync_backend), Event(manual=False, backend=sync_backend)
+        stop = _timed(go)
+        loops = seen = private = 0
+        while loops < LOOPS // 4 and time.monotonic() < stop:
+            with mine:  # never contended
+                private += mine.locked()
+            flag.set()
+            private += flag.wait(0) and not flag.is_set() and not flag.wait(0)
+            assert rlock.acquire(timeout=WAIT_BOUND)
+            if rlock.abandoned:  # what the dead owner was doing may be half done: its mark
+                taken_over.value += 1
+                holders.value = 0
+            assert rlock.acquire(blocking=False)  # (ours: one level more)
+            seen += _inside(counter, holders, me, loops)
+            rlock.release()
+            rlock.release()
+            assert unit.acquire(timeout=WAIT_BOUND)
+            seen += _inside(unit_counter, unit_holders, me, loops)
+            unit.release()
+            loops += 1
+        return loops, seen, private
+
+    killer = threading.Timer(SETTLE, victim.kill)  # every thread is at work, or queued on the RLock
+    killer.start()
+    results = run_everywhere(worker, go)
+    killer.join()
+    loops = [r[0] for r in results]
+    assert len(results) == PROCESSES * THREADS and min(loops) > 0
+    assert sum(r[1] for r in results) == 0, "two holders at once"
+    assert counter.value == unit_counter.value == sum(loops), "lost updates: two holders at once"
+    assert [r[2] for r in results] == [2 * n for n in loops], "a private lock or event misbehaved"
+    assert taken_over.value == 1
+    assert not rlock.locked()
+    assert unit.read() == (1, 1)
 
 
 def test_auto_event_as_a_lock(sync_backend: str) -> None:

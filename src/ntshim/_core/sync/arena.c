@@ -4,11 +4,25 @@
  * every object, every waiting thread's wait block and the name index; each process
  * maps it MAP_SHARED.  The algorithm is the ntsync driver's, moved to user space:
  *
- * - All object state changes under one lock, a futex word in the header holding
- *   its holder's identity (process slot and that slot's generation).  With a
- *   single lock wait-all is atomic by construction.  A waiter that has waited a
- *   while looks whether the holder's process is still alive, and takes the lock
+ * - Every change that involves a queue happens under one lock, a futex word in the
+ *   header holding its holder's identity (process slot and that slot's generation).
+ *   With a single lock wait-all is atomic by construction.  A waiter that has waited
+ *   a while looks whether the holder's process is still alive, and takes the lock
  *   over (and sweeps the dead) if not.
+ * - Lock-free operations.  An object nobody waits for keeps its state in its word
+ *   (W_*), and the operations that wake nobody (taking a free lock or a unit, a
+ *   release or a set with no waiter, reads) are one compare-and-swap or one load on
+ *   it, without the lock.  Whatever holds the lock and touches an object first
+ *   *pins* it: copies the word's state into the object's fields and sets W_SLOW in
+ *   the same compare-and-swap, so the copy is exact.  From then on the fields are
+ *   the state, and the lock-free operations, seeing W_SLOW, take the lock instead.
+ *   As the lock's holder lets go, it writes the state back into the word of each
+ *   object it pinned that nobody queues on and that is not abandoned; the others
+ *   keep W_SLOW.  So a lock-free grab can never split a wait-all or overtake a
+ *   queued waiter, and a process that dies at any point leaves each object in one
+ *   of two consistent forms.  A lock-free holder is a thread block and generation
+ *   in the word, never a pid or tid; its death is found as a queued waiter's would
+ *   be, once someone contends and pins.
  * - A waiter queues one entry per object (wait-all entries and wait-any entries
  *   in separate FIFO lists), then sleeps with futex_waitv on its `signaled` word.
  *   A signaller that can satisfy a waiter acquires the object(s) on its behalf,
@@ -59,7 +73,7 @@
  * chunks as the table grows, before they are touched, so a full tmpfs yields
  * ENOSPC, never a SIGBUS.
  *
- * Layout, version 5 (native-endian; entry 0 of each table is never used, 0 means
+ * Layout, version 6 (native-endian; entry 0 of each table is never used, 0 means
  * "none" everywhere; each table starts on a 64 KiB boundary):
  *   0          header: magic "NTSY", version, size (u64), lock, high-water marks, free lists, spinners
  *   4096       process table   [NPROC + 1]  {in_use, gen, pid, pad}
@@ -117,6 +131,25 @@ struct nts_futex_waitv {
 #define ID_GEN_MASK   ((1u << ID_GEN_BITS) - 1)
 #define ID(proc, gen) (((proc) << ID_GEN_BITS) | (ID_GEN_MASK & (gen)))
 #define ID_PROC(id)   (((id) & ~LOCK_WAITERS) >> ID_GEN_BITS)
+/* An object's lock-free word (u64): W_SLOW set, or the object's state, which the
+ * operations that need no queue change with one compare-and-swap:
+ *   semaphore   the count (bits 0-31);
+ *   event       signaled (bit 0);
+ *   lock, mutex the count (bits 0-23: a lock's is 0 or 1), and when it is not 0 the
+ *               holder's thread block (bits 24-36) and the low bits of that block's
+ *               generation (bits 37-60).  A mutex held this way is owned by its holding
+ *               thread's own id (the block's tid). */
+#define W_SLOW       (1ull << 63)
+#define W_COUNT_MASK 0xFFFFFFull
+#define W_TI_SHIFT   24
+#define W_TI_MASK    0x1FFFull
+#define W_GEN_SHIFT  37
+#define W_GEN_MASK   0xFFFFFFu
+#define W_COUNT(w)   ((uint32_t)((w)&W_COUNT_MASK))
+#define W_TI(w)      ((uint32_t)((w) >> W_TI_SHIFT & W_TI_MASK))
+#define W_GEN(w)     ((uint32_t)((w) >> W_GEN_SHIFT & W_GEN_MASK))
+#define W_HELD(ti, gen, count)                                                                                         \
+    ((uint64_t)(count) | (uint64_t)(ti) << W_TI_SHIFT | (uint64_t)((gen)&W_GEN_MASK) << W_GEN_SHIFT)
 /* How long a waiter for the lock sleeps before it looks whether the holder lives. */
 #define LOCK_PATIENCE_NS 30000000
 
@@ -140,7 +173,8 @@ struct obj {
     nts_sync_state state;
     uint32_t abandoned, holder, holder_gen;
     uint32_t any_head, any_tail, all_head, all_tail;
-    uint32_t next_free, pad[2];
+    uint32_t next_free;
+    uint64_t word; /* the lock-free word: the state itself, or W_SLOW (see "Lock-free operations") */
 };
 
 struct name {
@@ -162,6 +196,7 @@ struct thr {
     uint32_t anchor;   /* while it waits: its process's anchor block, the holder of the locks it acquires */
     uint32_t notify;   /* a request's block: its maker's own, whose poke word rings at a hand-over (else 0) */
     uint32_t spinning; /* counted in the header's spinners */
+    uint32_t fast;     /* has held something through its object's word: abandon_thread looks at every object */
     struct entry e[NQ];
 };
 
@@ -182,6 +217,8 @@ _Static_assert(sizeof(struct header) <= OFF_PROC, "the header fits its page");
 _Static_assert(NPROC < (1u << (31 - ID_GEN_BITS)) && NPROC < NTS_SYNC_LIVE_END,
                "slots fit the lock word and the liveness bytes");
 _Static_assert(sizeof(struct thr) <= CHUNK && sizeof(struct name) <= CHUNK, "one element fits a chunk");
+_Static_assert(NTHR <= W_TI_MASK, "the lock-free word holds a block index");
+_Static_assert(sizeof(struct obj) == 64 && offsetof(struct obj, word) == 56, "an object is one cache line");
 
 /* This process's view.  Indexes into the tables are 1-based; 0 means none. */
 struct nts_arena {
@@ -207,6 +244,11 @@ struct nts_arena {
     uint32_t child_proc, child_gen;
     uint32_t *inflight_obj, *inflight_ref;
     size_t ninflight;
+    /* the objects the lock's current holding (ours) switched to the slow form, to publish
+     * again as it ends (see pin) */
+    uint32_t pinned[NOBJ];
+    uint32_t npinned;
+    uint8_t pin_mark[NOBJ + 1];
 };
 
 static nts_arena *g_arena;
@@ -426,6 +468,7 @@ static uint32_t claim_slot(nts_arena *a, int fd, uint32_t *gen)
 
 static void gc_dead_processes(nts_arena *a);
 static void repair(nts_arena *a);
+static void publish_pinned(nts_arena *a);
 
 /* Whether the holder named by a lock word that did not change for a while is gone. */
 static int holder_gone(nts_arena *a, uint32_t id)
@@ -486,6 +529,7 @@ static int arena_lock(nts_arena *a)
 
 static void arena_unlock(nts_arena *a)
 {
+    publish_pinned(a);
     uint32_t *w = &a->h->lock, v = a->me;
     if (__atomic_compare_exchange_n(w, &v, 0, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
         return;
@@ -635,6 +679,7 @@ static void obj_free(nts_arena *a, uint32_t i)
     o->name = 0;
     o->kind = 0;
     o->gen++;
+    __atomic_store_n(&o->word, W_SLOW, __ATOMIC_RELEASE); /* (nobody references it) */
     o->next_free = a->h->obj_free;
     a->h->obj_free = i;
 }
@@ -646,6 +691,113 @@ static void obj_unref(nts_arena *a, uint32_t i)
         damage(BAD_COUNT);
     else if (--o->refs == 0)
         obj_free(a, i);
+}
+
+static int is_owned_kind(uint32_t kind) { return kind == NTS_SYNC_MUTEX || kind == NTS_SYNC_LOCK; }
+
+static int is_held(struct obj *o) { return is_owned_kind(o->kind) && o->state.mutex.count; }
+
+static uint64_t load64(const uint64_t *word) { return __atomic_load_n(word, __ATOMIC_ACQUIRE); }
+static int cas64(uint64_t *word, uint64_t *expected, uint64_t v)
+{
+    return __atomic_compare_exchange_n(word, expected, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+/* The object's fields from its lock-free word w (a lock or mutex's holder checked). */
+static void unpack_word(nts_arena *a, struct obj *o, uint64_t w)
+{
+    switch (READ_ONCE(o->kind)) {
+    case NTS_SYNC_SEMAPHORE:
+        o->state.sem.count = (uint32_t)w;
+        break;
+    case NTS_SYNC_EVENT:
+        o->state.event.signaled = (uint32_t)(w & 1);
+        break;
+    case NTS_SYNC_MUTEX:
+    case NTS_SYNC_LOCK: {
+        uint32_t hi = W_COUNT(w) ? thr_index(a, W_TI(w)) : 0, gen = hi ? a->t[hi].gen : 0;
+        o->state.mutex.count = hi ? W_COUNT(w) : 0;
+        o->state.mutex.owner = hi && o->kind == NTS_SYNC_MUTEX ? a->t[hi].tid : 0;
+        o->holder = hi;
+        /* The latest generation with the word's low bits: the block's own when they agree,
+         * an older one (a holder gone, which check_holder abandons) when not. */
+        o->holder_gen = gen - ((gen - W_GEN(w)) & W_GEN_MASK);
+        break;
+    }
+    }
+}
+
+/* The slow form for object oi, for the rest of this holding of the lock: its state in
+ * its fields, W_SLOW in its word.  Called by whatever holding the lock touches an object
+ * first (pinning one already slow only notes it, to publish).  Lock held. */
+static void pin(nts_arena *a, uint32_t oi)
+{
+    if (oi < 1 || oi > NOBJ || a->pin_mark[oi])
+        return;
+    a->pin_mark[oi] = 1;
+    a->pinned[a->npinned++] = oi;
+    struct obj *o = &a->o[oi];
+    for (uint64_t w = load64(&o->word); !(w & W_SLOW);) {
+        unpack_word(a, o, w); /* (a lock-free operation meanwhile fails the swap: unpack again) */
+        if (cas64(&o->word, &w, w | W_SLOW)) {
+            if (is_held(o) && o->holder && a->t[o->holder].gen == o->holder_gen)
+                a->t[o->holder].held++; /* counted as a hold the fields record */
+            break;
+        }
+    }
+}
+
+/* Object oi's word from its fields, when nobody queues on it and it is not abandoned
+ * (and, held, its holder fits the word); else it stays slow.  Lock held. */
+static void publish(nts_arena *a, uint32_t oi)
+{
+    struct obj *o = &a->o[oi];
+    uint64_t w;
+    if (READ_ONCE(o->any_head) || READ_ONCE(o->all_head) || o->abandoned)
+        return;
+    switch (READ_ONCE(o->kind)) {
+    case NTS_SYNC_SEMAPHORE:
+        w = o->state.sem.count;
+        break;
+    case NTS_SYNC_EVENT:
+        w = o->state.event.signaled != 0;
+        break;
+    case NTS_SYNC_MUTEX:
+    case NTS_SYNC_LOCK: {
+        uint32_t count = o->state.mutex.count, hi = READ_ONCE(o->holder);
+        if (!count) {
+            w = 0;
+            break;
+        }
+        if (count > W_COUNT_MASK || !hi || hi > thr_hw(a))
+            return;
+        struct thr *h = &a->t[hi];
+        if (h->gen != o->holder_gen || !h->in_use || (o->kind == NTS_SYNC_MUTEX && o->state.mutex.owner != h->tid))
+            return; /* (a mutex a task holds: its owner id is not the thread's) */
+        store(&h->fast, 1);
+        if (h->held)
+            h->held--;
+        w = W_HELD(hi, h->gen, count);
+        break;
+    }
+    default:
+        return; /* freed */
+    }
+    __atomic_store_n(&o->word, w, __ATOMIC_RELEASE);
+}
+
+/* As the lock is let go: publish what this holding pinned (nothing once damaged, or if
+ * the lock is no longer ours: the fields stay the state). */
+static void publish_pinned(nts_arena *a)
+{
+    int ours = !damaged() && (load(&a->h->lock) & ~LOCK_WAITERS) == a->me;
+    for (uint32_t k = 0; k < a->npinned; k++) {
+        uint32_t oi = a->pinned[k];
+        a->pin_mark[oi] = 0;
+        if (ours)
+            publish(a, oi);
+    }
+    a->npinned = 0;
 }
 
 static int is_signaled(struct obj *o, uint32_t owner)
@@ -664,6 +816,7 @@ static int is_signaled(struct obj *o, uint32_t owner)
 
 static void link_entry(nts_arena *a, uint32_t oi, int all, uint32_t id)
 {
+    pin(a, oi); /* (an object with waiters stays slow) */
     struct obj *o = &a->o[oi];
     uint32_t *head = all ? &o->all_head : &o->any_head, *tail = all ? &o->all_tail : &o->any_tail;
     uint32_t last_id = READ_ONCE(*tail);
@@ -684,6 +837,7 @@ static void link_entry(nts_arena *a, uint32_t oi, int all, uint32_t id)
 
 static void unlink_entry(nts_arena *a, uint32_t oi, int all, uint32_t id)
 {
+    pin(a, oi); /* (its last waiter gone, it may be published) */
     struct obj *o = &a->o[oi];
     uint32_t *head = all ? &o->all_head : &o->any_head, *tail = all ? &o->all_tail : &o->any_tail;
     struct entry *e = entry_at(a, id);
@@ -764,6 +918,7 @@ static uint32_t holder_for(nts_arena *a, uint32_t ti, struct obj *o)
 
 static void acquire(nts_arena *a, uint32_t ti, uint32_t oi)
 {
+    pin(a, oi);
     struct thr *t = &a->t[ti];
     struct obj *o = &a->o[oi];
     switch (o->kind) {
@@ -844,6 +999,7 @@ static int try_wake_all(nts_arena *a, uint32_t ti)
  * Each restart follows the removal of an entry, so the walks end. */
 static void try_wake(nts_arena *a, uint32_t oi)
 {
+    pin(a, oi);
     struct obj *o = &a->o[oi];
     for (uint32_t id = READ_ONCE(o->all_head), prev = 0; id && entry_ok(a, oi, 1, id, prev);) {
         if (!try_wake_all(a, ENTRY_THR(id))) {
@@ -893,6 +1049,7 @@ static void drop_holder(nts_arena *a, struct obj *o)
 
 static void abandon(nts_arena *a, uint32_t oi)
 {
+    pin(a, oi);
     struct obj *o = &a->o[oi];
     drop_holder(a, o);
     o->state.mutex.owner = 0;
@@ -901,18 +1058,20 @@ static void abandon(nts_arena *a, uint32_t oi)
     try_wake(a, oi);
 }
 
-static int is_held(struct obj *o)
-{
-    return (o->kind == NTS_SYNC_MUTEX || o->kind == NTS_SYNC_LOCK) && o->state.mutex.count;
-}
-
-/* Abandon every mutex (and, for an anchor, every lock) the thread holds. */
+/* Abandon every mutex (and, for an anchor, every lock) the thread holds: those the
+ * fields record (t->held counts them), and those a word records, if it ever held one so. */
 static void abandon_thread(nts_arena *a, uint32_t ti)
 {
     struct thr *t = &a->t[ti];
     uint32_t hw = obj_hw(a);
-    for (uint32_t i = 1; i <= hw && t->held && !damaged(); i++) {
+    for (uint32_t i = 1; i <= hw && (t->held || load(&t->fast)) && !damaged(); i++) {
         struct obj *o = &a->o[i];
+        uint64_t w = load64(&o->word);
+        if (!(w & W_SLOW)) {
+            if (!is_owned_kind(READ_ONCE(o->kind)) || !W_COUNT(w) || W_TI(w) != ti || W_GEN(w) != (t->gen & W_GEN_MASK))
+                continue;
+            pin(a, i);
+        }
         if (is_held(o) && o->holder == ti && o->holder_gen == t->gen)
             abandon(a, i);
     }
@@ -922,6 +1081,7 @@ static void abandon_thread(nts_arena *a, uint32_t ti)
  * before anyone looks at it. */
 static void check_holder(nts_arena *a, uint32_t oi)
 {
+    pin(a, oi);
     struct obj *o = &a->o[oi];
     if (!is_held(o) || !o->holder)
         return;
@@ -1217,6 +1377,7 @@ static int claim_block(nts_arena *a, uint32_t ti, uint32_t notify)
     t->proc = a->proc;
     t->tid = (uint32_t)syscall(SYS_gettid);
     t->held = 0;
+    store(&t->fast, 0);
     t->queued = 0;
     t->count = 0;
     t->alert = 0;
@@ -1387,8 +1548,11 @@ static void fork_child(void)
     tls_thr = 0;  /* the parent thread's block is not ours */
     g_anchor = 0; /* nor its anchor, whose thread did not come along */
     g_anchor_lock = 0;
-    if (a)
-        memset(a->my_req, 0, sizeof a->my_req); /* nor the requests, whose maker did not either */
+    if (a) {
+        memset(a->my_req, 0, sizeof a->my_req);     /* nor the requests, whose maker did not either */
+        memset(a->pin_mark, 0, sizeof a->pin_mark); /* nor a holding of the lock */
+        a->npinned = 0;
+    }
     pthread_setspecific(g_thread_key, NULL);
     if (!a)
         return;
@@ -1568,7 +1732,10 @@ static int valid(nts_arena *a, uint32_t oi, int kind)
         return damage(SWEPT);
     if (!obj_index(a, oi) || !a->o[oi].kind)
         return damage(BAD_OBJ);
-    return kind && a->o[oi].kind != (uint32_t)kind ? EBADF : 0;
+    if (kind && a->o[oi].kind != (uint32_t)kind)
+        return EBADF;
+    pin(a, oi);
+    return 0;
 }
 
 int nts_sync_create(nts_arena *a, int kind, nts_sync_state initial, const char *name, size_t len, uint32_t *slot,
@@ -1598,6 +1765,8 @@ int nts_sync_create(nts_arena *a, int kind, nts_sync_state initial, const char *
         o->gen = g;
         o->kind = (uint32_t)kind;
         o->state = initial;
+        o->word = W_SLOW; /* the fields hold the state: published as the lock is let go */
+        pin(a, oi);
         if (holder) {
             o->holder = holder;
             o->holder_gen = a->t[holder].gen;
@@ -1665,6 +1834,88 @@ int nts_sync_unref(nts_arena *a, uint32_t slot)
     return done_refs(a, err);
 }
 
+/* ---------------------------------------------------------------- lock-free operations */
+
+/* Object `slot` for a lock-free operation: one this process references, of `kind` (0:
+ * any); NULL
+ * for the locked path to handle (and explain).  (Our own counts, read without
+ * g_refs_lock: as for a locked call, closing an object while another thread uses it is
+ * the caller's race.) */
+static struct obj *fast_obj(nts_arena *a, uint32_t slot, int kind)
+{
+    if (slot < 1 || slot > NOBJ || !a->my_count[slot] || damaged())
+        return NULL;
+    struct obj *o = &a->o[slot];
+    return !kind || READ_ONCE(o->kind) == (uint32_t)kind ? o : NULL;
+}
+
+enum { FAST_DONE = 1, FAST_NOT_SIGNALED = 0, FAST_LOCKED = -1 };
+
+/* One lock-free attempt to acquire `slot` for `owner`: FAST_DONE; FAST_NOT_SIGNALED, a
+ * semaphore or event the locked path would find unsignaled too; else FAST_LOCKED (a held
+ * lock or mutex, whose holder may be dead, goes there). */
+static int fast_acquire(nts_arena *a, uint32_t slot, uint32_t owner)
+{
+    struct obj *o = fast_obj(a, slot, 0);
+    uint32_t ti = 0, gen = 0, kind = o ? READ_ONCE(o->kind) : 0;
+    if (is_owned_kind(kind)) {
+        if (kind == NTS_SYNC_LOCK ? anchor(a, &ti) : self_thread(a, &ti))
+            return FAST_LOCKED;
+        struct thr *t = &a->t[ti];
+        if (kind == NTS_SYNC_MUTEX && owner != t->tid)
+            return FAST_LOCKED; /* another owner id than the thread's own (a task's) */
+        gen = t->gen;
+        if (!load(&t->fast))
+            store(&t->fast, 1); /* before the swap: abandon_thread must look at the words */
+    }
+    uint64_t w = o ? load64(&o->word) : W_SLOW, next;
+    do {
+        if (w & W_SLOW)
+            return FAST_LOCKED;
+        switch (kind) {
+        case NTS_SYNC_SEMAPHORE:
+            if (!(uint32_t)w)
+                return FAST_NOT_SIGNALED;
+            next = w - 1;
+            break;
+        case NTS_SYNC_EVENT:
+            if (!(w & 1))
+                return FAST_NOT_SIGNALED;
+            if (READ_ONCE(o->state.event.manual)) /* (set at creation, never changed) */
+                return FAST_DONE;
+            next = 0;
+            break;
+        case NTS_SYNC_LOCK:
+            if (w)
+                return FAST_LOCKED;
+            next = W_HELD(ti, gen, 1);
+            break;
+        case NTS_SYNC_MUTEX: /* free, or ours one level more */
+            if (!W_COUNT(w))
+                next = W_HELD(ti, gen, 1);
+            else if (W_TI(w) == ti && W_GEN(w) == (gen & W_GEN_MASK) && W_COUNT(w) < W_COUNT_MASK)
+                next = w + 1;
+            else
+                return FAST_LOCKED;
+            break;
+        default:
+            return FAST_LOCKED;
+        }
+    } while (!cas64(&o->word, &w, next));
+    return FAST_DONE;
+}
+
+/* Whether a word's holder is alive (a lock-free read must not call a dead holder's lock
+ * locked: the locked path would abandon it first). */
+static int word_holder_alive(nts_arena *a, uint64_t w)
+{
+    uint32_t hi = W_TI(w);
+    if (hi < 1 || hi > thr_hw(a))
+        return 0;
+    struct thr *h = &a->t[hi];
+    return (READ_ONCE(h->gen) & W_GEN_MASK) == W_GEN(w) && !token_dead(h);
+}
+
 /* Run one operation on an object of this process under the lock. */
 #define OBJECT_OP(a, slot, kind, body)                                                                                 \
     do {                                                                                                               \
@@ -1680,6 +1931,15 @@ int nts_sync_unref(nts_arena *a, uint32_t slot)
 
 int nts_sync_sem_release(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev)
 {
+    struct obj *fo = fast_obj(a, slot, NTS_SYNC_SEMAPHORE);
+    for (uint64_t w = fo ? load64(&fo->word) : W_SLOW; !(w & W_SLOW);) {
+        if ((uint64_t)(uint32_t)w + n > READ_ONCE(fo->state.sem.max)) /* (set at creation) */
+            return EOVERFLOW;
+        if (cas64(&fo->word, &w, w + n)) {
+            *prev = (uint32_t)w;
+            return 0;
+        }
+    }
     OBJECT_OP(a, slot, NTS_SYNC_SEMAPHORE, {
         if ((uint64_t)o->state.sem.count + n > o->state.sem.max) {
             err_ = EOVERFLOW;
@@ -1693,6 +1953,13 @@ int nts_sync_sem_release(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev
 
 int nts_sync_sem_read(nts_arena *a, uint32_t slot, uint32_t *count, uint32_t *max)
 {
+    struct obj *fo = fast_obj(a, slot, NTS_SYNC_SEMAPHORE);
+    uint64_t w = fo ? load64(&fo->word) : W_SLOW;
+    if (!(w & W_SLOW)) {
+        *count = (uint32_t)w;
+        *max = READ_ONCE(fo->state.sem.max);
+        return 0;
+    }
     OBJECT_OP(a, slot, NTS_SYNC_SEMAPHORE, {
         *count = o->state.sem.count;
         *max = o->state.sem.max;
@@ -1701,6 +1968,14 @@ int nts_sync_sem_read(nts_arena *a, uint32_t slot, uint32_t *count, uint32_t *ma
 
 int nts_sync_mutex_unlock(nts_arena *a, uint32_t slot, uint32_t owner, uint32_t *prev)
 {
+    struct obj *fo = fast_obj(a, slot, NTS_SYNC_MUTEX);
+    uint32_t ti = tls_pid == g_pid ? tls_thr : 0; /* (a mutex held in the word is held by a block of ours) */
+    for (uint64_t w = fo && ti ? load64(&fo->word) : W_SLOW;
+         !(w & W_SLOW) && W_COUNT(w) && W_TI(w) == ti && W_GEN(w) == (tls_gen & W_GEN_MASK) && owner == a->t[ti].tid;)
+        if (cas64(&fo->word, &w, W_COUNT(w) == 1 ? 0 : w - 1)) {
+            *prev = W_COUNT(w);
+            return 0;
+        }
     OBJECT_OP(a, slot, NTS_SYNC_MUTEX, {
         check_holder(a, slot);
         if (!o->state.mutex.count || o->state.mutex.owner != owner) {
@@ -1729,6 +2004,14 @@ int nts_sync_mutex_kill(nts_arena *a, uint32_t slot, uint32_t owner)
 
 int nts_sync_mutex_read(nts_arena *a, uint32_t slot, uint32_t *owner, uint32_t *count, int *abandoned)
 {
+    struct obj *fo = fast_obj(a, slot, NTS_SYNC_MUTEX);
+    uint64_t w = fo ? load64(&fo->word) : W_SLOW;
+    if (!(w & W_SLOW) && (!W_COUNT(w) || word_holder_alive(a, w))) {
+        *owner = W_COUNT(w) ? READ_ONCE(a->t[W_TI(w)].tid) : 0;
+        *count = W_COUNT(w);
+        *abandoned = 0; /* (an abandoned mutex stays slow until taken) */
+        return 0;
+    }
     OBJECT_OP(a, slot, NTS_SYNC_MUTEX, {
         check_holder(a, slot);
         *owner = o->state.mutex.owner;
@@ -1739,6 +2022,14 @@ int nts_sync_mutex_read(nts_arena *a, uint32_t slot, uint32_t *owner, uint32_t *
 
 int nts_sync_lock_release(nts_arena *a, uint32_t slot, int leave_abandoned)
 {
+    /* Anyone may release a lock: held in its word, it is released there. */
+    struct obj *fo = leave_abandoned ? NULL : fast_obj(a, slot, NTS_SYNC_LOCK);
+    for (uint64_t w = fo ? load64(&fo->word) : W_SLOW; !(w & W_SLOW);) {
+        if (!W_COUNT(w))
+            return EPERM;
+        if (cas64(&fo->word, &w, 0))
+            return 0;
+    }
     OBJECT_OP(a, slot, NTS_SYNC_LOCK, {
         check_holder(a, slot);
         if (!o->state.mutex.count) {
@@ -1755,6 +2046,13 @@ int nts_sync_lock_release(nts_arena *a, uint32_t slot, int leave_abandoned)
 
 int nts_sync_lock_read(nts_arena *a, uint32_t slot, int *locked, int *abandoned)
 {
+    struct obj *fo = fast_obj(a, slot, NTS_SYNC_LOCK);
+    uint64_t w = fo ? load64(&fo->word) : W_SLOW;
+    if (!(w & W_SLOW) && (!W_COUNT(w) || word_holder_alive(a, w))) {
+        *locked = W_COUNT(w) != 0;
+        *abandoned = 0;
+        return 0;
+    }
     OBJECT_OP(a, slot, NTS_SYNC_LOCK, {
         check_holder(a, slot);
         *locked = o->state.mutex.count != 0;
@@ -1764,6 +2062,13 @@ int nts_sync_lock_read(nts_arena *a, uint32_t slot, int *locked, int *abandoned)
 
 int nts_sync_event_op(nts_arena *a, uint32_t slot, int op, int *prev)
 {
+    /* Nobody waits while the word holds the state: a pulse leaves it unsignaled. */
+    struct obj *fo = fast_obj(a, slot, NTS_SYNC_EVENT);
+    for (uint64_t w = fo ? load64(&fo->word) : W_SLOW; !(w & W_SLOW);)
+        if (cas64(&fo->word, &w, op == NTS_SYNC_EVENT_SET)) {
+            *prev = (int)(w & 1);
+            return 0;
+        }
     OBJECT_OP(a, slot, NTS_SYNC_EVENT, {
         *prev = o->state.event.signaled != 0;
         o->state.event.signaled = op != NTS_SYNC_EVENT_RESET;
@@ -1776,6 +2081,13 @@ int nts_sync_event_op(nts_arena *a, uint32_t slot, int op, int *prev)
 
 int nts_sync_event_read(nts_arena *a, uint32_t slot, int *manual, int *signaled)
 {
+    struct obj *fo = fast_obj(a, slot, NTS_SYNC_EVENT);
+    uint64_t w = fo ? load64(&fo->word) : W_SLOW;
+    if (!(w & W_SLOW)) {
+        *manual = READ_ONCE(fo->state.event.manual) != 0;
+        *signaled = (int)(w & 1);
+        return 0;
+    }
     OBJECT_OP(a, slot, NTS_SYNC_EVENT, {
         *manual = o->state.event.manual != 0;
         *signaled = o->state.event.signaled != 0;
@@ -1947,6 +2259,16 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
 {
     if (count > NTS_SYNC_MAX_WAIT || !owner)
         return EINVAL;
+    if (count == 1 && !all && !alert) {
+        int fast = fast_acquire(a, slots[0], owner);
+        if (fast == FAST_DONE) {
+            *index = 0;
+            *abandoned = 0;
+            return 0;
+        }
+        if (fast == FAST_NOT_SIGNALED && deadline && !deadline->tv_sec && !deadline->tv_nsec)
+            return ETIMEDOUT; /* a poll (a deadline at the clock's start is past) */
+    }
     uint32_t ti, anchor_ti;
     int err = anchor_for(a, slots, count, &anchor_ti);
     if (err || (err = self_thread(a, &ti)) || (err = begin(a)))
