@@ -148,7 +148,8 @@ def sync_table(results: Sequence[sy.Measurement], show_references: bool = True) 
     mode = "processes" if results and results[0].processes else "threads"
     table = Table(
         title=f"sync, two {mode}: ns per acquisition (contended) / per round trip (zigzag) / per acquire + "
-        "release (uncontended, one side), median; ratios to the floors measured in this run",
+        "release (uncontended*, one side; set + wait(0) for uncontended-event), median; ratios to the floors "
+        "measured in this run",
         title_justify="left",
         caption="floor:futex lets a releaser take the unit back (sem_t); floor:futex-fifo hands it over "
         "as NT objects must, with ntshim's waiting policy",
@@ -216,16 +217,21 @@ def sync_plot(results: Sequence[sy.Measurement], path: str | Path) -> None:
     except ImportError:
         raise SystemExit("--plot needs matplotlib: pip install 'ntshim[plot]'") from None
     tests = list(dict.fromkeys(m.test for m in results))
-    fig, axes = plt.subplots(1, len(tests), figsize=(6 * len(tests), 5), squeeze=False)
+    columns = min(4, len(tests))
+    lines = -(-len(tests) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(6 * columns, 5 * lines), squeeze=False)
     colors = {"floor": "#999999", "native": "#1f77b4", "python": "#2ca02c", "baseline": "#d62728"}
-    for ax, test in zip(axes[0], tests):
+    for ax in axes.flat[len(tests):]:
+        ax.set_visible(False)
+    for ax, test in zip(axes.flat, tests):
         rows = [m for m in results if m.test == test and m.samples]
         ax.barh([m.subject for m in rows], [m.median for m in rows], color=[colors[m.kind] for m in rows],
                 hatch=None)
         ax.set_xscale("log")
         ax.invert_yaxis()
-        ax.set_xlabel({"contended": "ns per acquisition", "zigzag": "ns per round trip"}.get(
-            test, "ns per acquire + release"))
+        ax.set_xlabel({"contended": "ns per acquisition", "oversubscribed": "ns per acquisition",
+                       "zigzag": "ns per round trip",
+                       "uncontended-event": "ns per set + wait(0)"}.get(test, "ns per acquire + release"))
         ax.set_title(f"{test} ({'processes' if rows and rows[0].processes else 'threads'})")
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle("ntshim sync: grey floors (minimal C), blue native, green Python API, red Python's own tools")

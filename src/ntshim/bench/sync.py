@@ -10,6 +10,10 @@ README's), for every sync backend, Python's own tools, and the raw mechanisms, i
   free lock and releases it, ``iterations`` times; ``with lock:`` on ntshim's, threading's
   and multiprocessing's ``Lock``, the semaphore of the floors and native loops.  Figure: ns
   per acquire + release.
+- *uncontended-rlock*, *-semaphore*, *-event*: the same for the other objects from Python
+  (``with rlock:``, ``with semaphore:``, ``event.set(); event.wait(0)`` on a manual event),
+  ntshim's futex backend beside threading's and multiprocessing's (no floors: the C loops'
+  uncontended semaphore is the floor of them all; no server: a round trip, as its Lock shows).
 - *oversubscribed*: ``sides`` sides, more than the CPUs, share the semaphore as in
   *contended* until ``iterations`` acquisitions in total; each wait is timed.  Figures: ns per
   acquisition, and the median and 99th percentile of the waits (how waiting degrades when
@@ -50,11 +54,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _bench
-from ..sync import Event, Lock, Semaphore, registry, wait_any
+from ..sync import Event, Lock, RLock, Semaphore, registry, wait_any
 
-TESTS = ("contended", "zigzag", "uncontended", "oversubscribed")
+#: Uncontended operations measured from Python only (see the module's docstring).
+PYTHON_ONLY = ("uncontended-rlock", "uncontended-semaphore", "uncontended-event")
+#: (The C loops know the first four by index: new tests go at the end.)
+TESTS = ("contended", "zigzag", "uncontended", "oversubscribed", *PYTHON_ONLY)
 #: The tests that take ``iterations`` (the others take ``seconds``).
-COUNTED = ("contended", "uncontended", "oversubscribed")
+COUNTED = ("contended", "uncontended", "oversubscribed", *PYTHON_ONLY)
 #: The oversubscribed test's sides by default: twice the CPUs, 4 to 16 (the C loops' most).
 DEFAULT_SIDES = min(16, max(4, 2 * (os.cpu_count() or 1)))
 FLOORS = {"floor:futex": 0, "floor:eventfd": 1, "floor:futex-fifo": 3}
@@ -112,14 +119,16 @@ class Measurement:
         return "baseline" if self.subject in BASELINES else "python"
 
 
-def subjects(backends: Iterable[str], processes: bool) -> list[str]:
-    """Every subject of a run: floors, native, the backends asked for, Python's tools."""
+def subjects(backends: Iterable[str], processes: bool, test: str = "contended") -> list[str]:
+    """The subjects of ``test``: floors, native, the backends asked for, Python's tools (for
+    the Python-only tests: futex, if asked for, and Python's tools)."""
+    baselines = ["multiprocessing"] if processes else list(BASELINES)
+    if test in PYTHON_ONLY:
+        return ["futex", *baselines] if "futex" in backends else []
     out = [*FLOORS]
     if "futex" in backends:
         out += list(NATIVE)
-    out += list(backends)
-    out += ["multiprocessing"] if processes else list(BASELINES)
-    return out
+    return out + list(backends) + baselines
 
 
 def available_backends(requested: str) -> list[str]:
@@ -151,6 +160,21 @@ class _Ops:
         if self.subject == "multiprocessing":
             return multiprocessing.get_context("fork").Lock()
         return Lock(backend=self.subject)
+
+    def uncontended(self, test: str) -> Any:
+        """The free object an uncontended test takes and gives back (an event: set)."""
+        if test == "uncontended":
+            return self.lock()
+        if test == "uncontended-semaphore":
+            return self.semaphore(None)
+        kind = "RLock" if test == "uncontended-rlock" else "Event"
+        if self.subject in BASELINES:
+            made = getattr(threading if self.subject == "threading" else multiprocessing.get_context("fork"), kind)()
+        else:
+            made = RLock(backend=self.subject) if kind == "RLock" else Event(manual=True, backend=self.subject)
+        if kind == "Event":
+            made.set()
+        return made
 
     def event(self, name: str | None) -> Any:
         if self.subject == "threading":
@@ -215,23 +239,28 @@ def _get(board: mmap.mmap, index: int) -> int:
     return int(struct.unpack("=q", board[index * 8 + 40 : index * 8 + 48])[0])
 
 
-def _uncontended(lock: Any, iterations: int) -> float:
+def _uncontended(obj: Any, event: bool, iterations: int) -> float:
     start = time.perf_counter_ns()
-    for _ in range(iterations):
-        with lock:
-            pass
+    if event:
+        for _ in range(iterations):
+            obj.set()
+            obj.wait(0)
+    else:
+        for _ in range(iterations):
+            with obj:
+                pass
     return (time.perf_counter_ns() - start) / iterations
 
 
 def _python_once(subject: str, test: str, processes: bool, amount: float) -> float:
     ops = _Ops(subject)
-    if test == "uncontended":
-        lock = ops.lock()
+    if test.startswith("uncontended"):
+        obj = ops.uncontended(test)
         try:
-            return _uncontended(lock, int(amount))
+            return _uncontended(obj, test == "uncontended-event", int(amount))
         finally:
             if subject not in BASELINES:
-                lock.close()
+                obj.close()
     stem = f"ntshim-bench-{uuid.uuid4().hex[:12]}" if processes and subject not in BASELINES else None
     named = (lambda label: f"{stem}-{label}") if stem else (lambda label: None)
     objects: tuple[Any, ...] = (
@@ -379,7 +408,7 @@ def run(
     results = [
         Measurement(test, subject, processes, iterations if test in COUNTED else seconds)
         for test in tests
-        for subject in subjects(backends, processes)
+        for subject in subjects(backends, processes, test)
     ]
     with busy(load):
         for _ in range(repeat):
@@ -421,6 +450,9 @@ def targets(results: list[Measurement]) -> list[Target]:
                 detail += f", {native / fifo:.2f}x floor:futex-fifo"
             out.append(Target(f"native:futex within 1.3x of the futex floor, {test}, {mode}", native <= 1.3 * floor,
                               detail))
+        if native and fifo:  # issue 14's: against the floor that hands over as NT objects must
+            out.append(Target(f"native:futex within 1.3x of floor:futex-fifo, {test}, {mode}", native <= 1.3 * fifo,
+                              f"{native / fifo:.2f}x"))
         futex = _median(results, test, "futex")
         for other, factor in (("server", 10), ("multiprocessing", 1)):
             theirs = _median(results, test, other)
@@ -437,8 +469,10 @@ def targets(results: list[Measurement]) -> list[Target]:
                 f"{m.subject} waits within 1.5x of floor:futex-fifo's, oversubscribed ({mode}): median and p99",
                 ours[0] <= 1.5 * floor_waits[0] and ours[1] <= 1.5 * floor_waits[1],
                 f"median {ours[0] / floor_waits[0]:.1f}x, p99 {ours[1] / floor_waits[1]:.1f}x"))
-    futex, theirs = _median(results, "uncontended", "futex"), _median(results, "uncontended", "multiprocessing")
-    if futex and theirs:  # issue 14's
-        out.append(Target("futex Lock (Python) within 1.5x of multiprocessing.Lock, uncontended",
-                          futex <= 1.5 * theirs, f"{futex / theirs:.1f}x"))
+    for test, what in (("uncontended", "with Lock"), ("uncontended-rlock", "with RLock"),
+                       ("uncontended-semaphore", "with Semaphore"), ("uncontended-event", "Event set + wait(0)")):
+        futex, theirs = _median(results, test, "futex"), _median(results, test, "multiprocessing")
+        if futex and theirs:  # issue 14's
+            out.append(Target(f"futex {what} (Python) within 1.5x of multiprocessing's, {test}",
+                              futex <= 1.5 * theirs, f"{futex / theirs:.2f}x"))
     return out

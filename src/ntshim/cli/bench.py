@@ -65,11 +65,12 @@ class BenchCommand:
             description="contended: two sides loop wait -> release on one semaphore (count 1, max 1) for "
             "ITERATIONS acquisitions in total; zigzag: side 1 sets auto event A and waits on B, side 2 "
             "waits on A and sets B, for SECONDS; uncontended: one side takes and releases a free lock "
-            "ITERATIONS times.  Sides are threads, or processes with --processes.",
+            "ITERATIONS times (uncontended-rlock, -semaphore: the same object from Python; uncontended-event: "
+            "set + wait(0) on a manual event).  Sides are threads, or processes with --processes.",
         )
         q.add_argument("--test", choices=(*sy.TESTS, "all"), default="all")
         q.add_argument("--iterations", type=_positive(int), default=50_000,
-                       help="contended, uncontended: acquisitions (default 50000)")
+                       help="contended, uncontended*: acquisitions (default 50000)")
         q.add_argument("--seconds", type=_positive(float), default=1.0, help="zigzag: seconds (default 1)")
         q.add_argument("--backend", default="all", help="a sync backend name, or all (default)")
         q.add_argument("--processes", action="store_true", help="two processes (named objects) instead of threads")
@@ -98,13 +99,13 @@ class BenchCommand:
         if not backends:
             raise SystemExit(f"ntshim bench sync: {args.backend} is unavailable here (see ntshim info)")
         tests = list(sy.TESTS) if args.test == "all" else [args.test]
-        subjects = sy.subjects(backends, args.processes)
+        subjects = {test: sy.subjects(backends, args.processes, test) for test in tests}
         if args.load < 0:
             raise SystemExit("ntshim bench sync: --load must be 0 or more")
         if not 2 <= args.sides <= 16:
             raise SystemExit("ntshim bench sync: --sides must be 2..16")
-        total = len(tests) * len(subjects) * args.repeat
-        console.print(f"{len(tests)} test(s) x {len(subjects)} subjects x {args.repeat} repeat(s)"
+        total = sum(map(len, subjects.values())) * args.repeat
+        console.print(f"{len(tests)} test(s), {total // args.repeat} measurements x {args.repeat} repeat(s)"
                       + (f", {args.load} busy process(es) beside" if args.load else ""))
         with Progress(
             TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), console=console, transient=True
