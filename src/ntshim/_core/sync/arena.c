@@ -150,6 +150,10 @@ struct nts_futex_waitv {
 #define W_GEN(w)     ((uint32_t)((w) >> W_GEN_SHIFT & W_GEN_MASK))
 #define W_HELD(ti, gen, count)                                                                                         \
     ((uint64_t)(count) | (uint64_t)(ti) << W_TI_SHIFT | (uint64_t)((gen)&W_GEN_MASK) << W_GEN_SHIFT)
+/* How many pauses a thread spins for the lock before it sleeps on it, when there is another
+ * CPU for the holder to run on: the lock is held for hundreds of nanoseconds, and sleeping
+ * on it costs two system calls and two context switches (microseconds). */
+#define LOCK_SPIN 200
 /* How long a waiter for the lock sleeps before it looks whether the holder lives. */
 #define LOCK_PATIENCE_NS 30000000
 
@@ -484,6 +488,12 @@ static int holder_gone(nts_arena *a, uint32_t id)
 static int lock_slow(nts_arena *a)
 {
     uint32_t *w = &a->h->lock;
+    for (unsigned spin = g_max_spinners ? LOCK_SPIN : 0; spin; spin--) {
+        uint32_t expected = 0;
+        if (!load(w) && __atomic_compare_exchange_n(w, &expected, a->me, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+            return 0; /* (a sleeper sets the waiters bit again before it sleeps: none is missed) */
+        nts_cpu_relax();
+    }
     for (;;) {
         if (damaged())
             return EUCLEAN;
