@@ -1847,8 +1847,7 @@ int nts_sync_unref(nts_arena *a, uint32_t slot)
 /* ---------------------------------------------------------------- lock-free operations */
 
 /* Object `slot` for a lock-free operation: one this process references, of `kind` (0:
- * any); NULL
- * for the locked path to handle (and explain).  (Our own counts, read without
+ * any); NULL for the locked path to handle (and explain).  (Our own counts, read without
  * g_refs_lock: as for a locked call, closing an object while another thread uses it is
  * the caller's race.) */
 static struct obj *fast_obj(nts_arena *a, uint32_t slot, int kind)
