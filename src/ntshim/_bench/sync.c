@@ -7,7 +7,8 @@
  *                  require (a release with a waiter queued grants it to that waiter,
  *                  FIFO, instead of letting the releaser take it back) and the same
  *                  waiting policy as ntshim's futex backend: spin NTS_SYNC_SPIN pauses
- *                  before sleeping, wake only a sleeper.  The like-for-like floor.
+ *                  before sleeping, wake only a sleeper, spin for its lock before
+ *                  sleeping on it.  The like-for-like floor.
  *   floor-eventfd  eventfd: EFD_SEMAPHORE for the semaphore, a plain one per event
  *   futex          ntshim's futex backend through its C entry points (_core/sync/arena.c):
  *                  what a native caller of ntshim gets
@@ -46,12 +47,23 @@ struct fsem {
 
 static int g_smp; /* more than one CPU online: spinning can pay */
 
+/* How many pauses the floor spins for its lock before sleeping on it: the arena's
+ * LOCK_SPIN, so that the floor keeps ntshim's waiting policy (_core/sync/arena.c). */
+#define FLOOR_LOCK_SPIN 200
+
 /* A lock on a shared futex (nts_lock's futexes are process-private). */
 static void shared_lock(uint32_t *w)
 {
     uint32_t c = 0;
     if (__atomic_compare_exchange_n(w, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
         return;
+    for (unsigned i = 0; i < (g_smp ? FLOOR_LOCK_SPIN : 0); i++) {
+        nts_cpu_relax();
+        c = 0;
+        if (!__atomic_load_n(w, __ATOMIC_RELAXED) &&
+            __atomic_compare_exchange_n(w, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+            return;
+    }
     while (__atomic_exchange_n(w, 2, __ATOMIC_ACQUIRE) != 0)
         syscall(SYS_futex, w, FUTEX_WAIT, 2, NULL, NULL, 0);
 }
