@@ -359,6 +359,8 @@ OFF_HASH = _round(4096 + 16 * (NPROC + 1))
 OFF_OBJ = OFF_HASH + _round(4 * NHASH)
 OBJ_SIZE = 64  # kind, gen, refs, name, x, y, abandoned, holder, holder_gen, heads and tails, next_free, word (u64)
 OBJ_ANY_HEAD = 36
+OBJ_WORD = 56  # the lock-free word (u64): W_SLOW, or the state
+W_SLOW = 1 << 63
 NAME_SIZE = 8 + 256  # hash, len, bytes
 OFF_THR = OFF_OBJ + _round(OBJ_SIZE * (NOBJ + 1)) + _round(NAME_SIZE * (NOBJ + 1))
 ENTRY_SIZE = 16  # obj, prev, next, linked
@@ -518,6 +520,44 @@ def test_a_queue_left_half_unlinked_by_a_process_killed_in_the_lock_is_mended(tm
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == "(0, 2)"  # both units handed over, at once
         assert live.stdout is not None and live.stdout.readline() == "served\n"
+
+
+def _word(path: Path, slot: int) -> int:
+    with open(path, "rb") as f:
+        f.seek(OFF_OBJ + slot * OBJ_SIZE + OBJ_WORD)
+        return int(struct.unpack("=Q", f.read(8))[0])
+
+
+def test_an_object_is_slow_while_queued_and_lock_free_again_after(tmp_path: Path) -> None:
+    """Issue 14's word, as the arena shows it: W_SLOW while a waiter is queued (so that no
+    lock-free grab overtakes it), the state back in the word once the queue is empty, a
+    lock-free release then changing the word alone; a mutex taken without contention holds
+    its holder's block in the word."""
+    root = _root(tmp_path, "word")
+    with _live(root, """
+        s = Semaphore(0, 5, name="s", backend="futex")  # slot 1
+        m = Mutex(backend="futex")  # slot 2
+        wait_any([m])  # taken lock-free: nobody waits
+        served = threading.Event()
+        def waiter():
+            wait_any([s], 60)
+            served.set()
+        threading.Thread(target=waiter, daemon=True).start()
+        time.sleep(0.2)
+        threading.Thread(target=lambda: (served.wait(60), print("served", flush=True)), daemon=True).start()
+    """) as live:
+        arena = _arena_of(root)
+        assert _word(arena, 1) & W_SLOW  # a waiter is queued
+        held = _word(arena, 2)
+        assert not held & W_SLOW and held & 0xFFFFFF == 1 and (held >> 24) & 0x1FFF  # count 1, a block
+        proc = _run(PRELUDE + 'Semaphore.open("s", backend="futex").release(1)', root, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        assert live.stdout is not None and live.stdout.readline() == "served\n"
+        assert _word(arena, 1) == 0  # handed over, nobody queued: the count, 0, back in the word
+        proc = _run(PRELUDE + 's = Semaphore.open("s", backend="futex"); s.release(3); print(s.read())', root,
+                    timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "(3, 5)" and _word(arena, 1) == 3
 
 
 def test_a_huge_high_water_mark_is_a_clean_error(tmp_path: Path) -> None:
