@@ -216,3 +216,38 @@ def test_a_signal_whose_handler_returns_lets_the_wait_go_on() -> None:
         signal.signal(signal.SIGALRM, previous)
     assert calls == [signal.SIGALRM]
     assert sem.read() == (0, 1)
+
+
+def test_the_c_wait_serves_the_common_call_and_declines_the_rest() -> None:
+    """``wait_any``/``wait_all`` go to C (``_core.sync_wait_hot``) for open futex objects, the
+    calling thread as owner and no alert: it answers as the Python path does, and declines
+    (None, nothing taken) whatever the Python path must check or explain."""
+    sem, other = Semaphore(2, 2, backend="futex"), Semaphore(1, 1, backend="futex")
+    assert _core.sync_wait_hot([sem], None, False) == (0, False)
+    assert _core.sync_wait_hot((other, sem), 0.5, True) == (0, False)  # both taken
+    assert sem.read() == (0, 2) and other.read() == (0, 1)
+    with pytest.raises(TimeoutError):
+        _core.sync_wait_hot([sem], 0, False)
+    closed = Semaphore(1, 1, backend="futex")
+    closed.close()
+    sem.release(1)
+    declined = [
+        ([closed], None, False),  # closed: Python raises
+        ([sem, sem], None, True),  # wait_all names it twice: Python raises
+        ([sem], "1", False),  # a timeout Python refuses
+        ([sem], -1, False),
+        ([sem], float("nan"), False),
+        (iter([sem]), None, False),  # not a list or tuple
+        ([], None, False),
+        ([sem] * 65, None, False),  # more than a wait takes
+        ([sem, "x"], None, False),
+    ]
+    for objects, timeout, all_ in declined:
+        assert _core.sync_wait_hot(objects, timeout, all_) is None, (objects, timeout, all_)
+    assert sem.read() == (1, 2)  # nothing was taken
+    mutex = Mutex(backend="futex")
+    wait_any([mutex])
+    mutex.kill(threading.get_native_id())
+    with pytest.raises(AbandonedError) as raised:
+        wait_any([mutex])
+    assert raised.value.index == 0 and mutex.read() == (threading.get_native_id(), 1)

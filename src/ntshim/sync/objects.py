@@ -599,7 +599,12 @@ def _wait(objects: Sequence[SyncObject], timeout: object, owner: object, alert: 
     deadline = _deadline(timeout)
     handles = [obj._handle for obj in objects]
     alert_handle = everything[-1]._handle if alert is not None else None
-    index, abandoned = everything[0]._backend.wait(handles, wait_all, deadline, owner_id, alert_handle)
+    return _served(everything[0]._backend.wait(handles, wait_all, deadline, owner_id, alert_handle))
+
+
+def _served(outcome: tuple[int, bool]) -> int:
+    """A wait's index; AbandonedError (the object then held) if it took an abandoned one."""
+    index, abandoned = outcome
     if abandoned:
         raise AbandonedError(index)
     return index
@@ -618,6 +623,10 @@ def wait_any(
     ``timeout`` in seconds (0 polls, None waits forever) → TimeoutError.  Acquiring an
     abandoned mutex raises AbandonedError with its index (the mutex is then owned).
     """
+    if owner is None and alert is None:
+        served = _core.sync_wait_hot(objects, timeout, False)
+        if served is not None:
+            return _served(served)
     return _wait(objects, timeout, owner, alert, False)
 
 
@@ -630,6 +639,10 @@ def wait_all(
 ) -> int:
     """Wait until every one of ``objects`` is signaled and acquire them all in one atomic
     step (never a part); return 0, or ``len(objects)`` if ``alert`` was signaled first."""
+    if owner is None and alert is None:
+        served = _core.sync_wait_hot(objects, timeout, True)
+        if served is not None:
+            return _served(served)
     return _wait(objects, timeout, owner, alert, True)
 
 

@@ -333,13 +333,20 @@ static PyObject *py_wait(PyObject *self, PyObject *args)
     struct timespec deadline, *dp;
     if (count < 0 || parse_deadline(deadline_obj, &deadline, &dp) < 0)
         return NULL;
+    int failed;
+    return nts_sync_py_wait(a, slots, (uint32_t)count, all, dp, owner, alert, &failed);
+}
+
+PyObject *nts_sync_py_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, const struct timespec *dp,
+                           uint32_t owner, uint32_t alert, int *failed)
+{
+    *failed = 0;
     static const struct timespec poll = {0, 0};
     for (int attempt = 0;; attempt++) {
         uint32_t index;
         int abandoned;
-        int err = attempt == 0
-                      ? nts_sync_wait(a, slots, (uint32_t)count, all, &poll, owner, alert, &index, &abandoned)
-                      : CALL(nts_sync_wait(a, slots, (uint32_t)count, all, dp, owner, alert, &index, &abandoned));
+        int err = attempt == 0 ? nts_sync_wait(a, slots, count, all, &poll, owner, alert, &index, &abandoned)
+                               : CALL(nts_sync_wait(a, slots, count, all, dp, owner, alert, &index, &abandoned));
         if (err == ETIMEDOUT && attempt == 0)
             continue; /* nothing signaled yet: now wait for real, without the GIL */
         if (!err)
@@ -348,8 +355,10 @@ static PyObject *py_wait(PyObject *self, PyObject *args)
             PyErr_SetString(PyExc_TimeoutError, "the wait timed out");
             return NULL;
         }
-        if (err != EINTR)
+        if (err != EINTR) {
+            *failed = err;
             return fail(err, "wait");
+        }
         /* A signal arrived and nothing was acquired: run its handler (which may
          * raise, e.g. KeyboardInterrupt), then wait again. */
         if (PyErr_CheckSignals() < 0)

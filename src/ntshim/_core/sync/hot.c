@@ -13,6 +13,7 @@
 #include "sync.h"
 
 #include <errno.h>
+#include <math.h>
 #include <string.h>
 #include <structmember.h>
 
@@ -287,9 +288,93 @@ static PyObject *event_wait(nts_hot *self, PyObject *const *args, Py_ssize_t nar
     return slow((PyObject *)self, s_slow_wait, args, nargs, kwnames);
 }
 
-/* ---------------------------------------------------------------- the types */
+/* ---------------------------------------------------------------- wait_any, wait_all */
 
 #define FAST (PyCFunction)(void (*)(void))
+
+static PyTypeObject lock_type, mutex_type, sem_type, event_type;
+
+/* The deadline for a timeout of None or a plain number of seconds (0 to 1e9: the common
+ * ones); 0 with *out NULL for None, 1 for a deadline, -1 for anything else (Python checks
+ * it and says what is wrong). */
+static int hot_deadline(PyObject *timeout, struct timespec *ts, struct timespec **out)
+{
+    *out = NULL;
+    if (timeout == Py_None)
+        return 0;
+    double seconds;
+    if (PyLong_CheckExact(timeout)) {
+        long v = PyLong_AsLong(timeout);
+        if (v == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return -1;
+        }
+        seconds = (double)v;
+    } else if (PyFloat_CheckExact(timeout)) {
+        seconds = PyFloat_AS_DOUBLE(timeout);
+    } else {
+        return -1;
+    }
+    if (!(seconds >= 0 && seconds <= 1e9)) /* (NaN fails too) */
+        return -1;
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    long long ns = (long long)ts->tv_nsec + (long long)ceil(seconds * 1e9);
+    ts->tv_sec += (time_t)(ns / 1000000000);
+    ts->tv_nsec = (long)(ns % 1000000000);
+    *out = ts;
+    return 1;
+}
+
+/* sync_wait_hot(objects, timeout, all) -> (index, abandoned) | None: wait_any/wait_all for
+ * a list or tuple of open futex objects, the calling thread as owner, no alert, and a
+ * timeout of None or a plain number; None (nothing taken) for anything else, and for an
+ * error of the arena: the Python function then serves the call, and checks and explains. */
+static PyObject *wait_hot(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !(PyList_CheckExact(args[0]) || PyTuple_CheckExact(args[0])))
+        Py_RETURN_NONE;
+    PyObject *seq = args[0];
+    int all = PyObject_IsTrue(args[2]);
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    if (all < 0 || count < 1 || count > NTS_SYNC_MAX_WAIT) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    uint32_t slots[NTS_SYNC_MAX_WAIT];
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *obj = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyObject_TypeCheck(obj, &lock_type) && !PyObject_TypeCheck(obj, &mutex_type) &&
+            !PyObject_TypeCheck(obj, &sem_type) && !PyObject_TypeCheck(obj, &event_type))
+            Py_RETURN_NONE;
+        if (!(slots[i] = ((nts_hot *)obj)->slot))
+            Py_RETURN_NONE; /* closed, or on another backend */
+        for (Py_ssize_t j = 0; all && j < i; j++)
+            if (slots[j] == slots[i])
+                Py_RETURN_NONE; /* wait_all names it twice: Python says so */
+    }
+    struct timespec deadline, *dp;
+    nts_arena *a = hot_deadline(args[1], &deadline, &dp) < 0 ? NULL : nts_sync_py_arena();
+    if (!a) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    int failed;
+    PyObject *outcome = nts_sync_py_wait(a, slots, (uint32_t)count, all, dp, nts_sync_thread_id(), 0, &failed);
+    if (!outcome && failed) { /* nothing taken: Python waits again and explains the error */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return outcome;
+}
+
+static PyMethodDef hot_functions[] = {
+    {"sync_wait_hot", FAST wait_hot, METH_FASTCALL,
+     "sync_wait_hot(objects, timeout, all) -> (index, abandoned) | None\n\nwait_any/wait_all for open futex "
+     "objects, the calling thread as owner, no alert; None when it cannot serve the call (nothing taken)."},
+    {NULL},
+};
+
+/* ---------------------------------------------------------------- the types */
 
 static PyMethodDef lock_methods[] = {
     {"acquire", FAST lock_acquire, METH_FASTCALL | METH_KEYWORDS,
@@ -382,6 +467,8 @@ int nts_sync_hot_init(PyObject *mod)
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!*names[i].var && !(*names[i].var = PyUnicode_InternFromString(names[i].text)))
             return -1;
+    if (PyModule_AddFunctions(mod, hot_functions) < 0)
+        return -1;
     PyTypeObject *types[] = {&lock_type, &mutex_type, &sem_type, &event_type};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         if (PyType_Ready(types[i]) < 0 ||
