@@ -228,11 +228,11 @@ def _copy(arena: Path, root: Path) -> Path:
     return target
 
 
-# The header of the current layout (src/ntshim/_core/sync/arena.c, "Layout, version 6"): magic u32,
-# version u32, size u64, lock u32 at 16, then the high-water marks and free lists (objects at
-# 20, free objects at 24, thread blocks 28, references 32, free references 36, processes 40), the spinners
-# at 44.
-HEADER_LOCK, HEADER_OBJ_HW, HEADER_SPINNERS = 16, 20, 44
+# The header of the current layout (src/ntshim/_core/sync/arena.c, "Layout, version 7"): magic u32,
+# version u32, size u64, then the high-water marks and free lists (objects at 16, free objects at
+# 20, thread blocks 24, references 28, free references 32, processes 36), the lock u32 at 64, the
+# spinners at 128.
+HEADER_LOCK, HEADER_OBJ_HW, HEADER_SPINNERS = 64, 16, 128
 
 INTERESTING = (0, 1, 2, 3, 0xFFFFFFFF, 0xFFFFFFFE, 0x80000000, 0x7FFFFFFF, 65, 66, 1024, 1025, 4096, 16384, 16385)
 
@@ -345,7 +345,7 @@ def test_random_bytes_in_the_arena_never_crash_or_hang_its_users(tmp_path: Path)
 
 
 # --- targeted damage ------------------------------------------------------------------------
-# The current layout (src/ntshim/_core/sync/arena.c, "Layout, version 6"): byte offsets of what the
+# The current layout (src/ntshim/_core/sync/arena.c, "Layout, version 7"): byte offsets of what the
 # cases below overwrite (the header's are above).
 CHUNK = 0x10000
 NPROC, NHASH, NOBJ = 1024, 32768, 16384

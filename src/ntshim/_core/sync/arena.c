@@ -73,9 +73,10 @@
  * chunks as the table grows, before they are touched, so a full tmpfs yields
  * ENOSPC, never a SIGBUS.
  *
- * Layout, version 6 (native-endian; entry 0 of each table is never used, 0 means
+ * Layout, version 7 (native-endian; entry 0 of each table is never used, 0 means
  * "none" everywhere; each table starts on a 64 KiB boundary):
- *   0          header: magic "NTSY", version, size (u64), lock, high-water marks, free lists, spinners
+ *   0          header: magic "NTSY", version, size (u64), high-water marks, free lists; the lock
+ *              at 64 and the spinner count at 128 (cache lines of their own)
  *   4096       process table   [NPROC + 1]  {in_use, gen, pid, pad}
  *   OFF_HASH   name index      [NHASH] object slot, linear probing from the name's hash
  *   OFF_OBJ    objects         [NOBJ + 1]
@@ -157,12 +158,15 @@ struct nts_futex_waitv {
 /* How long a waiter for the lock sleeps before it looks whether the holder lives. */
 #define LOCK_PATIENCE_NS 30000000
 
+/* The lock and the spinner count each have a cache line of their own: every operation reads
+ * the high-water marks, and a line that every lock and spin also writes would make each of
+ * those reads a miss. */
 struct header {
     uint32_t magic, version;
     uint64_t size;
-    uint32_t lock;
     uint32_t obj_hw, obj_free, thr_hw, ref_hw, ref_free, proc_hw;
-    uint32_t spinners; /* waiters spinning now, in every process (see may_spin) */
+    _Alignas(64) uint32_t lock;
+    _Alignas(64) uint32_t spinners; /* waiters spinning now, in every process (see may_spin) */
 };
 
 struct proc {
@@ -217,7 +221,9 @@ struct ref {
 #define OFF_REF    (OFF_THR + ROUNDC(sizeof(struct thr) * (NTHR + 1)))
 #define ARENA_SIZE (OFF_REF + ROUNDC(sizeof(struct ref) * (NREF + 1)))
 
-_Static_assert(sizeof(struct header) <= OFF_PROC, "the header fits its page");
+_Static_assert(sizeof(struct header) <= OFF_PROC && offsetof(struct header, lock) == 64 &&
+                   offsetof(struct header, spinners) == 128,
+               "the header fits its page, its lock and spinner count on lines of their own");
 _Static_assert(NPROC < (1u << (31 - ID_GEN_BITS)) && NPROC < NTS_SYNC_LIVE_END,
                "slots fit the lock word and the liveness bytes");
 _Static_assert(sizeof(struct thr) <= CHUNK && sizeof(struct name) <= CHUNK, "one element fits a chunk");

@@ -16,7 +16,7 @@
 /* Pauses a waiter spins before it sleeps, on machines with more than one CPU. */
 #define NTS_SYNC_SPIN 300
 /* The arena layout this build reads and writes (the header's version field). */
-#define NTS_SYNC_LAYOUT 6u
+#define NTS_SYNC_LAYOUT 7u
 /* Bytes [1, NTS_SYNC_LIVE_END) of an arena file carry the OFD locks of the processes
  * attached to it, in every layout version. */
 #define NTS_SYNC_LIVE_END 65536
