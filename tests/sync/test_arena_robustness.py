@@ -733,7 +733,7 @@ FILL_THE_TMPFS = PRELUDE + textwrap.dedent("""
     refused, leave = [], threading.Event()
     def wait_in_a_thread():  # each live thread that waits holds a thread block, which needs storage too
         try:
-            wait_any([objects[0]], 0)
+            wait_any([objects[0], objects[1]], 0)  # (two objects: a lone poll is lock-free, and needs none)
         except TimeoutError:
             leave.wait()
         except OSError as e:

@@ -251,3 +251,24 @@ def test_the_c_wait_serves_the_common_call_and_declines_the_rest() -> None:
     with pytest.raises(AbandonedError) as raised:
         wait_any([mutex])
     assert raised.value.index == 0 and mutex.read() == (threading.get_native_id(), 1)
+
+
+def test_a_poll_of_one_object_answers_from_its_lock_free_attempt() -> None:
+    """``wait_any([x], 0)`` on an unsignaled semaphore or event is answered by its first,
+    lock-free attempt: the deadline has passed, so there is no second attempt through the
+    arena's lock (which would also give the thread a wait block it never needs)."""
+    sem, event = Semaphore(0, 1, backend="futex"), Event(backend="futex")
+    outcomes: list[str] = []
+
+    def poll() -> None:
+        for obj in (sem, event):
+            try:
+                wait_any([obj], 0)
+            except TimeoutError:
+                outcomes.append("timed out")
+        outcomes.append(str(threading.get_native_id() in _core.sync_usage()["thread_ids_here"]))
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    thread.join()
+    assert outcomes == ["timed out", "timed out", "False"]

@@ -337,6 +337,16 @@ static PyObject *py_wait(PyObject *self, PyObject *args)
     return nts_sync_py_wait(a, slots, (uint32_t)count, all, dp, owner, alert, &failed);
 }
 
+/* Whether a deadline (NULL: none) has passed: a poll is answered by its first attempt. */
+static int passed(const struct timespec *dp)
+{
+    struct timespec now;
+    if (!dp)
+        return 0;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec > dp->tv_sec || (now.tv_sec == dp->tv_sec && now.tv_nsec >= dp->tv_nsec);
+}
+
 PyObject *nts_sync_py_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, const struct timespec *dp,
                            uint32_t owner, uint32_t alert, int *failed)
 {
@@ -347,7 +357,7 @@ PyObject *nts_sync_py_wait(nts_arena *a, const uint32_t *slots, uint32_t count, 
         int abandoned;
         int err = attempt == 0 ? nts_sync_wait(a, slots, count, all, &poll, owner, alert, &index, &abandoned)
                                : CALL(nts_sync_wait(a, slots, count, all, dp, owner, alert, &index, &abandoned));
-        if (err == ETIMEDOUT && attempt == 0)
+        if (err == ETIMEDOUT && attempt == 0 && !passed(dp))
             continue; /* nothing signaled yet: now wait for real, without the GIL */
         if (!err)
             return outcome(index, abandoned);

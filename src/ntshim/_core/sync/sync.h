@@ -101,7 +101,8 @@ void nts_sync_ring(void);     /* ring it: a request_sleep that saw the old value
 void nts_sync_usage(nts_arena *a, uint32_t used[4], uint32_t capacity[4], uint32_t *tids, size_t *ntids);
 /* The arena ntshim.sync.futex attached, or NULL with RuntimeError set. */
 nts_arena *nts_sync_py_arena(void);
-/* A wait from Python: one attempt with the GIL held, then the wait without it, answering
+/* A wait from Python: one attempt with the GIL held, then (unless the deadline has passed:
+ * a poll) the wait without it, answering
  * signals (EINTR: their handlers run, then it waits again); (index, abandoned), or NULL
  * with TimeoutError, a signal handler's exception, or the arena's error raised (then
  * *failed is its errno, else 0).  deadline: NULL for none. */
