@@ -6,9 +6,11 @@
  *   floor-futex-fifo  the same futex mechanism with the hand-off NT objects
  *                  require (a release with a waiter queued grants it to that waiter,
  *                  FIFO, instead of letting the releaser take it back) and the same
- *                  waiting policy as ntshim's futex backend: spin NTS_SYNC_SPIN pauses
- *                  before sleeping, wake only a sleeper, spin for its lock before
- *                  sleeping on it.  The like-for-like floor.
+ *                  waiting policy as ntshim's futex backend: a lock-free word while
+ *                  nobody is queued, a look at it for NTS_SYNC_WORD_SPIN pauses before
+ *                  queueing, spin NTS_SYNC_SPIN pauses before sleeping, wake only a
+ *                  sleeper, spin for its lock before sleeping on it.  The like-for-like
+ *                  floor.
  *   floor-eventfd  eventfd: EFD_SEMAPHORE for the semaphore, a plain one per event
  *   futex          ntshim's futex backend through its C entry points (_core/sync/arena.c):
  *                  what a native caller of ntshim gets
@@ -47,17 +49,13 @@ struct fsem {
 
 static int g_smp; /* more than one CPU online: spinning can pay */
 
-/* How many pauses the floor spins for its lock before sleeping on it: the arena's
- * LOCK_SPIN, so that the floor keeps ntshim's waiting policy (_core/sync/arena.c). */
-#define FLOOR_LOCK_SPIN 200
-
 /* A lock on a shared futex (nts_lock's futexes are process-private). */
 static void shared_lock(uint32_t *w)
 {
     uint32_t c = 0;
     if (__atomic_compare_exchange_n(w, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
         return;
-    for (unsigned i = 0; i < (g_smp ? FLOOR_LOCK_SPIN : 0); i++) {
+    for (unsigned i = 0; i < (g_smp ? NTS_SYNC_LOCK_SPIN : 0); i++) {
         nts_cpu_relax();
         c = 0;
         if (!__atomic_load_n(w, __ATOMIC_RELAXED) &&
@@ -75,23 +73,63 @@ static void shared_unlock(uint32_t *w)
 }
 
 /* A hand-off semaphore: a lock, the count, the queue of waiting sides (FIFO), and one
- * futex word per side that a release sets to grant the unit to that (queued) side. */
+ * futex word per side that a release sets to grant the unit to that (queued) side.  With
+ * nobody queued the count lives in a lock-free word, as an ntshim object's does: a wait
+ * that finds a unit, or a release that finds nobody queued, is one swap; whoever takes the
+ * lock first moves the count into `count` and marks the word HSEM_SLOW, and the unlock
+ * moves it back once nobody is queued. */
+#define HSEM_SLOW (1ull << 63)
 struct hsem {
     uint32_t lock;
+    uint64_t word;
     uint32_t count, queued[MAX_SIDES], nqueued, granted[MAX_SIDES], sleeping[MAX_SIDES];
 };
 
-static void hsem_wait(struct hsem *s, int me)
+static int hsem_take_word(struct hsem *s, uint64_t w)
+{
+    return !(w & HSEM_SLOW) && w &&
+           __atomic_compare_exchange_n(&s->word, &w, w - 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
+
+static void hsem_lock(struct hsem *s)
 {
     shared_lock(&s->lock);
+    uint64_t w = __atomic_load_n(&s->word, __ATOMIC_ACQUIRE);
+    while (!(w & HSEM_SLOW)) {
+        s->count = (uint32_t)w;
+        if (__atomic_compare_exchange_n(&s->word, &w, HSEM_SLOW, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            break;
+    }
+}
+
+static void hsem_unlock(struct hsem *s)
+{
+    if (!s->nqueued)
+        __atomic_store_n(&s->word, s->count, __ATOMIC_RELEASE);
+    shared_unlock(&s->lock);
+}
+
+static void hsem_wait(struct hsem *s, int me)
+{
+    if (hsem_take_word(s, __atomic_load_n(&s->word, __ATOMIC_ACQUIRE)))
+        return;
+    for (unsigned i = 0; i < (g_smp ? NTS_SYNC_WORD_SPIN : 0); i++) { /* the look before queueing */
+        nts_cpu_relax();
+        uint64_t w = __atomic_load_n(&s->word, __ATOMIC_ACQUIRE);
+        if (w & HSEM_SLOW)
+            break;
+        if (hsem_take_word(s, w))
+            return;
+    }
+    hsem_lock(s);
     if (s->count) {
         s->count--;
-        shared_unlock(&s->lock);
+        hsem_unlock(s);
         return;
     }
     s->granted[me] = 0;
     s->queued[s->nqueued++] = (uint32_t)me;
-    shared_unlock(&s->lock);
+    hsem_unlock(s);
     for (unsigned i = 0; i < (g_smp ? NTS_SYNC_SPIN : 0) && !__atomic_load_n(&s->granted[me], __ATOMIC_ACQUIRE); i++)
         nts_cpu_relax();
     while (!__atomic_load_n(&s->granted[me], __ATOMIC_ACQUIRE)) {
@@ -104,10 +142,13 @@ static void hsem_wait(struct hsem *s, int me)
 
 static void hsem_post(struct hsem *s)
 {
-    shared_lock(&s->lock);
+    for (uint64_t w = __atomic_load_n(&s->word, __ATOMIC_ACQUIRE); !(w & HSEM_SLOW);)
+        if (__atomic_compare_exchange_n(&s->word, &w, w + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return;
+    hsem_lock(s);
     if (!s->nqueued) {
         s->count++;
-        shared_unlock(&s->lock);
+        hsem_unlock(s);
         return;
     }
     uint32_t to = s->queued[0];
@@ -115,7 +156,7 @@ static void hsem_post(struct hsem *s)
     __atomic_store_n(&s->granted[to], 1, __ATOMIC_SEQ_CST);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     int sleeps = __atomic_load_n(&s->sleeping[to], __ATOMIC_SEQ_CST);
-    shared_unlock(&s->lock);
+    hsem_unlock(s);
     if (sleeps)
         syscall(SYS_futex, &s->granted[to], FUTEX_WAKE, 1, NULL, NULL, 0);
 }
@@ -367,7 +408,7 @@ PyObject *nts_bench_sync(PyObject *mod, PyObject *args)
     s->slot_a = slot_a;
     s->slot_b = slot_b;
     s->sem.value = 1;
-    s->hsem.count = 1;
+    s->hsem.word = 1;
     s->efd_sem = s->efd_a = s->efd_b = -1;
     int err = 0;
     size_t waits_size = test == TEST_OVERSUBSCRIBED ? sizeof *s->waits * amount : 0;

@@ -151,10 +151,6 @@ struct nts_futex_waitv {
 #define W_GEN(w)     ((uint32_t)((w) >> W_GEN_SHIFT & W_GEN_MASK))
 #define W_HELD(ti, gen, count)                                                                                         \
     ((uint64_t)(count) | (uint64_t)(ti) << W_TI_SHIFT | (uint64_t)((gen)&W_GEN_MASK) << W_GEN_SHIFT)
-/* How many pauses a thread spins for the lock before it sleeps on it, when there is another
- * CPU for the holder to run on: the lock is held for hundreds of nanoseconds, and sleeping
- * on it costs two system calls and two context switches (microseconds). */
-#define LOCK_SPIN 200
 /* How long a waiter for the lock sleeps before it looks whether the holder lives. */
 #define LOCK_PATIENCE_NS 30000000
 
@@ -272,8 +268,9 @@ static pthread_key_t g_thread_key;
  * signaller to run on: a contended hand-off then costs a cache-line transfer, not
  * two context switches.  At most g_max_spinners (CPUs - 1) spin at once, in all
  * processes: more would take the CPUs their signallers need, and on a busy machine turn
- * a hand-off of microseconds into one of scheduler ticks. */
-static unsigned g_spin, g_max_spinners;
+ * a hand-off of microseconds into one of scheduler ticks.  A single-object wait first
+ * looks at the object's word for g_look pauses (see fast_wait). */
+static unsigned g_spin, g_look, g_max_spinners;
 /* Held while this process's reference counts change, and across fork, so that the
  * references prepared for a child are exactly those the child's copy counts. */
 static int g_refs_lock;
@@ -494,7 +491,7 @@ static int holder_gone(nts_arena *a, uint32_t id)
 static int lock_slow(nts_arena *a)
 {
     uint32_t *w = &a->h->lock;
-    for (unsigned spin = g_max_spinners ? LOCK_SPIN : 0; spin; spin--) {
+    for (unsigned spin = g_max_spinners ? NTS_SYNC_LOCK_SPIN : 0; spin; spin--) {
         uint32_t expected = 0;
         if (!load(w) && __atomic_compare_exchange_n(w, &expected, a->me, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
             return 0; /* (a sleeper sets the waiters bit again before it sleeps: none is missed) */
@@ -1645,6 +1642,7 @@ static void init_once(void)
     g_pid = getpid();
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     g_spin = cpus > 1 ? NTS_SYNC_SPIN : 0;
+    g_look = cpus > 1 ? NTS_SYNC_WORD_SPIN : 0;
     g_max_spinners = cpus > 1 ? (unsigned)(cpus - 1) : 0;
     pthread_key_create(&g_thread_key, thread_exit);
     pthread_atfork(fork_prepare, fork_parent, fork_child);
@@ -1866,58 +1864,113 @@ static struct obj *fast_obj(nts_arena *a, uint32_t slot, int kind)
 
 enum { FAST_DONE = 1, FAST_NOT_SIGNALED = 0, FAST_LOCKED = -1 };
 
-/* One lock-free attempt to acquire `slot` for `owner`: FAST_DONE; FAST_NOT_SIGNALED, a
- * semaphore or event the locked path would find unsignaled too; else FAST_LOCKED (a held
- * lock or mutex, whose holder may be dead, goes there). */
-static int fast_acquire(nts_arena *a, uint32_t slot, uint32_t owner)
+/* What a lock-free acquisition of one object needs: the object, its kind, and for a lock
+ * or mutex the block that would hold it and that block's generation. */
+struct fast {
+    struct obj *o;
+    uint32_t kind, ti, gen;
+};
+
+/* Get ready to acquire `slot` lock-free for `owner`: 0, else FAST_LOCKED (not ours, or an
+ * owner that only the locked path serves). */
+static int fast_begin(nts_arena *a, uint32_t slot, uint32_t owner, struct fast *f)
 {
-    struct obj *o = fast_obj(a, slot, 0);
-    uint32_t ti = 0, gen = 0, kind = o ? READ_ONCE(o->kind) : 0;
-    if (is_owned_kind(kind)) {
-        if (kind == NTS_SYNC_LOCK ? anchor(a, &ti) : self_thread(a, &ti))
+    *f = (struct fast){fast_obj(a, slot, 0), 0, 0, 0};
+    if (!f->o)
+        return FAST_LOCKED;
+    f->kind = READ_ONCE(f->o->kind);
+    if (is_owned_kind(f->kind)) {
+        if (f->kind == NTS_SYNC_LOCK ? anchor(a, &f->ti) : self_thread(a, &f->ti))
             return FAST_LOCKED;
-        struct thr *t = &a->t[ti];
-        if (kind == NTS_SYNC_MUTEX && owner != t->tid)
+        struct thr *t = &a->t[f->ti];
+        if (f->kind == NTS_SYNC_MUTEX && owner != t->tid)
             return FAST_LOCKED; /* another owner id than the thread's own (a task's) */
-        gen = t->gen;
+        f->gen = t->gen;
         if (!load(&t->fast))
             store(&t->fast, 1); /* before the swap: abandon_thread must look at the words */
     }
-    uint64_t w = o ? load64(&o->word) : W_SLOW, next;
+    return 0;
+}
+
+/* One lock-free attempt from word *w as last seen (a failed swap looks at the new word):
+ * FAST_DONE; FAST_NOT_SIGNALED, a semaphore or event the locked path would find
+ * unsignaled too; else FAST_LOCKED (a held lock or mutex, whose holder may be dead, goes
+ * there).  *w is left as last seen. */
+static int fast_take(struct fast *f, uint64_t *w)
+{
+    uint64_t next;
     do {
-        if (w & W_SLOW)
+        if (*w & W_SLOW)
             return FAST_LOCKED;
-        switch (kind) {
+        switch (f->kind) {
         case NTS_SYNC_SEMAPHORE:
-            if (!(uint32_t)w)
+            if (!(uint32_t)*w)
                 return FAST_NOT_SIGNALED;
-            next = w - 1;
+            next = *w - 1;
             break;
         case NTS_SYNC_EVENT:
-            if (!(w & 1))
+            if (!(*w & 1))
                 return FAST_NOT_SIGNALED;
-            if (READ_ONCE(o->state.event.manual)) /* (set at creation, never changed) */
+            if (READ_ONCE(f->o->state.event.manual)) /* (set at creation, never changed) */
                 return FAST_DONE;
             next = 0;
             break;
         case NTS_SYNC_LOCK:
-            if (w)
+            if (*w)
                 return FAST_LOCKED;
-            next = W_HELD(ti, gen, 1);
+            next = W_HELD(f->ti, f->gen, 1);
             break;
         case NTS_SYNC_MUTEX: /* free, or ours one level more */
-            if (!W_COUNT(w))
-                next = W_HELD(ti, gen, 1);
-            else if (W_TI(w) == ti && W_GEN(w) == (gen & W_GEN_MASK) && W_COUNT(w) < W_COUNT_MASK)
-                next = w + 1;
+            if (!W_COUNT(*w))
+                next = W_HELD(f->ti, f->gen, 1);
+            else if (W_TI(*w) == f->ti && W_GEN(*w) == (f->gen & W_GEN_MASK) && W_COUNT(*w) < W_COUNT_MASK)
+                next = *w + 1;
             else
                 return FAST_LOCKED;
             break;
         default:
             return FAST_LOCKED;
         }
-    } while (!cas64(&o->word, &w, next));
+    } while (!cas64(&f->o->word, w, next));
     return FAST_DONE;
+}
+
+/* Whether word w of an object of this kind would let a lock-free attempt succeed. */
+static int word_free(uint32_t kind, uint64_t w)
+{
+    switch (kind) {
+    case NTS_SYNC_SEMAPHORE:
+        return (uint32_t)w != 0;
+    case NTS_SYNC_EVENT:
+        return (w & 1) != 0;
+    default:
+        return W_COUNT(w) == 0; /* (a mutex of ours took its next level in the first attempt) */
+    }
+}
+
+/* A single-object wait's lock-free part: one attempt, then (unless it is a poll, or the
+ * object is queued on) a brief look at the object's word before the caller queues: if
+ * it frees within NTS_SYNC_WORD_SPIN pauses, take it lock-free.  The other side of a
+ * ping-pong answers within a few hundred nanoseconds, and then neither side takes the
+ * arena's lock: the answer is a lock-free set or release (nobody is queued) that wakes
+ * nobody.  Nobody is overtaken: the word goes slow (W_SLOW) as soon as anyone queues,
+ * and the look then ends, to queue behind them.  Like the spin for the arena's lock, the
+ * look is short and needs no place among the spinners; the long spin, once queued, does.
+ * What fast_take says of the last attempt. */
+static int fast_wait(nts_arena *a, uint32_t slot, uint32_t owner, int poll)
+{
+    struct fast f;
+    if (fast_begin(a, slot, owner, &f))
+        return FAST_LOCKED;
+    uint64_t w = load64(&f.o->word);
+    int got = fast_take(&f, &w);
+    for (unsigned i = 0; i < (poll ? 0 : g_look) && got != FAST_DONE && !(w & W_SLOW); i++) {
+        nts_cpu_relax();
+        w = load64(&f.o->word);
+        if (!(w & W_SLOW) && word_free(f.kind, w))
+            got = fast_take(&f, &w);
+    }
+    return got;
 }
 
 /* Whether a word's holder is alive (a lock-free read must not call a dead holder's lock
@@ -2275,14 +2328,15 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
     if (count > NTS_SYNC_MAX_WAIT || !owner)
         return EINVAL;
     if (count == 1 && !all && !alert) {
-        int fast = fast_acquire(a, slots[0], owner);
+        int poll = deadline && !deadline->tv_sec && !deadline->tv_nsec; /* (a deadline at the clock's start) */
+        int fast = fast_wait(a, slots[0], owner, poll);
         if (fast == FAST_DONE) {
             *index = 0;
             *abandoned = 0;
             return 0;
         }
-        if (fast == FAST_NOT_SIGNALED && deadline && !deadline->tv_sec && !deadline->tv_nsec)
-            return ETIMEDOUT; /* a poll (a deadline at the clock's start is past) */
+        if (fast == FAST_NOT_SIGNALED && poll)
+            return ETIMEDOUT;
     }
     uint32_t ti, anchor_ti;
     int err = anchor_for(a, slots, count, &anchor_ti);

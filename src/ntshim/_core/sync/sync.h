@@ -15,6 +15,10 @@
 #define NTS_SYNC_MAX_NAME 255
 /* Pauses a waiter spins before it sleeps, on machines with more than one CPU. */
 #define NTS_SYNC_SPIN 300
+/* Pauses a single-object wait looks at the object's word before it queues (same machines). */
+#define NTS_SYNC_WORD_SPIN 32
+/* Pauses a thread spins for the arena's lock before it sleeps on it (same machines). */
+#define NTS_SYNC_LOCK_SPIN 200
 /* The arena layout this build reads and writes (the header's version field). */
 #define NTS_SYNC_LAYOUT 7u
 /* Bytes [1, NTS_SYNC_LIVE_END) of an arena file carry the OFD locks of the processes
