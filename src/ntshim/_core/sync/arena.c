@@ -2322,22 +2322,12 @@ static int outcome(nts_arena *a, uint32_t ti, uint32_t *index, int *abandoned)
     return damaged() ? EUCLEAN : 0;
 }
 
-int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, const struct timespec *deadline,
-                  uint32_t owner, uint32_t alert, uint32_t *index, int *abandoned)
+/* The wait through the arena's lock: acquire now, or queue, spin, sleep.  Kept out of
+ * nts_sync_wait, whose lock-free part then needs no large frame (the futex_waitv array). */
+static __attribute__((noinline)) int wait_locked(nts_arena *a, const uint32_t *slots, uint32_t count, int all,
+                                                 const struct timespec *deadline, uint32_t owner, uint32_t alert,
+                                                 uint32_t *index, int *abandoned)
 {
-    if (count > NTS_SYNC_MAX_WAIT || !owner)
-        return EINVAL;
-    if (count == 1 && !all && !alert) {
-        int poll = deadline && !deadline->tv_sec && !deadline->tv_nsec; /* (a deadline at the clock's start) */
-        int fast = fast_wait(a, slots[0], owner, poll);
-        if (fast == FAST_DONE) {
-            *index = 0;
-            *abandoned = 0;
-            return 0;
-        }
-        if (fast == FAST_NOT_SIGNALED && poll)
-            return ETIMEDOUT;
-    }
     uint32_t ti, anchor_ti;
     int err = anchor_for(a, slots, count, &anchor_ti);
     if (err || (err = self_thread(a, &ti)) || (err = begin(a)))
@@ -2399,6 +2389,25 @@ int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, 
         }
     }
     return outcome(a, ti, index, abandoned);
+}
+
+int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, const struct timespec *deadline,
+                  uint32_t owner, uint32_t alert, uint32_t *index, int *abandoned)
+{
+    if (count > NTS_SYNC_MAX_WAIT || !owner)
+        return EINVAL;
+    if (count == 1 && !all && !alert) {
+        int poll = deadline && !deadline->tv_sec && !deadline->tv_nsec; /* (a deadline at the clock's start) */
+        int fast = fast_wait(a, slots[0], owner, poll);
+        if (fast == FAST_DONE) {
+            *index = 0;
+            *abandoned = 0;
+            return 0;
+        }
+        if (fast == FAST_NOT_SIGNALED && poll)
+            return ETIMEDOUT;
+    }
+    return wait_locked(a, slots, count, all, deadline, owner, alert, index, abandoned);
 }
 
 /* ---------------------------------------------------------------- requests */
