@@ -270,6 +270,7 @@ class Checkpointer:
             for w in self._watched:
                 w.watch.close()
                 w.buffer.view.release()
+            self._watched = []  # the buffers are the user's again: a Region can be freed, an mmap closed
             self._lock_file.release()
 
     def __enter__(self) -> Checkpointer:
