@@ -43,13 +43,13 @@ def test_python_writer_threads_through_saves(backend: str, tmp_path: Path) -> No
     array = np.frombuffer(memory, np.uint32)
     stop = threading.Event()
 
-    def write(seed: int) -> None:
+    def write(target: np.ndarray, seed: int) -> None:
         rng = np.random.default_rng(seed)
         while not stop.is_set():
-            array[rng.integers(array.size, size=64)] = rng.integers(1 << 32, size=64, dtype=np.uint32)
+            target[rng.integers(target.size, size=64)] = rng.integers(1 << 32, size=64, dtype=np.uint32)
 
     with Checkpointer(tmp_path, {"array": array}, backend=backend) as checkpoint:
-        threads = [threading.Thread(target=write, args=(seed,)) for seed in (1, 2)]
+        threads = [threading.Thread(target=write, args=(array, seed)) for seed in (1, 2)]
         for thread in threads:
             thread.start()
         try:
