@@ -3,7 +3,6 @@ previous one, driven by write watches."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -16,17 +15,18 @@ from ..errors import BackendUnavailable
 from ..memory import watch as start_watch
 from ..writewatch import WriteWatch
 from .buffers import Buffer, describe
-from .format import DataWriter, Extent, Manifest
-from .reading import _path, apply_chain, check_same
+from .format import COMPRESSIONS, BufferSpec, DataWriter, Extent, Manifest, zstandard_module
+from .reading import apply_chain, check_same
 from .sharing import backend_for
-from .store import Store, WriterLock
+from .store import Directory, Store, open_store
 
 
 @dataclass(frozen=True)
 class SaveInfo:
     """What a :meth:`Checkpointer.save` wrote: ``generation`` (its number), ``pages`` (system
     pages stored, partial first and last pages of a buffer included), ``bytes`` (written to
-    the directory: data, checksums and manifest), ``seconds`` (the save's duration) and
+    the store: data as stored, so after compression, checksums and manifest), ``seconds``
+    (the save's duration) and
     ``full`` (a base holding every byte, not a delta)."""
 
     generation: int
@@ -46,7 +46,10 @@ class _Watched:
 class Checkpointer:
     """Saves ``buffers`` (a mapping of names to writable, contiguous buffers: numpy arrays of
     any dtype but ``object``, ``mmap.mmap``, ntshim Regions, ctypes arrays, bytearrays) into
-    the checkpoint directory ``path`` (created if missing), one generation per :meth:`save`.
+    the checkpoint at ``path`` (created if missing), one generation per :meth:`save`:
+    a local directory (a plain path or ``os.PathLike``), or an fsspec URL (``memory://``,
+    ``file://``, ``s3://``, ...; needs the ``[remote]`` extra) opened with
+    ``storage_options`` (the file system's keyword arguments: credentials, endpoint, ...).
 
     The buffers are write-watched from construction on (``backend``: a write-watch backend
     by name, default ntshim's choice; shared file mappings are watched with ``shadow``, see
@@ -56,27 +59,48 @@ class Checkpointer:
     (else ValueError, saying what differs): its history goes on, and since the new watches
     know nothing of earlier writes, the first save is a base again.
 
-    One writer per checkpoint: a second Checkpointer on the same directory, in this process
-    or another, raises BlockingIOError until this one is closed (or its process ends).
+    ``compress``: None (default) stores pages as they are; ``"zstd"`` compresses them (one
+    independent zstd frame per 4 MiB of data; needs the ``[snapshot]`` extra, zstandard).
+    It applies to the generations this Checkpointer writes: a checkpoint may mix them, and
+    readers need not be told.
+
+    One writer per checkpoint: on a local directory a second Checkpointer, in this process
+    or another, raises BlockingIOError until this one is closed (or its process ends).  An
+    fsspec URL has no lock: two writers on one URL corrupt its history, and keeping to one
+    is the caller's responsibility (docs/snapshot.md, "Stores").
     Bad arguments raise TypeError / ValueError naming the buffer and leave nothing behind.
     Methods may be called from several threads; saves run one at a time.
     """
 
-    def __init__(self, path: str | os.PathLike[str], buffers: Any, *, backend: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        buffers: Any,
+        *,
+        backend: str | None = None,
+        compress: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
         self._closed = True  # until everything below succeeded: close() then does nothing
-        directory = _path(path)
         if backend is not None and not isinstance(backend, str):
             raise TypeError(f"backend must be a backend name (str) or None, not {type(backend).__name__}")
+        if compress is not None:
+            if not isinstance(compress, str):
+                raise TypeError(f"compress must be None or 'zstd', not {type(compress).__name__}")
+            if compress not in COMPRESSIONS:
+                raise ValueError(f"compress must be None or one of {list(COMPRESSIONS)}, not {compress!r}")
+            zstandard_module()  # ImportError naming the extra, before anything is created
         described = describe(buffers)
         watched: list[_Watched] = []
-        lock: WriterLock | None = None
+        store: Store | None = None
         try:
-            os.makedirs(directory, exist_ok=True)
-            lock = WriterLock(directory)
-            store = Store(directory)
+            store = open_store(path, storage_options, create=True)
+            if isinstance(store, Directory):
+                store.lock()
             history = store.generations()
             if history:
                 check_same(store.manifest(history[-1]).buffers, [b.spec for b in described], "buffers")
+            newest = store.newest()
             store.clean()  # what a writer killed before us left
             for buffer in described:
                 watched.append(self._watch(buffer, backend))
@@ -85,13 +109,13 @@ class Checkpointer:
                 w.watch.close()
             for buffer in described:
                 buffer.view.release()
-            if lock is not None:
-                lock.release()
+            if store is not None:
+                store.release()
             raise
         self._store = store
-        self._lock_file = lock
+        self._compress = compress
         self._watched = watched
-        self._latest = history[-1] if history else 0
+        self._latest = newest
         self._next_is_full = True
         self._mutex = threading.Lock()
         self._closed = False
@@ -115,7 +139,7 @@ class Checkpointer:
 
     @property
     def path(self) -> str:
-        """The checkpoint directory."""
+        """The checkpoint's directory or URL, as given (a path as a str)."""
         return self._store.path
 
     @property
@@ -153,10 +177,10 @@ class Checkpointer:
             # next save must then be a base, never a delta that would silently miss them.
             self._next_is_full = True
             dirty = [w.watch.dirty(reset=True) for w in watched]  # get-and-reset, then copy
-            name, fd = self._store.create_data(generation, base=full)
+            name, sink = self._store.create_data(generation, base=full)
             published = False
             try:
-                writer = DataWriter(fd, _kernel.PAGE_SIZE)
+                writer = DataWriter(sink, _kernel.PAGE_SIZE, self._compress)
                 extents: list[Extent] = []
                 pages = 0
                 for index, (w, written) in enumerate(zip(watched, dirty)):
@@ -172,29 +196,15 @@ class Checkpointer:
                             extents.append(Extent(index, lo, hi - lo, writer.bytes))
                             writer.add(w.buffer.view[lo:hi])
                 table_crc = writer.finish()
-                data_bytes = writer.bytes
-                manifest = Manifest(
-                    generation=generation,
-                    parent=None if full else self._latest,
-                    buffers=tuple(w.buffer.spec for w in watched),
-                    data_file=name,
-                    data_bytes=data_bytes,
-                    block_size=_kernel.PAGE_SIZE,
-                    table_crc32c=table_crc,
-                    extents=tuple(extents),
-                    created=time.time(),
-                )
-                file_bytes = os.fstat(fd).st_size
+                manifest = self._manifest(generation, None if full else self._latest, name, writer, table_crc, extents)
                 manifest_bytes = self._store.publish(manifest)
                 published = True
             finally:
-                os.close(fd)
                 if not published:
-                    with contextlib.suppress(OSError):
-                        os.unlink(self._store.file(name))
+                    sink.abort()
             self._latest = generation
             self._next_is_full = False
-            return SaveInfo(generation, pages, file_bytes + manifest_bytes, time.perf_counter() - start, full)
+            return SaveInfo(generation, pages, writer.written + manifest_bytes, time.perf_counter() - start, full)
 
     def compact(self, keep: int | None = None) -> None:
         """Fold deltas into a base so that loading stays fast and the directory small.
@@ -235,20 +245,46 @@ class Checkpointer:
         specs = chain[-1].buffers
         images = [bytearray(spec.size) for spec in specs]
         apply_chain(store, chain, [memoryview(image) for image in images])
-        name, fd = store.create_data(generation, base=True)
+        name, sink = store.create_data(generation, base=True)
+        published = False
         try:
-            writer = DataWriter(fd, _kernel.PAGE_SIZE)
+            writer = DataWriter(sink, _kernel.PAGE_SIZE, self._compress)
             extents = []
             for index, image in enumerate(images):
                 extents.append(Extent(index, 0, len(image), writer.bytes))
                 writer.add(memoryview(image))
             table_crc = writer.finish()
+            store.publish(self._manifest(generation, None, name, writer, table_crc, extents, specs))
+            published = True
         finally:
-            os.close(fd)
-        store.publish(
-            Manifest(
-                generation, None, specs, name, writer.bytes, _kernel.PAGE_SIZE, table_crc, tuple(extents), time.time()
-            )
+            if not published:
+                sink.abort()
+
+    def _manifest(
+        self,
+        generation: int,
+        parent: int | None,
+        name: str,
+        writer: DataWriter,
+        table_crc: int,
+        extents: list[Extent],
+        specs: tuple[BufferSpec, ...] | None = None,
+    ) -> Manifest:
+        """The manifest of the data file ``name`` that ``writer`` finished."""
+        compressed = writer.compression is not None
+        return Manifest(
+            generation=generation,
+            parent=parent,
+            buffers=specs if specs is not None else tuple(w.buffer.spec for w in self._watched),
+            data_file=name,
+            data_bytes=writer.bytes,
+            block_size=_kernel.PAGE_SIZE,
+            table_crc32c=table_crc,
+            extents=tuple(extents),
+            created=time.time(),
+            compression=writer.compression,
+            stored_bytes=writer.stored if compressed else None,
+            frame_bytes=writer.frame_bytes if compressed else None,
         )
 
     # ---- lifetime --------------------------------------------------------------------------
@@ -271,7 +307,7 @@ class Checkpointer:
                 w.watch.close()
                 w.buffer.view.release()
             self._watched = []  # the buffers are the user's again: a Region can be freed, an mmap closed
-            self._lock_file.release()
+            self._store.release()
 
     def __enter__(self) -> Checkpointer:
         return self

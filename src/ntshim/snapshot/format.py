@@ -5,7 +5,10 @@ docs/snapshot.md describes it for readers without ntshim.  In short, generation 
 - ``<g:010d>.manifest``: line 1 is a JSON object (:class:`Manifest`), line 2 the CRC32C of
   line 1's bytes as 8 lowercase hex digits;
 - its data file (named in the manifest): the stored bytes, then one little-endian uint32
-  CRC32C per ``block_size`` bytes of them (the last block may be partial).
+  CRC32C per ``block_size`` bytes of them (the last block may be partial).  A compressed
+  data file (manifest version 2, ``"compression": "zstd"``) stores the same byte stream as
+  independent zstd frames of ``frame_bytes`` each, then a frame table (length and CRC32C of
+  each frame), then the same per-block CRC table, over the uncompressed bytes.
 
 A generation is a base (``parent`` null: every byte of every buffer) or a delta over its
 parent (only the extents written since).  Nothing here knows about write watches or
@@ -15,19 +18,34 @@ bytes, raising :class:`SnapshotError` for anything damaged.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .. import _core
 
 FORMAT = "ntshim.snapshot"
-#: The format version written; a reader refuses manifests of a version it does not know.
+#: The format version of an uncompressed generation; a reader refuses manifests of a version
+#: it does not know.
 VERSION = 1
+#: The format version of a compressed generation: version 1 plus the ``compression``,
+#: ``stored`` and ``frame_bytes`` fields of ``data`` and the frame table of the data file.
+#: Uncompressed generations stay version 1, byte for byte, so that readers of version 1 keep
+#: reading them; a version-1 reader refuses a compressed one by its version instead of
+#: calling its data file damaged.
+VERSION_COMPRESSED = 2
+VERSIONS = (VERSION, VERSION_COMPRESSED)
+
+#: The values of ``Checkpointer(compress=...)`` besides None, and of a manifest's
+#: ``data.compression``.
+COMPRESSIONS = ("zstd",)
+#: The zstd compression level of the frames a writer makes (zstd's default; readers need not
+#: know it).
+ZSTD_LEVEL = 3
 
 #: Bytes copied, checksummed and written (or read and verified) at a time: bounds the memory a
 #: save or a load needs beside the buffers themselves, whatever their size.
@@ -35,6 +53,17 @@ CHUNK_BYTES = 4 << 20
 
 _MANIFEST_NAME = re.compile(r"^(\d{10})\.manifest$")
 _DATA_NAME = re.compile(r"^(\d{10})\.(base|delta)\.data$")
+
+
+def zstandard_module() -> Any:
+    """The ``zstandard`` module, or ImportError naming the extra that installs it."""
+    try:
+        import zstandard
+    except ImportError as error:
+        raise ImportError(
+            "zstd compression needs the zstandard package: pip install 'ntshim[snapshot]' (or zstandard)"
+        ) from error
+    return zstandard
 
 
 class SnapshotError(ValueError):
@@ -130,7 +159,12 @@ class Manifest:
     else the generation this one is a delta over.  ``data_bytes`` of stored bytes precede the
     CRC table in ``data_file``; ``table_crc32c`` checksums that table; ``block_size`` is the
     bytes each CRC covers (the system page size of the writer).  ``created``: seconds since
-    the epoch."""
+    the epoch.
+
+    ``compression`` is None (the data file holds the ``data_bytes`` as they are) or
+    ``"zstd"``: then the data file holds them as independent zstd frames of ``frame_bytes``
+    uncompressed bytes each (the last may be shorter), ``stored_bytes`` of frames in all,
+    followed by the frame table and the CRC table (over the uncompressed bytes)."""
 
     generation: int
     parent: int | None
@@ -141,21 +175,41 @@ class Manifest:
     table_crc32c: int
     extents: tuple[Extent, ...]
     created: float
+    compression: str | None = None
+    stored_bytes: int | None = None
+    frame_bytes: int | None = None
+
+    @property
+    def frames(self) -> int:
+        """The zstd frames of a compressed data file (0 for an uncompressed one)."""
+        return 0 if self.frame_bytes is None else -(-self.data_bytes // self.frame_bytes)
+
+    @property
+    def file_bytes(self) -> int:
+        """The exact size of the data file in bytes: the stored bytes and the tables."""
+        blocks = -(-self.data_bytes // self.block_size)
+        if self.compression is None:
+            return self.data_bytes + 4 * blocks
+        assert self.stored_bytes is not None
+        return self.stored_bytes + 8 * self.frames + 4 * blocks
 
     def encode(self) -> bytes:
+        data: dict[str, Any] = {
+            "file": self.data_file,
+            "bytes": self.data_bytes,
+            "block_size": self.block_size,
+            "table_crc32c": self.table_crc32c,
+        }
+        if self.compression is not None:
+            data.update(compression=self.compression, stored=self.stored_bytes, frame_bytes=self.frame_bytes)
         body = {
             "format": FORMAT,
-            "version": VERSION,
+            "version": VERSION if self.compression is None else VERSION_COMPRESSED,
             "generation": self.generation,
             "parent": self.parent,
             "created": self.created,
             "buffers": [b.to_json() for b in self.buffers],
-            "data": {
-                "file": self.data_file,
-                "bytes": self.data_bytes,
-                "block_size": self.block_size,
-                "table_crc32c": self.table_crc32c,
-            },
+            "data": data,
             "extents": [[e.buffer, e.offset, e.length, e.file_offset] for e in self.extents],
         }
         line = json.dumps(body, separators=(",", ":")).encode()
@@ -179,15 +233,16 @@ class Manifest:
             raise SnapshotError("manifest is not JSON", generation, file) from None
         if not isinstance(body, dict) or body.get("format") != FORMAT:
             raise SnapshotError(f"not an {FORMAT} manifest", generation, file)
-        if body.get("version") != VERSION:
+        version = body.get("version")
+        if version not in VERSIONS or type(version) is not int:
             raise SnapshotError(
-                f"format version {body.get('version')!r}: this ntshim reads version {VERSION} only",
+                f"format version {version!r}: this ntshim reads versions {', '.join(map(str, VERSIONS))}",
                 generation,
                 file,
             )
         try:
             manifest = cls._from_body(body)
-            manifest._check(generation)
+            manifest._check(generation, version)
         except (KeyError, TypeError, ValueError) as error:
             raise SnapshotError(f"manifest is inconsistent: {error}", generation, file) from None
         return manifest
@@ -205,9 +260,12 @@ class Manifest:
             table_crc32c=data["table_crc32c"],
             extents=tuple(Extent(*e) for e in body["extents"]),
             created=float(body["created"]),
+            compression=data.get("compression"),
+            stored_bytes=data.get("stored"),
+            frame_bytes=data.get("frame_bytes"),
         )
 
-    def _check(self, generation: int) -> None:
+    def _check(self, generation: int, version: int) -> None:
         """Everything a reader relies on before it writes a byte anywhere."""
         if self.generation != generation:
             raise ValueError(f"it says it is generation {self.generation!r}")
@@ -219,6 +277,19 @@ class Manifest:
             raise ValueError(f"block size {self.block_size!r}")
         if not (_is_count(self.table_crc32c) and self.table_crc32c < 1 << 32):
             raise ValueError(f"table checksum {self.table_crc32c!r}")
+        if version == VERSION:
+            if (self.compression, self.stored_bytes, self.frame_bytes) != (None, None, None):
+                raise ValueError("a version-1 manifest has no compression")
+        else:
+            if self.compression not in COMPRESSIONS:
+                raise ValueError(f"compression {self.compression!r}: this ntshim knows {list(COMPRESSIONS)}")
+            if not _is_count(self.stored_bytes):
+                raise ValueError(f"stored bytes {self.stored_bytes!r}")
+            frame = self.frame_bytes
+            if not (isinstance(frame, int) and _is_count(frame) and 0 < frame <= 1 << 30):
+                raise ValueError(f"frame bytes {frame!r}")
+            if frame % self.block_size:
+                raise ValueError(f"frame bytes {frame!r} are not whole blocks of {self.block_size!r}")
         if not self.buffers or len({b.name for b in self.buffers}) != len(self.buffers):
             raise ValueError("no buffers, or a name twice")
         cursor = 0
@@ -256,20 +327,58 @@ def _freeze(value: Any) -> Any:
 # ---- data files ------------------------------------------------------------------------
 
 
+class Sink(Protocol):
+    """Where a data file goes (a store makes one per file: store.py)."""
+
+    def write(self, data: memoryview | bytes) -> None:
+        """Append ``data`` (all of it)."""
+
+    def finish(self) -> None:
+        """Make what was written durable (a local file: fsync) or complete (an object: its
+        upload ends); the file is then whole under its final name."""
+
+    def abort(self) -> None:
+        """Give the file up (delete what was written); after :meth:`finish` too.  Never raises."""
+
+
+class ReadableFile(Protocol):
+    """What :func:`read_data` reads: a seekable binary file (``open(path, "rb")``, or an
+    fsspec file)."""
+
+    def seek(self, offset: int, whence: int = ..., /) -> int: ...
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+    def readinto(self, buffer: Any, /) -> int | None: ...
+
+
 class DataWriter:
     """Writes a data file: bytes copied from the buffers into a staging area *now* (so the
     checksum and the file hold the same bytes even while the buffers keep changing), then
-    checksummed per block and written, chunk after chunk; :meth:`finish` appends the CRC
-    table and makes the file durable."""
+    checksummed per block and written (compressed to one zstd frame per staging chunk when
+    ``compression`` is ``"zstd"``), chunk after chunk; :meth:`finish` appends the tables and
+    makes the file durable.
 
-    def __init__(self, fd: int, block_size: int) -> None:
-        self._fd = fd
+    ``bytes``: the data added so far (uncompressed); ``stored``: the bytes the data took in
+    the file; ``written``: the file's size once finished (stored bytes and tables)."""
+
+    def __init__(self, sink: Sink, block_size: int, compression: str | None = None) -> None:
+        self._sink = sink
         self._block_size = block_size
         self._staging = bytearray(max(1, CHUNK_BYTES // block_size) * block_size)
         self._view = memoryview(self._staging)
         self._filled = 0
         self._crcs: list[bytes] = []
-        self.bytes = 0  # stored so far: the file offset of the next byte added
+        self._frames: list[bytes] = []
+        self._compressor: Any = None
+        if compression is not None:  # "zstd": the caller checked the value
+            zstd = zstandard_module()
+            self._compressor = zstd.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+        self.compression = compression
+        self.frame_bytes = len(self._staging)  # uncompressed bytes per zstd frame (the last may be shorter)
+        self.bytes = 0  # data added so far: the stream offset of the next byte added
+        self.stored = 0
+        self.written = 0
 
     def add(self, source: memoryview) -> None:
         """Copy ``source`` (bytes of a buffer) into the file."""
@@ -283,61 +392,121 @@ class DataWriter:
                 self._flush()
 
     def _flush(self) -> None:
-        # Every flush but the last is whole blocks, so the blocks of the file are the blocks
-        # of the flushes.
+        # Every flush but the last is whole blocks (and one whole frame), so the blocks of the
+        # stream are the blocks of the flushes.
+        if not self._filled:
+            return
         chunk = self._view[: self._filled]
         self._crcs.append(_core.crc32c_pages(chunk, self._block_size))
-        _write_all(self._fd, chunk)
+        if self._compressor is None:
+            self._sink.write(chunk)
+            self.stored += len(chunk)
+        else:
+            frame = self._compressor.compress(chunk)
+            self._frames.append(struct.pack("<II", len(frame), _core.crc32c(frame)))
+            self._sink.write(frame)
+            self.stored += len(frame)
         self._filled = 0
 
     def finish(self) -> int:
-        """Write the rest and the CRC table, fsync; return the table's CRC32C."""
+        """Write the rest and the tables, make the file durable; return the CRC32C of the
+        tables (a compressed file's frame table and CRC table, as one)."""
         self._flush()
-        table = b"".join(self._crcs)
-        _write_all(self._fd, table)
-        os.fsync(self._fd)
+        table = b"".join(self._frames) + b"".join(self._crcs)
+        self._sink.write(table)
+        self._sink.finish()
         self._view.release()
+        self.written = self.stored + len(table)
         return _core.crc32c(table)
 
 
-def _write_all(fd: int, data: memoryview | bytes) -> None:
-    view = memoryview(data)
-    while len(view):
-        view = view[os.write(fd, view) :]
+def read_data(manifest: Manifest, file: ReadableFile, path: str, images: Sequence[memoryview]) -> None:
+    """Verify the data file open as ``file`` (a seekable binary file: a local file, or one of
+    an fsspec store; ``path`` names it in messages) of ``manifest`` and copy its extents into
+    ``images`` (one writable byte view per buffer, in the manifest's order).
 
-
-def read_data(manifest: Manifest, file: io.BufferedReader, path: str, images: Sequence[memoryview]) -> None:
-    """Verify the data file ``file`` (at ``path``, for messages) of ``manifest`` and copy its
-    extents into ``images`` (one writable byte view per buffer, in the manifest's order).
-
-    Blocks are verified before any of their bytes is copied; on SnapshotError the images hold
-    part of the generation, so callers give them out only when this returns."""
+    Blocks are verified before any of their bytes is copied (and a compressed frame before it
+    is decompressed); memory beyond the images: one chunk (CHUNK_BYTES), one frame and the
+    tables.  On SnapshotError the images hold part of the generation, so callers give them
+    out only when this returns."""
     g, size, block = manifest.generation, manifest.data_bytes, manifest.block_size
     blocks = -(-size // block)
-    actual = os.fstat(file.fileno()).st_size
-    if actual != size + 4 * blocks:
+    actual = file.seek(0, os.SEEK_END)
+    if actual != manifest.file_bytes:
         raise SnapshotError(
-            f"data file has {actual} bytes, the manifest says {size + 4 * blocks} (truncated?)", g, path
+            f"data file has {actual} bytes, the manifest says {manifest.file_bytes} (truncated?)", g, path
         )
-    file.seek(size)
-    table = file.read(4 * blocks)
-    if _core.crc32c(table) != manifest.table_crc32c:
+    stored = size if manifest.compression is None else manifest.stored_bytes
+    assert stored is not None
+    file.seek(stored)
+    tables = _read_exact(file, 8 * manifest.frames + 4 * blocks, g, path)
+    if _core.crc32c(tables) != manifest.table_crc32c:
         raise SnapshotError("checksum table of the data file is damaged", g, path)
+    frames, table = tables[: 8 * manifest.frames], tables[8 * manifest.frames :]
     file.seek(0)
-    chunk = bytearray(max(1, CHUNK_BYTES // block) * block)
     extents = iter(manifest.extents)
     pending = next(extents, None)
-    for start in range(0, size, len(chunk)):
-        view = memoryview(chunk)[: min(len(chunk), size - start)]
-        if file.readinto(view) != len(view):
-            raise SnapshotError("data file ended early", g, path)
-        crcs = _core.crc32c_pages(view, block)
-        expected = table[start // block * 4 : start // block * 4 + len(crcs)]
-        if crcs != expected:
-            bad = next(i for i in range(0, len(crcs), 4) if crcs[i : i + 4] != expected[i : i + 4])
-            offset = start + bad // 4 * block
-            raise SnapshotError(f"checksum mismatch in the block at byte {offset} of the data file", g, path)
+    if manifest.compression is None:
+        chunk = bytearray(max(1, CHUNK_BYTES // block) * block)
+        for start in range(0, size, len(chunk)):
+            view = memoryview(chunk)[: min(len(chunk), size - start)]
+            _read_into(file, view, g, path)
+            _check_blocks(view, start, table, block, g, path, "")
+            pending = _scatter(view, start, pending, extents, images)
+        return
+    assert manifest.frame_bytes is not None
+    lengths = [length for length, _ in struct.iter_unpack("<II", frames)]
+    if sum(lengths) != stored:
+        raise SnapshotError(f"frame table holds {sum(lengths)} bytes of frames, the manifest {stored}", g, path)
+    zstd = zstandard_module()
+    decompressor = zstd.ZstdDecompressor()
+    at = 0
+    for index, (length, crc) in enumerate(struct.iter_unpack("<II", frames)):
+        frame = _read_exact(file, length, g, path)
+        if _core.crc32c(frame) != crc:
+            raise SnapshotError(f"checksum mismatch in zstd frame {index} (at byte {at} of the data file)", g, path)
+        start = index * manifest.frame_bytes
+        expected = min(manifest.frame_bytes, size - start)
+        try:
+            data = decompressor.decompress(frame, max_output_size=expected)
+        except zstd.ZstdError as error:  # a frame that verified but does not decode
+            raise SnapshotError(f"zstd frame {index} does not decompress: {error}", g, path) from None
+        if len(data) != expected:
+            raise SnapshotError(f"zstd frame {index} holds {len(data)} bytes, not {expected}", g, path)
+        view = memoryview(data)
+        _check_blocks(view, start, table, block, g, path, " (uncompressed)")
         pending = _scatter(view, start, pending, extents, images)
+        at += length
+
+
+def _check_blocks(view: memoryview, start: int, table: bytes, block: int, g: int, path: str, what: str) -> None:
+    """SnapshotError naming the first block of ``view`` (stream bytes from ``start``) whose
+    CRC32C is not the table's."""
+    crcs = _core.crc32c_pages(view, block)
+    expected = table[start // block * 4 : start // block * 4 + len(crcs)]
+    if crcs != expected:
+        bad = next(i for i in range(0, len(crcs), 4) if crcs[i : i + 4] != expected[i : i + 4])
+        offset = start + bad // 4 * block
+        raise SnapshotError(f"checksum mismatch in the block at byte {offset} of the data file{what}", g, path)
+
+
+def _read_exact(file: ReadableFile, n: int, g: int, path: str) -> bytes:
+    parts = []
+    while n:
+        part = file.read(n)
+        if not part:
+            raise SnapshotError("data file ended early", g, path)
+        parts.append(part)
+        n -= len(part)
+    return b"".join(parts)
+
+
+def _read_into(file: ReadableFile, view: memoryview, g: int, path: str) -> None:
+    while len(view):
+        n = file.readinto(view)
+        if not n:
+            raise SnapshotError("data file ended early", g, path)
+        view = view[n:]
 
 
 def _scatter(

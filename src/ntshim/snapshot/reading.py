@@ -2,7 +2,8 @@
 objects (:func:`load`) or into existing buffers (:func:`restore`).
 
 Readers take no lock and trust only published manifests; every byte is verified against its
-checksum before it is used.
+checksum before it is used.  ``path`` is a local directory or an fsspec URL (store.py), with
+``storage_options`` for the latter.
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ from typing import Any
 from .._arguments import as_int
 from .buffers import describe, new_image
 from .format import BufferSpec, Manifest, SnapshotError, read_data
-from .store import Directory
+from .store import Store, open_store
 
 
-def generations(path: str | os.PathLike[str]) -> list[int]:
+def generations(path: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None) -> list[int]:
     """The generations of the checkpoint at ``path`` that can be loaded, ascending (empty
     when it has none yet).  FileNotFoundError when ``path`` does not exist."""
-    return Directory(_path(path)).generations()
+    return open_store(path, storage_options).generations()
 
 
-def load(path: str | os.PathLike[str], generation: int | None = None) -> dict[str, Any]:
+def load(
+    path: str | os.PathLike[str], generation: int | None = None, *, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The buffers of ``generation`` (default: the latest) as new objects, by name: numpy
     arrays of the saved dtype and shape for numpy arrays, bytearrays for every other buffer.
 
@@ -31,26 +34,33 @@ def load(path: str | os.PathLike[str], generation: int | None = None) -> dict[st
     memory; use :func:`restore` to write straight into existing buffers instead.
     Raises :class:`SnapshotError` when a file is damaged or missing, FileNotFoundError when
     there is no checkpoint (or no generation yet) at ``path``, ValueError for a generation
-    it does not have.
+    it does not have.  ``storage_options``: for an fsspec URL, its file system's options.
     """
-    directory = Directory(_path(path))
+    directory = open_store(path, storage_options)
     chain = directory.chain(_pick(directory, generation))
     images = [new_image(spec) for spec in chain[-1].buffers]
     apply_chain(directory, chain, [view for _, view in images])
     return {spec.name: image for spec, (image, _) in zip(chain[-1].buffers, images)}
 
 
-def restore(path: str | os.PathLike[str], buffers: Mapping[str, Any], generation: int | None = None) -> None:
+def restore(
+    path: str | os.PathLike[str],
+    buffers: Mapping[str, Any],
+    generation: int | None = None,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> None:
     """Write ``generation`` (default: the latest) into existing ``buffers`` (names to writable
     buffers, as for :class:`Checkpointer`), each of exactly the saved size in bytes.
 
     Changes nothing and raises ValueError when the names or sizes differ from the saved ones,
     and SnapshotError when a file is damaged: the generation is read and verified in full
     (in memory: as much again as the buffers) before the first byte of a buffer is written.
+    ``storage_options``: for an fsspec URL, its file system's options.
     """
     targets = describe(buffers)
     try:
-        directory = Directory(_path(path))
+        directory = open_store(path, storage_options)
         chain = directory.chain(_pick(directory, generation))
         check_same(chain[-1].buffers, [t.spec for t in targets], "buffers", sizes_only=True)
         by_name = {t.spec.name: t for t in targets}
@@ -63,17 +73,16 @@ def restore(path: str | os.PathLike[str], buffers: Mapping[str, Any], generation
             target.view.release()
 
 
-def apply_chain(directory: Directory, chain: Sequence[Manifest], images: Sequence[memoryview]) -> None:
+def apply_chain(directory: Store, chain: Sequence[Manifest], images: Sequence[memoryview]) -> None:
     """Copy a base and the deltas after it, in order, into ``images``."""
     for manifest in chain:
         path = directory.file(manifest.data_file)
         try:
-            with open(path, "rb") as file:
-                read_data(manifest, file, path, images)
-        except FileNotFoundError as error:
-            if error.filename != path:
-                raise
+            opened = directory.open(manifest.data_file)
+        except FileNotFoundError:
             raise SnapshotError("data file is missing", manifest.generation, path) from None
+        with opened as file:
+            read_data(manifest, file, path, images)
 
 
 def check_same(
@@ -105,7 +114,7 @@ def _kind(spec: BufferSpec) -> str:
     return "raw bytes" if spec.shape is None else f"a numpy array {spec.dtype} of shape {spec.shape}"
 
 
-def _pick(directory: Directory, generation: int | None) -> int:
+def _pick(directory: Store, generation: int | None) -> int:
     available = directory.generations()
     if not available:
         raise FileNotFoundError(f"the checkpoint at {directory.path} has no generation yet")
@@ -115,12 +124,3 @@ def _pick(directory: Directory, generation: int | None) -> int:
     if generation not in available:
         raise ValueError(f"generation {generation} is not in {directory.path}: it has {available}")
     return generation
-
-
-def _path(path: object) -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
-    result = os.fspath(path)
-    if not isinstance(result, str):
-        raise TypeError("path must be a text path, not bytes")
-    return result
