@@ -5,10 +5,12 @@ that ``bytes`` is what was stored, version-1 files, and the error paths."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -230,3 +232,26 @@ def test_compressed_on_an_fsspec_store() -> None:
         info = c.save()
         assert not info.full
     assert np.array_equal(load(url)["state"], state)
+
+
+def test_the_reader_in_the_docs_reads_mixed_generations(tmp_path: Path) -> None:
+    """docs/snapshot.md's reader (stdlib, and zstandard for version 2) against ntshim."""
+    text = (Path(__file__).parents[2] / "docs" / "snapshot.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", text, re.DOTALL) if "def crc32c" in block)
+    reader: dict[str, Any] = {}
+    exec(code, reader)  # noqa: S102 -- the documentation's own reader, on purpose
+    state = page_aligned((40000,), np.int64)
+    state[:] = np.arange(state.size) // 7
+    with Checkpointer(tmp_path, {"state": state, "raw": bytearray(b"xyz" * 999)}, compress="zstd") as c:
+        c.save()
+        state[5000] = -1
+        c.save()
+    with Checkpointer(tmp_path, {"state": state, "raw": bytearray(b"xyz" * 999)}) as c:
+        state[30000] = 3
+        c.save()
+        state[7] = 9
+        c.save()
+    for g in (1, 2, 3, 4):
+        ours = load(tmp_path, g)
+        theirs = reader["load"](str(tmp_path), g)
+        assert bytes(theirs["state"]) == ours["state"].tobytes() and theirs["raw"] == ours["raw"]
