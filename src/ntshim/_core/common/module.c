@@ -2,6 +2,7 @@
  * calls and run helpers that belong to no subsystem. */
 #include "common.h"
 #include "memory/memory.h"
+#include "snapshot/snapshot.h"
 #include "sync/sync.h"
 #include "writewatch/writewatch.h"
 #include "capi.h"
@@ -147,6 +148,12 @@ static PyMethodDef core_methods[] = {
      "expand_runs(runs, add, step) -> bytes of uint64: every step-th value of each [start, end) run, plus add"},
     {"count_runs", core_count_runs, METH_VARARGS,
      "count_runs(runs, add, step) -> int: how many values expand_runs would return; ValueError for runs it refuses"},
+    {"crc32c", (PyCFunction)(void (*)(void))nts_py_crc32c, METH_VARARGS | METH_KEYWORDS,
+     "crc32c(buffer, value=0, *, portable=False) -> int: CRC32C (Castagnoli) of the bytes, continuing from value; "
+     "portable=True forces the table implementation (for tests)"},
+    {"crc32c_pages", (PyCFunction)(void (*)(void))nts_py_crc32c_pages, METH_VARARGS | METH_KEYWORDS,
+     "crc32c_pages(buffer, page_size, *, portable=False) -> bytes: the CRC32C of every page_size bytes (the last "
+     "page may be partial), one little-endian uint32 each; without the GIL for large buffers"},
     {NULL},
 };
 
@@ -177,7 +184,8 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(m, "MADV_DONTNEED", MADV_DONTNEED) < 0 ||
         PyModule_AddIntConstant(m, "MADV_FREE", MADV_FREE) < 0 ||
         PyModule_AddIntConstant(m, "MADV_REMOVE", MADV_REMOVE) < 0 || nts_writewatch_module_init(m) < 0 ||
-        nts_sync_module_init(m) < 0 || PyModule_AddFunctions(m, nts_placement_methods) < 0) {
+        nts_sync_module_init(m) < 0 || nts_snapshot_module_init(m) < 0 ||
+        PyModule_AddFunctions(m, nts_placement_methods) < 0) {
         Py_DECREF(m);
         return NULL;
     }
