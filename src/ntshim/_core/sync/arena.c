@@ -1896,7 +1896,7 @@ static int fast_begin(nts_arena *a, uint32_t slot, uint32_t owner, struct fast *
  * FAST_DONE; FAST_NOT_SIGNALED, a semaphore or event the locked path would find
  * unsignaled too; else FAST_LOCKED (a held lock or mutex, whose holder may be dead, goes
  * there).  *w is left as last seen. */
-static int fast_take(struct fast *f, uint64_t *w)
+static inline __attribute__((always_inline)) int fast_take(struct fast *f, uint64_t *w)
 {
     uint64_t next;
     do {
