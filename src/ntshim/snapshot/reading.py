@@ -7,13 +7,15 @@ checksum before it is used.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .._arguments import as_int
 from .buffers import describe, new_image
-from .format import BufferSpec, Manifest, SnapshotError, read_data
+from .format import BufferSpec, Manifest, SnapshotError, manifest_name, read_data
 from .store import Directory
 
 
@@ -124,3 +126,85 @@ def _path(path: object) -> str:
     if not isinstance(result, str):
         raise TypeError("path must be a text path, not bytes")
     return result
+
+
+@dataclass(frozen=True)
+class GenerationInfo:
+    """What a published generation holds, from its manifest: ``parent`` (None for a base),
+    ``buffers`` (name and size in bytes, in order), ``state_bytes`` (their total: what a
+    full copy of this generation takes), ``data_bytes`` (stored bytes in ``data_file``),
+    ``pages`` (``block_size``-byte pages the stored extents touch, counted from each
+    buffer's byte 0), ``disk_bytes`` (the data file and the manifest, as stored now)."""
+
+    generation: int
+    parent: int | None
+    buffers: tuple[tuple[str, int], ...]
+    state_bytes: int
+    data_file: str
+    data_bytes: int
+    block_size: int
+    pages: int
+    disk_bytes: int
+
+
+def describe_generations(path: str | os.PathLike[str]) -> list[GenerationInfo]:
+    """Every published generation of the checkpoint at ``path``, ascending, as read from the
+    manifests (data files are not read: see :func:`verify`).  Raises SnapshotError for a
+    damaged manifest, FileNotFoundError when ``path`` does not exist."""
+    directory = Directory(_path(path))
+    out = []
+    for g in directory.generations():
+        m = directory.manifest(g)
+        disk = os.stat(directory.file(manifest_name(g))).st_size
+        with contextlib.suppress(FileNotFoundError):
+            disk += os.stat(directory.file(m.data_file)).st_size
+        pages = sum((e.offset + e.length - 1) // m.block_size - e.offset // m.block_size + 1 for e in m.extents)
+        out.append(GenerationInfo(
+            g, m.parent, tuple((b.name, b.size) for b in m.buffers), sum(b.size for b in m.buffers),
+            m.data_file, m.data_bytes, m.block_size, pages, disk,
+        ))  # fmt: skip
+    return out
+
+
+def verify(path: str | os.PathLike[str]) -> list[SnapshotError]:
+    """Check every published generation of the checkpoint at ``path``: its manifest, every
+    byte of its data file against the checksums (read in 4 MiB chunks: no buffer is rebuilt
+    in memory), and that its chain (base and deltas) is complete and consistent.  Returns
+    the problems found, each a :class:`SnapshotError` naming the generation and the file;
+    empty when every generation can be loaded.  FileNotFoundError when ``path`` does not
+    exist or has no generation."""
+    directory = Directory(_path(path))
+    found = directory.generations()
+    if not found:
+        raise FileNotFoundError(f"the checkpoint at {directory.path} has no generation yet")
+    problems: list[SnapshotError] = []
+    broken: set[int] = set()
+    for g in found:
+        try:
+            manifest = directory.manifest(g)
+            file_path = directory.file(manifest.data_file)
+            try:
+                with open(file_path, "rb") as file:
+                    read_data(replace(manifest, extents=()), file, file_path, [])  # checks only: nothing copied
+            except FileNotFoundError as error:
+                if error.filename != file_path:
+                    raise
+                raise SnapshotError("data file is missing", g, file_path) from None
+        except SnapshotError as error:
+            problems.append(error)
+            broken.add(g)
+    for g in found:
+        if g in broken:
+            continue
+        here = directory.file(manifest_name(g))
+        try:
+            chain = directory.chain(g)
+        except SnapshotError as error:  # a parent's manifest is missing, damaged or inconsistent
+            problems.append(SnapshotError(f"cannot be loaded: {error}", g, here))
+            continue
+        bad = [m.generation for m in chain if m.generation in broken]
+        if bad:
+            problems.append(SnapshotError(
+                f"cannot be loaded: it builds on damaged generation {bad[0]}", g, here
+            ))  # fmt: skip
+    return problems
