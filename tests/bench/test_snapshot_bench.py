@@ -128,3 +128,17 @@ def test_bad_arguments_are_refused(tmp_path: Path, args: list[str], message: str
     )  # fmt: skip
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
+
+
+def test_without_xxhash_its_subject_is_skipped_and_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "xxhash", None)  # import xxhash now raises ImportError
+    results = sn.run(1 << 20, sn.cases_for([0.01], ["random"]), [], 1, str(tmp_path))
+    assert results.skipped == ["hash-compare:xxh3 skipped: xxhash is not installed (pip install xxhash)"]
+    subjects = {m.subject for m in results.measurements if m.case is not None}
+    assert subjects == {sn.HASHES[0], sn.SHADOW, sn.FLOOR_IO, sn.FLOOR_PUBLISH}  # no backend: no save rows
+    assert sn.targets(results) == []  # nothing to judge without a save
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(report.snapshot_table(results), report.snapshot_writes_table(results))
+    assert "shadow-compare:numpy" in console.export_text() and "save:" not in console.export_text()

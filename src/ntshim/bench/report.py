@@ -270,6 +270,7 @@ def snapshot_table(results: sn.Results) -> Any:
                             ("MiB written", "right"), ("x I/O floor", "right"), ("x fastest whole-state", "right")]:  # fmt: skip
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     previous: object = "start"
+    best = f"save:{results.best}" if results.backends else None
     whole_ms = [m.median for m in results.measurements if m.kind == "whole" and m.ms]
     for m in sn.ordered(results):
         if m.case != previous and previous != "start":
@@ -288,7 +289,7 @@ def snapshot_table(results: sn.Results) -> Any:
         table.add_row(
             m.subject, dirty, pattern, _number(m.median, 2 if m.median < 10 else 1),
             _mib(m.written_median) if m.written else "-", _ratio(to_floor), _ratio(to_whole),
-            style="dim" if m.kind in ("floor", "pause") else ("bold" if m.subject == f"save:{results.best}" else None),
+            style="dim" if m.kind in ("floor", "pause") else ("bold" if m.subject == best else None),
         )  # fmt: skip
     return table
 
