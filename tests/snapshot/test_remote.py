@@ -14,7 +14,7 @@ import pytest
 from helpers import page_aligned
 
 from ntshim.memory import PAGE_SIZE as PS
-from ntshim.snapshot import Checkpointer, SnapshotError, generations, load, restore
+from ntshim.snapshot import Checkpointer, SnapshotError, describe_generations, generations, load, restore, verify
 
 
 @pytest.fixture
@@ -175,3 +175,20 @@ def test_missing_fsspec_names_the_extra(memory_url: str, monkeypatch: pytest.Mon
         Checkpointer(memory_url, {"s": np.zeros(PS, np.uint8)})
     with pytest.raises(ImportError, match=r"ntshim\[remote\]"):
         generations(memory_url)
+
+
+@pytest.mark.parametrize("compress", [None, "zstd"])
+def test_describe_and_verify_read_a_remote_checkpoint(compress: str | None, memory_url: str) -> None:
+    history(memory_url, 3, compress)
+    described = describe_generations(memory_url)
+    assert [(d.generation, d.parent) for d in described] == [(1, None), (2, 1), (3, 2)]
+    assert sum(d.disk_bytes for d in described) == stored_bytes(memory_url)
+    assert verify(memory_url) == []
+    fs, root = fsspec.core.url_to_fs(memory_url)
+    damaged = f"{root}/{described[1].data_file}"
+    data = bytearray(fs.cat_file(damaged))
+    data[0] ^= 0xFF
+    fs.pipe_file(damaged, bytes(data))
+    problems = verify(memory_url)
+    assert [p.generation for p in problems] == [2, 3]  # the damaged delta, and the delta built on it
+    assert problems[0].file.endswith(described[1].data_file)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import snapshot as sn
 from . import sync as sy
 from .writewatch import FLOOR_OF, REFERENCES, Measurement, Reference, backend_of, ratios, targets
 
@@ -235,6 +236,156 @@ def sync_plot(results: Sequence[sy.Measurement], path: str | Path) -> None:
         ax.set_title(f"{test} ({'processes' if rows and rows[0].processes else 'threads'})")
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle("ntshim sync: grey floors (minimal C), blue native, green Python API, red Python's own tools")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- ntshim bench snapshot ------------------------------------------------------------------
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):,.2f}" if n < 100 << 20 else f"{n / (1 << 20):,.0f}"
+
+
+def snapshot_header(results: sn.Results) -> str:
+    return (
+        f"state {_mib(results.size)} MiB ({results.size // results.page_size:,} pages of {results.page_size} bytes); "
+        f"files in {results.directory} on {results.filesystem}; median of {results.repeat} repeat(s)"
+    )
+
+
+def snapshot_table(results: sn.Results) -> Any:
+    """Per case every subject's ms per save, MiB written, and its ratios to floor:io and to
+    the fastest whole-state subject of the case; then the whole-state subjects."""
+    from rich.table import Table
+
+    table = Table(
+        title="snapshot saves: " + snapshot_header(results), title_justify="left",
+        caption=f"x I/O floor: ms / {sn.FLOOR_IO}'s ms on the same case; x fastest whole-state: ms / the fastest of "
+        f"{', '.join(sn.WHOLE_STATE)} (measured once per repeat, below) and the compares on the same case",
+        caption_justify="left",
+    )  # fmt: skip
+    for column, justify in [("subject", "left"), ("dirty", "right"), ("pattern", "left"), ("ms/save", "right"),
+                            ("MiB written", "right"), ("x I/O floor", "right"), ("x fastest whole-state", "right")]:  # fmt: skip
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    previous: object = "start"
+    best = f"save:{results.best}" if results.backends else None
+    whole_ms = [m.median for m in results.measurements if m.kind == "whole" and m.ms]
+    for m in sn.ordered(results):
+        if m.case != previous and previous != "start":
+            table.add_section()
+        previous = m.case
+        if m.case is not None:
+            floor = results.median(sn.FLOOR_IO, m.case)
+            fastest = results.fastest_whole_state(m.case)
+            to_floor = m.median / floor if floor and m.subject != sn.FLOOR_IO else None
+            to_whole = m.median / fastest[1] if fastest and m.kind != "floor" else None
+            dirty, pattern = f"{m.case.fraction * 100:g}%", m.case.pattern
+        else:
+            to_floor = None
+            to_whole = m.median / min(whole_ms) if whole_ms and m.kind == "whole" else None
+            dirty, pattern = "whole", "-"
+        table.add_row(
+            m.subject, dirty, pattern, _number(m.median, 2 if m.median < 10 else 1),
+            _mib(m.written_median) if m.written else "-", _ratio(to_floor), _ratio(to_whole),
+            style="dim" if m.kind in ("floor", "pause") else ("bold" if m.subject == best else None),
+        )  # fmt: skip
+    return table
+
+
+def snapshot_writes_table(results: sn.Results) -> Any:
+    """ns per page written, untracked and tracked by each backend, per case."""
+    from rich.table import Table
+
+    table = Table(title="writers: ns per page written (one 8-byte store per page, median); x untracked",
+                  title_justify="left")  # fmt: skip
+    table.add_column("tracking")
+    for case in results.cases:
+        table.add_column(case.label, justify="right")
+    untracked = {w.case: w.median for w in results.writes if w.tracking == "none"}
+    for tracking in dict.fromkeys(w.tracking for w in results.writes):
+        by_case = {w.case: w.median for w in results.writes if w.tracking == tracking}
+        cells = []
+        for case in results.cases:
+            ns, base = by_case.get(case), untracked.get(case)
+            ratio = f" ({ns / base:.1f}x)" if ns and base and tracking != "none" else ""
+            cells.append(f"{_number(ns, 0)}{ratio}" if ns else "-")
+        table.add_row(tracking, *cells)
+    return table
+
+
+def snapshot_targets_text(results: sn.Results) -> list[str]:
+    return [f"{'held' if t.held else 'MISSED'}: {t.description} ({t.detail})" for t in sn.targets(results)]
+
+
+def snapshot_json(results: sn.Results, machine: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "benchmark": "snapshot",
+        "machine": machine,
+        "settings": settings,
+        "size": results.size,
+        "page_size": results.page_size,
+        "directory": results.directory,
+        "filesystem": results.filesystem,
+        "best_backend": results.best if results.backends else None,
+        "unit": "ms per save; bytes written per save; ns per page written",
+        "results": [m.to_json() for m in sn.ordered(results)],
+        "writes": [{"tracking": w.tracking, "fraction": w.case.fraction, "pattern": w.case.pattern,
+                    "ns_per_page_median": w.median, "ns_per_page": w.ns_per_page} for w in results.writes],
+        "targets": [t.__dict__ for t in sn.targets(results)],
+        "skipped": results.skipped,
+    }
+
+
+def snapshot_plot(results: sn.Results, path: str | Path) -> None:
+    """ms per save per subject for each case (log scale), and ns per page written (needs
+    matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'ntshim[plot]'") from None
+    cases = results.cases
+    subjects = list(dict.fromkeys(m.subject for m in sn.ordered(results) if m.case is not None))
+    whole = [m for m in results.measurements if m.kind in ("whole", "pause") and m.ms]
+    fig, axes = plt.subplots(2, 1, figsize=(max(9, 1.8 * len(cases)), 12), height_ratios=(3, 2))
+    ax = axes[0]
+    width = 0.8 / max(1, len(subjects))
+    palette = [plt.get_cmap("tab20")(n) for n in range(20)]
+    for i, subject in enumerate(subjects):
+        kind = next(m.kind for m in results.measurements if m.subject == subject)
+        xs = [j + (i - len(subjects) / 2 + 0.5) * width for j, case in enumerate(cases) if results.median(subject, case)]
+        ys = [v for case in cases if (v := results.median(subject, case))]
+        color = "#999999" if kind == "floor" else palette[i % len(palette)]
+        ax.bar(xs, ys, width, label=subject, color=color, hatch="//" if kind == "floor" else None, edgecolor="black",
+               linewidth=0.3)  # fmt: skip
+    for m, style in zip(whole, ("-", "--", ":", "-.")):
+        what = "the parent's pause" if m.kind == "pause" else "whole state"
+        ax.axhline(m.median, color="#d62728", linestyle=style, label=f"{m.subject} ({what})")
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per save")
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels([c.label for c in cases])
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(ncol=5, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    ax.set_title(f"ntshim bench snapshot: {_mib(results.size)} MiB of state, files on {results.filesystem}")
+    ax = axes[1]
+    trackings = list(dict.fromkeys(w.tracking for w in results.writes))
+    width = 0.8 / max(1, len(trackings))
+    for i, tracking in enumerate(trackings):
+        by_case = {w.case: w.median for w in results.writes if w.tracking == tracking}
+        xs = [j + (i - len(trackings) / 2 + 0.5) * width for j, c in enumerate(cases) if c in by_case]
+        ax.bar(xs, [by_case[c] for c in cases if c in by_case], width, label=tracking)
+    ax.set_yscale("log")
+    ax.set_ylabel("ns per page written")
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels([c.label for c in cases])
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(ncol=5, fontsize="small")
+    ax.set_title("writers: untracked (none) and tracked by each backend")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

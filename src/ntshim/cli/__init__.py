@@ -10,8 +10,9 @@ from .. import __version__
 from .bench import BenchCommand
 from .demo import DemoCommand
 from .info import InfoCommand
+from .snapshot import SnapshotCommand
 
-COMMANDS = (InfoCommand(), DemoCommand(), BenchCommand())
+COMMANDS = (InfoCommand(), DemoCommand(), BenchCommand(), SnapshotCommand())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

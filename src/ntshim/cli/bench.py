@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
 from .. import _kernel
 from ..bench import report
+from ..bench import snapshot as sn
 from ..bench import sync as sy
 from ..bench import writewatch as ww
 from ..errors import BackendUnavailable
@@ -31,9 +36,41 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _bytes(text: str) -> int:
+    """A size in bytes: 1G, 256M, 512K (binary units; KiB, MiB, GiB also), or plain bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (1G, 256M, 512K or bytes)")
+    value = int(match.group(1)) * _UNITS[match.group(2).upper()]
+    page = os.sysconf("SC_PAGE_SIZE")
+    if value <= 0 or value % page:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of the page size ({page} bytes)")
+    return value
+
+
+def _percentages(text: str) -> list[float]:
+    """Comma-separated percentages of the pages, each in (0, 100]: 0.1,1,10,100."""
+    out = []
+    for part in text.split(","):
+        try:
+            value = float(part.strip().rstrip("%"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a percentage") from None
+        if not 0 < value <= 100:
+            raise argparse.ArgumentTypeError(f"{part!r}: a percentage of the pages must be in (0, 100]")
+        out.append(value / 100)
+    return out
+
+
 class BenchCommand:
     name = "bench"
-    help = "benchmarks: `ntshim bench writewatch`, `ntshim bench sync` (every backend beside the kernel floor)"
+    help = (
+        "benchmarks: `ntshim bench writewatch`, `ntshim bench sync`, `ntshim bench snapshot` "
+        "(every backend beside the kernel floor)"
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         which = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
@@ -84,6 +121,30 @@ class BenchCommand:
         q.add_argument("--plot", metavar="FILE.png", help="plot ns per operation (needs ntshim[plot])")
         q.set_defaults(benchmark_run=self._sync)
 
+        s = which.add_parser(
+            "snapshot",
+            help="Checkpointer.save() with every write-watch backend beside full dumps, np.save, fork-and-dump, "
+            "hash-and-compare and shadow-compare, the I/O floor and a bare dirty(reset=True)",
+            description="Per dirty fraction and placement: write the same seeded pages, then time each "
+            "subject's save until durable; whole-state dumps once per repeat.  Targets (at <= 1%% dirty): "
+            "save() on the best backend >= 20x faster than the fastest whole-state subject and within 1.5x of "
+            "the I/O floor.  Needs numpy; xxhash optional.  docs/benchmarks.md explains every subject.",
+        )
+        s.add_argument("--size", type=_bytes, help="bytes of state: 1G (default), 256M, ... (quick: 64M)")
+        s.add_argument("--dirty", type=_percentages, default=[f * 100 for f in sn.FRACTIONS],
+                       help="percentages of the pages written before each save (default 0.1,1,10,100)")
+        s.add_argument("--pattern", choices=(*sn.PATTERNS, "all"), default="all",
+                       help=f"random pages, clustered runs of {sn.CLUSTER_PAGES} pages, or all (default)")
+        s.add_argument("--backend", default="all", help="a write-watch backend for save(), or all (default)")
+        s.add_argument("--dir", help="where the files go (default: a temporary directory under the current one); "
+                       "a new directory is made inside it and removed at the end")
+        s.add_argument("--repeat", type=_positive(int), help="repeats, interleaved; medians (default 3, quick 1)")
+        s.add_argument("--quick", action="store_true", help="a short run (under 30 s): 64 MiB, one repeat")
+        s.add_argument("--seed", type=int, default=0, help="seed of the dirty page sets (default 0)")
+        s.add_argument("--json", metavar="FILE", help="write every figure as JSON")
+        s.add_argument("--plot", metavar="FILE.png", help="plot ms per save and ns per page (needs ntshim[plot])")
+        s.set_defaults(benchmark_run=self._snapshot)
+
     def run(self, args: argparse.Namespace) -> int:
         return int(args.benchmark_run(args))
 
@@ -123,6 +184,61 @@ class BenchCommand:
                     "command": " ".join(sys.argv)}
         self._save(args, console, lambda: report.sync_json(results, _kernel.machine(), settings),
                    lambda path: report.sync_plot(results, path))
+        return 0
+
+    def _snapshot(self, args: argparse.Namespace) -> int:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        console = Console(width=None if sys.stdout.isatty() else 170)
+        try:
+            sn.numpy_module()
+            backends = sn.available_backends(args.backend)
+        except (ImportError, ValueError) as e:
+            raise SystemExit(f"ntshim bench snapshot: {e}") from None
+        if args.backend != "all" and not backends:
+            raise SystemExit(f"ntshim bench snapshot: {args.backend} is unavailable here (see ntshim info)")
+        # --dirty's default is already in percent; a given --dirty was parsed into fractions.
+        fractions = sn.FRACTIONS if args.dirty == [f * 100 for f in sn.FRACTIONS] else args.dirty
+        cases = sn.cases_for(fractions, sn.PATTERNS if args.pattern == "all" else [args.pattern])
+        size = args.size or ((64 << 20) if args.quick else (1 << 30))
+        repeat = args.repeat or (1 if args.quick else 3)
+        parent = args.dir or os.getcwd()
+        if not os.path.isdir(parent):
+            raise SystemExit(f"ntshim bench snapshot: --dir {parent} is not a directory")
+        directory = tempfile.mkdtemp(prefix="ntshim-bench-snapshot-", dir=parent)
+        try:
+            filesystem = sn.filesystem_of(directory)
+            console.print(f"{len(cases)} case(s), backends {', '.join(backends) or 'none'}; {size >> 20} MiB "
+                          f"of state, {repeat} repeat(s); files on {filesystem}")  # fmt: skip
+            if filesystem.startswith(("tmpfs", "ramfs")):
+                console.print("[yellow]that is memory: fsync costs nothing there; use --dir on a disk[/yellow]")
+            total = repeat * sn.steps(len(cases), len(backends), 2)
+            with Progress(
+                TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), console=console, transient=True
+            ) as progress:
+                task = progress.add_task("", total=total)
+                results = sn.run(size, cases, backends, repeat, directory,
+                                 lambda what: progress.update(task, advance=1, description=f"{what:<36}"),
+                                 seed=args.seed)  # fmt: skip
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        for line in results.skipped:
+            console.print(f"[yellow]{line}[/yellow]")
+        console.print(report.snapshot_table(results))
+        console.print(report.snapshot_writes_table(results))
+        lines = report.snapshot_targets_text(results)
+        for line in lines:
+            console.print(line)
+        if not lines:
+            console.print(f"[dim]No target judged: they apply at <= {sn.TARGET_FRACTION:.0%} dirty with a backend.[/dim]")
+        console.print("[dim]Pending: consistent (point-in-time) saves >= 10x faster than fork-and-dump, "
+                      "when save(consistent=True) exists.[/dim]")  # fmt: skip
+        settings = {"size": size, "fractions": list(dict.fromkeys(c.fraction for c in cases)), "patterns": list(dict.fromkeys(
+            c.pattern for c in cases)), "backends": backends, "repeat": repeat, "seed": args.seed,
+            "dir": parent, "command": " ".join(sys.argv)}  # fmt: skip
+        self._save(args, console, lambda: report.snapshot_json(results, _kernel.machine(), settings),
+                   lambda path: report.snapshot_plot(results, path))
         return 0
 
     @staticmethod

@@ -14,7 +14,8 @@
 
 :class:`Checkpointer` saves named buffers as generations (a base, then deltas);
 :func:`load` and :func:`restore` read any generation back, :func:`generations` lists them,
-:meth:`Checkpointer.compact` folds old deltas away.  A process killed during a save leaves
+:meth:`Checkpointer.compact` folds old deltas away; :func:`describe_generations` and
+:func:`verify` inspect and check a checkpoint (``ntshim snapshot info|verify``).  A process killed during a save leaves
 every earlier generation loadable; every page is checksummed (CRC32C) and damage raises
 :class:`SnapshotError`.  docs/snapshot.md has the save model, the crash-safety argument,
 the on-disk format and the shared-memory rule.
@@ -24,6 +25,16 @@ from __future__ import annotations
 
 from .checkpointer import Checkpointer, SaveInfo
 from .format import SnapshotError
-from .reading import generations, load, restore
+from .reading import GenerationInfo, describe_generations, generations, load, restore, verify
 
-__all__ = ["Checkpointer", "SaveInfo", "SnapshotError", "generations", "load", "restore"]
+__all__ = [
+    "Checkpointer",
+    "GenerationInfo",
+    "SaveInfo",
+    "SnapshotError",
+    "describe_generations",
+    "generations",
+    "load",
+    "restore",
+    "verify",
+]

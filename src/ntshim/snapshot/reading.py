@@ -8,13 +8,15 @@ checksum before it is used.  ``path`` is a local directory or an fsspec URL (sto
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .._arguments import as_int
 from .buffers import describe, new_image
-from .format import BufferSpec, Manifest, SnapshotError, read_data
+from .format import BufferSpec, Manifest, SnapshotError, manifest_name, read_data
 from .store import Store, open_store
 
 
@@ -124,3 +126,87 @@ def _pick(directory: Store, generation: int | None) -> int:
     if generation not in available:
         raise ValueError(f"generation {generation} is not in {directory.path}: it has {available}")
     return generation
+
+
+@dataclass(frozen=True)
+class GenerationInfo:
+    """What a published generation holds, from its manifest: ``parent`` (None for a base),
+    ``buffers`` (name and size in bytes, in order), ``state_bytes`` (their total: what a
+    full copy of this generation takes), ``data_bytes`` (stored bytes in ``data_file``),
+    ``pages`` (``block_size``-byte pages the stored extents touch, counted from each
+    buffer's byte 0), ``disk_bytes`` (the data file and the manifest, as stored now)."""
+
+    generation: int
+    parent: int | None
+    buffers: tuple[tuple[str, int], ...]
+    state_bytes: int
+    data_file: str
+    data_bytes: int
+    block_size: int
+    pages: int
+    disk_bytes: int
+
+
+def describe_generations(
+    path: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
+) -> list[GenerationInfo]:
+    """Every published generation of the checkpoint at ``path`` (a directory or an fsspec
+    URL), ascending, as read from the manifests (data files are not read: see
+    :func:`verify`).  Raises SnapshotError for a damaged manifest, FileNotFoundError when
+    ``path`` does not exist."""
+    directory = open_store(path, storage_options)
+    out = []
+    for g in directory.generations():
+        m = directory.manifest(g)
+        disk = directory.size(manifest_name(g))
+        with contextlib.suppress(FileNotFoundError):
+            disk += directory.size(m.data_file)
+        pages = sum((e.offset + e.length - 1) // m.block_size - e.offset // m.block_size + 1 for e in m.extents)
+        out.append(GenerationInfo(
+            g, m.parent, tuple((b.name, b.size) for b in m.buffers), sum(b.size for b in m.buffers),
+            m.data_file, m.data_bytes, m.block_size, pages, disk,
+        ))  # fmt: skip
+    return out
+
+
+def verify(path: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None) -> list[SnapshotError]:
+    """Check every published generation of the checkpoint at ``path``: its manifest, every
+    byte of its data file against the checksums (read in 4 MiB chunks: no buffer is rebuilt
+    in memory), and that its chain (base and deltas) is complete and consistent.  Returns
+    the problems found, each a :class:`SnapshotError` naming the generation and the file;
+    empty when every generation can be loaded.  FileNotFoundError when ``path`` does not
+    exist or has no generation."""
+    directory = open_store(path, storage_options)
+    found = directory.generations()
+    if not found:
+        raise FileNotFoundError(f"the checkpoint at {directory.path} has no generation yet")
+    problems: list[SnapshotError] = []
+    broken: set[int] = set()
+    for g in found:
+        try:
+            manifest = directory.manifest(g)
+            file_path = directory.file(manifest.data_file)
+            try:
+                opened = directory.open(manifest.data_file)
+            except FileNotFoundError:
+                raise SnapshotError("data file is missing", g, file_path) from None
+            with opened as file:
+                read_data(replace(manifest, extents=()), file, file_path, [])  # checks only: nothing copied
+        except SnapshotError as error:
+            problems.append(error)
+            broken.add(g)
+    for g in found:
+        if g in broken:
+            continue
+        here = directory.file(manifest_name(g))
+        try:
+            chain = directory.chain(g)
+        except SnapshotError as error:  # a parent's manifest is missing, damaged or inconsistent
+            problems.append(SnapshotError(f"cannot be loaded: {error}", g, here))
+            continue
+        bad = [m.generation for m in chain if m.generation in broken]
+        if bad:
+            problems.append(SnapshotError(
+                f"cannot be loaded: it builds on damaged generation {bad[0]}", g, here
+            ))  # fmt: skip
+    return problems

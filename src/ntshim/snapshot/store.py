@@ -113,6 +113,10 @@ class Store(ABC):
     def delete(self, name: str) -> None:
         """Delete a file (FileNotFoundError if it does not exist)."""
 
+    @abstractmethod
+    def size(self, name: str) -> int:
+        """A file's size in bytes (FileNotFoundError if it does not exist)."""
+
     def sync(self) -> None:
         """Make deletions durable (a local directory: fsync it; objects: nothing to do)."""
 
@@ -249,6 +253,9 @@ class Directory(Store):
 
     def delete(self, name: str) -> None:
         os.unlink(self.file(name))
+
+    def size(self, name: str) -> int:
+        return os.stat(self.file(name)).st_size
 
     def sync(self) -> None:
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -417,6 +424,10 @@ class FsspecStore(Store):
     def delete(self, name: str) -> None:
         self._complete.clear()
         self.fs.rm_file(self._key(name))
+
+    def size(self, name: str) -> int:
+        self.fs.invalidate_cache(self._root)
+        return int(self.fs.size(self._key(name)))
 
 
 class _ObjectSink:
