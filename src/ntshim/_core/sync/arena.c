@@ -1935,19 +1935,6 @@ static inline __attribute__((always_inline)) int fast_take(struct fast *f, uint6
     return FAST_DONE;
 }
 
-/* Whether word w of an object of this kind would let a lock-free attempt succeed. */
-static int word_free(uint32_t kind, uint64_t w)
-{
-    switch (kind) {
-    case NTS_SYNC_SEMAPHORE:
-        return (uint32_t)w != 0;
-    case NTS_SYNC_EVENT:
-        return (w & 1) != 0;
-    default:
-        return W_COUNT(w) == 0; /* (a mutex of ours took its next level in the first attempt) */
-    }
-}
-
 /* A single-object wait's lock-free part: one attempt, then (unless it is a poll, or the
  * object is queued on) a brief look at the object's word before the caller queues: if
  * it frees within NTS_SYNC_WORD_SPIN pauses, take it lock-free.  The other side of a
@@ -1967,8 +1954,7 @@ static int fast_wait(nts_arena *a, uint32_t slot, uint32_t owner, int poll)
     for (unsigned i = 0; i < (poll ? 0 : g_look) && got != FAST_DONE && !(w & W_SLOW); i++) {
         nts_cpu_relax();
         w = load64(&f.o->word);
-        if (!(w & W_SLOW) && word_free(f.kind, w))
-            got = fast_take(&f, &w);
+        got = fast_take(&f, &w); /* (no swap unless the word says it can be taken) */
     }
     return got;
 }
