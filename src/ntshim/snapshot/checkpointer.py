@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,14 @@ from ..errors import BackendUnavailable
 from ..memory import watch as start_watch
 from ..writewatch import WriteWatch
 from .buffers import Buffer, describe
+
+# One consistent save at a time in a process (the fault handler serves one freeze).
+_freezing = threading.Lock()
+# The backends a consistent save works with, and why the others cannot (docs/snapshot.md).
+_CONSISTENT_REFUSED = {
+    "shadow": "it watches memory that other processes may write, which this process cannot stop",
+    "uffd-sync": "a freeze over synchronous userfaultfd write-protection is not implemented",
+}
 from .format import COMPRESSIONS, BufferSpec, DataWriter, Extent, Manifest, zstandard_module
 from .reading import apply_chain, check_same
 from .sharing import backend_for
@@ -27,13 +36,19 @@ class SaveInfo:
     pages stored, partial first and last pages of a buffer included), ``bytes`` (written to
     the store: data as stored, so after compression, checksums and manifest), ``seconds``
     (the save's duration) and
-    ``full`` (a base holding every byte, not a delta)."""
+    ``full`` (a base holding every byte, not a delta).  For a consistent save
+    (``save(consistent=True)``), ``staged`` is the number of pages copied into the staging
+    area (the pages of the generation: every page for a base) and ``faulted`` how many of
+    them a writer copied itself, in its fault handler, before its write; both are 0 for other
+    saves."""
 
     generation: int
     pages: int
     bytes: int
     seconds: float
     full: bool
+    staged: int = 0
+    faulted: int = 0
 
 
 @dataclass
@@ -158,17 +173,34 @@ class Checkpointer:
 
     # ---- saving ----------------------------------------------------------------------------
 
-    def save(self) -> SaveInfo:
+    def save(self, consistent: bool = False) -> SaveInfo:
         """Write a new generation: every byte on the first save after opening (and after a
         save that failed), else the pages written since the previous save.
+
+        ``consistent=True``: a point-in-time generation, every page as it was at one instant,
+        while other threads (native ones included) keep writing.  The buffers are
+        write-protected for the copy; a thread's first write to a page the generation still
+        needs copies that page first, in the fault handler, then goes on.  Kernel writes into
+        the buffers meanwhile (``readinto``, ``recv_into``) fail with EFAULT unless made inside
+        ``WriteWatch.writing()``; the copy needs a staging area as big as the pages saved
+        (the whole state for a base).  Buffers watched by ``uffd-async`` or ``mprotect``
+        only, of whole pages (docs/snapshot.md, "Consistent saves"); else ValueError, nothing
+        changed.
 
         Each buffer's written pages are got and reset *before* they are copied, so a write
         that lands while the save runs is in this generation or in the next one, never
         lost.  The generation is published only once its data is durable (docs/snapshot.md,
-        "Crash safety").  Other threads may keep writing meanwhile; the saved state of a
-        page is then its contents at the moment it was copied (a consistent, point-in-time
-        save is not offered yet).
+        "Crash safety").  Other threads may keep writing meanwhile; without ``consistent``
+        the saved state of a page is then its contents at the moment it was copied.
         """
+        if consistent is not True and consistent is not False:
+            raise TypeError(f"consistent must be a bool, not {type(consistent).__name__}")
+        if consistent:
+            with self._mutex:
+                watched = self._live()
+                self._check_consistent(watched)
+            with _freezing, self._mutex:
+                return self._save_consistent(self._live())
         with self._mutex:
             watched = self._live()
             start = time.perf_counter()
@@ -205,6 +237,69 @@ class Checkpointer:
             self._latest = generation
             self._next_is_full = False
             return SaveInfo(generation, pages, writer.written + manifest_bytes, time.perf_counter() - start, full)
+
+    @staticmethod
+    def _check_consistent(watched: list[_Watched]) -> None:
+        """ValueError naming the buffer unless every buffer can be frozen for a consistent save."""
+        for w in watched:
+            what = f"buffers[{w.buffer.spec.name!r}]"
+            reason = _CONSISTENT_REFUSED.get(w.watch.backend)
+            if reason is not None:
+                raise ValueError(
+                    f"consistent=True: {what} is watched by the {w.watch.backend} backend, and {reason}; "
+                    "use backend='uffd-async' or 'mprotect'"
+                )
+            if w.watch._shares_pages:
+                raise ValueError(
+                    f"consistent=True: {what} shares its first or last page with other memory (a heap object), "
+                    "which a consistent save would write-protect too; use page-aligned memory (ntshim.alloc, mmap)"
+                )
+
+    def _save_consistent(self, watched: list[_Watched]) -> SaveInfo:
+        """save(consistent=True), under both locks: freeze, copy, give back, then write."""
+        start = time.perf_counter()
+        generation, full = self._latest + 1, self._next_is_full
+        self._next_is_full = True  # as in save(): a failure from here on makes the next save a base
+        ps = _kernel.PAGE_SIZE
+        freeze: Any = None
+        trackers: Any = [w.watch._live_tracker() for w in watched]  # the C Trackers behind the protocol
+        try:
+            freeze = _core.Freeze(trackers, full)
+            freeze.copy()  # the saver's share; writers copied theirs before writing
+        finally:
+            if freeze is not None:
+                freeze.end()  # protections back, on every path
+        runs = [array("Q", r) for r in freeze.runs]
+        name, sink = self._store.create_data(generation, base=full)
+        published = False
+        try:
+            with memoryview(freeze) as staging:
+                writer = DataWriter(sink, ps, self._compress)
+                extents: list[Extent] = []
+                slot = 0  # the staging area holds D's pages in order, tracker by tracker
+                for index, (w, written) in enumerate(zip(watched, runs)):
+                    size = w.buffer.spec.size
+                    for k in range(0, len(written), 2):
+                        s, e = written[k], written[k + 1]
+                        lo, hi = max(s - w.offset, 0), min(e - w.offset, size)  # the buffer's own bytes
+                        if hi > lo:
+                            at = slot + (lo + w.offset - s)
+                            extents.append(Extent(index, lo, hi - lo, writer.bytes))
+                            writer.add(staging[at : at + hi - lo])
+                        slot += e - s
+                table_crc = writer.finish()
+            manifest = self._manifest(generation, None if full else self._latest, name, writer, table_crc, extents)
+            manifest_bytes = self._store.publish(manifest)
+            published = True
+        finally:
+            if not published:
+                sink.abort()
+        self._latest = generation
+        self._next_is_full = False
+        seconds = time.perf_counter() - start
+        return SaveInfo(
+            generation, freeze.pages, writer.written + manifest_bytes, seconds, full, freeze.pages, freeze.faulted
+        )
 
     def compact(self, keep: int | None = None) -> None:
         """Fold deltas into a base so that loading stays fast and the directory small.

@@ -57,6 +57,7 @@ class WriteWatch:
         self._buffer = buffer  # () -> an exporter of the watched bytes, for writing()
         self._buffer_offset = buffer_offset  # where that exporter's byte 0 lies, from address
         self._on_close = on_close
+        self._shares_pages = shares_pages  # the first or last page holds bytes that are not the buffer's
         _live.add(self)
 
     # ---- what it watches -------------------------------------------------------------

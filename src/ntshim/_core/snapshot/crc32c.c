@@ -265,5 +265,7 @@ int nts_snapshot_module_init(PyObject *module)
     __builtin_cpu_init();
     nts_crc32c_hardware = __builtin_cpu_supports("sse4.2") != 0;
 #endif
+    if (nts_freeze_module_init(module) < 0)
+        return -1;
     return PyModule_AddIntConstant(module, "CRC32C_HARDWARE", nts_crc32c_hardware);
 }

@@ -3,6 +3,7 @@
  * back.  Faults this backend does not own go to the handler installed before
  * it (Python's faulthandler, a debugger's, or the default action). */
 #include "tracker.h"
+#include "snapshot/snapshot.h"
 
 #include <errno.h>
 #include <string.h>
@@ -104,7 +105,9 @@ static int resolve(uintptr_t addr)
         if (nts_tracker_mprotect(t, i, 1, t->prots[i])) {
             /* Splitting the mapping failed (vm.max_map_count): give the whole
              * range back, reporting every page as written, which merges the
-             * mapping instead of splitting it. */
+             * mapping instead of splitting it (after a consistent save running
+             * now has copied every page it still needs there). */
+            nts_freeze_settle_tracker(t);
             for (size_t k = 0; k < t->npages; k++)
                 t->state[k] |= NTS_DIRTY;
             nts_tracker_sync_kernel(t, 0, t->npages);
@@ -158,7 +161,16 @@ static void on_sigsegv(int sig, siginfo_t *si, void *ctx)
     /* Only a write fault can be ours; a sent SIGSEGV never is, and must not wait
      * for the lock (the thread it landed on may be holding it). */
     if (si->si_code == SEGV_ACCERR && fault_is_write(ctx)) {
-        int locked = lock_for_fault(), ours = resolve((uintptr_t)si->si_addr);
+        /* A consistent save's freeze first (snapshot/freeze.c): it copies the page
+         * before the write may run.  A freeze that began after that look protected
+         * the page again: under the lock, a new epoch means "fault again". */
+        const unsigned epoch = __atomic_load_n(&nts_freeze_epoch, __ATOMIC_SEQ_CST);
+        if (nts_freeze_fault((uintptr_t)si->si_addr)) {
+            errno = saved_errno;
+            return;
+        }
+        int locked = lock_for_fault(), ours;
+        ours = __atomic_load_n(&nts_freeze_epoch, __ATOMIC_SEQ_CST) != epoch ? 1 : resolve((uintptr_t)si->si_addr);
         if (locked)
             nts_unlock(&g_lock);
         if (ours) {
@@ -280,6 +292,14 @@ static PyObject *mprotect_tracker_new(PyObject *mod, PyObject *args)
         return nts_raise_errno(err, "mprotect backend: protecting 0x%llx+%llu", base, size);
     }
     return (PyObject *)t;
+}
+
+int nts_mprotect_install_handler(void)
+{
+    nts_lock(&g_lock);
+    int err = nts_sigchain_install(&g_chain);
+    nts_unlock(&g_lock);
+    return err;
 }
 
 void nts_mprotect_fork_prepare(void)

@@ -30,6 +30,7 @@
  * there; their locks are left alone: the forking thread may write to a page a
  * uffd-sync tracker protects, whose fault thread needs that tracker's lock. */
 #include "tracker.h"
+#include "snapshot/snapshot.h"
 
 #include <errno.h>
 #include <string.h>
@@ -285,8 +286,17 @@ static PyObject *run_locked(nts_tracker *t, size_t first, size_t count, locked_o
     int err = 0, closed;
     if (nts_tracker_in_forked_child(t))
         return forked_child_error(t);
+    /* Each of these operations changes the pages' protection or contents: a
+     * consistent save running now copies them first (snapshot/freeze.c).  Its
+     * waits never need the GIL: a freeze is set up and copies without it. */
     PyThreadState *saved = count > KEEP_GIL_PAGES ? PyEval_SaveThread() : NULL;
-    nts_lock(t->lock);
+    for (;;) {
+        unsigned epoch = nts_freeze_settle(t->base + first * nts_page_size, count * nts_page_size);
+        nts_lock(t->lock);
+        if (__atomic_load_n(&nts_freeze_epoch, __ATOMIC_SEQ_CST) == epoch)
+            break;
+        nts_unlock(t->lock); /* a freeze began meanwhile: settle with it */
+    }
     closed = t->book->closed;
     if (!closed)
         err = op(t, first, count, arg);
@@ -485,7 +495,13 @@ static void tracker_teardown(nts_tracker *t)
      * nobody else uses that tracker (nts_tracker_in_forked_child), so skip the lock. */
     int own_process = !nts_tracker_in_forked_child(t), was_closed;
     if (own_process)
-        nts_lock(t->lock);
+        for (;;) { /* closing gives every page back: a consistent save copies them first */
+            unsigned epoch = nts_freeze_settle(t->base, t->npages * nts_page_size);
+            nts_lock(t->lock);
+            if (__atomic_load_n(&nts_freeze_epoch, __ATOMIC_SEQ_CST) == epoch)
+                break;
+            nts_unlock(t->lock);
+        }
     was_closed = t->book->closed;
     t->book->closed = 1;
     if (!was_closed && t->ops->close_locked)

@@ -132,6 +132,9 @@ int nts_mprotect_module_init(PyObject *mod);
 void nts_mprotect_fork_prepare(void);
 void nts_mprotect_fork_parent(void);
 void nts_mprotect_fork_child(void);
+/* Put the mprotect backend's SIGSEGV handler on top (a freeze needs it even with
+ * no mprotect watch); 0 or an errno. */
+int nts_mprotect_install_handler(void);
 
 /* ---- userfaultfd and pagemap (uffd.c) ---- */
 int nts_uffd_module_init(PyObject *mod);
