@@ -24,7 +24,9 @@ SIZE = 8 << 20
 
 def subjects_expected(backends: list[str], xxhash: bool) -> set[str]:
     hashes = set(sn.HASHES) if xxhash else {sn.HASHES[0]}
-    return {*(f"save:{b}" for b in backends), *hashes, sn.SHADOW, sn.FLOOR_IO, sn.FLOOR_PUBLISH, sn.FLOOR_DIRTY}
+    consistent = {f"save-consistent:{b}" for b in backends if b in ("uffd-async", "mprotect")}
+    return {*(f"save:{b}" for b in backends), *consistent, *hashes, sn.SHADOW, sn.FLOOR_IO, sn.FLOOR_PUBLISH,
+            sn.FLOOR_DIRTY}  # fmt: skip
 
 
 def has_xxhash() -> bool:
@@ -65,11 +67,13 @@ def test_cli_every_subject_json_plot_and_targets(tmp_path: Path) -> None:
             assert r["bytes_written_median"] == expected_pages * PS
     assert {w["tracking"] for w in data["writes"]} == {"none", *backends}
     assert all(w["ns_per_page_median"] > 0 for w in data["writes"])
-    assert len(data["targets"]) == 4  # two targets, two patterns at 1%
+    assert len(data["targets"]) == 6  # three targets (the consistent save's included), two patterns at 1%
     for t in data["targets"]:
         line = f"{'held' if t['held'] else 'MISSED'}: {t['description']}"
         assert line in proc.stdout.replace("\n", " ") or line[:60] in proc.stdout
-    assert "Pending: consistent" in proc.stdout
+    assert sum("faster than fork-and-dump" in t["description"] for t in data["targets"]) == 2
+    refused = sorted(s.split()[0] for s in data["skipped"] if s.startswith("save-consistent:"))
+    assert refused == sorted(f"save-consistent:{b}" for b in backends if b not in ("uffd-async", "mprotect"))
     assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("ntshim-bench")] == []  # cleaned up
 

@@ -13,6 +13,9 @@ Subjects, each timed from the moment the pages are written until its data is dur
 
 - ``save:<backend>``: ``Checkpointer.save()`` with that write-watch backend; a base is saved
   (untimed) when its checkpointer opens, so every timed save is a delta of the case's pages.
+- ``save-consistent:<backend>``: ``Checkpointer.save(consistent=True)`` (a point-in-time
+  generation) with the same checkpointer, after the case's pages are written again; only the
+  backends a consistent save works with (the others are skipped, ``Results.skipped`` says why).
 - ``hash-compare:blake2b`` / ``hash-compare:xxh3``: hash every 4 KiB page (``hashlib.blake2b``,
   16-byte digests; ``xxhash.xxh3_64`` if installed), compare with the previous save's
   hashes, write the changed pages to a new file with ``os.pwritev`` + ``fsync``.
@@ -72,6 +75,9 @@ FLOOR_PUBLISH = "floor:io+publish"
 #: The targets: at most this dirty fraction, save() (best backend) at least FASTER times
 #: faster than the fastest whole-state subject and within WITHIN_FLOOR of floor:io.
 TARGET_FRACTION, FASTER, WITHIN_FLOOR = 0.01, 20.0, 1.5
+#: The issue's target for consistent saves: at TARGET_FRACTION dirty, CONSISTENT_FASTER times
+#: faster than fork-and-dump (Redis's point-in-time save).
+CONSISTENT_FASTER = 10.0
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 _CHUNK_PAGES = (16 << 20) // PAGE_SIZE  # shadow-compare: pages compared at a time
 
@@ -204,7 +210,8 @@ class Results:
 
 
 def targets(results: Results) -> list[Target]:
-    """The issue's targets, judged on every case of at most 1% dirty pages."""
+    """The issue's targets, judged on every case of at most 1% dirty pages (the consistent
+    save's at 1%)."""
     out = []
     subject = f"save:{results.best}" if results.backends else None
     for case in results.cases:
@@ -222,6 +229,15 @@ def targets(results: Results) -> list[Target]:
             out.append(Target(
                 f"{subject} within {WITHIN_FLOOR:g}x of the I/O floor, {case.label}",
                 save <= WITHIN_FLOOR * floor, f"{save / floor:.2f}x: {save:.2f} ms, {FLOOR_IO} {floor:.2f} ms",
+            ))  # fmt: skip
+        consistent = next((c for c in (f"save-consistent:{b}" for b in results.backends)
+                           if results.median(c, case)), None)  # fmt: skip
+        fork = results.median("fork-and-dump", None)
+        if case.fraction == TARGET_FRACTION and consistent and fork:
+            ms = results.median(consistent, case) or 0.0
+            out.append(Target(
+                f"{consistent} >= {CONSISTENT_FASTER:g}x faster than fork-and-dump, {case.label}",
+                fork >= CONSISTENT_FASTER * ms, f"{fork / ms:.1f}x: {ms:.2f} ms, fork-and-dump {fork:.1f} ms",
             ))  # fmt: skip
     return out
 
@@ -551,6 +567,7 @@ def _sessions(results: Results, state: Any, progress: Callable[[str], None], see
             path = tempfile.mkdtemp(prefix=f"save-{backend}-", dir=directory)
             try:
                 progress(f"save:{backend} (the base, untimed)")
+                consistent = True
                 with Checkpointer(path, {"state": state}, backend=backend) as c:
                     c.save()
                     for case in cases:
@@ -560,6 +577,20 @@ def _sessions(results: Results, state: Any, progress: Callable[[str], None], see
                         info = c.save()
                         _record(results, f"save:{backend}", "ntshim", case, start, info.bytes, info.pages,
                                 len(page_sets[case]))  # fmt: skip
+                        if not consistent:
+                            continue
+                        write(case, backend)
+                        progress(f"save-consistent:{backend} {case.label}")
+                        start = time.perf_counter()
+                        try:
+                            info = c.save(consistent=True)
+                        except ValueError as refused:  # (refused before anything changed)
+                            results.skipped.append(f"save-consistent:{backend} skipped: {refused}")
+                            consistent = False
+                            c.save()  # the writes it did not take: the next case's delta is the case's own
+                            continue
+                        _record(results, f"save-consistent:{backend}", "ntshim", case, start, info.bytes,
+                                info.pages, len(page_sets[case]))  # fmt: skip
             finally:
                 shutil.rmtree(path, ignore_errors=True)
 

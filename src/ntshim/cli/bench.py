@@ -232,8 +232,6 @@ class BenchCommand:
             console.print(line)
         if not lines:
             console.print(f"[dim]No target judged: they apply at <= {sn.TARGET_FRACTION:.0%} dirty with a backend.[/dim]")
-        console.print("[dim]Pending: consistent (point-in-time) saves >= 10x faster than fork-and-dump, "
-                      "when save(consistent=True) exists.[/dim]")  # fmt: skip
         settings = {"size": size, "fractions": list(dict.fromkeys(c.fraction for c in cases)), "patterns": list(dict.fromkeys(
             c.pattern for c in cases)), "backends": backends, "repeat": repeat, "seed": args.seed,
             "dir": parent, "command": " ".join(sys.argv)}  # fmt: skip

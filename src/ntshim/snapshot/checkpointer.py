@@ -16,18 +16,18 @@ from ..errors import BackendUnavailable
 from ..memory import watch as start_watch
 from ..writewatch import WriteWatch
 from .buffers import Buffer, describe
-
-# One consistent save at a time in a process (the fault handler serves one freeze).
-_freezing = threading.Lock()
-# The backends a consistent save works with, and why the others cannot (docs/snapshot.md).
-_CONSISTENT_REFUSED = {
-    "shadow": "it watches memory that other processes may write, which this process cannot stop",
-    "uffd-sync": "a freeze over synchronous userfaultfd write-protection is not implemented",
-}
 from .format import COMPRESSIONS, BufferSpec, DataWriter, Extent, Manifest, zstandard_module
 from .reading import apply_chain, check_same
 from .sharing import backend_for
 from .store import Directory, Store, open_store
+
+# One consistent save at a time in a process (the fault handler serves one freeze).
+_freezing = threading.Lock()
+# The backends a consistent save refuses, and why (docs/snapshot.md).
+_CONSISTENT_REFUSED = {
+    "shadow": "it watches memory that other processes may write, which this process cannot stop",
+    "uffd-sync": "a freeze over synchronous userfaultfd write-protection is not implemented",
+}
 
 
 @dataclass(frozen=True)
