@@ -22,11 +22,14 @@ from ntshim.writewatch import registry
 SIZE = 8 << 20
 
 
+CONSISTENT = ("uffd-async", "mprotect")  # the backends save(consistent=True) works with
+
+
 def subjects_expected(backends: list[str], xxhash: bool) -> set[str]:
     hashes = set(sn.HASHES) if xxhash else {sn.HASHES[0]}
-    consistent = {f"save-consistent:{b}" for b in backends if b in ("uffd-async", "mprotect")}
-    return {*(f"save:{b}" for b in backends), *consistent, *hashes, sn.SHADOW, sn.FLOOR_IO, sn.FLOOR_PUBLISH,
-            sn.FLOOR_DIRTY}  # fmt: skip
+    consistent = {f"save-consistent:{b}" for b in backends if b in CONSISTENT}
+    return {*(f"save:{b}" for b in backends), *consistent, f"save-zstd:{backends[0]}", *hashes, sn.SHADOW,
+            sn.FLOOR_IO, sn.FLOOR_PUBLISH, sn.FLOOR_DIRTY}  # fmt: skip
 
 
 def has_xxhash() -> bool:
@@ -73,7 +76,11 @@ def test_cli_every_subject_json_plot_and_targets(tmp_path: Path) -> None:
         assert line in proc.stdout.replace("\n", " ") or line[:60] in proc.stdout
     assert sum("faster than fork-and-dump" in t["description"] for t in data["targets"]) == 2
     refused = sorted(s.split()[0] for s in data["skipped"] if s.startswith("save-consistent:"))
-    assert refused == sorted(f"save-consistent:{b}" for b in backends if b not in ("uffd-async", "mprotect"))
+    assert refused == sorted(f"save-consistent:{b}" for b in backends if b not in CONSISTENT)
+    rates = {(r["backend"], r["during"]): r for r in data["writer"]}
+    assert set(rates) == {(b, d) for b in backends if b in CONSISTENT for d in ("nothing", "save", "consistent save")}
+    assert all(len(r["ns_per_store"]) == 1 and r["ns_per_store_median"] > 0 for r in rates.values())
+    assert "a writer during saves" in proc.stdout
     assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("ntshim-bench")] == []  # cleaned up
 

@@ -315,6 +315,29 @@ def snapshot_writes_table(results: sn.Results) -> Any:
     return table
 
 
+def snapshot_writer_table(results: sn.Results) -> Any:
+    """A native writer's ns per store while nothing is saved, during save() and during
+    save(consistent=True), per backend; x while nothing is saved."""
+    from rich.table import Table
+
+    table = Table(title=f"a writer during saves: one native thread storing into random pages of the first "
+                  f"{sn.WRITER_FRACTION:.0%} of the state, ns per store (median); x while nothing is saved",
+                  title_justify="left")  # fmt: skip
+    table.add_column("backend")
+    for during in ("nothing", "save", "consistent save"):
+        table.add_column(f"during {during}", justify="right")
+    for backend in dict.fromkeys(r.backend for r in results.writer):
+        by = {r.during: r.median for r in results.writer if r.backend == backend}
+        idle = by.get("nothing")
+        cells = []
+        for during in ("nothing", "save", "consistent save"):
+            ns = by.get(during)
+            ratio = f" ({ns / idle:.1f}x)" if ns and idle and during != "nothing" else ""
+            cells.append(f"{_number(ns, 0)}{ratio}" if ns else "-")
+        table.add_row(backend, *cells)
+    return table
+
+
 def snapshot_targets_text(results: sn.Results) -> list[str]:
     return [f"{'held' if t.held else 'MISSED'}: {t.description} ({t.detail})" for t in sn.targets(results)]
 
@@ -329,10 +352,12 @@ def snapshot_json(results: sn.Results, machine: dict[str, Any], settings: dict[s
         "directory": results.directory,
         "filesystem": results.filesystem,
         "best_backend": results.best if results.backends else None,
-        "unit": "ms per save; bytes written per save; ns per page written",
+        "unit": "ms per save; bytes written per save; ns per page written; ns per store of the writer",
         "results": [m.to_json() for m in sn.ordered(results)],
         "writes": [{"tracking": w.tracking, "fraction": w.case.fraction, "pattern": w.case.pattern,
                     "ns_per_page_median": w.median, "ns_per_page": w.ns_per_page} for w in results.writes],
+        "writer": [{"backend": r.backend, "during": r.during, "ns_per_store_median": r.median,
+                    "ns_per_store": r.ns_per_store} for r in results.writer],
         "targets": [t.__dict__ for t in sn.targets(results)],
         "skipped": results.skipped,
     }

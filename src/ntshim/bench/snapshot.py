@@ -16,6 +16,12 @@ Subjects, each timed from the moment the pages are written until its data is dur
 - ``save-consistent:<backend>``: ``Checkpointer.save(consistent=True)`` (a point-in-time
   generation) with the same checkpointer, after the case's pages are written again; only the
   backends a consistent save works with (the others are skipped, ``Results.skipped`` says why).
+- ``save-zstd:<backend>``: ``save()`` of a checkpointer with ``compress="zstd"``, on the best
+  backend (skipped without the zstandard package).
+- The writer's slowdown during a save: one native thread (``ntshim._bench.Writers``) storing
+  into random pages of the first :data:`WRITER_FRACTION` of the state, ns per store while
+  nothing is saved, during a ``save()`` and during a ``save(consistent=True)`` (each followed
+  by an untimed save of what it wrote), per backend a consistent save works with.
 - ``hash-compare:blake2b`` / ``hash-compare:xxh3``: hash every 4 KiB page (``hashlib.blake2b``,
   16-byte digests; ``xxhash.xxh3_64`` if installed), compare with the previous save's
   hashes, write the changed pages to a new file with ``os.pwritev`` + ``fsync``.
@@ -57,9 +63,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import memory
+from .. import _bench, memory
 from ..memory import PAGE_SIZE
 from ..snapshot import Checkpointer
+from ..snapshot.format import zstandard_module
 from ..writewatch import registry
 
 #: Dirty fractions of the pages, by default: 0.1%, 1%, 10%, 100%.
@@ -78,6 +85,9 @@ TARGET_FRACTION, FASTER, WITHIN_FLOOR = 0.01, 20.0, 1.5
 #: The issue's target for consistent saves: at TARGET_FRACTION dirty, CONSISTENT_FASTER times
 #: faster than fork-and-dump (Redis's point-in-time save).
 CONSISTENT_FASTER = 10.0
+#: The share of the state the writer of the slowdown measurement stores into, and how long it
+#: runs while nothing is saved (seconds).
+WRITER_FRACTION, WRITER_IDLE_SECONDS = 0.01, 0.05
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 _CHUNK_PAGES = (16 << 20) // PAGE_SIZE  # shadow-compare: pages compared at a time
 
@@ -157,6 +167,20 @@ class Measurement:
 
 
 @dataclass
+class WriterRate:
+    """A native writer's ns per store with ``backend`` watching, ``during`` "nothing", "save"
+    or "consistent save": one figure per repeat."""
+
+    backend: str
+    during: str
+    ns_per_store: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.ns_per_store)
+
+
+@dataclass
 class Writes:
     """Writing a case's pages with ``tracking`` (a backend, or "none"): ns per page written,
     one figure per repeat."""
@@ -188,6 +212,7 @@ class Results:
     cases: list[Case]
     measurements: list[Measurement] = field(default_factory=list)
     writes: list[Writes] = field(default_factory=list)
+    writer: list[WriterRate] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -562,21 +587,22 @@ def _sessions(results: Results, state: Any, progress: Callable[[str], None], see
         finally:
             watch.close()
 
-    def checkpointer(backend: str) -> Callable[[], None]:
+    def checkpointer(backend: str, compress: str | None = None) -> Callable[[], None]:
+        name = f"save-{compress}:{backend}" if compress else f"save:{backend}"
+
         def session() -> None:
             path = tempfile.mkdtemp(prefix=f"save-{backend}-", dir=directory)
             try:
-                progress(f"save:{backend} (the base, untimed)")
-                consistent = True
-                with Checkpointer(path, {"state": state}, backend=backend) as c:
+                progress(f"{name} (the base, untimed)")
+                consistent = compress is None
+                with Checkpointer(path, {"state": state}, backend=backend, compress=compress) as c:
                     c.save()
                     for case in cases:
                         write(case, backend)
-                        progress(f"save:{backend} {case.label}")
+                        progress(f"{name} {case.label}")
                         start = time.perf_counter()
                         info = c.save()
-                        _record(results, f"save:{backend}", "ntshim", case, start, info.bytes, info.pages,
-                                len(page_sets[case]))  # fmt: skip
+                        _record(results, name, "ntshim", case, start, info.bytes, info.pages, len(page_sets[case]))
                         if not consistent:
                             continue
                         write(case, backend)
@@ -591,13 +617,40 @@ def _sessions(results: Results, state: Any, progress: Callable[[str], None], see
                             continue
                         _record(results, f"save-consistent:{backend}", "ntshim", case, start, info.bytes,
                                 info.pages, len(page_sets[case]))  # fmt: skip
+                    if consistent:
+                        progress(f"a writer during save:{backend} and save-consistent:{backend}")
+                        writer_rates(c, backend)
             finally:
                 shutil.rmtree(path, ignore_errors=True)
 
         return session
 
+    def writer_rates(c: Checkpointer, backend: str) -> None:
+        """The writer's ns per store while nothing is saved, during save() and during
+        save(consistent=True); an untimed save after each takes what it wrote."""
+        share = view[: max(1, int(len(view) // PAGE_SIZE * WRITER_FRACTION)) * PAGE_SIZE]
+        for during, consistent in (("nothing", None), ("save", False), ("consistent save", True)):
+            writer = _bench.Writers(share, 1, random=True)
+            if consistent is None:
+                time.sleep(WRITER_IDLE_SECONDS)
+            else:
+                c.save(consistent=consistent)
+            stores, ns = writer.stop()
+            c.save()
+            rate = next((r for r in results.writer if (r.backend, r.during) == (backend, during)), None)
+            if rate is None:
+                rate = WriterRate(backend, during)
+                results.writer.append(rate)
+            rate.ns_per_store.append(ns / max(stores, 1))
+
     sessions: list[Callable[[], None]] = [untracked, *([bare_watch] if backends else [])]
     sessions += [checkpointer(b) for b in backends]
+    if backends:
+        try:
+            zstandard_module()
+            sessions.append(checkpointer(results.best, "zstd"))
+        except ImportError as missing:
+            results.skipped.append(f"save-zstd:{results.best} skipped: {missing}")
     for r in range(results.repeat):
         for session in sessions[r % len(sessions) :] + sessions[: r % len(sessions)]:
             session()

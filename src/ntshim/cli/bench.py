@@ -227,6 +227,8 @@ class BenchCommand:
             console.print(f"[yellow]{line}[/yellow]")
         console.print(report.snapshot_table(results))
         console.print(report.snapshot_writes_table(results))
+        if results.writer:
+            console.print(report.snapshot_writer_table(results))
         lines = report.snapshot_targets_text(results)
         for line in lines:
             console.print(line)
