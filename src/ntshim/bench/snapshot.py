@@ -611,7 +611,8 @@ def _sessions(results: Results, state: Any, progress: Callable[[str], None], see
                         try:
                             info = c.save(consistent=True)
                         except ValueError as refused:  # (refused before anything changed)
-                            results.skipped.append(f"save-consistent:{backend} skipped: {refused}")
+                            if (said := f"save-consistent:{backend} skipped: {refused}") not in results.skipped:
+                                results.skipped.append(said)  # (once, not once per repeat)
                             consistent = False
                             c.save()  # the writes it did not take: the next case's delta is the case's own
                             continue
