@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -209,34 +210,47 @@ class Checkpointer:
             # next save must then be a base, never a delta that would silently miss them.
             self._next_is_full = True
             dirty = [w.watch.dirty(reset=True) for w in watched]  # get-and-reset, then copy
-            name, sink = self._store.create_data(generation, base=full)
-            published = False
-            try:
-                writer = DataWriter(sink, _kernel.PAGE_SIZE, self._compress)
+            pages = sum(w.watch.size // _kernel.PAGE_SIZE if full else len(d) for w, d in zip(watched, dirty))
+
+            def fill(writer: DataWriter) -> list[Extent]:
                 extents: list[Extent] = []
-                pages = 0
                 for index, (w, written) in enumerate(zip(watched, dirty)):
                     size = w.buffer.spec.size
-                    if full:
-                        runs = [(0, size)]
-                        pages += w.watch.size // _kernel.PAGE_SIZE
-                    else:  # watch offsets -> buffer offsets, clipped to the buffer's own bytes
-                        runs = [(max(s - w.offset, 0), min(e - w.offset, size)) for s, e in written.ranges()]
-                        pages += len(written)
+                    # watch offsets -> buffer offsets, clipped to the buffer's own bytes
+                    runs = (
+                        [(0, size)]
+                        if full
+                        else [(max(s - w.offset, 0), min(e - w.offset, size)) for s, e in written.ranges()]
+                    )
                     for lo, hi in runs:
                         if hi > lo:
                             extents.append(Extent(index, lo, hi - lo, writer.bytes))
                             writer.add(w.buffer.view[lo:hi])
-                table_crc = writer.finish()
-                manifest = self._manifest(generation, None if full else self._latest, name, writer, table_crc, extents)
-                manifest_bytes = self._store.publish(manifest)
-                published = True
-            finally:
-                if not published:
-                    sink.abort()
-            self._latest = generation
-            self._next_is_full = False
-            return SaveInfo(generation, pages, writer.written + manifest_bytes, time.perf_counter() - start, full)
+                return extents
+
+            stored = self._write_generation(generation, full, fill)
+            return SaveInfo(generation, pages, stored, time.perf_counter() - start, full)
+
+    def _write_generation(self, generation: int, full: bool, fill: Callable[[DataWriter], list[Extent]]) -> int:
+        """Write and publish ``generation`` (a base if ``full``, else a delta over the latest):
+        ``fill`` adds its bytes to the data file and returns their extents.  On failure the
+        data file is abandoned; on success the generation is the latest.  Bytes written to the
+        store."""
+        name, sink = self._store.create_data(generation, base=full)
+        published = False
+        try:
+            writer = DataWriter(sink, _kernel.PAGE_SIZE, self._compress)
+            extents = fill(writer)
+            table_crc = writer.finish()
+            manifest = self._manifest(generation, None if full else self._latest, name, writer, table_crc, extents)
+            manifest_bytes = self._store.publish(manifest)
+            published = True
+        finally:
+            if not published:
+                sink.abort()
+        self._latest = generation
+        self._next_is_full = False
+        return writer.written + manifest_bytes
 
     @staticmethod
     def _check_consistent(watched: list[_Watched]) -> None:
@@ -260,7 +274,6 @@ class Checkpointer:
         start = time.perf_counter()
         generation, full = self._latest + 1, self._next_is_full
         self._next_is_full = True  # as in save(): a failure from here on makes the next save a base
-        ps = _kernel.PAGE_SIZE
         freeze: Any = None
         trackers: Any = [w.watch._live_tracker() for w in watched]  # the C Trackers behind the protocol
         try:
@@ -270,12 +283,10 @@ class Checkpointer:
             if freeze is not None:
                 freeze.end()  # protections back, on every path
         runs = [array("Q", r) for r in freeze.runs]
-        name, sink = self._store.create_data(generation, base=full)
-        published = False
-        try:
+
+        def fill(writer: DataWriter) -> list[Extent]:
+            extents: list[Extent] = []
             with memoryview(freeze) as staging:
-                writer = DataWriter(sink, ps, self._compress)
-                extents: list[Extent] = []
                 slot = 0  # the staging area holds D's pages in order, tracker by tracker
                 for index, (w, written) in enumerate(zip(watched, runs)):
                     size = w.buffer.spec.size
@@ -287,19 +298,11 @@ class Checkpointer:
                             extents.append(Extent(index, lo, hi - lo, writer.bytes))
                             writer.add(staging[at : at + hi - lo])
                         slot += e - s
-                table_crc = writer.finish()
-            manifest = self._manifest(generation, None if full else self._latest, name, writer, table_crc, extents)
-            manifest_bytes = self._store.publish(manifest)
-            published = True
-        finally:
-            if not published:
-                sink.abort()
-        self._latest = generation
-        self._next_is_full = False
+            return extents
+
+        stored = self._write_generation(generation, full, fill)
         seconds = time.perf_counter() - start
-        return SaveInfo(
-            generation, freeze.pages, writer.written + manifest_bytes, seconds, full, freeze.pages, freeze.faulted
-        )
+        return SaveInfo(generation, freeze.pages, stored, seconds, full, freeze.pages, freeze.faulted)
 
     def compact(self, keep: int | None = None) -> None:
         """Fold deltas into a base so that loading stays fast and the directory small.
