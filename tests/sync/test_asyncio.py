@@ -435,3 +435,24 @@ def test_waits_beyond_the_backends_room_start_as_room_is_made(sync_backend: str)
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str([True] * 6)
+
+
+def test_giving_back_what_closed_objects_took_raises_nothing(sync_backend: str) -> None:
+    """What a wait took is given back when nobody awaits it (its loop closed, its task
+    cancelled), on the dispatcher's thread; by then the objects may be closed, here or by
+    every process.  Nothing is left to give back then, and nothing may escape: it would end
+    the dispatcher's thread and hang every other pending wait (the fuzz walk found this)."""
+    from ntshim.sync import aio
+
+    mutex, lock = RLock(backend=sync_backend), Lock(backend=sync_backend)
+    semaphore, event = Semaphore(0, backend=sync_backend), Event(manual=False, backend=sync_backend)
+    dispatcher = aio._dispatcher(mutex._backend)
+    key = mutex._handle.key
+    with dispatcher.lock:
+        dispatcher.held[key] = aio._Hold(mutex, None)  # as a task's hold the wait took
+    for obj in (mutex, lock, semaphore, event):
+        obj.close()
+    aio._give_back(dispatcher, [mutex, lock, semaphore, event], False)
+    assert key not in dispatcher.held
+    assert dispatcher.thread.is_alive()
+    assert run(wait_any_async([Semaphore(1, backend=sync_backend)], BOUND)) == 0  # it still serves waits

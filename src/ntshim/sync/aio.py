@@ -99,9 +99,12 @@ def _give_back(dispatcher: _Dispatcher, objects: list[SyncObject], abandoned: bo
                 obj._live().sem_release(1)
             elif isinstance(obj, Event) and not obj.read()[0]:  # an auto-reset event: the wait reset it
                 obj._live().event_set()
-        except (OverflowError, PermissionError):
+        except (OverflowError, PermissionError, ValueError, FileNotFoundError):
             # A semaphore others filled meanwhile has no room for the unit, nor need of it; a
-            # Lock may have been released by another thread, as a Lock allows.
+            # Lock may have been released by another thread, as a Lock allows; an object closed
+            # here (ValueError) or by every process (FileNotFoundError) took what the wait
+            # acquired with it.  Nothing may escape: on the dispatcher's thread it would end
+            # the thread, and every other pending wait with it.
             pass
 
 
