@@ -426,8 +426,7 @@ class FsspecStore(Store):
         self.fs.rm_file(self._key(name))
 
     def size(self, name: str) -> int:
-        self.fs.invalidate_cache(self._root)
-        return int(self.fs.size(self._key(name)))
+        return int(self.fs.size(self._key(name)))  # (names() refreshed the listing it is asked after)
 
 
 class _ObjectSink:

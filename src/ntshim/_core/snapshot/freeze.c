@@ -202,6 +202,11 @@ int nts_freeze_fault(uintptr_t addr)
 unsigned nts_freeze_settle(uintptr_t start, size_t len)
 {
     unsigned epoch = __atomic_load_n(&nts_freeze_epoch, __ATOMIC_ACQUIRE);
+    /* No freeze (every tracker operation passes here): nothing to read, so no user count
+     * to take.  A freeze that begins after this look bumped the epoch first, and the
+     * caller, seeing it changed under its lock, settles again. */
+    if (__atomic_load_n(&g.phase, __ATOMIC_SEQ_CST) == IDLE)
+        return epoch;
     enter();
     if (__atomic_load_n(&g.phase, __ATOMIC_SEQ_CST) != IDLE) {
         while (__atomic_load_n(&g.phase, __ATOMIC_ACQUIRE) == FREEZING)
