@@ -14,6 +14,7 @@ from typing import Any
 from .. import _core, _kernel
 from .._arguments import as_int
 from ..errors import BackendUnavailable
+from ..memory import maps
 from ..memory import watch as start_watch
 from ..writewatch import WriteWatch
 from .buffers import Buffer, describe
@@ -118,8 +119,9 @@ class Checkpointer:
                 check_same(store.manifest(history[-1]).buffers, [b.spec for b in described], "buffers")
             newest = store.newest()
             store.clean()  # what a writer killed before us left
+            mappings = list(maps.mappings())  # (read once: which buffers lie in shared file mappings)
             for buffer in described:
-                watched.append(self._watch(buffer, backend))
+                watched.append(self._watch(buffer, backend, mappings))
         except BaseException:
             for w in watched:
                 w.watch.close()
@@ -137,12 +139,12 @@ class Checkpointer:
         self._closed = False
 
     @staticmethod
-    def _watch(buffer: Buffer, backend: str | None) -> _Watched:
+    def _watch(buffer: Buffer, backend: str | None, mappings: list[maps.MapsEntry]) -> _Watched:
         what = f"buffers[{buffer.spec.name!r}]"
         pin = _core.Pin(buffer.watchable)
         address = pin.address
         pin.release()
-        chosen = backend_for(what, address, buffer.spec.size, backend)
+        chosen = backend_for(what, address, buffer.spec.size, backend, mappings)
         try:
             watch = start_watch(buffer.watchable, backend=chosen)
         except ValueError as error:  # overlapping another watch (the same memory twice), a freed Region, ...

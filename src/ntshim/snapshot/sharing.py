@@ -30,10 +30,10 @@ def _anonymous(entry: maps.MapsEntry) -> bool:
     return entry.path in ("/dev/zero (deleted)", "/dev/zero") or entry.path.startswith("[anon_shmem:")
 
 
-def shared_file(address: int, size: int) -> str | None:
+def shared_file(address: int, size: int, mappings: list[maps.MapsEntry]) -> str | None:
     """The path (as /proc/self/maps shows it) of a shared file mapping under any byte of
     ``[address, address + size)``, or None when all of it is private or anonymous memory."""
-    for entry in maps.mappings():
+    for entry in mappings:
         if entry.end <= address:
             continue
         if entry.start >= address + size:
@@ -43,11 +43,13 @@ def shared_file(address: int, size: int) -> str | None:
     return None
 
 
-def backend_for(what: str, address: int, size: int, requested: str | None) -> str | None:
+def backend_for(
+    what: str, address: int, size: int, requested: str | None, mappings: list[maps.MapsEntry]
+) -> str | None:
     """The backend to watch a buffer with: ``requested`` (None: ntshim's choice) for private
     and anonymous memory, ``shadow`` for a shared file mapping, where a ``requested`` backend
     other than ``shadow`` raises ValueError."""
-    path = shared_file(address, size)
+    path = shared_file(address, size, mappings)
     if path is None:
         return requested
     if requested is None or requested == SHADOW:
