@@ -218,7 +218,6 @@ static __thread uint32_t tls_owner;
 
 static int do_wait(shared *s, int which, int me)
 {
-    uint32_t index;
     if (!tls_owner)
         tls_owner = (uint32_t)syscall(SYS_gettid);
     int abandoned;
@@ -234,7 +233,7 @@ static int do_wait(shared *s, int which, int me)
     default: {
         uint32_t slot = which == 0 ? s->slot_sem : which == 1 ? s->slot_a : s->slot_b;
         int err;
-        while ((err = nts_core->sync_wait(s->arena, &slot, 1, 0, NULL, tls_owner, 0, &index, &abandoned)) == EINTR)
+        while ((err = nts_core->sync_wait_one(s->arena, slot, NULL, tls_owner, &abandoned)) == EINTR)
             ; /* a signal for this thread: nothing was acquired, wait again */
         return err;
     }

@@ -16,8 +16,7 @@ typedef struct {
     PyTypeObject *tracker_type;
     int (*tracker_query)(nts_tracker *t, size_t first, size_t count, int reset, size_t limit, nts_runs *out);
     nts_arena *(*sync_arena)(void);
-    int (*sync_wait)(nts_arena *a, const uint32_t *slots, uint32_t count, int all, const struct timespec *deadline,
-                     uint32_t owner, uint32_t alert, uint32_t *index, int *abandoned);
+    int (*sync_wait_one)(nts_arena *a, uint32_t slot, const struct timespec *deadline, uint32_t owner, int *abandoned);
     int (*sync_sem_release)(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev);
     int (*sync_event_op)(nts_arena *a, uint32_t slot, int op, int *prev);
 } nts_capi;

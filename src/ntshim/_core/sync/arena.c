@@ -243,8 +243,11 @@ struct nts_arena {
     uint32_t me;                 /* our lock identity, ID(proc, gen) */
     uint32_t my_rec[NOBJ + 1];   /* our reference record per object */
     uint32_t my_count[NOBJ + 1]; /* our references per object (private: fork copies it exactly) */
-    uint8_t my_req[NTHR + 1];    /* the request blocks this process made */
-    uint32_t req_gen[NTHR + 1];  /* and their generations */
+    /* the kind of each object we reference (fixed while we do): a lock-free operation reads
+     * it here, not on the object's line, which the other side of a race may hold */
+    uint8_t my_kind[NOBJ + 1];
+    uint8_t my_req[NTHR + 1];   /* the request blocks this process made */
+    uint32_t req_gen[NTHR + 1]; /* and their generations */
     /* fork: the slot, descriptor and references prepared for the child */
     int child_fd;
     uint32_t child_proc, child_gen;
@@ -269,7 +272,7 @@ static pthread_key_t g_thread_key;
  * two context switches.  At most g_max_spinners (CPUs - 1) spin at once, in all
  * processes: more would take the CPUs their signallers need, and on a busy machine turn
  * a hand-off of microseconds into one of scheduler ticks.  A single-object wait first
- * looks at the object's word for g_look pauses (see fast_wait). */
+ * looks at the object's word for g_look pauses (see look_unowned). */
 static unsigned g_spin, g_look, g_max_spinners;
 /* Held while this process's reference counts change, and across fork, so that the
  * references prepared for a child are exactly those the child's copy counts. */
@@ -1343,6 +1346,7 @@ static int ref_object(nts_arena *a, uint32_t oi)
         a->my_rec[oi] = ri;
     }
     a->my_count[oi]++;
+    a->my_kind[oi] = (uint8_t)a->o[oi].kind;
     return 0;
 }
 
@@ -1850,113 +1854,94 @@ int nts_sync_unref(nts_arena *a, uint32_t slot)
 
 /* ---------------------------------------------------------------- lock-free operations */
 
-/* Object `slot` for a lock-free operation: one this process references, of `kind` (0:
- * any); NULL for the locked path to handle (and explain).  (Our own counts, read without
- * g_refs_lock: as for a locked call, closing an object while another thread uses it is
- * the caller's race.) */
-static struct obj *fast_obj(nts_arena *a, uint32_t slot, int kind)
+/* The kind of object `slot` for a lock-free operation: one this process references; 0
+ * for the locked path to handle (and explain).  (Our own books, read without g_refs_lock:
+ * as for a locked call, closing an object while another thread uses it is the caller's
+ * race.) */
+static inline uint32_t fast_kind(nts_arena *a, uint32_t slot)
 {
     if (slot < 1 || slot > NOBJ || !a->my_count[slot] || damaged())
-        return NULL;
-    struct obj *o = &a->o[slot];
-    return !kind || READ_ONCE(o->kind) == (uint32_t)kind ? o : NULL;
+        return 0;
+    return a->my_kind[slot];
 }
 
-enum { FAST_DONE = 1, FAST_NOT_SIGNALED = 0, FAST_LOCKED = -1 };
-
-/* What a lock-free acquisition of one object needs: the object, its kind, and for a lock
- * or mutex the block that would hold it and that block's generation. */
-struct fast {
-    struct obj *o;
-    uint32_t kind, ti, gen;
-};
-
-/* Get ready to acquire `slot` lock-free for `owner`: 0, else FAST_LOCKED (not ours, or an
- * owner that only the locked path serves). */
-static int fast_begin(nts_arena *a, uint32_t slot, uint32_t owner, struct fast *f)
+/* Object `slot` for a lock-free operation, if it is of `kind`; else NULL. */
+static inline struct obj *fast_obj(nts_arena *a, uint32_t slot, int kind)
 {
-    *f = (struct fast){fast_obj(a, slot, 0), 0, 0, 0};
-    if (!f->o)
-        return FAST_LOCKED;
-    f->kind = READ_ONCE(f->o->kind);
-    if (is_owned_kind(f->kind)) {
-        if (f->kind == NTS_SYNC_LOCK ? anchor(a, &f->ti) : self_thread(a, &f->ti))
-            return FAST_LOCKED;
-        struct thr *t = &a->t[f->ti];
-        if (f->kind == NTS_SYNC_MUTEX && owner != t->tid)
-            return FAST_LOCKED; /* another owner id than the thread's own (a task's) */
-        f->gen = t->gen;
-        if (!load(&t->fast))
-            store(&t->fast, 1); /* before the swap: abandon_thread must look at the words */
-    }
-    return 0;
+    return fast_kind(a, slot) == (uint32_t)kind ? &a->o[slot] : NULL;
 }
 
-/* One lock-free attempt from word *w as last seen (a failed swap looks at the new word):
- * FAST_DONE; FAST_NOT_SIGNALED, a semaphore or event the locked path would find
- * unsignaled too; else FAST_LOCKED (a held lock or mutex, whose holder may be dead, goes
- * there).  *w is left as last seen. */
-static inline __attribute__((always_inline)) int fast_take(struct fast *f, uint64_t *w)
+enum { FAST_DONE = 1, FAST_NOT_SIGNALED = 0, FAST_LOCKED = -1, FAST_UNTRIED = -2 };
+
+/* One lock-free attempt on a semaphore or an event (`kind`), which need no thread block,
+ * from word *w as last seen (a failed swap looks at the new word): FAST_DONE;
+ * FAST_NOT_SIGNALED, as the locked path would find it too; FAST_LOCKED, the word is
+ * slow.  *w is left as last seen. */
+static inline __attribute__((always_inline)) int take_unowned(struct obj *o, uint32_t kind, uint64_t *w)
 {
     uint64_t next;
     do {
         if (*w & W_SLOW)
             return FAST_LOCKED;
-        switch (f->kind) {
-        case NTS_SYNC_SEMAPHORE:
+        if (kind == NTS_SYNC_SEMAPHORE) {
             if (!(uint32_t)*w)
                 return FAST_NOT_SIGNALED;
             next = *w - 1;
-            break;
-        case NTS_SYNC_EVENT:
+        } else {
             if (!(*w & 1))
                 return FAST_NOT_SIGNALED;
-            if (READ_ONCE(f->o->state.event.manual)) /* (set at creation, never changed) */
+            if (READ_ONCE(o->state.event.manual)) /* (set at creation, never changed) */
                 return FAST_DONE;
             next = 0;
-            break;
-        case NTS_SYNC_LOCK:
+        }
+    } while (!cas64(&o->word, w, next));
+    return FAST_DONE;
+}
+
+/* What a lock-free acquisition of a lock or a mutex needs: the object, its kind, the
+ * block that would hold it and that block's generation. */
+struct owned {
+    struct obj *o;
+    uint32_t kind, ti, gen;
+};
+
+/* Get ready to acquire lock or mutex `slot` (of `kind`) lock-free for `owner`: 0, else
+ * FAST_LOCKED (an owner that only the locked path serves). */
+static int owned_begin(nts_arena *a, uint32_t slot, uint32_t kind, uint32_t owner, struct owned *f)
+{
+    uint32_t ti; /* (not &f->ti: f stays in registers for the look) */
+    if (kind == NTS_SYNC_LOCK ? anchor(a, &ti) : self_thread(a, &ti))
+        return FAST_LOCKED;
+    struct thr *t = &a->t[ti];
+    if (kind == NTS_SYNC_MUTEX && owner != t->tid)
+        return FAST_LOCKED; /* another owner id than the thread's own (a task's) */
+    *f = (struct owned){&a->o[slot], kind, ti, t->gen};
+    if (!load(&t->fast))
+        store(&t->fast, 1); /* before the swap: abandon_thread must look at the words */
+    return 0;
+}
+
+/* One lock-free attempt on a lock or a mutex, as take_unowned says; a held one (whose
+ * holder may be dead: the locked path looks) is FAST_LOCKED too. */
+static inline __attribute__((always_inline)) int take_owned(struct owned *f, uint64_t *w)
+{
+    uint64_t next;
+    do {
+        if (*w & W_SLOW)
+            return FAST_LOCKED;
+        if (f->kind == NTS_SYNC_LOCK) {
             if (*w)
                 return FAST_LOCKED;
             next = W_HELD(f->ti, f->gen, 1);
-            break;
-        case NTS_SYNC_MUTEX: /* free, or ours one level more */
-            if (!W_COUNT(*w))
-                next = W_HELD(f->ti, f->gen, 1);
-            else if (W_TI(*w) == f->ti && W_GEN(*w) == (f->gen & W_GEN_MASK) && W_COUNT(*w) < W_COUNT_MASK)
-                next = *w + 1;
-            else
-                return FAST_LOCKED;
-            break;
-        default:
+        } else if (!W_COUNT(*w)) { /* a mutex: free, or ours one level more */
+            next = W_HELD(f->ti, f->gen, 1);
+        } else if (W_TI(*w) == f->ti && W_GEN(*w) == (f->gen & W_GEN_MASK) && W_COUNT(*w) < W_COUNT_MASK) {
+            next = *w + 1;
+        } else {
             return FAST_LOCKED;
         }
     } while (!cas64(&f->o->word, w, next));
     return FAST_DONE;
-}
-
-/* A single-object wait's lock-free part: one attempt, then (unless it is a poll, or the
- * object is queued on) a brief look at the object's word before the caller queues: if
- * it frees within NTS_SYNC_WORD_SPIN pauses, take it lock-free.  The other side of a
- * ping-pong answers within a few hundred nanoseconds, and then neither side takes the
- * arena's lock: the answer is a lock-free set or release (nobody is queued) that wakes
- * nobody.  Nobody is overtaken: the word goes slow (W_SLOW) as soon as anyone queues,
- * and the look then ends, to queue behind them.  Like the spin for the arena's lock, the
- * look is short and needs no place among the spinners; the long spin, once queued, does.
- * What fast_take says of the last attempt. */
-static int fast_wait(nts_arena *a, uint32_t slot, uint32_t owner, int poll)
-{
-    struct fast f;
-    if (fast_begin(a, slot, owner, &f))
-        return FAST_LOCKED;
-    uint64_t w = load64(&f.o->word);
-    int got = fast_take(&f, &w);
-    for (unsigned i = 0; i < (poll ? 0 : g_look) && got != FAST_DONE && !(w & W_SLOW); i++) {
-        nts_cpu_relax();
-        w = load64(&f.o->word);
-        got = fast_take(&f, &w); /* (no swap unless the word says it can be taken) */
-    }
-    return got;
 }
 
 /* Whether a word's holder is alive (a lock-free read must not call a dead holder's lock
@@ -1970,7 +1955,10 @@ static int word_holder_alive(nts_arena *a, uint64_t w)
     return (READ_ONCE(h->gen) & W_GEN_MASK) == W_GEN(w) && !token_dead(h);
 }
 
-/* Run one operation on an object of this process under the lock. */
+/* Run one operation on an object of this process under the lock.  The locked half of an
+ * operation that tries the object's word first is a function of its own (NOINLINE), so
+ * that the lock-free half needs no stack frame. */
+#define NOINLINE __attribute__((noinline))
 #define OBJECT_OP(a, slot, kind, body)                                                                                 \
     do {                                                                                                               \
         int err_ = begin(a);                                                                                           \
@@ -1983,6 +1971,19 @@ static int word_holder_alive(nts_arena *a, uint64_t w)
         return done(a, err_);                                                                                          \
     } while (0)
 
+static NOINLINE int sem_release_locked(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev)
+{
+    OBJECT_OP(a, slot, NTS_SYNC_SEMAPHORE, {
+        if ((uint64_t)o->state.sem.count + n > o->state.sem.max) {
+            err_ = EOVERFLOW;
+        } else {
+            *prev = o->state.sem.count;
+            o->state.sem.count += n;
+            try_wake(a, slot);
+        }
+    });
+}
+
 int nts_sync_sem_release(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev)
 {
     struct obj *fo = fast_obj(a, slot, NTS_SYNC_SEMAPHORE);
@@ -1994,15 +1995,7 @@ int nts_sync_sem_release(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev
             return 0;
         }
     }
-    OBJECT_OP(a, slot, NTS_SYNC_SEMAPHORE, {
-        if ((uint64_t)o->state.sem.count + n > o->state.sem.max) {
-            err_ = EOVERFLOW;
-        } else {
-            *prev = o->state.sem.count;
-            o->state.sem.count += n;
-            try_wake(a, slot);
-        }
-    });
+    return sem_release_locked(a, slot, n, prev);
 }
 
 int nts_sync_sem_read(nts_arena *a, uint32_t slot, uint32_t *count, uint32_t *max)
@@ -2020,16 +2013,8 @@ int nts_sync_sem_read(nts_arena *a, uint32_t slot, uint32_t *count, uint32_t *ma
     });
 }
 
-int nts_sync_mutex_unlock(nts_arena *a, uint32_t slot, uint32_t owner, uint32_t *prev)
+static NOINLINE int mutex_unlock_locked(nts_arena *a, uint32_t slot, uint32_t owner, uint32_t *prev)
 {
-    struct obj *fo = fast_obj(a, slot, NTS_SYNC_MUTEX);
-    uint32_t ti = tls_pid == g_pid ? tls_thr : 0; /* (a mutex held in the word is held by a block of ours) */
-    for (uint64_t w = fo && ti ? load64(&fo->word) : W_SLOW;
-         !(w & W_SLOW) && W_COUNT(w) && W_TI(w) == ti && W_GEN(w) == (tls_gen & W_GEN_MASK) && owner == a->t[ti].tid;)
-        if (cas64(&fo->word, &w, W_COUNT(w) == 1 ? 0 : w - 1)) {
-            *prev = W_COUNT(w);
-            return 0;
-        }
     OBJECT_OP(a, slot, NTS_SYNC_MUTEX, {
         check_holder(a, slot);
         if (!o->state.mutex.count || o->state.mutex.owner != owner) {
@@ -2043,6 +2028,19 @@ int nts_sync_mutex_unlock(nts_arena *a, uint32_t slot, uint32_t owner, uint32_t 
             }
         }
     });
+}
+
+int nts_sync_mutex_unlock(nts_arena *a, uint32_t slot, uint32_t owner, uint32_t *prev)
+{
+    struct obj *fo = fast_obj(a, slot, NTS_SYNC_MUTEX);
+    uint32_t ti = tls_pid == g_pid ? tls_thr : 0; /* (a mutex held in the word is held by a block of ours) */
+    for (uint64_t w = fo && ti ? load64(&fo->word) : W_SLOW;
+         !(w & W_SLOW) && W_COUNT(w) && W_TI(w) == ti && W_GEN(w) == (tls_gen & W_GEN_MASK) && owner == a->t[ti].tid;)
+        if (cas64(&fo->word, &w, W_COUNT(w) == 1 ? 0 : w - 1)) {
+            *prev = W_COUNT(w);
+            return 0;
+        }
+    return mutex_unlock_locked(a, slot, owner, prev);
 }
 
 int nts_sync_mutex_kill(nts_arena *a, uint32_t slot, uint32_t owner)
@@ -2074,16 +2072,8 @@ int nts_sync_mutex_read(nts_arena *a, uint32_t slot, uint32_t *owner, uint32_t *
     });
 }
 
-int nts_sync_lock_release(nts_arena *a, uint32_t slot, int leave_abandoned)
+static NOINLINE int lock_release_locked(nts_arena *a, uint32_t slot, int leave_abandoned)
 {
-    /* Anyone may release a lock: held in its word, it is released there. */
-    struct obj *fo = leave_abandoned ? NULL : fast_obj(a, slot, NTS_SYNC_LOCK);
-    for (uint64_t w = fo ? load64(&fo->word) : W_SLOW; !(w & W_SLOW);) {
-        if (!W_COUNT(w))
-            return EPERM;
-        if (cas64(&fo->word, &w, 0))
-            return 0;
-    }
     OBJECT_OP(a, slot, NTS_SYNC_LOCK, {
         check_holder(a, slot);
         if (!o->state.mutex.count) {
@@ -2096,6 +2086,19 @@ int nts_sync_lock_release(nts_arena *a, uint32_t slot, int leave_abandoned)
             try_wake(a, slot);
         }
     });
+}
+
+int nts_sync_lock_release(nts_arena *a, uint32_t slot, int leave_abandoned)
+{
+    /* Anyone may release a lock: held in its word, it is released there. */
+    struct obj *fo = leave_abandoned ? NULL : fast_obj(a, slot, NTS_SYNC_LOCK);
+    for (uint64_t w = fo ? load64(&fo->word) : W_SLOW; !(w & W_SLOW);) {
+        if (!W_COUNT(w))
+            return EPERM;
+        if (cas64(&fo->word, &w, 0))
+            return 0;
+    }
+    return lock_release_locked(a, slot, leave_abandoned);
 }
 
 int nts_sync_lock_read(nts_arena *a, uint32_t slot, int *locked, int *abandoned)
@@ -2114,6 +2117,18 @@ int nts_sync_lock_read(nts_arena *a, uint32_t slot, int *locked, int *abandoned)
     });
 }
 
+static NOINLINE int event_op_locked(nts_arena *a, uint32_t slot, int op, int *prev)
+{
+    OBJECT_OP(a, slot, NTS_SYNC_EVENT, {
+        *prev = o->state.event.signaled != 0;
+        o->state.event.signaled = op != NTS_SYNC_EVENT_RESET;
+        if (op != NTS_SYNC_EVENT_RESET)
+            try_wake(a, slot);
+        if (op == NTS_SYNC_EVENT_PULSE)
+            o->state.event.signaled = 0;
+    });
+}
+
 int nts_sync_event_op(nts_arena *a, uint32_t slot, int op, int *prev)
 {
     /* Nobody waits while the word holds the state: a pulse leaves it unsignaled. */
@@ -2123,14 +2138,7 @@ int nts_sync_event_op(nts_arena *a, uint32_t slot, int op, int *prev)
             *prev = (int)(w & 1);
             return 0;
         }
-    OBJECT_OP(a, slot, NTS_SYNC_EVENT, {
-        *prev = o->state.event.signaled != 0;
-        o->state.event.signaled = op != NTS_SYNC_EVENT_RESET;
-        if (op != NTS_SYNC_EVENT_RESET)
-            try_wake(a, slot);
-        if (op == NTS_SYNC_EVENT_PULSE)
-            o->state.event.signaled = 0;
-    });
+    return event_op_locked(a, slot, op, prev);
 }
 
 int nts_sync_event_read(nts_arena *a, uint32_t slot, int *manual, int *signaled)
@@ -2310,9 +2318,9 @@ static int outcome(nts_arena *a, uint32_t ti, uint32_t *index, int *abandoned)
 
 /* The wait through the arena's lock: acquire now, or queue, spin, sleep.  Kept out of
  * nts_sync_wait, whose lock-free part then needs no large frame (the futex_waitv array). */
-static __attribute__((noinline)) int wait_locked(nts_arena *a, const uint32_t *slots, uint32_t count, int all,
-                                                 const struct timespec *deadline, uint32_t owner, uint32_t alert,
-                                                 uint32_t *index, int *abandoned)
+static NOINLINE int wait_locked(nts_arena *a, const uint32_t *slots, uint32_t count, int all,
+                                const struct timespec *deadline, uint32_t owner, uint32_t alert, uint32_t *index,
+                                int *abandoned)
 {
     uint32_t ti, anchor_ti;
     int err = anchor_for(a, slots, count, &anchor_ti);
@@ -2377,21 +2385,108 @@ static __attribute__((noinline)) int wait_locked(nts_arena *a, const uint32_t *s
     return outcome(a, ti, index, abandoned);
 }
 
+/* A poll: a deadline at the clock's start (NULL: none). */
+static int is_poll(const struct timespec *deadline) { return deadline && !deadline->tv_sec && !deadline->tv_nsec; }
+
+/* A single-object wait on a lock or a mutex, lock-free: one attempt, then the look as
+ * look_unowned makes it.  What take_owned says of the last attempt. */
+static int wait_owned_fast(nts_arena *a, uint32_t slot, uint32_t kind, uint32_t owner, int poll)
+{
+    struct owned f;
+    if (owned_begin(a, slot, kind, owner, &f))
+        return FAST_LOCKED;
+    uint64_t w = load64(&f.o->word);
+    int got = take_owned(&f, &w);
+    for (unsigned i = 0; i < (poll ? 0 : g_look) && got != FAST_DONE && !(w & W_SLOW); i++) {
+        nts_cpu_relax();
+        w = load64(&f.o->word);
+        got = take_owned(&f, &w); /* (no swap unless the word says it can be taken) */
+    }
+    return got;
+}
+
+/* A single-object wait past nts_sync_wait_one's lock-free part (`tried`: what that said
+ * of a semaphore or an event, or FAST_UNTRIED for the other kinds, whose lock-free part
+ * is here), then through the lock. */
+static NOINLINE int wait_one(nts_arena *a, uint32_t slot, const struct timespec *deadline, uint32_t owner,
+                             int *abandoned, int tried)
+{
+    if (!owner)
+        return EINVAL;
+    int poll = is_poll(deadline), fast = tried;
+    if (tried == FAST_UNTRIED) {
+        uint32_t kind = fast_kind(a, slot);
+        fast = is_owned_kind(kind) ? wait_owned_fast(a, slot, kind, owner, poll) : FAST_LOCKED;
+    }
+    if (fast == FAST_DONE) {
+        *abandoned = 0;
+        return 0;
+    }
+    if (fast == FAST_NOT_SIGNALED && poll)
+        return ETIMEDOUT;
+    uint32_t index;
+    return wait_locked(a, &slot, 1, 0, deadline, owner, 0, &index, abandoned);
+}
+
+/* The look: a semaphore or an event that a wait found unsignaled is watched (unless the
+ * wait is a poll, or the object is queued on) for NTS_SYNC_WORD_SPIN pauses before the
+ * waiter queues, and taken lock-free if it is signaled meanwhile.  The other side of a
+ * ping-pong answers within a few hundred nanoseconds, and then neither side takes the
+ * arena's lock: the answer is a lock-free set or release (nobody is queued) that wakes
+ * nobody.  Nobody is overtaken: the word goes slow (W_SLOW) as soon as anyone queues, and
+ * the look then ends, to queue behind them.  Like the spin for the arena's lock, the look
+ * is short and needs no place among the spinners; the long spin, once queued, does.  Each
+ * read follows a pause (a read takes the line from whoever holds the object).  A function
+ * of its own, which keeps everything in registers. */
+static NOINLINE int look_unowned(nts_arena *a, uint32_t slot, const struct timespec *deadline, uint32_t owner,
+                                 int *abandoned, uint32_t kind)
+{
+    struct obj *o = &a->o[slot];
+    int got = FAST_NOT_SIGNALED;
+    unsigned look = is_poll(deadline) ? 0 : g_look;
+    for (unsigned i = 0; i < look && got == FAST_NOT_SIGNALED; i++) {
+        nts_cpu_relax();
+        uint64_t w = load64(&o->word);
+        got = take_unowned(o, kind, &w);
+    }
+    if (got == FAST_DONE) {
+        *abandoned = 0;
+        return 0;
+    }
+    return wait_one(a, slot, deadline, owner, abandoned, got);
+}
+
+/* A semaphore or an event is waited for here up to the end of the look, without a stack
+ * frame, reading nothing on the object's line but its word: in a race for the object, the
+ * span between one side's release and its next acquisition is when the other side's look
+ * takes the line away, and in a ping-pong every answer waits for the path from a look's
+ * hit back to the caller; both are kept to a few instructions. */
+int nts_sync_wait_one(nts_arena *a, uint32_t slot, const struct timespec *deadline, uint32_t owner, int *abandoned)
+{
+    uint32_t kind = fast_kind(a, slot);
+    int tried = FAST_UNTRIED;
+    if ((kind == NTS_SYNC_SEMAPHORE || kind == NTS_SYNC_EVENT) && owner) {
+        uint64_t w = load64(&a->o[slot].word);
+        if ((tried = take_unowned(&a->o[slot], kind, &w)) == FAST_DONE) {
+            *abandoned = 0;
+            return 0;
+        }
+        if (tried == FAST_NOT_SIGNALED)
+            return look_unowned(a, slot, deadline, owner, abandoned, kind);
+    }
+    return wait_one(a, slot, deadline, owner, abandoned, tried);
+}
+
 int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, const struct timespec *deadline,
                   uint32_t owner, uint32_t alert, uint32_t *index, int *abandoned)
 {
     if (count > NTS_SYNC_MAX_WAIT || !owner)
         return EINVAL;
     if (count == 1 && !all && !alert) {
-        int poll = deadline && !deadline->tv_sec && !deadline->tv_nsec; /* (a deadline at the clock's start) */
-        int fast = fast_wait(a, slots[0], owner, poll);
-        if (fast == FAST_DONE) {
+        int err = nts_sync_wait_one(a, slots[0], deadline, owner, abandoned);
+        if (!err)
             *index = 0;
-            *abandoned = 0;
-            return 0;
-        }
-        if (fast == FAST_NOT_SIGNALED && poll)
-            return ETIMEDOUT;
+        return err;
     }
     return wait_locked(a, slots, count, all, deadline, owner, alert, index, abandoned);
 }

@@ -59,8 +59,7 @@ static int try_acquire(nts_hot *self, uint32_t owner)
     nts_arena *a = arena_of(self);
     if (!a)
         return TO_PYTHON;
-    uint32_t slot = self->slot, index;
-    int abandoned, err = nts_sync_wait(a, &slot, 1, 0, &poll, owner, 0, &index, &abandoned);
+    int abandoned, err = nts_sync_wait_one(a, self->slot, &poll, owner, &abandoned);
     if (err)
         return err == ETIMEDOUT ? NOT_NOW : TO_PYTHON;
     if (abandoned) {

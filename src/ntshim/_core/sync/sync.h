@@ -83,6 +83,9 @@ int nts_sync_event_read(nts_arena *a, uint32_t slot, int *manual, int *signaled)
  * arrived first: then nothing was acquired. */
 int nts_sync_wait(nts_arena *a, const uint32_t *slots, uint32_t count, int all, const struct timespec *deadline,
                   uint32_t owner, uint32_t alert, uint32_t *index, int *abandoned);
+/* nts_sync_wait for one object, without an alert: WaitForSingleObject, and the cheapest
+ * call when the object is free. */
+int nts_sync_wait_one(nts_arena *a, uint32_t slot, const struct timespec *deadline, uint32_t owner, int *abandoned);
 /* Requests: waits that no thread sleeps in, for asyncio's dispatcher.  A request is a
  * wait block made by the calling thread (which holds what it acquires, as its own wait
  * would: that thread should live as long as the process); it is started like a wait,
