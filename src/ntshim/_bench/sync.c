@@ -8,9 +8,9 @@
  *                  FIFO, instead of letting the releaser take it back) and the same
  *                  waiting policy as ntshim's futex backend: a lock-free word while
  *                  nobody is queued, a look at it for NTS_SYNC_WORD_SPIN pauses before
- *                  queueing, spin NTS_SYNC_SPIN pauses before sleeping, wake only a
- *                  sleeper, spin for its lock before sleeping on it.  The like-for-like
- *                  floor.
+ *                  queueing, spin NTS_SYNC_SPIN pauses before sleeping (with a place
+ *                  among at most CPUs - 1 spinners), wake only a sleeper, spin for its
+ *                  lock before sleeping on it.  The like-for-like floor.
  *   floor-eventfd  eventfd: EFD_SEMAPHORE for the semaphore, a plain one per event
  *   futex          ntshim's futex backend through its C entry points (_core/sync/arena.c):
  *                  what a native caller of ntshim gets
@@ -51,6 +51,19 @@ struct fsem {
 };
 
 static int g_smp; /* more than one CPU online: spinning can pay */
+/* floor-futex-fifo's waiters spinning now (in the shared block, so in every side) and how
+ * many may: CPUs - 1, as ntshim's arena allows */
+static uint32_t *g_spinners, g_max_spinners;
+
+/* A place among the spinners, as the arena's may_spin takes one. */
+static int take_spin_place(void)
+{
+    uint32_t n = __atomic_load_n(g_spinners, __ATOMIC_RELAXED);
+    while (n < g_max_spinners)
+        if (__atomic_compare_exchange_n(g_spinners, &n, n + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+            return 1;
+    return 0;
+}
 
 /* A lock on a shared futex (nts_lock's futexes are process-private). */
 static void shared_lock(uint32_t *w)
@@ -133,8 +146,11 @@ static void hsem_wait(struct hsem *s, int me)
     s->granted[me] = 0;
     s->queued[s->nqueued++] = (uint32_t)me;
     hsem_unlock(s);
-    for (unsigned i = 0; i < (g_smp ? NTS_SYNC_SPIN : 0) && !__atomic_load_n(&s->granted[me], __ATOMIC_ACQUIRE); i++)
-        nts_cpu_relax();
+    if (take_spin_place()) {
+        for (unsigned i = 0; i < NTS_SYNC_SPIN && !__atomic_load_n(&s->granted[me], __ATOMIC_ACQUIRE); i++)
+            nts_cpu_relax();
+        __atomic_sub_fetch(g_spinners, 1, __ATOMIC_RELEASE);
+    }
     while (!__atomic_load_n(&s->granted[me], __ATOMIC_ACQUIRE)) {
         __atomic_store_n(&s->sleeping[me], 1, __ATOMIC_SEQ_CST);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
@@ -171,6 +187,7 @@ typedef struct {
     uint32_t *waits; /* oversubscribed: each acquisition's wait, ns (saturated), MAP_SHARED */
     int stop, quit;
     int ready, go;                        /* the start line (see start_line) */
+    uint32_t spinners;                    /* floor-futex-fifo (see g_spinners) */
     uint64_t start_ns, end_ns[MAX_SIDES]; /* from the start line; each side's end */
     uint64_t round_trips;
     int failed;
@@ -426,7 +443,9 @@ PyObject *nts_bench_sync(PyObject *mod, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "unknown mechanism or test, sides not in 2..16, or no amount");
         return NULL;
     }
-    g_smp = sysconf(_SC_NPROCESSORS_ONLN) > 1;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    g_smp = cpus > 1;
+    g_max_spinners = cpus > 1 ? (uint32_t)(cpus - 1) : 0;
     nts_arena *arena = NULL;
     if (mech == MECH_FUTEX && !(arena = nts_core->sync_arena()))
         return NULL;
@@ -434,6 +453,7 @@ PyObject *nts_bench_sync(PyObject *mod, PyObject *args)
     if (s == MAP_FAILED)
         return nts_raise_errno(errno, "mmap");
     memset(s, 0, sizeof *s);
+    g_spinners = &s->spinners;
     s->mech = mech;
     s->test = test;
     s->sides = test == TEST_OVERSUBSCRIBED ? sides : test == TEST_UNCONTENDED ? 1 : 2;

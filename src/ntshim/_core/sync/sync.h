@@ -13,8 +13,13 @@
 #endif
 #define NTS_SYNC_MAX_WAIT 64
 #define NTS_SYNC_MAX_NAME 255
-/* Pauses a waiter spins before it sleeps, on machines with more than one CPU. */
-#define NTS_SYNC_SPIN 300
+/* Pauses a queued waiter spins before it sleeps, on machines with more than one CPU (and
+ * with a place among CPUs - 1 spinners): ~45 us on an AMD EPYC (30 ns a pause), longer than
+ * the wake-up of a sleeping thread (20-30 us on a VM).  A hand-off to a waiter that sleeps
+ * costs that wake-up, during which the next waiter in line would fall asleep too, and so
+ * on: a convoy in which every acquisition costs a wake-up (oversubscribed waits, median
+ * 20-50 us with 300 pauses); a spin outlasting the wake-up breaks it. */
+#define NTS_SYNC_SPIN 1500
 /* Pauses a single-object wait looks at the object's word before it queues (same machines). */
 #define NTS_SYNC_WORD_SPIN 32
 /* Pauses a thread spins for the arena's lock before it sleeps on it (same machines). */
