@@ -30,8 +30,8 @@
 #include "bench.h"
 
 #include <errno.h>
-#include <sched.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
