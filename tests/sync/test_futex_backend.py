@@ -272,3 +272,18 @@ def test_a_poll_of_one_object_answers_from_its_lock_free_attempt() -> None:
     thread.start()
     thread.join()
     assert outcomes == ["timed out", "timed out", "False"]
+
+
+def test_the_spins_are_lengths_of_time_measured_in_pauses_of_this_cpu() -> None:
+    """The look (1 µs), the spin for the arena's lock (6 µs) and a queued waiter's spin
+    (45 µs) are counted in pauses, whose length differs from CPU to CPU: all three come from
+    one measured cost of a pause, once per process (so they keep the ratios of their
+    lengths), and there is nothing to spin for with one CPU."""
+    look, lock, queued = _core.sync_spins()
+    assert _core.sync_spins() == (look, lock, queued)
+    if os.cpu_count() == 1:
+        assert (look, lock, queued) == (0, 0, 0)
+    else:
+        assert look >= 1
+        assert 6 * look <= lock < 6 * (look + 1)
+        assert 45 * look <= queued < 45 * (look + 1)

@@ -7,10 +7,10 @@
  *                  require (a release with a waiter queued grants it to that waiter,
  *                  FIFO, instead of letting the releaser take it back) and the same
  *                  waiting policy as ntshim's futex backend: a lock-free word while
- *                  nobody is queued, a look at it for NTS_SYNC_WORD_SPIN pauses before
- *                  queueing, spin NTS_SYNC_SPIN pauses before sleeping (with a place
- *                  among at most CPUs - 1 spinners), wake only a sleeper, spin for its
- *                  lock before sleeping on it.  The like-for-like floor.
+ *                  nobody is queued, a look at it before queueing, a spin before
+ *                  sleeping (with a place among at most CPUs - 1 spinners), wake only a
+ *                  sleeper, a spin for its lock before sleeping on it, each spin as long
+ *                  as ntshim's (nts_sync_spin_counts).  The like-for-like floor.
  *   floor-eventfd  eventfd: EFD_SEMAPHORE for the semaphore, a plain one per event
  *   futex          ntshim's futex backend through its C entry points (_core/sync/arena.c):
  *                  what a native caller of ntshim gets
@@ -50,7 +50,8 @@ struct fsem {
     uint32_t value, waiters;
 };
 
-static int g_smp; /* more than one CPU online: spinning can pay */
+/* floor-futex-fifo's spins, in pauses: ntshim's (all 0 on one CPU) */
+static nts_sync_spins g_spins;
 /* floor-futex-fifo's waiters spinning now (in the shared block, so in every side) and how
  * many may: CPUs - 1, as ntshim's arena allows */
 static uint32_t *g_spinners, g_max_spinners;
@@ -71,7 +72,7 @@ static void shared_lock(uint32_t *w)
     uint32_t c = 0;
     if (__atomic_compare_exchange_n(w, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
         return;
-    for (unsigned i = 0; i < (g_smp ? NTS_SYNC_LOCK_SPIN : 0); i++) {
+    for (unsigned i = 0; i < g_spins.lock; i++) {
         nts_cpu_relax();
         c = 0;
         if (!__atomic_load_n(w, __ATOMIC_RELAXED) &&
@@ -129,7 +130,7 @@ static void hsem_wait(struct hsem *s, int me)
 {
     if (hsem_take_word(s, __atomic_load_n(&s->word, __ATOMIC_ACQUIRE)))
         return;
-    for (unsigned i = 0; i < (g_smp ? NTS_SYNC_WORD_SPIN : 0); i++) { /* the look before queueing */
+    for (unsigned i = 0; i < g_spins.look; i++) { /* the look before queueing */
         nts_cpu_relax();
         uint64_t w = __atomic_load_n(&s->word, __ATOMIC_ACQUIRE);
         if (w & HSEM_SLOW)
@@ -147,7 +148,7 @@ static void hsem_wait(struct hsem *s, int me)
     s->queued[s->nqueued++] = (uint32_t)me;
     hsem_unlock(s);
     if (take_spin_place()) {
-        for (unsigned i = 0; i < NTS_SYNC_SPIN && !__atomic_load_n(&s->granted[me], __ATOMIC_ACQUIRE); i++)
+        for (unsigned i = 0; i < g_spins.queued && !__atomic_load_n(&s->granted[me], __ATOMIC_ACQUIRE); i++)
             nts_cpu_relax();
         __atomic_sub_fetch(g_spinners, 1, __ATOMIC_RELEASE);
     }
@@ -444,7 +445,7 @@ PyObject *nts_bench_sync(PyObject *mod, PyObject *args)
         return NULL;
     }
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    g_smp = cpus > 1;
+    nts_core->sync_spin_counts(&g_spins);
     g_max_spinners = cpus > 1 ? (uint32_t)(cpus - 1) : 0;
     nts_arena *arena = NULL;
     if (mech == MECH_FUTEX && !(arena = nts_core->sync_arena()))

@@ -19,6 +19,7 @@ typedef struct {
     int (*sync_wait_one)(nts_arena *a, uint32_t slot, const struct timespec *deadline, uint32_t owner, int *abandoned);
     int (*sync_sem_release)(nts_arena *a, uint32_t slot, uint32_t n, uint32_t *prev);
     int (*sync_event_op)(nts_arena *a, uint32_t slot, int op, int *prev);
+    void (*sync_spin_counts)(nts_sync_spins *out); /* (the floors spin as long) */
 } nts_capi;
 
 #endif

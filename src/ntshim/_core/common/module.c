@@ -163,7 +163,8 @@ static struct PyModuleDef core_module = {
 
 /* For ntshim._bench (capi.h). */
 static const nts_capi core_capi = {
-    &nts_tracker_type, nts_tracker_query, nts_sync_py_arena, nts_sync_wait_one, nts_sync_sem_release, nts_sync_event_op,
+    &nts_tracker_type,    nts_tracker_query, nts_sync_py_arena,    nts_sync_wait_one,
+    nts_sync_sem_release, nts_sync_event_op, nts_sync_spin_counts,
 };
 
 PyMODINIT_FUNC PyInit__core(void)

@@ -267,13 +267,15 @@ static pid_t g_pid;
 static __thread uint32_t tls_thr, tls_gen;
 static __thread pid_t tls_pid;
 static pthread_key_t g_thread_key;
-/* How long a waiter spins before sleeping, when there is another CPU for the
- * signaller to run on: a contended hand-off then costs a cache-line transfer, not
+/* How long (in pauses) a queued waiter spins before sleeping, when there is another CPU
+ * for the signaller to run on: a contended hand-off then costs a cache-line transfer, not
  * two context switches.  At most g_max_spinners (CPUs - 1) spin at once, in all
  * processes: more would take the CPUs their signallers need, and on a busy machine turn
  * a hand-off of microseconds into one of scheduler ticks.  A single-object wait first
- * looks at the object's word for g_look pauses (see look_unowned). */
-static unsigned g_spin, g_look, g_max_spinners;
+ * looks at the object's word (see look_unowned); a thread spins for the arena's lock
+ * before it sleeps on it (see lock_slow).  Set once (init_once). */
+static nts_sync_spins g_spins;
+static unsigned g_max_spinners;
 /* Held while this process's reference counts change, and across fork, so that the
  * references prepared for a child are exactly those the child's copy counts. */
 static int g_refs_lock;
@@ -494,7 +496,7 @@ static int holder_gone(nts_arena *a, uint32_t id)
 static int lock_slow(nts_arena *a)
 {
     uint32_t *w = &a->h->lock;
-    for (unsigned spin = g_max_spinners ? NTS_SYNC_LOCK_SPIN : 0; spin; spin--) {
+    for (unsigned spin = g_spins.lock; spin; spin--) {
         uint32_t expected = 0;
         if (!load(w) && __atomic_compare_exchange_n(w, &expected, a->me, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
             return 0; /* (a sleeper sets the waiters bit again before it sleeps: none is missed) */
@@ -1640,13 +1642,50 @@ int nts_sync_in_use(int fd, int *in_use)
     return 0;
 }
 
+/* The pauses that take `ns`, at `ps` picoseconds a pause (at least one). */
+static unsigned pauses_for(unsigned ns, uint64_t ps)
+{
+    uint64_t n = (uint64_t)ns * 1000 / ps;
+    return n ? (unsigned)n : 1;
+}
+
+static pthread_once_t g_spins_once = PTHREAD_ONCE_INIT;
+static nts_sync_spins g_spin_counts;
+
+/* A pause's cost: the fastest of a few short runs (a run the scheduler interrupts only
+ * reads longer), kept within 0.1 ns .. 1 us. */
+static void measure_spins(void)
+{
+    if (sysconf(_SC_NPROCESSORS_ONLN) <= 1)
+        return;
+    uint64_t best = UINT64_MAX;
+    for (int run = 0; run < 5; run++) {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (int i = 0; i < 256; i++)
+            nts_cpu_relax();
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        uint64_t ns = (uint64_t)(t1.tv_sec - t0.tv_sec) * 1000000000u + (uint64_t)(t1.tv_nsec - t0.tv_nsec);
+        best = ns < best ? ns : best;
+    }
+    uint64_t ps = best * 1000 / 256;
+    ps = ps < 100 ? 100 : ps > 1000000 ? 1000000 : ps;
+    g_spin_counts = (nts_sync_spins){pauses_for(NTS_SYNC_WORD_SPIN_NS, ps), pauses_for(NTS_SYNC_LOCK_SPIN_NS, ps),
+                                     pauses_for(NTS_SYNC_SPIN_NS, ps)};
+}
+
+void nts_sync_spin_counts(nts_sync_spins *out)
+{
+    pthread_once(&g_spins_once, measure_spins);
+    *out = g_spin_counts;
+}
+
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static void init_once(void)
 {
     g_pid = getpid();
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    g_spin = cpus > 1 ? NTS_SYNC_SPIN : 0;
-    g_look = cpus > 1 ? NTS_SYNC_WORD_SPIN : 0;
+    nts_sync_spin_counts(&g_spins);
     g_max_spinners = cpus > 1 ? (unsigned)(cpus - 1) : 0;
     pthread_key_create(&g_thread_key, thread_exit);
     pthread_atfork(fork_prepare, fork_parent, fork_child);
@@ -2342,7 +2381,7 @@ static NOINLINE int wait_locked(nts_arena *a, const uint32_t *slots, uint32_t co
             return done(a, ETIMEDOUT);
     }
     enqueue(a, ti, slots, count, all, alert);
-    for (unsigned spin = g_spin;; spin = 0) {
+    for (unsigned spin = g_spins.queued;; spin = 0) {
         struct nts_futex_waitv w[NTS_FUTEX_WAITV_MAX];
         size_t n = watch_set(a, ti, slots, count, w);
         if ((err = done(a, 0)))
@@ -2397,7 +2436,7 @@ static int wait_owned_fast(nts_arena *a, uint32_t slot, uint32_t kind, uint32_t 
         return FAST_LOCKED;
     uint64_t w = load64(&f.o->word);
     int got = take_owned(&f, &w);
-    for (unsigned i = 0; i < (poll ? 0 : g_look) && got != FAST_DONE && !(w & W_SLOW); i++) {
+    for (unsigned i = 0; i < (poll ? 0 : g_spins.look) && got != FAST_DONE && !(w & W_SLOW); i++) {
         nts_cpu_relax();
         w = load64(&f.o->word);
         got = take_owned(&f, &w); /* (no swap unless the word says it can be taken) */
@@ -2429,7 +2468,7 @@ static NOINLINE int wait_one(nts_arena *a, uint32_t slot, const struct timespec 
 }
 
 /* The look: a semaphore or an event that a wait found unsignaled is watched (unless the
- * wait is a poll, or the object is queued on) for NTS_SYNC_WORD_SPIN pauses before the
+ * wait is a poll, or the object is queued on) for NTS_SYNC_WORD_SPIN_NS before the
  * waiter queues, and taken lock-free if it is signaled meanwhile.  The other side of a
  * ping-pong answers within a few hundred nanoseconds, and then neither side takes the
  * arena's lock: the answer is a lock-free set or release (nobody is queued) that wakes
@@ -2443,7 +2482,7 @@ static NOINLINE int look_unowned(nts_arena *a, uint32_t slot, const struct times
 {
     struct obj *o = &a->o[slot];
     int got = FAST_NOT_SIGNALED;
-    unsigned look = is_poll(deadline) ? 0 : g_look;
+    unsigned look = is_poll(deadline) ? 0 : g_spins.look;
     for (unsigned i = 0; i < look && got == FAST_NOT_SIGNALED; i++) {
         nts_cpu_relax();
         uint64_t w = load64(&o->word);

@@ -13,17 +13,24 @@
 #endif
 #define NTS_SYNC_MAX_WAIT 64
 #define NTS_SYNC_MAX_NAME 255
-/* Pauses a queued waiter spins before it sleeps, on machines with more than one CPU (and
- * with a place among CPUs - 1 spinners): ~45 us on an AMD EPYC (30 ns a pause), longer than
- * the wake-up of a sleeping thread (20-30 us on a VM).  A hand-off to a waiter that sleeps
- * costs that wake-up, during which the next waiter in line would fall asleep too, and so
- * on: a convoy in which every acquisition costs a wake-up (oversubscribed waits, median
- * 20-50 us with 300 pauses); a spin outlasting the wake-up breaks it. */
-#define NTS_SYNC_SPIN 1500
-/* Pauses a single-object wait looks at the object's word before it queues (same machines). */
-#define NTS_SYNC_WORD_SPIN 32
-/* Pauses a thread spins for the arena's lock before it sleeps on it (same machines). */
-#define NTS_SYNC_LOCK_SPIN 200
+/* How long a queued waiter spins before it sleeps, on machines with more than one CPU (and
+ * with a place among CPUs - 1 spinners): longer than the wake-up of a sleeping thread
+ * (20-30 us on a VM).  A hand-off to a waiter that sleeps costs that wake-up, during which
+ * the next waiter in line would fall asleep too, and so on: a convoy in which every
+ * acquisition costs a wake-up (oversubscribed waits, median 20-50 us with a 9 us spin); a
+ * spin outlasting the wake-up breaks it. */
+#define NTS_SYNC_SPIN_NS 45000
+/* How long a single-object wait looks at the object's word before it queues (same machines). */
+#define NTS_SYNC_WORD_SPIN_NS 1000
+/* How long a thread spins for the arena's lock before it sleeps on it (same machines). */
+#define NTS_SYNC_LOCK_SPIN_NS 6000
+/* Those spins in pauses (nts_cpu_relax) on this CPU, measured once: a pause takes 30 ns on
+ * an AMD EPYC, ~40 on recent Intel, a few on older ones, so a count of pauses is no length
+ * of time.  All 0 on a machine with one CPU, where nobody can answer a spinner. */
+typedef struct {
+    unsigned look, lock, queued;
+} nts_sync_spins;
+void nts_sync_spin_counts(nts_sync_spins *out);
 /* The arena layout this build reads and writes (the header's version field). */
 #define NTS_SYNC_LAYOUT 7u
 /* Bytes [1, NTS_SYNC_LIVE_END) of an arena file carry the OFD locks of the processes
