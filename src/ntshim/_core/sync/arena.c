@@ -273,7 +273,8 @@ static pthread_key_t g_thread_key;
  * processes: more would take the CPUs their signallers need, and on a busy machine turn
  * a hand-off of microseconds into one of scheduler ticks.  A single-object wait first
  * looks at the object's word (see look_unowned); a thread spins for the arena's lock
- * before it sleeps on it (see lock_slow).  Set once (init_once). */
+ * before it sleeps on it (see lock_slow).  Measured once (measure_spins, before any wait:
+ * init_once). */
 static nts_sync_spins g_spins;
 static unsigned g_max_spinners;
 /* Held while this process's reference counts change, and across fork, so that the
@@ -1650,7 +1651,6 @@ static unsigned pauses_for(unsigned ns, uint64_t ps)
 }
 
 static pthread_once_t g_spins_once = PTHREAD_ONCE_INIT;
-static nts_sync_spins g_spin_counts;
 
 /* A pause's cost: the fastest of a few short runs (a run the scheduler interrupts only
  * reads longer), kept within 0.1 ns .. 1 us. */
@@ -1670,14 +1670,14 @@ static void measure_spins(void)
     }
     uint64_t ps = best * 1000 / 256;
     ps = ps < 100 ? 100 : ps > 1000000 ? 1000000 : ps;
-    g_spin_counts = (nts_sync_spins){pauses_for(NTS_SYNC_WORD_SPIN_NS, ps), pauses_for(NTS_SYNC_LOCK_SPIN_NS, ps),
-                                     pauses_for(NTS_SYNC_SPIN_NS, ps)};
+    g_spins = (nts_sync_spins){pauses_for(NTS_SYNC_WORD_SPIN_NS, ps), pauses_for(NTS_SYNC_LOCK_SPIN_NS, ps),
+                               pauses_for(NTS_SYNC_SPIN_NS, ps)};
 }
 
 void nts_sync_spin_counts(nts_sync_spins *out)
 {
     pthread_once(&g_spins_once, measure_spins);
-    *out = g_spin_counts;
+    *out = g_spins;
 }
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -1685,7 +1685,7 @@ static void init_once(void)
 {
     g_pid = getpid();
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    nts_sync_spin_counts(&g_spins);
+    pthread_once(&g_spins_once, measure_spins);
     g_max_spinners = cpus > 1 ? (unsigned)(cpus - 1) : 0;
     pthread_key_create(&g_thread_key, thread_exit);
     pthread_atfork(fork_prepare, fork_parent, fork_child);
@@ -2452,23 +2452,21 @@ static NOINLINE int wait_one(nts_arena *a, uint32_t slot, const struct timespec 
 {
     if (!owner)
         return EINVAL;
-    int poll = is_poll(deadline), fast = tried;
+    int fast = tried;
     if (tried == FAST_UNTRIED) {
         uint32_t kind = fast_kind(a, slot);
-        fast = is_owned_kind(kind) ? wait_owned_fast(a, slot, kind, owner, poll) : FAST_LOCKED;
+        fast = is_owned_kind(kind) ? wait_owned_fast(a, slot, kind, owner, is_poll(deadline)) : FAST_LOCKED;
     }
     if (fast == FAST_DONE) {
         *abandoned = 0;
         return 0;
     }
-    if (fast == FAST_NOT_SIGNALED && poll)
-        return ETIMEDOUT;
-    uint32_t index;
+    uint32_t index; /* (a poll of a lock or mutex: the locked path finds the deadline passed) */
     return wait_locked(a, &slot, 1, 0, deadline, owner, 0, &index, abandoned);
 }
 
-/* The look: a semaphore or an event that a wait found unsignaled is watched (unless the
- * wait is a poll, or the object is queued on) for NTS_SYNC_WORD_SPIN_NS before the
+/* The look: a semaphore or an event that a wait (not a poll) found unsignaled is watched
+ * (unless the object is queued on) for NTS_SYNC_WORD_SPIN_NS before the
  * waiter queues, and taken lock-free if it is signaled meanwhile.  The other side of a
  * ping-pong answers within a few hundred nanoseconds, and then neither side takes the
  * arena's lock: the answer is a lock-free set or release (nobody is queued) that wakes
@@ -2482,8 +2480,7 @@ static NOINLINE int look_unowned(nts_arena *a, uint32_t slot, const struct times
 {
     struct obj *o = &a->o[slot];
     int got = FAST_NOT_SIGNALED;
-    unsigned look = is_poll(deadline) ? 0 : g_spins.look;
-    for (unsigned i = 0; i < look && got == FAST_NOT_SIGNALED; i++) {
+    for (unsigned i = 0; i < g_spins.look && got == FAST_NOT_SIGNALED; i++) {
         nts_cpu_relax();
         uint64_t w = load64(&o->word);
         got = take_unowned(o, kind, &w);
@@ -2510,8 +2507,8 @@ int nts_sync_wait_one(nts_arena *a, uint32_t slot, const struct timespec *deadli
             *abandoned = 0;
             return 0;
         }
-        if (tried == FAST_NOT_SIGNALED)
-            return look_unowned(a, slot, deadline, owner, abandoned, kind);
+        if (tried == FAST_NOT_SIGNALED) /* (a poll is answered: no look, no lock) */
+            return is_poll(deadline) ? ETIMEDOUT : look_unowned(a, slot, deadline, owner, abandoned, kind);
     }
     return wait_one(a, slot, deadline, owner, abandoned, tried);
 }
